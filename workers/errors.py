@@ -1,0 +1,57 @@
+"""One exception tree. Each class's docstring is its default message."""
+
+from __future__ import annotations
+
+
+class WorkersError(Exception):
+    """workers failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class SettingsError(WorkersError):
+    """The settings are invalid."""
+
+
+class DiscoveryError(WorkersError):
+    """The job classes could not be discovered."""
+
+
+class CronError(WorkersError):
+    """A cron schedule is invalid."""
+
+
+class PushError(WorkersError):
+    """The job could not be pushed."""
+
+
+class DatabaseUnavailable(WorkersError):
+    """The MongoDB server could not be reached."""
+
+
+class StoreError(WorkersError):
+    """MongoDB refused an operation."""
+
+
+class EmbeddedServerError(WorkersError):
+    """The embedded MongoDB-compatible server could not be started."""
+
+
+class LeaseLost(WorkersError):
+    """This process no longer holds the job's lease; its write was refused."""
+
+
+class JobTimeout(WorkersError):
+    """The job ran past its timeout."""
+
+
+class UnknownJobType(WorkersError):
+    """No registered class handles this job type."""
+
+
+class ShutdownRequested(BaseException):
+    """The process was asked to stop.
+
+    A BaseException so that `except Exception` in a job cannot swallow it.
+    """

@@ -1,0 +1,173 @@
+"""settings.json + .env -> one typed, validated, immutable Settings object.
+
+Defaults live here and only here; settings.example.json mirrors them and a
+test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import load_dotenv
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from workers.errors import SettingsError
+
+SETTINGS_ENV = "WORKERS_SETTINGS"
+DEFAULT_FILE = "settings.json"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Section(BaseModel):
+    # strict: "2" is not a count and true is not a number; frozen: settings never change at runtime
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class MongoSettings(_Section):
+    url: str | None = None  # "" (an unset ${MONGO_URL}) counts as unset
+    database: str = Field("app", min_length=1)
+    prefix: str = Field("workers", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    timeout: float = Field(10.0, gt=0)
+    pool_size: int = Field(8, ge=1)
+    embedded_path: str = ".workers/db"
+
+
+class ClusterSettings(_Section):
+    count: int = Field(2, ge=1)
+
+
+class QueueSettings(_Section):
+    poll_interval: float = Field(1.0, gt=0)
+    lease: float = Field(30.0, ge=3)
+    retries: int = Field(9, ge=0)
+    retry_wait: float = Field(1.0, ge=0)
+    backoff: Literal["exponential", "fixed"] = "exponential"
+    timeout: float | None = Field(None, gt=0)
+
+
+class CronSettings(_Section):
+    log: bool = False
+    disable: bool = False
+
+
+class ShutdownSettings(_Section):
+    level: Literal["soft", "normal", "hard"] = "normal"
+    grace: float = Field(30.0, ge=0)
+
+
+class WorkersSettings(_Section):
+    count: int = Field(10, ge=1)
+    queue: QueueSettings = QueueSettings()
+    cron: CronSettings = CronSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+
+
+class Settings(_Section):
+    mode: Literal["web", "headless"] = "web"
+    mongo: MongoSettings = MongoSettings()
+    jobs: list[str] = Field(default_factory=lambda: ["app_jobs"], min_length=1)
+    cluster: ClusterSettings = ClusterSettings()
+    workers: WorkersSettings = WorkersSettings()
+    # Not a key of the file: where it was read from, for messages and child processes.
+    _source: str | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the settings are relative to the settings file's folder."""
+        return Path(self.source).parent if self.source else Path.cwd()
+
+    def mongo_url(self) -> str | None:
+        """The configured server (mongo.url, else $MONGO_URL), or None for the embedded default."""
+        return self.mongo.url or os.environ.get("MONGO_URL") or None
+
+    def embedded_dir(self) -> Path:
+        return (self.base_dir / self.mongo.embedded_path).resolve()
+
+
+def settings_path(explicit: str | None = None) -> tuple[Path, bool]:
+    """Where to read settings from, and whether the user asked for that file."""
+    if explicit:
+        return Path(explicit), True
+    if os.environ.get(SETTINGS_ENV):
+        return Path(os.environ[SETTINGS_ENV]), True
+    return Path(DEFAULT_FILE), False
+
+
+def load(explicit: str | None = None, *, mode: str | None = None) -> Settings:
+    """Load .env, then the settings file, expand ${VAR}s and validate.
+
+    A missing ./settings.json means defaults; a file the user named
+    (--settings or WORKERS_SETTINGS) must exist.
+    """
+    load_dotenv(Path.cwd() / ".env", override=False)
+    path, required = settings_path(explicit)
+    raw = _read(path) if required or path.exists() else {}
+    if mode is not None:
+        raw["mode"] = mode
+    source = str(path.resolve()) if (required or path.exists()) else None
+    return validate(raw, source=source)
+
+
+def validate(raw: Any, *, source: str | None = None) -> Settings:
+    where = source or "the default settings"
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{where}: the top level must be a JSON object")
+    try:
+        settings = Settings.model_validate(_expand(raw))
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings in {where}: {_describe(exc)}") from None
+    settings._source = source
+    return settings
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(
+            f"settings file {path} is not valid JSON: {exc.msg} "
+            f"at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path}: the top level must be a JSON object")
+    return data
+
+
+def _expand(value: Any) -> Any:
+    """Replace ${VAR} in every string with the environment's value ('' when unset).
+
+    Keys starting with "//" are comments (JSON has none), so settings.example.json
+    can be copied as it is.
+    """
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: os.environ.get(m.group(1), ""), value)
+    if isinstance(value, dict):
+        return {k: _expand(item) for k, item in value.items() if not str(k).startswith("//")}
+    if isinstance(value, list):
+        return [_expand(item) for item in value]
+    return value
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        detail = error["msg"]
+        if error["type"] != "extra_forbidden" and "input" in error:
+            detail += f" (got {json.dumps(error['input'], default=str)})"
+        if error["type"] == "extra_forbidden":
+            detail = "unknown key"
+        parts.append(f"{key}: {detail}")
+    return "; ".join(parts)
