@@ -1,0 +1,1 @@
+raise ImportError("inner package is broken")

@@ -1,0 +1,5 @@
+from workers import Job
+
+
+class ReportJob(Job):
+    pass

@@ -1,0 +1,2 @@
+class CleanupJob:
+    """Named like a job, but not a workers.Job."""

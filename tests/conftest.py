@@ -1,0 +1,153 @@
+"""A real Mongo-wire server (SecantusDB, as a separate process) for the whole session,
+and a fresh database for every test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+
+import workers
+from workers.app import App
+from workers.settings import Settings, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(port: int, storage: str) -> subprocess.Popen[bytes]:
+    program = Path(sys.executable).parent / "secantusd-py"
+    process = subprocess.Popen(
+        [str(program), "--host", "127.0.0.1", "--port", str(port), "--storage-path", storage],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: _listening(port), timeout=30, what=f"the test server on port {port}")
+    return process
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float, what: str, every: float = 0.05
+) -> Any:
+    """Poll `condition` until it is truthy; fail the test naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="session")
+def mongo_url() -> Iterator[str]:
+    port = free_port()
+    process = start_server(port, ":memory:")
+    yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    stop_server(process)
+
+
+@pytest.fixture
+def db_name() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def client(mongo_url: str) -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
+    with pymongo.MongoClient(mongo_url, tz_aware=True, maxPoolSize=4) as raw:
+        yield raw
+
+
+@pytest.fixture
+def db(client: pymongo.MongoClient[dict[str, Any]], db_name: str) -> Iterator[Any]:
+    yield client[db_name]
+    client.drop_database(db_name)
+
+
+def settings_dict(mongo_url: str, db_name: str, **overrides: Any) -> dict[str, Any]:
+    """Test settings: our test jobs, small pools, fast polling."""
+    raw: dict[str, Any] = {
+        "mongo": {"url": mongo_url, "database": db_name, "pool_size": 4, "timeout": 5},
+        "jobs": ["tests.jobs"],
+        "cluster": {"count": 1},
+        "workers": {"count": 2, "queue": {"poll_interval": 0.05, "lease": 5}},
+    }
+    for dotted, value in overrides.items():
+        section = raw
+        *parents, last = dotted.split("__")
+        for key in parents:
+            section = section.setdefault(key, {})
+        section[last] = value
+    return raw
+
+
+@pytest.fixture
+def make_settings(mongo_url: str, db_name: str, db: Any) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        return validate(settings_dict(mongo_url, db_name, **overrides))
+
+    return make
+
+
+@pytest.fixture
+def app(make_settings: Callable[..., Settings]) -> Iterator[App]:
+    booted = workers.boot(settings=make_settings())
+    yield booted
+    workers.shutdown()
+
+
+@pytest.fixture
+def settings_file(tmp_path: Path, mongo_url: str, db_name: str, db: Any) -> Callable[..., Path]:
+    def write(**overrides: Any) -> Path:
+        path = tmp_path / "settings.json"
+        path.write_text(json.dumps(settings_dict(mongo_url, db_name, **overrides)))
+        return path
+
+    return write
+
+
+def workers_env(**extra: str) -> dict[str, str]:
+    """The environment of a child `workers` process: our packages importable, no stray settings."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MONGO_URL", "WORKERS_SETTINGS")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def workers_command(*args: str) -> list[str]:
+    script = Path(sys.executable).parent / "workers"
+    return [str(script) if script.exists() else shutil.which("workers") or "workers", *args]

@@ -1,0 +1,89 @@
+"""Job classes the tests push; discovered through settings `jobs: ["tests.jobs"]`."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from workers import Job, database
+
+
+def _record(collection: str, job: Job, **fields: Any) -> None:
+    """One document per call, stamped with the server's clock (ms resolution)."""
+    db = database()
+    server_time = db.client.admin.command("hello")["localTime"]
+    attempt = job.attempt.number if job.attempt else None
+    db[collection].insert_one(
+        {
+            "job_id": job.id,
+            "attempt": attempt,
+            "pid": os.getpid(),
+            "params": job.params,
+            "server_time": server_time,
+            **fields,
+        }
+    )
+
+
+class RecordJob(Job):
+    """Records each execution in `executions` and echoes a param as its result."""
+
+    def handle_job(self) -> Any:
+        _record("executions", self)
+        return {"echo": self.params.get("echo")}
+
+
+class FailJob(Job):
+    def handle_job(self) -> None:
+        _record("executions", self)
+        raise ValueError(self.params.get("message", "boom"))
+
+    def after_job(self, error: BaseException | None) -> None:
+        _record("after_job", self, error=repr(error) if error else None)
+
+
+class AfterJobRecorderJob(Job):
+    def handle_job(self) -> str:
+        return "done"
+
+    def after_job(self, error: BaseException | None) -> None:
+        _record("after_job", self, error=repr(error) if error else None)
+
+
+class BeforeFailsJob(Job):
+    def before_job(self) -> None:
+        raise PermissionError("not allowed yet")
+
+    def handle_job(self) -> None:
+        _record("executions", self)
+
+    def after_job(self, error: BaseException | None) -> None:
+        _record("after_job", self, error=repr(error) if error else None)
+
+
+class AfterRaisesJob(Job):
+    def handle_job(self) -> str:
+        return "fine"
+
+    def after_job(self, error: BaseException | None) -> None:
+        raise RuntimeError("after_job is broken")
+
+
+class BadResultJob(Job):
+    def handle_job(self) -> Any:
+        return {"value": object()}
+
+
+class ProgressJob(Job):
+    def handle_job(self) -> None:
+        self.progress(1, 4)
+        self.log("quarter done", level="info", step=1)
+        self.progress(4, 4)
+
+
+class SleepJob(Job):
+    def handle_job(self) -> None:
+        _record("executions", self, phase="start")
+        time.sleep(self.params.get("seconds", 1.0))
+        _record("executions", self, phase="end")

@@ -1,0 +1,124 @@
+"""The claim: atomic, index-backed, best priority first, never before run_at."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from tests.jobs import FailJob, RecordJob
+from workers import Job
+from workers.app import App
+
+
+def _plan_stages(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    stages = []
+    stack = [plan]
+    while stack:
+        stage = stack.pop()
+        stages.append(stage)
+        stack.extend(stage.get("inputStages", []))
+        if "inputStage" in stage:
+            stack.append(stage["inputStage"])
+    return stages
+
+
+def test_the_claim_is_an_index_scan_on_the_claim_index_never_a_collection_scan(app: App) -> None:
+    for n in range(20):
+        Job.push(RecordJob(n=n), priority=n % 3)
+    explained = app.store.explain_claim(app.registry.types)
+    stages = _plan_stages(explained["queryPlanner"]["winningPlan"])
+    names = [stage["stage"] for stage in stages]
+    assert "COLLSCAN" not in names
+    scans = [stage for stage in stages if stage["stage"] == "IXSCAN"]
+    assert scans and scans[0]["indexName"] == "claim"
+    assert next(iter(scans[0]["keyPattern"])) == "status"  # the equality on status is the prefix
+
+
+def test_best_priority_runs_first_and_equal_priorities_in_push_order(app: App) -> None:
+    pushed = {
+        "low": Job.push(RecordJob(), priority="low"),
+        "normal-1": Job.push(RecordJob()),
+        "critical": Job.push(RecordJob(), priority="critical"),
+        "normal-2": Job.push(RecordJob()),
+        "high": Job.push(RecordJob(), priority="high"),
+    }
+    order = []
+    while claimed := app.store.claim("me", app.registry.types, 5, 1):
+        order.append(claimed[0]["_id"])
+    names = {job_id: name for name, job_id in pushed.items()}
+    assert [names[i] for i in order] == ["critical", "high", "normal-1", "normal-2", "low"]
+
+
+def test_a_delayed_job_is_not_claimed_before_its_run_at(app: App) -> None:
+    later = Job.push(RecordJob(), delay=30)
+    now = Job.push(RecordJob())
+    claimed = app.store.claim("me", app.registry.types, 5, 10)
+    assert [doc["_id"] for doc in claimed] == [now]
+    assert app.store.get_job(later)["status"] == "ready"  # type: ignore[index]
+
+
+def test_only_registered_types_are_claimed(app: App) -> None:
+    job_id = Job.push(RecordJob())
+    assert app.store.claim("me", ["SomeOtherJob"], 5, 10) == []
+    assert [d["_id"] for d in app.store.claim("me", ["RecordJob"], 5, 10)] == [job_id]
+
+
+def test_a_claim_sets_the_owner_a_server_clock_lease_and_counts_the_attempt(app: App) -> None:
+    Job.push(RecordJob())
+    (doc,) = app.store.claim("node-a", app.registry.types, 12, 1)
+    assert doc["status"] == "running"
+    assert doc["lease_owner"] == "node-a"
+    assert doc["attempts"] == 1
+    assert (doc["lease_expires"] - doc["started"]).total_seconds() == 12
+
+
+def test_concurrent_claimers_never_take_the_same_job(app: App) -> None:
+    ids = {Job.push(FailJob(n=n)) for n in range(60)}
+    taken: list[list[str]] = [[] for _ in range(4)]
+
+    def claimer(slot: int) -> None:
+        while docs := app.store.claim(f"node-{slot}", app.registry.types, 5, 3):
+            taken[slot].extend(doc["_id"] for doc in docs)
+
+    threads = [threading.Thread(target=claimer, args=(slot,)) for slot in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    everything = [job_id for slot in taken for job_id in slot]
+    assert len(everything) == len(set(everything)) == 60
+    assert set(everything) == ids
+
+
+def test_a_state_change_by_a_process_that_does_not_hold_the_job_is_refused(app: App) -> None:
+    job_id = Job.push(RecordJob())
+    app.store.claim("node-a", app.registry.types, 5, 1)
+    assert app.store.complete(job_id, "node-b", "stolen") is False
+    assert app.store.fail(job_id, "node-b", {"message": "x"}, None) is False
+    assert app.store.get_job(job_id)["status"] == "running"  # type: ignore[index]
+    assert app.store.complete(job_id, "node-a", "mine") is True
+    assert app.store.complete(job_id, "node-a", "twice") is False
+    assert app.store.get_job(job_id)["result"] == "mine"  # type: ignore[index]
+
+
+def test_released_jobs_are_claimable_at_once_and_the_attempt_is_not_counted(app: App) -> None:
+    job_id = Job.push(RecordJob())
+    app.store.claim("node-a", app.registry.types, 5, 1)
+    assert app.store.release([job_id], "node-a") == 1
+    doc = app.store.get_job(job_id)
+    assert doc is not None and (doc["status"], doc["attempts"], doc["lease_owner"]) == (
+        "ready",
+        0,
+        None,
+    )
+    assert [d["_id"] for d in app.store.claim("node-b", app.registry.types, 5, 1)] == [job_id]
+
+
+def test_a_failed_attempt_is_retried_after_the_wait_by_the_server_clock(app: App) -> None:
+    job_id = Job.push(RecordJob())
+    app.store.claim("node-a", app.registry.types, 5, 1)
+    app.store.fail(job_id, "node-a", {"message": "boom", "attempt": 1}, retry_in=8)
+    doc = app.store.get_job(job_id)
+    assert doc is not None and doc["status"] == "ready"
+    assert (doc["run_at"] - doc["updated"]).total_seconds() == 8
+    assert doc["log"][-1]["level"] == "error" and "boom" in doc["log"][-1]["message"]

@@ -1,0 +1,34 @@
+"""workers: a headless companion worker service for Python apps, backed by MongoDB.
+
+The public surface: `Job` to subclass and push, `boot()` for an app's startup,
+`database()` for the app's own collections, and the exception types.
+"""
+
+from __future__ import annotations
+
+from workers.app import boot, database, shutdown
+from workers.errors import (
+    DatabaseUnavailable,
+    DiscoveryError,
+    JobTimeout,
+    PushError,
+    SettingsError,
+    WorkersError,
+)
+from workers.job import Job
+
+__version__ = "0.1.0"
+
+
+__all__ = [
+    "DatabaseUnavailable",
+    "DiscoveryError",
+    "Job",
+    "JobTimeout",
+    "PushError",
+    "SettingsError",
+    "WorkersError",
+    "boot",
+    "database",
+    "shutdown",
+]

@@ -1,0 +1,151 @@
+"""Booting: settings, the database (embedded or not), indexes, the job registry.
+
+`boot()` is what an app calls at startup (web mode); `Job.push` calls
+`current()`, which boots on first use with the same settings lookup, so app
+code needs no extra call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from typing import Any
+
+from workers import embedded, registry
+from workers import settings as settings_module
+from workers.errors import PushError
+from workers.job import Job
+from workers.record import RetryPolicy, new_document, parse_options
+from workers.registry import Registry
+from workers.settings import Settings
+from workers.store import Store, bson_problem, new_id
+
+log = logging.getLogger(__name__)
+
+_current: App | None = None
+_lock = threading.RLock()
+
+
+class App:
+    """One booted process: its settings, its store and its job classes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        jobs: Registry,
+        server: embedded.EmbeddedServer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = jobs
+        self.server = server
+
+    @property
+    def retry_defaults(self) -> RetryPolicy:
+        queue = self.settings.workers.queue
+        return RetryPolicy(queue.retries, queue.retry_wait, queue.backoff)
+
+    def push(self, job: Job, **options: Any) -> str:
+        """Validate the job and its options, then insert it whole (or raise, writing nothing)."""
+        job_type = self._registered_type(job)
+        problem = bson_problem(job.params)
+        if problem:
+            raise PushError(f"{job_type} params are not BSON-encodable: {problem}")
+        if options.get("timeout") is None:
+            options["timeout"] = type(job).timeout or self.settings.workers.queue.timeout
+        parsed = parse_options(self.retry_defaults, **options)
+        document = new_document(new_id(), job_type, job.params, parsed, self.store.now())
+        job_id = self.store.insert_job(document)
+        log.debug("job pushed", extra={"action": "job_pushed", "job_id": job_id, "type": job_type})
+        return job_id
+
+    def _registered_type(self, job: Job) -> str:
+        if not isinstance(job, Job):
+            raise PushError(f"Job.push expects a Job instance, got {job!r}")
+        cls = type(job)
+        registered = self.registry.get(cls.__name__)
+        if registered is None or registered.__module__ != cls.__module__:
+            raise PushError(
+                f"{cls.__module__}.{cls.__name__} is not a registered job class, so no worker "
+                f"would run it: define it in one of the jobs packages {self.settings.jobs} "
+                "with a name ending in 'Job'"
+            )
+        return cls.__name__
+
+    def close(self) -> None:
+        self.store.close()
+        if self.server is not None:
+            self.server.release()
+            self.server = None
+
+
+def boot(
+    settings_path: str | None = None,
+    *,
+    mode: str | None = None,
+    settings: Settings | None = None,
+) -> App:
+    """Load settings, discover job classes, connect and ensure indexes. Starts no workers."""
+    global _current
+    with _lock:
+        if _current is not None:
+            _current.close()
+            _current = None
+    settings = settings or settings_module.load(settings_path, mode=mode)
+    jobs = registry.discover(settings.jobs)
+    store, server = connect(settings)
+    try:
+        store.ensure_indexes()
+    except BaseException:
+        store.close()
+        if server is not None:
+            server.release()
+        raise
+    app = App(settings, store, jobs, server)
+    with _lock:
+        _current = app
+    return app
+
+
+def connect(
+    settings: Settings, *, app_name: str = "workers"
+) -> tuple[Store, embedded.EmbeddedServer | None]:
+    """A store on the configured server, or on the embedded one (started if needed)."""
+    url = settings.mongo_url()
+    server = None
+    if url is None:
+        server = embedded.acquire(settings.embedded_dir())
+        atexit.register(server.release)
+        url = server.url
+    mongo = settings.mongo
+    store = Store(
+        url,
+        mongo.database,
+        prefix=mongo.prefix,
+        timeout=mongo.timeout,
+        pool_size=mongo.pool_size,
+        app_name=app_name,
+    )
+    return store, server
+
+
+def current() -> App:
+    """The booted app of this process, booting it from the default settings on first use."""
+    with _lock:  # re-entrant: boot() takes it too, and a second thread waits for the first boot
+        return _current if _current is not None else boot()
+
+
+def database() -> Any:
+    """The app's own MongoDB database (a pymongo Database) on the connection the workers use."""
+    return current().store.db
+
+
+def shutdown() -> None:
+    """Close the current app (and release the embedded server); for tests and clean exits."""
+    global _current
+    with _lock:
+        app, _current = _current, None
+    if app is not None:
+        app.close()

@@ -1,0 +1,134 @@
+"""The Job base class that app code subclasses, and `Job.push`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from workers.store import Store
+
+log = logging.getLogger("workers.job")
+
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What a running job needs to report back: its store, its id and its lease owner."""
+
+    store: Store
+    job_id: str
+    owner: str
+    number: int
+
+
+class Job:
+    """Subclass it, name the subclass `...Job`, implement `handle_job`.
+
+    `self.params` is the dict given at construction; `handle_job`'s return
+    value is stored as the job's result.
+    """
+
+    #: Seconds an attempt may run before it is failed with a JobTimeout (None: no limit).
+    timeout: ClassVar[float | None] = None
+
+    def __init__(self, params: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        merged = dict(params or {})
+        merged.update(kwargs)
+        self.params: dict[str, Any] = merged
+        self.attempt: Attempt | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+    @property
+    def id(self) -> str | None:
+        return self.attempt.job_id if self.attempt else None
+
+    # -- the hooks a subclass implements -----------------------------------------
+
+    def before_job(self) -> None:
+        """Runs before handle_job; raising here fails the attempt."""
+
+    def handle_job(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement handle_job()")
+
+    def after_job(self, error: BaseException | None) -> None:
+        """Runs after every attempt with None or the exception; its own errors are only logged."""
+
+    @classmethod
+    def setup_cron(cls) -> Any:
+        """Return a cron expression (or several) to have the job fired on a schedule."""
+        return None
+
+    # -- what a running job can call ------------------------------------------
+
+    def progress(self, completed: float, total: float) -> None:
+        """Record how far the job is; visible on the job document as `progress`."""
+        if total <= 0 or completed < 0:
+            raise ValueError(
+                f"progress needs 0 <= completed and total > 0, got {completed}/{total}"
+            )
+        percent = round(100.0 * completed / total, 2)
+        if self.attempt is not None:
+            document = {"completed": completed, "total": total, "percent": percent}
+            if not self.attempt.store.set_progress(
+                self.attempt.job_id, self.attempt.owner, document
+            ):
+                self._lost_lease("progress")
+
+    def log(self, message: str, level: str = "info", **data: Any) -> None:
+        """Append to the job's log in the database and to the process log."""
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {sorted(LOG_LEVELS)}, got {level!r}")
+        log.log(
+            LOG_LEVELS[level],
+            message,
+            extra={"action": "job_log", "job_id": self.id, "type": type(self).__name__},
+        )
+        if self.attempt is not None:
+            entry = {"level": level, "message": str(message), "data": data}
+            if not self.attempt.store.add_log(self.attempt.job_id, self.attempt.owner, entry):
+                self._lost_lease("log")
+
+    def _lost_lease(self, what: str) -> None:
+        log.warning(
+            "job write refused: this process no longer holds the job",
+            extra={"action": "lease_lost", "job_id": self.id, "write": what},
+        )
+
+    # -- pushing ---------------------------------------------------------------
+
+    @staticmethod
+    def push(
+        job: Job,
+        *,
+        delay: float | None = None,
+        after: datetime | None = None,
+        priority: int | str | None = None,
+        retry: int | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Queue `job` and return its id.
+
+        Options: `delay` seconds or `after` a datetime; `priority` an int (lower
+        runs first) or low/normal/medium/high/critical; `retry` a retry count or
+        {"retries": n, "wait": seconds, "backoff": "exponential"|"fixed"};
+        `timeout` seconds per attempt. Unset options come from
+        settings `workers.queue`.
+        """
+        from workers.app import current
+
+        return current().push(
+            job, delay=delay, after=after, priority=priority, retry=retry, timeout=timeout
+        )

@@ -1,0 +1,87 @@
+"""Discovery of the *Job classes of the configured jobs packages.
+
+A job's type is its class name, so the registry maps names to classes and
+refuses anything that would make a name ambiguous. Nothing here ever imports
+a name read from the database: a type is looked up, never imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from workers.errors import DiscoveryError
+from workers.job import Job
+
+
+@dataclass(frozen=True)
+class Registry:
+    classes: Mapping[str, type[Job]] = field(default_factory=dict)
+
+    def get(self, job_type: str) -> type[Job] | None:
+        return self.classes.get(job_type)
+
+    @property
+    def types(self) -> list[str]:
+        return sorted(self.classes)
+
+    def __contains__(self, job_type: object) -> bool:
+        return job_type in self.classes
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+def discover(packages: Sequence[str]) -> Registry:
+    """Import every module of `packages` and register its module-level *Job classes."""
+    found: dict[str, type[Job]] = {}
+    for module in _modules(packages):
+        for cls in _job_classes(module):
+            other = found.get(cls.__name__)
+            if other is not None and other is not cls:
+                raise DiscoveryError(
+                    f"two job classes are named {cls.__name__}: in {other.__module__} and in "
+                    f"{cls.__module__} (a job's type is its class name; rename one)"
+                )
+            found[cls.__name__] = cls
+    return Registry(dict(found))
+
+
+def _modules(packages: Sequence[str]) -> Iterator[ModuleType]:
+    for name in packages:
+        package = _import(name)
+        yield package
+        if not hasattr(package, "__path__"):
+            continue
+        # walk_packages imports subpackages itself and by default ignores their ImportError
+        walk = pkgutil.walk_packages(package.__path__, prefix=f"{name}.", onerror=_import)
+        for info in walk:
+            if info.name.rsplit(".", 1)[-1] != "__main__":
+                yield _import(info.name)
+
+
+def _import(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise DiscoveryError(
+            f"jobs module {name} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _job_classes(module: ModuleType) -> Iterator[type[Job]]:
+    for name, obj in vars(module).items():
+        if not (inspect.isclass(obj) and obj.__module__ == module.__name__):
+            continue
+        if obj.__qualname__ != name or not name.endswith("Job"):
+            continue
+        if not issubclass(obj, Job):
+            raise DiscoveryError(
+                f"{module.__name__}.{name} is named like a job but does not subclass "
+                "workers.Job (subclass it, or rename the class)"
+            )
+        yield obj
