@@ -1,0 +1,135 @@
+"""Headless mode: real processes under supervisord, against the real server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import ROOT, wait_for, workers_command, workers_env
+from tests.headless_node import HeadlessNode, alive
+from tests.jobs import RecordJob
+from workers import Job, boot, shutdown
+from workers.headless import render_config
+from workers.settings import validate
+
+
+def completed(db: Any) -> int:
+    return int(db["workers.jobs"].count_documents({"status": "completed"}))
+
+
+def test_two_processes_by_three_threads_run_200_jobs_exactly_once(
+    settings_file: Callable[..., Path], tmp_path: Path, db: Any
+) -> None:
+    path = settings_file(cluster__count=2, workers__count=3)
+    boot(str(path))
+    try:
+        ids = {Job.push(RecordJob(n=n)) for n in range(200)}
+    finally:
+        shutdown()
+    with HeadlessNode(path, tmp_path) as node:
+        wait_for(lambda: completed(db) == 200, timeout=120, what="200 completed jobs")
+        assert node.stop(signal.SIGTERM) == 0
+        output = node.output()
+    executions = list(db.executions.find())
+    assert len(executions) == 200
+    assert {e["job_id"] for e in executions} == ids
+    pids = {e["pid"] for e in executions}
+    assert 1 <= len(pids) <= 2
+    assert "spawned: 'workers-00'" in output and "spawned: 'workers-01'" in output
+    assert output.count("threads=3") == 2
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_a_crashed_worker_process_is_restarted_by_supervisor(
+    settings_file: Callable[..., Path], tmp_path: Path, db: Any
+) -> None:
+    path = settings_file(cluster__count=1, workers__count=1)
+    with HeadlessNode(path, tmp_path) as node:
+        boot(str(path))
+        try:
+            Job.push(RecordJob())
+            wait_for(lambda: completed(db) == 1, timeout=60, what="the first job")
+            first_pid = db.executions.find_one()["pid"]
+            os.kill(first_pid, signal.SIGKILL)
+            wait_for(lambda: not alive(first_pid), timeout=10, what="the worker to die")
+            Job.push(RecordJob())
+            wait_for(lambda: completed(db) == 2, timeout=60, what="a job on the restarted worker")
+        finally:
+            shutdown()
+        assert node.stop(signal.SIGINT) == 0  # Ctrl-C stops it as cleanly as TERM
+        output = node.output()
+    pids = [e["pid"] for e in db.executions.find().sort("server_time", 1)]
+    assert pids[0] == first_pid and pids[1] != first_pid
+    assert "exited: workers-00 (terminated by SIGKILL" in output
+
+
+def test_web_mode_boots_and_runs_no_job(
+    settings_file: Callable[..., Path], tmp_path: Path, db: Any
+) -> None:
+    path = settings_file()
+    boot(str(path))
+    try:
+        job_id = Job.push(RecordJob())
+    finally:
+        shutdown()
+    done = subprocess.run(
+        workers_command("--settings", str(path)),
+        cwd=tmp_path,
+        env=workers_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "web mode" in done.stdout and "RecordJob" in done.stdout
+    assert db["workers.jobs"].find_one({"_id": job_id})["status"] == "ready"
+    assert "claim" in db["workers.jobs"].index_information()
+
+
+def test_the_example_app_pushes_in_web_mode_and_runs_in_headless_mode(
+    settings_file: Callable[..., Path], tmp_path: Path, db: Any
+) -> None:
+    path = settings_file(jobs=["app_jobs"], cluster__count=1, workers__count=3)
+    command = [sys.executable, "-m", "app_jobs", "--settings", str(path)]
+    env = workers_env()
+    pushed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "pushed 5 example jobs" in pushed.stdout
+    jobs = db["workers.jobs"]
+    assert jobs.count_documents({"status": "ready"}) == 5
+    with HeadlessNode(path, ROOT, *command, "--headless", env=env, log_dir=tmp_path) as node:
+        wait_for(
+            lambda: jobs.count_documents({"status": {"$in": ["completed", "failed"]}}) == 5,
+            timeout=60,
+            what="the five example jobs to finish",
+        )
+        assert node.stop() == 0
+        output = node.output()
+    by_type = {(d["type"], d["params"].get("project_id")): d for d in jobs.find()}
+    assert by_type[("FlakyJob", None)]["status"] == "completed"
+    assert by_type[("FlakyJob", None)]["attempts"] == 3
+    assert by_type[("AlwaysFailsJob", None)]["status"] == "failed"
+    assert by_type[("AlwaysFailsJob", None)]["attempts"] == 3
+    assert by_type[("LoadRetentionJob", "missing")]["error"]["message"].startswith(
+        "Project not found"
+    )
+    assert "AlwaysFailsJob: after_job saw RuntimeError" in output
+
+
+def test_the_supervisord_config_follows_the_settings(tmp_path: Path) -> None:
+    settings = validate(
+        {"cluster": {"count": 3}, "workers": {"shutdown": {"grace": 12.5}}},
+        source=str(tmp_path / "100%" / "settings.json"),
+    )
+    config = render_config(settings, tmp_path / "run", python="/opt/py 3/bin/python")
+    assert "numprocs=3" in config
+    assert "stopsignal=TERM" in config and "stopwaitsecs=18" in config
+    assert "autorestart=true" in config
+    assert "command='/opt/py 3/bin/python' -m workers worker" in config
+    assert "100%%" in config  # supervisor expands %(...)s: a literal % must be doubled
+    assert "MONGO_URL" not in config  # secrets stay in the environment

