@@ -1,0 +1,39 @@
+# Two commands from a fresh clone: `make run` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint setup clean stop-db
+
+$(STAMP):
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3 -m venv failed: installing Debian's python3-venv"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi && \
+	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[embedded,test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)
+
+# The example app on the embedded default: push a few jobs (web mode), then run them
+# (headless mode: 2 processes x 10 threads under supervisord). Ctrl-C stops it.
+run: $(STAMP)
+	$(BIN)/python -m app_jobs
+	$(BIN)/python -m app_jobs --headless
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+stop-db: $(STAMP)
+	$(BIN)/workers db stop
+
+clean:
+	rm -rf $(VENV) .workers *.egg-info .mypy_cache .ruff_cache .pytest_cache
