@@ -104,13 +104,11 @@ def test_a_state_change_by_a_process_that_does_not_hold_the_job_is_refused(app: 
 def test_released_jobs_are_claimable_at_once_and_the_attempt_is_not_counted(app: App) -> None:
     job_id = Job.push(RecordJob())
     app.store.claim("node-a", app.registry.types, 5, 1)
-    assert app.store.release([job_id], "node-a") == 1
+    assert app.store.release([job_id], "node-a", "shutting down") == 1
     doc = app.store.get_job(job_id)
-    assert doc is not None and (doc["status"], doc["attempts"], doc["lease_owner"]) == (
-        "ready",
-        0,
-        None,
-    )
+    assert doc is not None
+    assert (doc["status"], doc["attempts"], doc["lease_owner"]) == ("ready", 0, None)
+    assert doc["log"][-1]["message"] == "shutting down"
     assert [d["_id"] for d in app.store.claim("node-b", app.registry.types, 5, 1)] == [job_id]
 
 

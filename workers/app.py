@@ -14,7 +14,7 @@ from typing import Any
 
 from workers import embedded, registry
 from workers import settings as settings_module
-from workers.errors import PushError
+from workers.errors import DatabaseUnavailable, PushError
 from workers.job import Job
 from workers.record import RetryPolicy, new_document, parse_options
 from workers.registry import Registry
@@ -56,8 +56,15 @@ class App:
         if options.get("timeout") is None:
             options["timeout"] = type(job).timeout or self.settings.workers.queue.timeout
         parsed = parse_options(self.retry_defaults, **options)
-        document = new_document(new_id(), job_type, job.params, parsed, self.store.now())
-        job_id = self.store.insert_job(document)
+        job_id = new_id()
+        try:
+            document = new_document(job_id, job_type, job.params, parsed, self.store.now())
+            self.store.insert_job(document)
+        except DatabaseUnavailable as exc:
+            raise DatabaseUnavailable(
+                f"could not push {job_type} (id {job_id}) within {self.store.timeout:g} s: {exc}; "
+                "if the connection dropped during the write, the job may exist under that id"
+            ) from exc
         log.debug("job pushed", extra={"action": "job_pushed", "job_id": job_id, "type": job_type})
         return job_id
 

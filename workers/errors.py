@@ -42,7 +42,7 @@ class LeaseLost(WorkersError):
     """This process no longer holds the job's lease; its write was refused."""
 
 
-class JobTimeout(WorkersError):
+class JobTimeout(WorkersError, TimeoutError):
     """The job ran past its timeout."""
 
 

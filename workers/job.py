@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from workers.errors import WorkersError
 
 if TYPE_CHECKING:
     from workers.store import Store
@@ -80,12 +82,8 @@ class Job:
                 f"progress needs 0 <= completed and total > 0, got {completed}/{total}"
             )
         percent = round(100.0 * completed / total, 2)
-        if self.attempt is not None:
-            document = {"completed": completed, "total": total, "percent": percent}
-            if not self.attempt.store.set_progress(
-                self.attempt.job_id, self.attempt.owner, document
-            ):
-                self._lost_lease("progress")
+        document = {"completed": completed, "total": total, "percent": percent}
+        self._report("progress", lambda a: a.store.set_progress(a.job_id, a.owner, document))
 
     def log(self, message: str, level: str = "info", **data: Any) -> None:
         """Append to the job's log in the database and to the process log."""
@@ -96,16 +94,23 @@ class Job:
             message,
             extra={"action": "job_log", "job_id": self.id, "type": type(self).__name__},
         )
-        if self.attempt is not None:
-            entry = {"level": level, "message": str(message), "data": data}
-            if not self.attempt.store.add_log(self.attempt.job_id, self.attempt.owner, entry):
-                self._lost_lease("log")
+        entry = {"level": level, "message": str(message), "data": data}
+        self._report("log", lambda a: a.store.add_log(a.job_id, a.owner, entry))
 
-    def _lost_lease(self, what: str) -> None:
-        log.warning(
-            "job write refused: this process no longer holds the job",
-            extra={"action": "lease_lost", "job_id": self.id, "write": what},
-        )
+    def _report(self, what: str, write: Callable[[Attempt], bool]) -> None:
+        """Best effort: progress and log must not fail a job because the database is away."""
+        if self.attempt is None:
+            return
+        try:
+            written = write(self.attempt)
+        except WorkersError as exc:
+            log.warning("job %s not recorded: %s", what, exc, extra={"job_id": self.id})
+            return
+        if not written:
+            log.warning(
+                "job write refused: this process no longer holds the job",
+                extra={"action": "lease_lost", "job_id": self.id, "write": what},
+            )
 
     # -- pushing ---------------------------------------------------------------
 

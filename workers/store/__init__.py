@@ -1,0 +1,32 @@
+"""Every MongoDB query and index. Nothing outside this package imports pymongo.
+
+The atomic operations are named methods; each docstring says what makes it
+atomic and which index serves it. One module per collection.
+"""
+
+from __future__ import annotations
+
+from workers.store.base import Document, bson_problem, new_id, translated
+from workers.store.jobs import CLAIM_INDEX, LOST_MESSAGE, RESCUE_INDEX, JobQueries
+from workers.store.nodes import NodeQueries
+
+
+class Store(JobQueries, NodeQueries):
+    """The job, node and cron collections of one database."""
+
+    @translated
+    def ensure_indexes(self) -> None:
+        """Idempotent; every hot-path query names the index it relies on."""
+        self.ensure_job_indexes()
+        self.ensure_node_indexes()
+
+
+__all__ = [
+    "CLAIM_INDEX",
+    "LOST_MESSAGE",
+    "RESCUE_INDEX",
+    "Document",
+    "Store",
+    "bson_problem",
+    "new_id",
+]

@@ -1,0 +1,177 @@
+"""The connection, the server clock, error translation and pipeline expressions.
+
+Times that decide ownership (leases) are computed by the server from `$$NOW`;
+times that are only written or used as index bounds come from `now()`, this
+node's clock corrected by the measured offset to the server's clock, so a node
+with a skewed clock neither delays nor hurries jobs.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+import bson
+import pymongo
+from bson import ObjectId
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import ConnectionFailure, PyMongoError
+
+from workers.errors import DatabaseUnavailable, StoreError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Document = dict[str, Any]
+_CLOCK_RESYNC = 60.0
+
+
+def translated(method: Callable[P, T]) -> Callable[P, T]:
+    """Turn driver errors into our own, so callers never import pymongo."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except ConnectionFailure as exc:
+            first_line = str(exc).split(", Timeout:")[0]
+            raise DatabaseUnavailable(f"MongoDB is unreachable: {first_line}") from exc
+        except (PyMongoError, bson.errors.BSONError) as exc:
+            raise StoreError(f"MongoDB refused {method.__name__}: {exc}") from exc
+
+    return wrapper
+
+
+def new_id() -> str:
+    """Job ids are ObjectId strings: unique across nodes and sortable by creation."""
+    return str(ObjectId())
+
+
+def bson_problem(value: dict[str, Any]) -> str | None:
+    """Why `value` cannot be stored as a BSON document, naming the key path; None if it can."""
+    try:
+        bson.encode(value)
+    except (bson.errors.InvalidDocument, OverflowError, TypeError) as exc:
+        return f"{_first_bad_path(value) or 'value'}: {exc}"
+    return None
+
+
+def _first_bad_path(value: Any, path: str = "") -> str | None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or "\x00" in key:
+                return f"{path}{key!r} (keys must be strings without NUL)"
+            found = _first_bad_path(item, f"{path}{key}.")
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _first_bad_path(item, f"{path}{index}.")
+            if found:
+                return found
+        return None
+    try:
+        bson.encode({"v": value})
+    except (bson.errors.InvalidDocument, OverflowError, TypeError):
+        return path.rstrip(".") or None
+    return None
+
+
+# -- pipeline expressions, robust to whatever a damaged document holds ----------------
+
+
+def number(field: str) -> Any:
+    """`field` if it is a number, else 0: a damaged counter must not make an update fail."""
+    return {"$cond": [{"$isNumber": field}, field, 0]}
+
+
+def appended(field: str, entry: Document, *, literal: bool = True) -> Any:
+    """The array `field` (or [] if it is not one) with `entry` appended, stamped by $$NOW.
+
+    `entry` is taken literally unless `literal=False` says it holds expressions.
+    """
+    value = {"$literal": entry} if literal else entry
+    stamped = {"$mergeObjects": [value, {"time": "$$NOW"}]}
+    return {"$concatArrays": [{"$cond": [{"$isArray": field}, field, []]}, [stamped]]}
+
+
+def after_now(seconds: float) -> Any:
+    return {"$add": ["$$NOW", int(seconds * 1000)]}
+
+
+def before_now(field: str) -> Any:
+    """Expression: the date in `field` is earlier than the server's $$NOW.
+
+    Compared as milliseconds ($toLong), which is the same on MongoDB and works
+    on SecantusDB, whose expression engine compares a date with $$NOW as equal.
+    """
+    return {"$lt": [{"$toLong": field}, {"$toLong": "$$NOW"}]}
+
+
+class Connection:
+    """One MongoClient and the collections of one database."""
+
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        *,
+        prefix: str = "workers",
+        timeout: float = 10.0,
+        pool_size: int = 8,
+        app_name: str = "workers",
+    ) -> None:
+        ms = int(timeout * 1000)
+        self._client: pymongo.MongoClient[Document] = pymongo.MongoClient(
+            url,
+            tz_aware=True,
+            appname=app_name,
+            maxPoolSize=pool_size,
+            serverSelectionTimeoutMS=ms,
+            connectTimeoutMS=ms,
+            socketTimeoutMS=ms * 3,
+            retryWrites=True,
+        )
+        self.timeout = timeout
+        self.db: Database[Document] = self._client[database]
+        self.jobs: Collection[Document] = self.db[f"{prefix}.jobs"]
+        self.nodes: Collection[Document] = self.db[f"{prefix}.nodes"]
+        self.cron: Collection[Document] = self.db[f"{prefix}.cron"]
+        self._offset: timedelta | None = None
+        self._synced_at = 0.0
+        self._clock_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    @translated
+    def ping(self) -> None:
+        self._client.admin.command("ping")
+
+    def now(self) -> datetime:
+        """The database server's clock, estimated without a round trip."""
+        if self._offset is None or time.monotonic() - self._synced_at > _CLOCK_RESYNC:
+            self.sync_clock()
+        assert self._offset is not None
+        return datetime.now(UTC) + self._offset
+
+    @translated
+    def sync_clock(self) -> timedelta:
+        """Measure this node's clock against the server's (hello.localTime)."""
+        with self._clock_lock:
+            before = time.time()
+            reply = self._client.admin.command("hello")
+            after = time.time()
+            server = reply["localTime"]
+            if server.tzinfo is None:
+                server = server.replace(tzinfo=UTC)
+            local = datetime.fromtimestamp((before + after) / 2, UTC)
+            self._offset = server - local
+            self._synced_at = time.monotonic()
+            return self._offset

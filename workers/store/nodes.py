@@ -1,0 +1,39 @@
+"""The `nodes` collection: one document per live worker process, written by its heartbeat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.store.base import Connection, Document, translated
+
+NODE_TTL = 24 * 3600  # a node that stopped beating disappears after a day
+
+
+class NodeQueries(Connection):
+    def ensure_node_indexes(self) -> None:
+        self.nodes.create_index("last_beat", name="node_ttl", expireAfterSeconds=NODE_TTL)
+
+    @translated
+    def beat(self, node_id: str, info: dict[str, Any]) -> None:
+        """Upsert this process's record; `last_beat` is the server's clock, `started` set once."""
+        self.nodes.update_one(
+            {"_id": node_id},
+            [
+                {
+                    "$set": {
+                        **{k: {"$literal": v} for k, v in info.items()},
+                        "last_beat": "$$NOW",
+                        "started": {"$ifNull": ["$started", "$$NOW"]},
+                    }
+                }
+            ],
+            upsert=True,
+        )
+
+    @translated
+    def forget_node(self, node_id: str) -> None:
+        self.nodes.delete_one({"_id": node_id})
+
+    @translated
+    def list_nodes(self) -> list[Document]:
+        return list(self.nodes.find().sort("started", 1))
