@@ -17,12 +17,18 @@ from typing import Any
 
 import pymongo
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 import workers
 from workers.app import App
 from workers.settings import Settings, validate
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# HYPOTHESIS_PROFILE=fuzz for a long fuzzing run; the default keeps the suite quick.
+hypothesis_settings.register_profile("default", max_examples=60, deadline=None)
+hypothesis_settings.register_profile("fuzz", max_examples=2000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def free_port() -> int:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
 
 from workers import app as app_module
 from workers import embedded, headless, registry
 from workers import settings as settings_module
-from workers.errors import WorkersError
+from workers.errors import DatabaseUnavailable, WorkersError
 from workers.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _STANDARD_RECORD_KEYS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -94,21 +98,46 @@ def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
 
 
 def run_worker(settings: Settings) -> int:
-    """One worker process: boot, claim and run until TERM/INT."""
+    """One worker process: boot (waiting for the database), claim and run until TERM/INT.
+
+    A second TERM/INT escalates to a hard shutdown. The process ends with
+    os._exit: a job thread that never returned (see timeouts) must not keep it alive.
+    """
     from workers.worker import Worker
 
-    app = app_module.boot(settings=settings)
-    worker = Worker(app)
+    stop_requested = threading.Event()
+    workers: list[Worker] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        worker.stop()
+        stop_requested.set()
+        for worker in workers:
+            worker.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    try:
-        return worker.run()
-    finally:
-        app_module.shutdown()
+    app = _boot_when_reachable(settings, stop_requested)
+    if app is None:
+        return 0
+    workers.append(Worker(app))
+    code = 0 if stop_requested.is_set() else workers[0].run()
+    app_module.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _boot_when_reachable(settings: Settings, stop: threading.Event) -> app_module.App | None:
+    """Boot, waiting out a database outage with backoff; None if stopped meanwhile."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return app_module.boot(settings=settings)
+        except DatabaseUnavailable as exc:
+            log.warning("database unavailable at startup, retrying in %.1f s: %s", delay, exc)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+    return None
 
 
 def _web(settings: Settings, web: WebMain) -> int:

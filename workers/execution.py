@@ -1,18 +1,64 @@
-"""One attempt of one job: hooks, outcome, and the conditional write of that outcome."""
+"""One attempt of one job: hooks, outcome, and the conditional write of that outcome.
+
+The outcome write is retried through a database outage for as long as the
+job is still ours, so an outage cannot leave a finished job `running`; if the
+job stops being ours meanwhile (handed back, rescued, timed out), the write
+is dropped and the job's new state stands.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from workers.app import App
-from workers.errors import ShutdownRequested, WorkersError
+from workers.errors import DatabaseUnavailable, JobTimeout, ShutdownRequested, WorkersError
 from workers.job import Attempt, Job
 from workers.record import JobRecord
 from workers.store import bson_problem
 
 log = logging.getLogger(__name__)
+
+_WRITE_BACKOFF_MAX = 10.0
+
+
+@dataclass(eq=False)
+class Held:
+    """A job this process holds the lease of, from claim to outcome."""
+
+    doc: dict[str, Any]
+    started: float | None = None  # monotonic; set once a thread starts it
+    deadline: float | None = None  # monotonic; from the job's timeout
+    timeout: float | None = None
+    timed_out: bool = False
+    released: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def job_id(self) -> Any:
+        return self.doc.get("_id")
+
+    @property
+    def abandoned(self) -> bool:
+        """No longer ours: handed back, taken over, or failed by the watchdog."""
+        return self.released.is_set()
+
+    def abandon(self, *, timed_out: bool = False) -> None:
+        self.timed_out = self.timed_out or timed_out
+        self.released.set()
+
+    def overdue(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline and not self.abandoned
+
+    def stuck(self, now: float) -> bool:
+        """Timed out and still not returned after a further min(timeout, 5 s), at least 1 s."""
+        if not self.timed_out or self.deadline is None or self.done.is_set():
+            return False
+        return now > self.deadline + max(1.0, min(self.timeout or 0.0, 5.0))
 
 
 def error_document(exc: BaseException, attempt: int, owner: str) -> dict[str, Any]:
@@ -26,22 +72,50 @@ def error_document(exc: BaseException, attempt: int, owner: str) -> dict[str, An
     }
 
 
-def run_attempt(app: App, owner: str, doc: dict[str, Any]) -> None:
-    """Run a claimed job once and record the outcome; never raises for the job's own errors."""
+def run_attempt(app: App, owner: str, held: Held) -> None:
+    """Run a claimed, started job once and record the outcome; a job's errors never escape."""
     try:
-        record = JobRecord.from_document(doc)
+        record = JobRecord.from_document(held.doc)
     except ValueError as exc:
-        _fail_malformed(app, owner, doc, exc)
+        _fail_malformed(app, owner, held, exc)
         return
     job_class = app.registry.get(record.type)
     if job_class is None:  # the claim filters on registered types; kept as a guard
-        app.store.release([record.id], owner)
+        app.store.release([record.id], owner, f"type {record.type} is not registered here")
         return
+    if record.timeout is not None and held.started is not None:
+        held.timeout = record.timeout
+        held.deadline = held.started + record.timeout
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
     log.info("job started", extra={"action": "job_started", **extra})
     job, result, error = _call_handler(app, owner, job_class, record)
-    _record_outcome(app, owner, record, result, error)
+    if held.timed_out:
+        error = JobTimeout(f"{record.type} ran past its timeout of {record.timeout:g} s")
+    else:
+        _record_outcome(app, owner, held, record, result, error)
     _call_after_job(job, error, extra)
+
+
+def record_timeout(app: App, owner: str, held: Held) -> None:
+    """The watchdog's write: fail (or retry) the attempt with a JobTimeout."""
+    try:
+        record = JobRecord.from_document(held.doc)
+        message = f"{record.type} ran past its timeout of {held.timeout:g} s"
+        error = error_document(JobTimeout(message), record.attempts, owner)
+        retry_in = record.retry.delay_after(record.attempts) if record.retries_left else None
+        app.store.fail(record.id, owner, error, retry_in)
+    except (ValueError, WorkersError) as exc:
+        log.error("could not record a timeout; the lease will expire: %s", exc)
+        return
+    log.warning(
+        "job timed out",
+        extra={
+            "action": "job_timeout",
+            "job_id": record.id,
+            "type": record.type,
+            "outcome": "failed" if retry_in is None else "will retry",
+        },
+    )
 
 
 def _call_handler(
@@ -71,26 +145,22 @@ def _instantiate(job_class: type[Job], params: dict[str, Any]) -> Job:
 
 
 def _record_outcome(
-    app: App, owner: str, record: JobRecord, result: Any, error: BaseException | None
+    app: App, owner: str, held: Held, record: JobRecord, result: Any, error: BaseException | None
 ) -> None:
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
-    try:
-        if error is None:
-            written = app.store.complete(record.id, owner, result)
-            outcome = "completed"
-        else:
-            retry_in = record.retry.delay_after(record.attempts) if record.retries_left else None
-            document = error_document(error, record.attempts, owner)
-            written = app.store.fail(record.id, owner, document, retry_in)
-            outcome = "failed" if retry_in is None else "will retry"
-    except WorkersError as exc:
-        log.error(
-            "could not record the job's outcome: %s", exc, extra={"action": "outcome_lost", **extra}
-        )
-        return
-    if not written:
+    outcome = "completed"
+    written: bool | WorkersError = False
+    if error is None:
+        written = _persist(held, lambda: app.store.complete(record.id, owner, result))
+        if isinstance(written, WorkersError):  # the result itself cannot be stored (too large)
+            error = written
+    if error is not None:
+        retry_in = record.retry.delay_after(record.attempts) if record.retries_left else None
+        outcome = "failed" if retry_in is None else "will retry"
+        written = _persist_failure(app, owner, held, record, error, retry_in)
+    if not written or isinstance(written, WorkersError):
         log.warning(
-            "job outcome refused: this process no longer holds the job",
+            "job outcome not written: this process no longer holds the job",
             extra={"action": "lease_lost", **extra},
         )
     elif error is None:
@@ -105,6 +175,51 @@ def _record_outcome(
         )
 
 
+def _persist_failure(
+    app: App,
+    owner: str,
+    held: Held,
+    record: JobRecord,
+    error: BaseException,
+    retry_in: float | None,
+) -> bool | WorkersError:
+    document = error_document(error, record.attempts, owner)
+    written = _persist(held, lambda: app.store.fail(record.id, owner, document, retry_in))
+    if isinstance(written, WorkersError):  # e.g. a gigantic message: record a short one instead
+        document = {**document, "message": str(error)[:2000], "traceback": None}
+        written = _persist(held, lambda: app.store.fail(record.id, owner, document, retry_in))
+    return written
+
+
+def _persist(held: Held, write: Callable[[], bool]) -> bool | WorkersError:
+    """Run a conditional write, retrying through outages while the job is ours.
+
+    Returns the write's answer (False as well once the job is no longer ours),
+    or the error with which the database refused the write itself.
+    """
+    delay = 0.5
+    while not held.abandoned:
+        try:
+            return write()
+        except DatabaseUnavailable as exc:
+            log.warning(
+                "database unavailable; retrying the job's outcome in %.1f s: %s",
+                delay,
+                exc,
+                extra={"action": "outcome_retry", "job_id": held.job_id},
+            )
+        except WorkersError as exc:
+            log.error(
+                "the database refused the job's outcome: %s",
+                exc,
+                extra={"action": "outcome_refused", "job_id": held.job_id},
+            )
+            return exc
+        held.released.wait(delay)
+        delay = min(delay * 2, _WRITE_BACKOFF_MAX)
+    return False
+
+
 def _call_after_job(job: Job, error: BaseException | None, extra: dict[str, Any]) -> None:
     try:
         job.after_job(error)
@@ -112,9 +227,9 @@ def _call_after_job(job: Job, error: BaseException | None, extra: dict[str, Any]
         log.exception("after_job raised; ignored", extra={"action": "after_job_error", **extra})
 
 
-def _fail_malformed(app: App, owner: str, doc: dict[str, Any], exc: ValueError) -> None:
+def _fail_malformed(app: App, owner: str, held: Held, exc: ValueError) -> None:
     """A document we cannot read is failed for good: retrying cannot make it readable."""
-    job_id = doc.get("_id")
-    log.error("malformed job document %r: %s", job_id, exc, extra={"action": "job_malformed"})
-    attempts = doc.get("attempts") if isinstance(doc.get("attempts"), int) else 0
-    app.store.fail(job_id, owner, error_document(exc, attempts, owner), None)  # type: ignore[arg-type]
+    attempts = held.doc.get("attempts")
+    error = error_document(exc, attempts if isinstance(attempts, int) else 0, owner)
+    log.error("malformed job document %r: %s", held.job_id, exc, extra={"action": "job_malformed"})
+    _persist(held, lambda: app.store.fail(held.job_id, owner, error, None))

@@ -2,7 +2,8 @@
 
 Only the claimer queries the queue head: it takes as many jobs as there are
 idle threads and hands them over in memory, so the threads never race each
-other on `find_one_and_update` (DESIGN.md §5).
+other on `find_one_and_update` (DESIGN.md §5). A heartbeat thread keeps the
+leases of held jobs; a watchdog enforces per-job timeouts.
 """
 
 from __future__ import annotations
@@ -12,45 +13,27 @@ import os
 import queue
 import socket
 import threading
+import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
+from workers import __version__
 from workers.app import App
 from workers.errors import DatabaseUnavailable, WorkersError
-from workers.execution import run_attempt
+from workers.execution import Held, record_timeout, run_attempt
+from workers.heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
+EXIT_OK = 0
+EXIT_RECYCLE = 3  # a job would not return after its timeout: supervisord starts a fresh process
 _BACKOFF_MAX = 10.0
+_WATCH_TICK = 0.1
 
 
 def new_owner_id() -> str:
     """Unique per process incarnation: a restarted process never inherits old leases."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-@dataclass
-class _Slots:
-    """Idle job threads, counted under a condition the claimer waits on."""
-
-    free: int
-    cond: threading.Condition
-    stopping: threading.Event
-
-    def wait_for_free(self, timeout: float) -> int:
-        with self.cond:
-            self.cond.wait_for(lambda: self.free > 0 or self.stopping.is_set(), timeout)
-            return self.free
-
-    def take(self, n: int) -> None:
-        with self.cond:
-            self.free -= n
-
-    def give_back(self) -> None:
-        with self.cond:
-            self.free += 1
-            self.cond.notify_all()
 
 
 class Worker:
@@ -60,15 +43,30 @@ class Worker:
         self.owner = owner or new_owner_id()
         self.count = app.settings.workers.count
         self.queue_settings = app.settings.workers.queue
-        self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.shutdown_settings = app.settings.workers.shutdown
+        self._inbox: queue.Queue[Held | None] = queue.Queue()
+        self._cond = threading.Condition()  # guards _held and _free; re-entrant for stop()
+        self._held: dict[Any, Held] = {}
+        self._free = self.count
+        self._stuck: list[Held] = []
         self._stopping = threading.Event()
-        self._slots = _Slots(self.count, threading.Condition(), self._stopping)
-        self._threads: list[threading.Thread] = []
+        self._finished = threading.Event()
+        self._level: str = self.shutdown_settings.level
+        self._exit_code = EXIT_OK
+        self._stop_requests = 0
+        self._heartbeat = Heartbeat(
+            self.store,
+            self.owner,
+            self.queue_settings.lease,
+            self.held_ids,
+            self.lose,
+            self.node_info,
+        )
 
-    # -- lifecycle ---------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------
 
     def run(self) -> int:
-        """Claim and run jobs until stop() is called; returns the process exit code."""
+        """Claim and run jobs until stopped; returns the process exit code."""
         log.info(
             "worker started",
             extra={
@@ -78,90 +76,191 @@ class Worker:
                 "types": self.app.registry.types,
             },
         )
-        self._start_threads()
-        self._claim_loop()
-        self._drain()
-        log.info("worker stopped", extra={"action": "worker_stopped", "node": self.owner})
-        return 0
-
-    def stop(self) -> None:
-        """Stop claiming; jobs already running finish (signal-handler safe: only sets events)."""
-        self._stopping.set()
-        with self._slots.cond:
-            self._slots.cond.notify_all()
-
-    def _start_threads(self) -> None:
         for number in range(self.count):
-            thread = threading.Thread(target=self._work, name=f"job-{number}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            threading.Thread(target=self._work, name=f"job-{number}", daemon=True).start()
+        threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
+        self._heartbeat.start()
+        self._claim_loop()
+        self._shut_down()
+        self._finished.set()
+        self._heartbeat.stop()
+        log.info(
+            "worker stopped",
+            extra={"action": "worker_stopped", "node": self.owner, "exit_code": self._exit_code},
+        )
+        return self._exit_code
 
-    def _drain(self) -> None:
-        """Hand back what was claimed but not started, then let running jobs finish."""
-        unstarted = []
-        while True:
-            try:
-                doc = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if doc is not None:
-                unstarted.append(str(doc["_id"]))
-        if unstarted:
-            self._release(unstarted)
-        for _ in self._threads:
-            self._inbox.put(None)
-        for thread in self._threads:
-            thread.join()
+    def stop(self, level: str | None = None, exit_code: int | None = None) -> None:
+        """Stop claiming and shut down at `level` (default: settings). Safe in a signal handler;
+        a second request escalates to `hard`."""
+        self._stop_requests += 1
+        self._level = "hard" if self._stop_requests > 1 else level or self._level
+        if exit_code is not None:
+            self._exit_code = exit_code
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
 
-    def _release(self, job_ids: list[str]) -> None:
-        try:
-            released = self.store.release(job_ids, self.owner)
-        except WorkersError as exc:
-            log.error("could not hand jobs back: %s", exc, extra={"action": "release_failed"})
-            return
-        log.info("handed jobs back", extra={"action": "jobs_released", "count": released})
+    # -- what the heartbeat reads and reports -------------------------------------------
 
-    # -- the claimer ---------------------------------------------------------------
+    def held_ids(self) -> list[Any]:
+        with self._cond:
+            return list(self._held)
+
+    def lose(self, job_ids: list[Any]) -> None:
+        """These jobs are no longer ours (taken over, or handed back): stop writing for them."""
+        with self._cond:
+            for job_id in job_ids:
+                held = self._held.pop(job_id, None)
+                if held is not None:
+                    held.abandon()
+            self._cond.notify_all()
+
+    def node_info(self) -> dict[str, Any]:
+        with self._cond:
+            running = [h.job_id for h in self._held.values() if h.started is not None]
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "threads": self.count,
+            "running": running,
+            "version": __version__,
+            "state": "stopping" if self._stopping.is_set() else "running",
+        }
+
+    # -- the claimer ---------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
         types = self.app.registry.types
         poll = self.queue_settings.poll_interval
         backoff = poll
         while not self._stopping.is_set():
-            free = self._slots.wait_for_free(timeout=poll)
-            if self._stopping.is_set():
-                break
-            if free == 0:
+            with self._cond:
+                self._cond.wait_for(lambda: self._free > 0 or self._stopping.is_set(), poll)
+                free = self._free
+            if self._stopping.is_set() or free == 0:
                 continue
             try:
                 docs = self.store.claim(self.owner, types, self.queue_settings.lease, free)
-            except DatabaseUnavailable as exc:
-                log.warning(
-                    "database unavailable, retrying in %.1f s: %s",
+            except WorkersError as exc:
+                level = logging.WARNING if isinstance(exc, DatabaseUnavailable) else logging.ERROR
+                log.log(
+                    level,
+                    "claim failed, retrying in %.1f s: %s",
                     backoff,
                     exc,
-                    extra={"action": "db_unavailable"},
+                    extra={"action": "claim_failed"},
                 )
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             backoff = poll
-            self._slots.take(len(docs))
-            for doc in docs:
-                self._inbox.put(doc)
+            self._hand_over(docs)
             if len(docs) < free:
-                self._stopping.wait(poll)  # the queue is empty: poll again later
+                self._stopping.wait(poll)  # the queue is empty: look again later
 
-    # -- job threads ------------------------------------------------------------------
+    def _hand_over(self, docs: list[dict[str, Any]]) -> None:
+        with self._cond:
+            for doc in docs:
+                held = Held(doc)
+                self._held[held.job_id] = held
+                self._free -= 1
+                self._inbox.put(held)
+
+    # -- job threads ------------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
-            doc = self._inbox.get()
-            if doc is None:
+            held = self._inbox.get()
+            if held is None:
                 return
             try:
-                run_attempt(self.app, self.owner, doc)
+                if self._start(held):
+                    run_attempt(self.app, self.owner, held)
             except Exception:
                 log.exception("job attempt crashed the runner", extra={"action": "runner_error"})
             finally:
-                self._slots.give_back()
+                held.done.set()
+                with self._cond:
+                    if self._held.get(held.job_id) is held:
+                        del self._held[held.job_id]
+                    self._free += 1
+                    self._cond.notify_all()
+
+    def _start(self, held: Held) -> bool:
+        """Mark a job started, unless it was handed back meanwhile (one lock decides)."""
+        with self._cond:
+            if held.abandoned:
+                return False
+            held.started = time.monotonic()
+            return True
+
+    # -- timeouts ------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Fail jobs past their timeout; recycle the process if one will not return."""
+        while not self._finished.wait(_WATCH_TICK):
+            now = time.monotonic()
+            with self._cond:
+                overdue = [h for h in self._held.values() if h.overdue(now)]
+                for held in overdue:
+                    self._held.pop(held.job_id, None)
+                    held.abandon(timed_out=True)
+                    self._stuck.append(held)
+            for held in overdue:
+                record_timeout(self.app, self.owner, held)
+            self._recycle_if_stuck(now)
+
+    def _recycle_if_stuck(self, now: float) -> None:
+        self._stuck = [held for held in self._stuck if not held.done.is_set()]
+        if any(held.stuck(now) for held in self._stuck) and not self._stopping.is_set():
+            log.error(
+                "a job did not return after its timeout; recycling this process",
+                extra={"action": "recycle", "job_ids": [h.job_id for h in self._stuck]},
+            )
+            self.stop("normal", EXIT_RECYCLE)
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def _shut_down(self) -> None:
+        """soft: finish running and claimed jobs; normal: finish running ones and hand back
+        the claimed rest; hard: hand back everything now. Past the grace period, hard."""
+        deadline = time.monotonic() + self.shutdown_settings.grace
+        log.info("shutting down", extra={"action": "shutdown", "level": self._level})
+        if self._level != "soft":
+            self._hand_back(self._take_unstarted(), "not started before shutdown")
+        with self._cond:
+            self._cond.wait_for(
+                lambda: not self._held or self._level == "hard",
+                max(0.0, deadline - time.monotonic()),
+            )
+        reason = "shutdown (hard)" if self._level == "hard" else "grace period over at shutdown"
+        self._hand_back(self.held_ids(), reason)
+        for _ in range(self.count):
+            self._inbox.put(None)
+
+    def _take_unstarted(self) -> list[Any]:
+        """Claimed jobs no thread has started, atomically given up (see _start)."""
+        with self._cond:
+            unstarted = [h.job_id for h in self._held.values() if h.started is None]
+            self.lose(unstarted)
+            return unstarted
+
+    def _hand_back(self, job_ids: list[Any], reason: str) -> None:
+        if not job_ids:
+            return
+        self.lose(job_ids)  # our threads must not write for them any more
+        try:
+            count = self.store.release(
+                job_ids, self.owner, f"handed back by {self.owner}: {reason}"
+            )
+        except WorkersError as exc:
+            log.error(
+                "could not hand jobs back; their leases will expire: %s",
+                exc,
+                extra={"action": "release_failed", "job_ids": job_ids},
+            )
+            return
+        log.info(
+            "handed jobs back", extra={"action": "jobs_released", "count": count, "reason": reason}
+        )

@@ -87,3 +87,34 @@ class SleepJob(Job):
         _record("executions", self, phase="start")
         time.sleep(self.params.get("seconds", 1.0))
         _record("executions", self, phase="end")
+
+
+class SpinJob(Job):
+    """Burns CPU in pure Python for `seconds`: the GIL is shared, never released voluntarily."""
+
+    def handle_job(self) -> int:
+        _record("executions", self, phase="start")
+        end = time.monotonic() + self.params.get("seconds", 1.0)
+        spins = 0
+        while time.monotonic() < end:
+            spins += 1
+        _record("executions", self, phase="end")
+        return spins
+
+
+class TimeoutAfterJob(Job):
+    """Has a class-level timeout and sleeps past it, then returns."""
+
+    timeout = 0.5
+
+    def handle_job(self) -> str:
+        time.sleep(self.params.get("seconds", 1.0))
+        return "returned late"
+
+    def after_job(self, error: BaseException | None) -> None:
+        _record("after_job", self, error=repr(error) if error else None)
+
+
+class NeedsCountJob(Job):
+    def handle_job(self) -> int:
+        return int(self.params["count"] + 1)

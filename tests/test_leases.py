@@ -1,0 +1,103 @@
+"""Leases, heartbeats, nodes and rescue, with an in-process worker."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from tests.conftest import wait_for
+from tests.jobs import RecordJob, SleepJob, SpinJob
+from tests.test_queue import _plan_stages
+from tests.test_worker import finished, running
+from workers import Job
+from workers.app import App
+from workers.store import LOST_MESSAGE
+from workers.worker import Worker
+
+
+def rescues(doc: dict[str, Any]) -> list[str]:
+    return [e["message"] for e in doc["log"] if e["message"].startswith("lost: worker")]
+
+
+def test_a_job_longer_than_its_lease_keeps_it_while_the_process_beats(app: App) -> None:
+    # settings: lease 5 s, so a beat every 5/3 s; the job runs 7 s
+    job_id = Job.push(SleepJob(seconds=7))
+    with running(app):
+        doc = wait_for(lambda: finished(app, job_id), timeout=30, what="the long job")
+    assert doc["status"] == "completed"
+    assert doc["attempts"] == 1 and rescues(doc) == []
+
+
+def test_a_cpu_bound_job_longer_than_its_lease_keeps_it_too(app: App) -> None:
+    job_id = Job.push(SpinJob(seconds=7))
+    with running(app):
+        doc = wait_for(lambda: finished(app, job_id), timeout=30, what="the spinning job")
+    assert doc["status"] == "completed" and doc["attempts"] == 1 and rescues(doc) == []
+
+
+def test_a_job_whose_owner_died_is_rescued_and_run_again(app: App, db: Any) -> None:
+    job_id = Job.push(RecordJob())
+    app.store.claim("dead-node", app.registry.types, 3, 1)  # and then never beats
+    with running(app):
+        doc = wait_for(lambda: finished(app, job_id), timeout=30, what="the rescued job")
+    assert doc["status"] == "completed"
+    assert doc["attempts"] == 2  # the lost attempt counts
+    assert rescues(doc) == [
+        "lost: worker dead-node stopped renewing its lease; attempt 1 will be retried"
+    ]
+    assert db.executions.count_documents({"job_id": job_id}) == 1
+
+
+def test_a_lost_job_out_of_retries_fails_as_lost(app: App) -> None:
+    job_id = Job.push(RecordJob(), retry=0)
+    app.store.claim("dead-node", app.registry.types, 3, 1)
+    with running(app):
+        doc = wait_for(lambda: finished(app, job_id), timeout=30, what="the lost job to fail")
+    assert doc["status"] == "failed"
+    assert doc["error"]["message"] == LOST_MESSAGE == "lost: worker died"
+    assert doc["error"]["node"] == "dead-node"
+
+
+def test_rescue_never_takes_a_live_lease_even_from_a_node_whose_clock_runs_ahead(app: App) -> None:
+    job_id = Job.push(RecordJob())
+    app.store.claim("live-node", app.registry.types, 30, 1)
+    assert app.store.rescue_expired() == []
+    app.store.sync_clock()
+    app.store._offset += timedelta(hours=1)  # this node now believes it is an hour later
+    assert app.store.rescue_expired() == []
+    assert app.store.get_job(job_id)["lease_owner"] == "live-node"  # type: ignore[index]
+
+
+def test_the_rescue_query_is_an_index_scan_on_the_rescue_index(app: App) -> None:
+    for _ in range(5):
+        Job.push(RecordJob())
+    app.store.claim("node", app.registry.types, 30, 5)
+    stages = _plan_stages(app.store.explain_rescue()["queryPlanner"]["winningPlan"])
+    assert "COLLSCAN" not in [s["stage"] for s in stages]
+    assert [s["indexName"] for s in stages if s["stage"] == "IXSCAN"] == ["rescue"]
+
+
+def test_renewing_reports_the_leases_another_process_took_over(app: App) -> None:
+    first, second = Job.push(RecordJob()), Job.push(RecordJob())
+    app.store.claim("node-a", app.registry.types, 5, 2)
+    app.store.release([second], "node-a", "test")
+    app.store.claim("node-b", app.registry.types, 5, 1)
+    assert app.store.renew_leases("node-a", [first, second], 5) == [second]
+
+
+def test_each_process_records_itself_in_nodes_while_it_runs(app: App) -> None:
+    job_id = Job.push(SleepJob(seconds=2))
+    with running(app) as worker:
+        node = wait_for(
+            lambda: (n := app.store.nodes.find_one({"_id": worker.owner})) and n["running"] and n,
+            timeout=20,
+            what="the node record to list the running job",
+        )
+        assert node["running"] == [job_id]
+        assert node["threads"] == 2 and node["host"] and node["pid"] and node["version"]
+        assert node["last_beat"] >= node["started"]
+    assert app.store.nodes.find_one({"_id": worker.owner}) is None  # a clean stop forgets it
+
+
+def test_process_ids_are_unique_even_for_one_os_process(app: App) -> None:
+    assert Worker(app).owner != Worker(app).owner

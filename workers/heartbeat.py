@@ -1,0 +1,91 @@
+"""The heartbeat of a worker process, every lease/3 seconds, independent of the job threads.
+
+Each beat renews the leases of every job the process holds (one update),
+records the process in the `nodes` collection, and rescues jobs whose lease
+expired anywhere in the cluster (their process died). A long CPU-bound job
+keeps its lease because the beat runs on its own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from workers.errors import WorkersError
+from workers.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        store: Store,
+        owner: str,
+        lease: float,
+        held: Callable[[], list[Any]],
+        on_lost: Callable[[list[Any]], None],
+        node_info: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.lease = lease
+        self.interval = lease / 3
+        self._held = held
+        self._on_lost = on_lost
+        self._node_info = node_info
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and remove this process from `nodes` (best effort)."""
+        self._stop.set()
+        self._thread.join(timeout=self.store.timeout + 1)
+        try:
+            self.store.forget_node(self.owner)
+        except WorkersError as exc:
+            log.warning("could not remove the node record: %s", exc)
+
+    def _run(self) -> None:
+        while True:
+            self.beat()
+            if self._stop.wait(self.interval):
+                return
+
+    def beat(self) -> None:
+        """One beat; a database outage is logged and the next beat tries again."""
+        try:
+            self._renew()
+            self.store.beat(self.owner, self._node_info())
+            self._rescue()
+        except WorkersError as exc:
+            log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
+
+    def _renew(self) -> None:
+        held = self._held()
+        lost = self.store.renew_leases(self.owner, held, self.lease)
+        if lost:
+            log.warning(
+                "lost the lease of %d job(s): another process took them over",
+                len(lost),
+                extra={"action": "lease_lost", "job_ids": lost},
+            )
+            self._on_lost(lost)
+
+    def _rescue(self) -> None:
+        for doc in self.store.rescue_expired():
+            log.warning(
+                "rescued a job whose worker stopped renewing its lease",
+                extra={
+                    "action": "job_rescued",
+                    "job_id": doc["_id"],
+                    "type": doc.get("type"),
+                    "lost_by": doc.get("lease_owner"),
+                    "attempt": doc.get("attempts"),
+                },
+            )
