@@ -43,6 +43,10 @@ class Job:
 
     #: Seconds an attempt may run before it is failed with a JobTimeout (None: no limit).
     timeout: ClassVar[float | None] = None
+    #: IANA time zone in which `setup_cron` expressions are read.
+    timezone: ClassVar[str] = "UTC"
+    #: Ticks missed by more than the misfire grace: "latest" (fire the newest once), "all", "none".
+    cron_missed: ClassVar[str] = "latest"
 
     def __init__(self, params: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         merged = dict(params or {})
@@ -70,7 +74,9 @@ class Job:
 
     @classmethod
     def setup_cron(cls) -> Any:
-        """Return a cron expression (or several) to have the job fired on a schedule."""
+        """Return a cron expression, a list of them, or (expression, params) pairs, to have
+        the job pushed on a schedule, once per tick across the cluster (croniter syntax,
+        seconds as an optional sixth field); `self.params["tick"]` is the tick, ISO-8601 UTC."""
         return None
 
     # -- what a running job can call ------------------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 
+from workers.cron import Schedule, schedules_for
 from workers.errors import DiscoveryError
 from workers.job import Job
 
@@ -21,6 +22,7 @@ from workers.job import Job
 @dataclass(frozen=True)
 class Registry:
     classes: Mapping[str, type[Job]] = field(default_factory=dict)
+    schedules: list[Schedule] = field(default_factory=list)
 
     def get(self, job_type: str) -> type[Job] | None:
         return self.classes.get(job_type)
@@ -37,7 +39,11 @@ class Registry:
 
 
 def discover(packages: Sequence[str]) -> Registry:
-    """Import every module of `packages` and register its module-level *Job classes."""
+    """Import every module of `packages` and register its module-level *Job classes.
+
+    Their `setup_cron` schedules are read and validated here too, so a bad one
+    stops startup (CronError) in every mode.
+    """
     found: dict[str, type[Job]] = {}
     for module in _modules(packages):
         for cls in _job_classes(module):
@@ -48,7 +54,7 @@ def discover(packages: Sequence[str]) -> Registry:
                     f"{cls.__module__} (a job's type is its class name; rename one)"
                 )
             found[cls.__name__] = cls
-    return Registry(dict(found))
+    return Registry(dict(found), schedules_for(list(found.values())))
 
 
 def _modules(packages: Sequence[str]) -> Iterator[ModuleType]:

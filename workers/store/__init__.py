@@ -7,11 +7,12 @@ atomic and which index serves it. One module per collection.
 from __future__ import annotations
 
 from workers.store.base import Document, bson_problem, new_id, translated
+from workers.store.cron import CronQueries
 from workers.store.jobs import CLAIM_INDEX, LOST_MESSAGE, RESCUE_INDEX, JobQueries
 from workers.store.nodes import NodeQueries
 
 
-class Store(JobQueries, NodeQueries):
+class Store(JobQueries, NodeQueries, CronQueries):
     """The job, node and cron collections of one database."""
 
     @translated

@@ -114,6 +114,11 @@ def before_now(field: str) -> Any:
     return {"$lt": [{"$toLong": field}, {"$toLong": "$$NOW"}]}
 
 
+def wall_clock() -> float:
+    """This node's clock, in seconds since the epoch: the one place the store reads it."""
+    return time.time()
+
+
 class Connection:
     """One MongoClient and the collections of one database."""
 
@@ -159,15 +164,15 @@ class Connection:
         if self._offset is None or time.monotonic() - self._synced_at > _CLOCK_RESYNC:
             self.sync_clock()
         assert self._offset is not None
-        return datetime.now(UTC) + self._offset
+        return datetime.fromtimestamp(wall_clock(), UTC) + self._offset
 
     @translated
     def sync_clock(self) -> timedelta:
         """Measure this node's clock against the server's (hello.localTime)."""
         with self._clock_lock:
-            before = time.time()
+            before = wall_clock()
             reply = self._client.admin.command("hello")
-            after = time.time()
+            after = wall_clock()
             server = reply["localTime"]
             if server.tzinfo is None:
                 server = server.replace(tzinfo=UTC)

@@ -33,6 +33,7 @@ CLAIM_INDEX = "claim"
 CLAIM_KEYS = [("status", 1), ("priority", 1), ("run_at", 1)]
 CLAIM_SORT = [("priority", 1), ("run_at", 1)]
 RESCUE_INDEX = "rescue"
+UNIQUE_INDEX = "unique_key"
 RESCUE_KEYS = [("status", 1), ("lease_expires", 1)]
 _RESCUE_BATCH = 500
 _CLOCK_MARGIN = timedelta(seconds=1)
@@ -43,6 +44,13 @@ class JobQueries(Connection):
     def ensure_job_indexes(self) -> None:
         self.jobs.create_index(CLAIM_KEYS, name=CLAIM_INDEX)
         self.jobs.create_index(RESCUE_KEYS, name=RESCUE_INDEX)
+        # one job per cron tick; jobs without a key are not indexed
+        self.jobs.create_index(
+            "unique_key",
+            name=UNIQUE_INDEX,
+            unique=True,
+            partialFilterExpression={"unique_key": {"$type": "string"}},
+        )
 
     # -- push --------------------------------------------------------------------
 

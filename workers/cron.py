@@ -1,0 +1,292 @@
+"""Cron: schedules from `setup_cron`, one leader per cluster, every tick fired once.
+
+The leader holds a lease document in Mongo (the server's clock decides when it
+lapses) and pushes each due tick as an ordinary job whose unique key is
+(class, tick time[, params]): a unique index refuses a second job for a tick,
+so two overlapping leaders, a restarted one or a slow one cannot fire a tick
+twice. Ticks are computed with croniter from the database clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from workers.errors import CronError, WorkersError
+from workers.job import Job
+from workers.record import PushOptions, RetryPolicy, new_document
+from workers.store import new_id
+
+if TYPE_CHECKING:
+    from workers.app import App
+
+log = logging.getLogger(__name__)
+
+MISSED_POLICIES = ("latest", "all", "none")
+MAX_CATCH_UP = 10_000  # ticks fired at most per schedule after an outage, policy "all"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One cron expression of one job class, with the params its jobs get."""
+
+    job_type: str
+    expression: str
+    params: dict[str, Any] = field(default_factory=dict)
+    timezone: str = "UTC"
+    missed: str = "latest"
+
+    @property
+    def id(self) -> str:
+        """Stable across deploys: the class and its params (not the expression, so editing
+        the expression during a rolling deploy cannot fire one tick twice)."""
+        return f"{self.job_type}:{_params_hash(self.params)}" if self.params else self.job_type
+
+    def unique_key(self, tick: datetime) -> str:
+        return f"cron:{self.id}@{iso(tick)}"
+
+    def next_after(self, moment: datetime) -> datetime:
+        start = moment.astimezone(ZoneInfo(self.timezone))
+        tick: datetime = croniter(self.expression, start).get_next(datetime)
+        return tick.astimezone(UTC)
+
+    def ticks(self, after: datetime, until: datetime) -> Iterator[datetime]:
+        """The ticks t with after < t <= until, oldest first."""
+        series = croniter(self.expression, after.astimezone(ZoneInfo(self.timezone)))
+        while (tick := series.get_next(datetime).astimezone(UTC)) <= until:
+            yield tick
+
+    def recent_ticks(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
+        """Up to `limit` of the most recent ticks t with after < t <= until, oldest first."""
+        start = (until + timedelta(seconds=1)).astimezone(ZoneInfo(self.timezone))
+        series = croniter(self.expression, start)
+        found: list[datetime] = []
+        while len(found) < limit:
+            tick = series.get_prev(datetime).astimezone(UTC)
+            if tick <= after:
+                break
+            if tick <= until:
+                found.append(tick)
+        return found[::-1]
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 in UTC with a Z, as `params["tick"]` carries it."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _params_hash(params: dict[str, Any]) -> str:
+    text = json.dumps(params, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# -- reading setup_cron --------------------------------------------------------------
+
+
+def schedules_of(cls: type[Job]) -> list[Schedule]:
+    """Parse a class's `setup_cron`; CronError names the class and its module."""
+    where = f"{cls.__module__}.{cls.__name__}"
+    try:
+        spec = cls.setup_cron()
+    except Exception as exc:
+        raise CronError(f"{where}.setup_cron() raised {type(exc).__name__}: {exc}") from exc
+    if spec is None:
+        return []
+    timezone = _timezone(cls, where)
+    missed = getattr(cls, "cron_missed", "latest")
+    if missed not in MISSED_POLICIES:
+        raise CronError(f"{where}.cron_missed must be one of {MISSED_POLICIES}, got {missed!r}")
+    entries = spec if isinstance(spec, list) else [spec]
+    return [_schedule(cls.__name__, entry, timezone, missed, where) for entry in entries]
+
+
+def _timezone(cls: type[Job], where: str) -> str:
+    name = getattr(cls, "timezone", "UTC")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise CronError(f"{where}.timezone {name!r} is not an IANA time zone name") from None
+    return str(name)
+
+
+def _schedule(job_type: str, entry: Any, timezone: str, missed: str, where: str) -> Schedule:
+    expression, params = entry if isinstance(entry, tuple) and len(entry) == 2 else (entry, {})
+    if not isinstance(expression, str):
+        raise CronError(
+            f"{where}.setup_cron() must return an expression, a list of them, or "
+            f"(expression, params) pairs; got {entry!r}"
+        )
+    if not isinstance(params, dict):
+        raise CronError(f"{where}.setup_cron(): params for {expression!r} must be a dict")
+    if not croniter.is_valid(expression):
+        raise CronError(f"{where}.setup_cron(): {expression!r} is not a valid cron expression")
+    return Schedule(job_type, expression, dict(params), timezone, missed)
+
+
+def schedules_for(classes: Sequence[type[Job]]) -> list[Schedule]:
+    return [schedule for cls in classes for schedule in schedules_of(cls)]
+
+
+# -- which ticks to fire ---------------------------------------------------------------
+
+
+def misfire_grace(lease: float) -> timedelta:
+    """Ticks later than this are missed (policy applies); sooner ones always fire, late.
+    Twice the leader lease covers a failover after a leader dies."""
+    return timedelta(seconds=max(10.0, 2 * lease))
+
+
+def due_ticks(
+    schedule: Schedule, last: datetime, now: datetime, grace: timedelta
+) -> tuple[list[datetime], int]:
+    """The ticks to fire now, and how many the missed-tick policy skips."""
+    cutoff = now - grace
+    on_time = list(schedule.ticks(max(last, cutoff), now))
+    if last >= cutoff:
+        return on_time, 0
+    missed = schedule.recent_ticks(last, cutoff, MAX_CATCH_UP)
+    if schedule.missed == "all":
+        return missed + on_time, 0
+    if schedule.missed == "none" or on_time:  # on-time ticks already make up for the gap
+        return on_time, len(missed)
+    return missed[-1:], len(missed) - 1
+
+
+# -- the leader ------------------------------------------------------------------------------
+
+
+class Scheduler:
+    """Competes for the leader lease; while leading, fires the due ticks of every schedule."""
+
+    def __init__(self, app: App, owner: str, schedules: list[Schedule]) -> None:
+        self.app = app
+        self.store = app.store
+        self.owner = owner
+        self.schedules = schedules
+        self.lease = app.settings.workers.queue.lease
+        self.log_firings = app.settings.workers.cron.log
+        self.grace = misfire_grace(self.lease)
+        self._leading_until = 0.0  # monotonic; while before it, we hold the lease
+        self._renew_at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cron", daemon=True)
+
+    @property
+    def leading(self) -> bool:
+        return time.monotonic() < self._leading_until
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop, and resign so another node takes over at once instead of after the lease."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=self.store.timeout + 1)
+        if self.leading:
+            try:
+                self.store.resign(self.owner)
+            except WorkersError as exc:
+                log.warning("could not resign cron leadership: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except WorkersError as exc:
+                log.warning("cron step failed: %s", exc, extra={"action": "cron_failed"})
+            self._stop.wait(self._sleep())
+
+    def step(self, now: datetime | None = None) -> list[str]:
+        """Take or keep the lease; if leading, fire what is due. Returns the jobs pushed."""
+        self._keep_lease()
+        if not self.leading:
+            return []
+        now = now or self.store.now()
+        states = self.store.schedule_states()
+        pushed: list[str] = []
+        for schedule in self.schedules:
+            last = states.get(schedule.id)
+            if last is None:  # first sight: start from now, fire nothing from the past
+                self.store.mark_fired(schedule.id, now)
+                continue
+            pushed += self._fire(schedule, last, now)
+        return pushed
+
+    def _keep_lease(self) -> None:
+        started = time.monotonic()
+        if started < self._renew_at:
+            return
+        if not self.leading and not self.store.leadership_free(self.owner):
+            return
+        if self.store.take_leadership(self.owner, self.lease):
+            if not self.leading:
+                log.info("cron leader now", extra={"action": "cron_leader", "node": self.owner})
+            self._leading_until = started + self.lease * 0.8  # margin for clock rate and latency
+            self._renew_at = started + self.lease / 3
+        else:
+            self._leading_until = 0.0
+
+    def _fire(self, schedule: Schedule, last: datetime, now: datetime) -> list[str]:
+        ticks, skipped = due_ticks(schedule, last, now, self.grace)
+        if skipped:
+            log.warning(
+                "skipped missed cron ticks",
+                extra={
+                    "action": "cron_skipped",
+                    "type": schedule.job_type,
+                    "count": skipped,
+                    "policy": schedule.missed,
+                },
+            )
+        pushed = []
+        for tick in ticks:
+            job_id = self.store.insert_tick(self._document(schedule, tick))
+            if job_id is None:
+                continue  # another leader fired this tick already: the unique index said so
+            pushed.append(job_id)
+            if self.log_firings:
+                log.info(
+                    "cron fired",
+                    extra={
+                        "action": "cron_fired",
+                        "type": schedule.job_type,
+                        "tick": iso(tick),
+                        "job_id": job_id,
+                        "node": self.owner,
+                    },
+                )
+        self.store.mark_fired(schedule.id, now)  # every tick in (last, now] is handled
+        return pushed
+
+    def _document(self, schedule: Schedule, tick: datetime) -> dict[str, Any]:
+        queue = self.app.settings.workers.queue
+        options = PushOptions(
+            retry=RetryPolicy(queue.retries, queue.retry_wait, queue.backoff),
+            timeout=getattr(self.app.registry.get(schedule.job_type), "timeout", None)
+            or queue.timeout,
+            unique_key=schedule.unique_key(tick),
+        )
+        params = {**schedule.params, "tick": iso(tick)}
+        return new_document(new_id(), schedule.job_type, params, options, self.store.now())
+
+    def _sleep(self) -> float:
+        """Until the next tick of any schedule (at most 1 s, at least 0.05 s)."""
+        try:
+            now = self.store.now()
+        except WorkersError:
+            return 1.0
+        soonest = min(
+            (s.next_after(now) for s in self.schedules), default=now + timedelta(seconds=1)
+        )
+        return min(1.0, max(0.05, (soonest - now).total_seconds() + 0.01))
