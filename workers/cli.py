@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -15,10 +16,13 @@ from types import FrameType
 from workers import app as app_module
 from workers import embedded, headless, registry
 from workers import settings as settings_module
+from workers.cron import iso
 from workers.errors import DatabaseUnavailable, WorkersError
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
+
+SETTINGS_HELP = "settings file (default: $WORKERS_SETTINGS, else ./settings.json)"
 
 _STANDARD_RECORD_KEYS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -46,20 +50,21 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def parser(prog: str = "workers") -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog=prog, description="A MongoDB-backed job queue.")
-    top.add_argument(
-        "--settings",
-        metavar="PATH",
-        help="settings file (default: $WORKERS_SETTINGS, else ./settings.json)",
-    )
+    top.add_argument("--settings", metavar="PATH", help=SETTINGS_HELP)
+    # --settings is accepted after the command too (`workers cron --settings s.json`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--settings", metavar="PATH", help=SETTINGS_HELP, default=argparse.SUPPRESS)
     top.add_argument(
         "--headless",
         action="store_true",
         help="run the workers (cluster.count processes x workers.count threads)",
     )
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("worker", help="run one worker process (what supervisord starts)")
-    commands.add_parser("status", help="count the jobs by status")
-    db = commands.add_parser("db", help="the embedded database server of this folder")
+    add = functools.partial(commands.add_parser, parents=[common])
+    add("worker", help="run one worker process (what supervisord starts)")
+    add("status", help="count the jobs by status")
+    add("cron", help="list the cron schedules, their next ticks and the leader")
+    db = add("db", help="the embedded database server of this folder")
     db.add_argument("action", choices=["status", "stop"])
     return top
 
@@ -91,8 +96,10 @@ def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
         return _db(settings, args.action)
     if args.command == "status":
         return _status(settings)
+    if args.command == "cron":
+        return _cron(settings)
     if settings.mode == "headless":
-        registry.discover(settings.jobs)  # stop before starting anything if the jobs are broken
+        registry.discover(settings.jobs)  # broken jobs or schedules stop startup here
         return headless.run(settings)
     return _web(settings, web)
 
@@ -165,6 +172,38 @@ def _status(settings: Settings) -> int:
         store.close()
         if server is not None:
             server.release()
+    return 0
+
+
+def _cron(settings: Settings) -> int:
+    schedules = registry.discover(settings.jobs).schedules
+    store, server = app_module.connect(settings)
+    try:
+        now = store.now()
+        leader = store.leader()
+        handled = store.schedule_states()
+    finally:
+        store.close()
+        if server is not None:
+            server.release()
+    if settings.workers.cron.disable:
+        print("cron is disabled on this node (workers.cron.disable)")
+    if leader and leader["expires"] > now:
+        print(
+            f"leader: {leader['owner']} since {iso(leader['since'])}, "
+            f"lease until {iso(leader['expires'])}"
+        )
+    else:
+        print("leader: none (no live worker process holds the cron lease)")
+    for schedule in schedules:
+        last = handled.get(schedule.id)
+        print(
+            f"{schedule.job_type}  {schedule.expression!r}  params={schedule.params}  "
+            f"tz={schedule.timezone}  next={iso(schedule.next_after(now))}  "
+            f"last={iso(last) if last else '-'}  missed={schedule.missed}"
+        )
+    if not schedules:
+        print("no schedules: no job class in", settings.jobs, "defines setup_cron")
     return 0
 
 

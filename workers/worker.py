@@ -19,6 +19,7 @@ from typing import Any
 
 from workers import __version__
 from workers.app import App
+from workers.cron import Scheduler
 from workers.errors import DatabaseUnavailable, WorkersError
 from workers.execution import Held, record_timeout, run_attempt
 from workers.heartbeat import Heartbeat
@@ -80,7 +81,10 @@ class Worker:
             threading.Thread(target=self._work, name=f"job-{number}", daemon=True).start()
         threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
         self._heartbeat.start()
+        scheduler = self._start_cron()
         self._claim_loop()
+        if scheduler is not None:
+            scheduler.stop()  # resign first: another node takes over cron while we drain
         self._shut_down()
         self._finished.set()
         self._heartbeat.stop()
@@ -100,6 +104,14 @@ class Worker:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
+
+    def _start_cron(self) -> Scheduler | None:
+        schedules = self.app.registry.schedules
+        if not schedules or self.app.settings.workers.cron.disable:
+            return None
+        scheduler = Scheduler(self.app, self.owner, schedules)
+        scheduler.start()
+        return scheduler
 
     # -- what the heartbeat reads and reports -------------------------------------------
 
