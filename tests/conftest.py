@@ -157,3 +157,16 @@ def workers_env(**extra: str) -> dict[str, str]:
 def workers_command(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "workers"
     return [str(script) if script.exists() else shutil.which("workers") or "workers", *args]
+
+
+def run_workers(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the `workers` script to completion, as a user would from `cwd`."""
+    return run_command(workers_command(*args), cwd=cwd)
+
+
+def run_command(
+    command: list[str], *, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=cwd, env=env or workers_env(), capture_output=True, text=True, timeout=90
+    )

@@ -6,14 +6,13 @@ import contextlib
 import datetime as dt
 import os
 import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, wait_for, workers_command, workers_env
+from tests.conftest import ROOT, run_workers, wait_for, workers_env
 from tests.cronjobs import EverySecondJob, ReportJob
 from tests.headless_node import HeadlessNode
 from workers import boot, shutdown
@@ -58,14 +57,7 @@ def test_a_bad_schedule_stops_startup_naming_the_class(package: str, message: st
 def test_the_cli_refuses_to_start_with_a_bad_schedule(tmp_path: Path) -> None:
     settings = tmp_path / "settings.json"
     settings.write_text('{"jobs": ["tests.badjobs.cron_timezone"]}')
-    done = subprocess.run(
-        workers_command("--headless", "--settings", str(settings)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=workers_env(),
-        cwd=tmp_path,
-    )
+    done = run_workers("--headless", "--settings", str(settings), cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
     assert "NightlyJob.timezone 'Mars/Olympus_Mons'" in done.stderr
@@ -271,14 +263,7 @@ def test_the_cron_command_lists_schedules_next_ticks_and_the_leader(
 ) -> None:
     path = settings_file(jobs=["tests.cronjobs"])
     Scheduler(cron_app, "host:123:abc", [Schedule("EverySecondJob", "* * * * * *")]).step()
-    done = subprocess.run(
-        workers_command("cron", "--settings", str(path)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=workers_env(),
-        cwd=tmp_path,
-    )
+    done = run_workers("cron", "--settings", str(path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("leader: host:123:abc since ")

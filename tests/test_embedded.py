@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pymongo
 
-from tests.conftest import wait_for, workers_command, workers_env
+from tests.conftest import run_command, run_workers, wait_for
 from tests.headless_node import HeadlessNode, alive
 
 PUSH = """
@@ -19,14 +18,8 @@ print(Job.push(RecordJob(echo="from the web process")))
 """
 
 
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        args, cwd=cwd, env=workers_env(), capture_output=True, text=True, timeout=90
-    )
-
-
 def status(cwd: Path) -> dict[str, int]:
-    done = run(workers_command("status"), cwd)
+    done = run_workers("status", cwd=cwd)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -48,7 +41,7 @@ def test_web_and_headless_processes_of_one_folder_share_one_embedded_server(tmp_
             timeout=60,
             what="the embedded server to start",
         )
-        pushed = run([sys.executable, "-c", PUSH], tmp_path)
+        pushed = run_command([sys.executable, "-c", PUSH], cwd=tmp_path)
         assert pushed.returncode == 0, pushed.stderr
         assert (
             f"using the embedded SecantusDB server at mongodb://127.0.0.1:{state['port']}"
@@ -83,7 +76,7 @@ def test_db_stop_stops_a_server_left_running(tmp_path: Path) -> None:
             "pid": server.pid,
             "port": int(server.url.split(":")[2].split("/")[0]),
         }
-        done = run(workers_command("db", "stop"), tmp_path)
+        done = run_workers("db", "stop", cwd=tmp_path)
         assert done.stdout.strip() == "stopped"
         assert embedded.status(folder) is None and not alive(server.pid)
     finally:

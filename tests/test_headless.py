@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, wait_for, workers_command, workers_env
+from tests.conftest import ROOT, run_command, run_workers, wait_for, workers_env
 from tests.headless_node import HeadlessNode, alive
 from tests.jobs import RecordJob
 from workers import Job, boot, shutdown
@@ -77,14 +76,7 @@ def test_web_mode_boots_and_runs_no_job(
         job_id = Job.push(RecordJob())
     finally:
         shutdown()
-    done = subprocess.run(
-        workers_command("--settings", str(path)),
-        cwd=tmp_path,
-        env=workers_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_workers("--settings", str(path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "web mode" in done.stdout and "RecordJob" in done.stdout
     assert db["workers.jobs"].find_one({"_id": job_id})["status"] == "ready"
@@ -97,7 +89,7 @@ def test_the_example_app_pushes_in_web_mode_and_runs_in_headless_mode(
     path = settings_file(jobs=["app_jobs"], cluster__count=1, workers__count=3)
     command = [sys.executable, "-m", "app_jobs", "--settings", str(path)]
     env = workers_env()
-    pushed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    pushed = run_command(command, cwd=ROOT, env=env)
     assert pushed.returncode == 0, pushed.stderr
     assert "pushed 5 example jobs" in pushed.stdout
     jobs = db["workers.jobs"]

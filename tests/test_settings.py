@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, workers_command, workers_env
+from tests.conftest import ROOT, run_workers
 from workers import settings as settings_module
 from workers.errors import SettingsError
 from workers.settings import Settings
@@ -145,14 +144,7 @@ def test_an_unset_url_and_no_mongo_url_means_the_embedded_default(
 
 def test_the_cli_refuses_a_bad_file_in_one_line_and_starts_nothing(tmp_path: Path) -> None:
     path = write(tmp_path, {"workers": {"count": 0}})
-    done = subprocess.run(
-        workers_command("--headless", "--settings", str(path)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=workers_env(),
-        cwd=tmp_path,
-    )
+    done = run_workers("--headless", "--settings", str(path), cwd=tmp_path)
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

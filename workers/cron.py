@@ -200,11 +200,21 @@ class Scheduler:
                 log.warning("could not resign cron leadership: %s", exc)
 
     def _run(self) -> None:
+        backoff = 1.0
         while not self._stop.is_set():
             try:
                 self.step()
             except WorkersError as exc:
-                log.warning("cron step failed: %s", exc, extra={"action": "cron_failed"})
+                log.warning(
+                    "cron step failed, retrying in %.0f s: %s",
+                    backoff,
+                    exc,
+                    extra={"action": "cron_failed"},
+                )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 1.0
             self._stop.wait(self._sleep())
 
     def step(self, now: datetime | None = None) -> list[str]:
