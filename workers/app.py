@@ -53,13 +53,9 @@ class App:
         problem = bson_problem(job.params)
         if problem:
             raise PushError(f"{job_type} params are not BSON-encodable: {problem}")
-        if options.get("timeout") is None:
-            options["timeout"] = type(job).timeout or self.settings.workers.queue.timeout
-        parsed = parse_options(self.retry_defaults, **options)
         job_id = new_id()
         try:
-            document = new_document(job_id, job_type, job.params, parsed, self.store.now())
-            self.store.insert_job(document)
+            self.store.insert_job(self.job_document(job_id, job_type, job.params, **options))
         except DatabaseUnavailable as exc:
             raise DatabaseUnavailable(
                 f"could not push {job_type} (id {job_id}) within {self.store.timeout:g} s: {exc}; "
@@ -67,6 +63,18 @@ class App:
             ) from exc
         log.debug("job pushed", extra={"action": "job_pushed", "job_id": job_id, "type": job_type})
         return job_id
+
+    def job_document(
+        self, job_id: str, job_type: str, params: dict[str, Any], **options: Any
+    ) -> dict[str, Any]:
+        """The document of a push or a cron tick: options validated, defaults from the
+        settings, a timeout from the class unless given, run_at by the database clock."""
+        if options.get("timeout") is None:
+            job_class = self.registry.get(job_type)
+            class_timeout = job_class.timeout if job_class else None
+            options["timeout"] = class_timeout or self.settings.workers.queue.timeout
+        parsed = parse_options(self.retry_defaults, **options)
+        return new_document(job_id, job_type, params, parsed, self.store.now())
 
     def _registered_type(self, job: Job) -> str:
         if not isinstance(job, Job):

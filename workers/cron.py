@@ -24,7 +24,6 @@ from croniter import croniter
 
 from workers.errors import CronError, WorkersError
 from workers.job import Job
-from workers.record import PushOptions, RetryPolicy, new_document
 from workers.store import new_id
 
 if TYPE_CHECKING:
@@ -280,15 +279,9 @@ class Scheduler:
         return pushed
 
     def _document(self, schedule: Schedule, tick: datetime) -> dict[str, Any]:
-        queue = self.app.settings.workers.queue
-        options = PushOptions(
-            retry=RetryPolicy(queue.retries, queue.retry_wait, queue.backoff),
-            timeout=getattr(self.app.registry.get(schedule.job_type), "timeout", None)
-            or queue.timeout,
-            unique_key=schedule.unique_key(tick),
-        )
         params = {**schedule.params, "tick": iso(tick)}
-        return new_document(new_id(), schedule.job_type, params, options, self.store.now())
+        unique_key = schedule.unique_key(tick)
+        return self.app.job_document(new_id(), schedule.job_type, params, unique_key=unique_key)
 
     def _sleep(self) -> float:
         """Until the next tick of any schedule (at most 1 s, at least 0.05 s)."""
