@@ -42,21 +42,32 @@ def by_status(db: Any) -> Counter[str]:
     return Counter(d["status"] for d in db["workers.jobs"].find({}, {"status": 1}))
 
 
+def completions(doc: dict[str, Any]) -> int:
+    """Completion writes recorded on the job (each one appends to its log, atomically)."""
+    return sum(1 for e in doc["log"] if re.fullmatch(r"attempt \d+ completed by .+", e["message"]))
+
+
 def lost_entries(doc: dict[str, Any]) -> int:
     return sum(1 for e in doc["log"] if e["message"].startswith("lost: worker"))
 
 
 def assert_every_job_completed_exactly_once(db: Any, ids: set[str]) -> dict[str, int]:
-    """0 lost, 0 running, one successful execution per job, re-runs only where rescued."""
+    """0 lost, 0 running, each job completed once, and run again only where rescued.
+
+    A kill between a handler's last statement and its completion write makes a
+    rescued job run to its end twice: that is at-least-once delivery. What must
+    hold is runs <= 1 + rescues for every job, and one recorded completion.
+    """
     jobs = {d["_id"]: d for d in db["workers.jobs"].find()}
     assert set(jobs) == ids
     assert by_status(db) == Counter({"completed": len(ids)})
+    assert {job_id: completions(doc) for job_id, doc in jobs.items()} == dict.fromkeys(ids, 1)
     starts = Counter(e["job_id"] for e in db.executions.find({"phase": "start"}))
     ends = Counter(e["job_id"] for e in db.executions.find({"phase": "end"}))
-    assert ends == Counter(dict.fromkeys(ids, 1))
     rescued = {job_id: lost_entries(doc) for job_id, doc in jobs.items()}
     for job_id in ids:
-        assert 1 <= starts[job_id] <= 1 + rescued[job_id], (job_id, starts[job_id], rescued[job_id])
+        runs = (ends[job_id], starts[job_id], 1 + rescued[job_id])
+        assert 1 <= runs[0] <= runs[1] <= runs[2], (job_id, runs)
     return rescued
 
 
@@ -181,7 +192,7 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
     assert set(jobs) == ids and by_status(db) == Counter({"completed": 120})
     ends = Counter(e["job_id"] for e in db.executions.find({"phase": "end"}))
     assert set(ends) == ids  # every job ran to its end at least once
-    completions = Counter(re.findall(r'action="job_completed" job_id="(\w+)"', output))
-    assert completions == Counter(dict.fromkeys(ids, 1))  # and was recorded complete once
+    # and was recorded complete once
+    assert {job_id: completions(doc) for job_id, doc in jobs.items()} == dict.fromkeys(ids, 1)
     assert "database unavailable" in output
     client.close()

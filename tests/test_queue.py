@@ -98,7 +98,9 @@ def test_a_state_change_by_a_process_that_does_not_hold_the_job_is_refused(app: 
     assert app.store.get_job(job_id)["status"] == "running"  # type: ignore[index]
     assert app.store.complete(job_id, "node-a", "mine") is True
     assert app.store.complete(job_id, "node-a", "twice") is False
-    assert app.store.get_job(job_id)["result"] == "mine"  # type: ignore[index]
+    doc = app.store.get_job(job_id)
+    assert doc is not None and doc["result"] == "mine"
+    assert [e["message"] for e in doc["log"]] == ["attempt 1 completed by node-a"]
 
 
 def test_released_jobs_are_claimable_at_once_and_the_attempt_is_not_counted(app: App) -> None:

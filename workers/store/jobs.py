@@ -149,8 +149,19 @@ class JobQueries(Connection):
 
     @translated
     def complete(self, job_id: str, owner: str, result: Any) -> bool:
-        """Mark a running job completed; refused unless `owner` still holds it."""
-        changes = {"status": COMPLETED, "result": {"$literal": result}, "finished": "$$NOW"}
+        """Mark a running job completed; refused unless `owner` still holds it.
+
+        The job's log records which attempt completed it, and where, in the same write.
+        """
+        message = {"$concat": ["attempt ", {"$toString": number("$attempts")},
+                               f" completed by {owner}"]}  # fmt: skip
+        entry = {"level": "info", "message": message}
+        changes = {
+            "status": COMPLETED,
+            "result": {"$literal": result},
+            "finished": "$$NOW",
+            "log": appended("$log", entry, literal=False),
+        }
         return self._owned_update(job_id, owner, changes, release=True)
 
     @translated
