@@ -245,6 +245,7 @@ def test_three_nodes_fire_every_tick_exactly_once_through_kill_9_and_sigterm(
 
     jobs = list(db["workers.jobs"].find({"type": "EverySecondJob"}))
     ticks = sorted(dt.datetime.fromisoformat(j["params"]["tick"]) for j in jobs)
+    print(f"{len(ticks)} ticks from {iso(ticks[0])} to {iso(ticks[-1])}, {len(jobs)} jobs")
     assert len(ticks) >= 30
     assert len(set(ticks)) == len(ticks), "a tick was fired twice"
     expected = [ticks[0] + n * SECONDS for n in range(len(ticks))]
