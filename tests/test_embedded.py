@@ -21,7 +21,7 @@ print(Job.push(RecordJob(echo="from the web process")))
 def status(cwd: Path) -> dict[str, int]:
     done = run_workers("status", cwd=cwd)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(done.stdout.splitlines()[0])  # type: ignore[no-any-return]
 
 
 def test_web_and_headless_processes_of_one_folder_share_one_embedded_server(tmp_path: Path) -> None:

@@ -60,6 +60,11 @@ def test_a_crashed_worker_process_is_restarted_by_supervisor(
             wait_for(lambda: completed(db) == 2, timeout=60, what="a job on the restarted worker")
         finally:
             shutdown()
+        status = run_workers("status", "--settings", str(path), cwd=tmp_path).stdout.splitlines()
+        assert status[0] == '{"completed": 2}'
+        live = db.executions.find_one(sort=[("server_time", -1)])["pid"]
+        (line,) = [x for x in status[1:] if f":{live}:" in x]  # the killed one is listed too
+        assert line.startswith("node ") and "(running): 0/1 threads busy, last beat " in line
         assert node.stop(signal.SIGINT) == 0  # Ctrl-C stops it as cleanly as TERM
         output = node.output()
     pids = [e["pid"] for e in db.executions.find().sort("server_time", 1)]

@@ -62,7 +62,7 @@ def parser(prog: str = "workers") -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
     add = functools.partial(commands.add_parser, parents=[common])
     add("worker", help="run one worker process (what supervisord starts)")
-    add("status", help="count the jobs by status")
+    add("status", help="count the jobs by status and list the live worker processes")
     add("cron", help="list the cron schedules, their next ticks and the leader")
     db = add("db", help="the embedded database server of this folder")
     db.add_argument("action", choices=["status", "stop"])
@@ -168,6 +168,15 @@ def _status(settings: Settings) -> int:
     store, server = app_module.connect(settings)
     try:
         print(json.dumps(store.count_by_status(), sort_keys=True))
+        now, lease = store.now(), settings.workers.queue.lease
+        for node in store.list_nodes():
+            silent = (now - node["last_beat"]).total_seconds()
+            state = f"silent for {silent:.0f} s" if silent > lease else node.get("state")
+            busy = f"{len(node.get('running', []))}/{node.get('threads')}"
+            print(
+                f"node {node['_id']} ({state}): {busy} threads busy, "
+                f"last beat {iso(node['last_beat'])}"
+            )
     finally:
         store.close()
         if server is not None:

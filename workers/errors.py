@@ -38,20 +38,5 @@ class EmbeddedServerError(WorkersError):
     """The embedded MongoDB-compatible server could not be started."""
 
 
-class LeaseLost(WorkersError):
-    """This process no longer holds the job's lease; its write was refused."""
-
-
 class JobTimeout(WorkersError, TimeoutError):
     """The job ran past its timeout."""
-
-
-class UnknownJobType(WorkersError):
-    """No registered class handles this job type."""
-
-
-class ShutdownRequested(BaseException):
-    """The process was asked to stop.
-
-    A BaseException so that `except Exception` in a job cannot swallow it.
-    """

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.app import App
-from workers.errors import DatabaseUnavailable, JobTimeout, ShutdownRequested, WorkersError
+from workers.errors import DatabaseUnavailable, JobTimeout, WorkersError
 from workers.job import Attempt, Job
 from workers.record import JobRecord
 from workers.store import bson_problem
@@ -131,8 +131,6 @@ def _call_handler(
         if problem:
             raise TypeError(f"handle_job returned a value that is not BSON-encodable: {problem}")
         return job, result, None
-    except ShutdownRequested:
-        raise
     except BaseException as exc:  # a job's SystemExit must not end the worker thread either
         return job, None, exc
 

@@ -155,10 +155,6 @@ class Connection:
     def close(self) -> None:
         self._client.close()
 
-    @translated
-    def ping(self) -> None:
-        self._client.admin.command("ping")
-
     def now(self) -> datetime:
         """The database server's clock, estimated without a round trip."""
         if self._offset is None or time.monotonic() - self._synced_at > _CLOCK_RESYNC:
