@@ -8,8 +8,10 @@ code needs no extra call.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from workers import embedded, registry
@@ -144,6 +146,18 @@ def connect(
         app_name=app_name,
     )
     return store, server
+
+
+@contextlib.contextmanager
+def connected(settings: Settings) -> Iterator[Store]:
+    """A store for one command (status, cron): closed, and the embedded server released, after."""
+    store, server = connect(settings)
+    try:
+        yield store
+    finally:
+        store.close()
+        if server is not None:
+            server.release()
 
 
 def current() -> App:

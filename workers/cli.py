@@ -165,8 +165,7 @@ def _report(app: app_module.App) -> int:
 
 
 def _status(settings: Settings) -> int:
-    store, server = app_module.connect(settings)
-    try:
+    with app_module.connected(settings) as store:
         print(json.dumps(store.count_by_status(), sort_keys=True))
         now, lease = store.now(), settings.workers.queue.lease
         for node in store.list_nodes():
@@ -177,24 +176,15 @@ def _status(settings: Settings) -> int:
                 f"node {node['_id']} ({state}): {busy} threads busy, "
                 f"last beat {iso(node['last_beat'])}"
             )
-    finally:
-        store.close()
-        if server is not None:
-            server.release()
     return 0
 
 
 def _cron(settings: Settings) -> int:
     schedules = registry.discover(settings.jobs).schedules
-    store, server = app_module.connect(settings)
-    try:
+    with app_module.connected(settings) as store:
         now = store.now()
         leader = store.leader()
         handled = store.schedule_states()
-    finally:
-        store.close()
-        if server is not None:
-            server.release()
     if settings.workers.cron.disable:
         print("cron is disabled on this node (workers.cron.disable)")
     if leader and leader["expires"] > now:

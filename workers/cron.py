@@ -275,7 +275,8 @@ class Scheduler:
                         "node": self.owner,
                     },
                 )
-        self.store.mark_fired(schedule.id, now)  # every tick in (last, now] is handled
+        if ticks or skipped:  # every tick in (last, now] is handled; nothing to write otherwise
+            self.store.mark_fired(schedule.id, now)
         return pushed
 
     def _document(self, schedule: Schedule, tick: datetime) -> dict[str, Any]:
