@@ -70,7 +70,7 @@ def account_for(app: App, inserted: dict[str, Any]) -> str:
             return "failed"
         assert same(stored, inserted), "a document that was not claimed must be left as it was"
         return "not claimable: left untouched"
-    run_attempt(app, "fuzz", Held(claimed[0], started=time.monotonic()))
+    run_attempt(app, Held(claimed[0], "fuzz", started=time.monotonic()))
     after = app.store.jobs.find_one({"_id": claimed[0]["_id"]})
     assert after is not None
     assert after["status"] in ("completed", "failed", "ready"), after

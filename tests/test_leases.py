@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from tests.conftest import wait_for
 from tests.jobs import RecordJob, SleepJob, SpinJob
-from tests.test_queue import _plan_stages
+from tests.plans import assert_on_index
 from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
@@ -68,21 +70,38 @@ def test_rescue_never_takes_a_live_lease_even_from_a_node_whose_clock_runs_ahead
     assert app.store.get_job(job_id)["lease_owner"] == "live-node"  # type: ignore[index]
 
 
-def test_the_rescue_query_is_an_index_scan_on_the_rescue_index(app: App) -> None:
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [("rescue", "rescue"), ("renew / release", "_id_"), ("outcome write", "_id_")],
+)
+def test_lease_and_outcome_queries_are_index_scans(app: App, query: str, index: str) -> None:
     for _ in range(5):
         Job.push(RecordJob())
     app.store.claim("node", app.registry.types, 30, 5)
-    stages = _plan_stages(app.store.explain_rescue()["queryPlanner"]["winningPlan"])
-    assert "COLLSCAN" not in [s["stage"] for s in stages]
-    assert [s["indexName"] for s in stages if s["stage"] == "IXSCAN"] == ["rescue"]
+    command, explained = app.store.lease_queries()[query]
+    assert_on_index(query, command, explained, index, app.store.explain_find)
 
 
 def test_renewing_reports_the_leases_another_process_took_over(app: App) -> None:
     first, second = Job.push(RecordJob()), Job.push(RecordJob())
-    app.store.claim("node-a", app.registry.types, 5, 2)
-    app.store.release([second], "node-a", "test")
-    app.store.claim("node-b", app.registry.types, 5, 1)
-    assert app.store.renew_leases("node-a", [first, second], 5) == [second]
+    app.store.claim("node-a#1", app.registry.types, 5, 2)
+    app.store.release({second: "node-a#1"}, "test")
+    app.store.claim("node-b#1", app.registry.types, 5, 1)
+    held = {first: "node-a#1", second: "node-a#1"}
+    assert app.store.renew_leases(held, 5) == [second]
+
+
+def test_renewing_under_an_older_token_of_the_same_process_is_refused(app: App) -> None:
+    # Given a job this process claimed, lost (rescued) and claimed again under a new token
+    job_id = Job.push(RecordJob())
+    app.store.claim("node-a#1", app.registry.types, 5, 1)
+    app.store.release({job_id: "node-a#1"}, "rescued, say")
+    app.store.claim("node-a#2", app.registry.types, 5, 1)
+    # Then the old attempt can neither renew, nor finish, nor hand the job back
+    assert app.store.renew_leases({job_id: "node-a#1"}, 5) == [job_id]
+    assert app.store.complete(job_id, "node-a#1", "stale") is False
+    assert app.store.release({job_id: "node-a#1"}, "stale") == 0
+    assert app.store.complete(job_id, "node-a#2", "live") is True
 
 
 def test_each_process_records_itself_in_nodes_while_it_runs(app: App) -> None:

@@ -5,33 +5,47 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from tests.jobs import FailJob, RecordJob
+from tests.plans import assert_on_index, plan_stages
 from workers import Job
 from workers.app import App
 
 
-def _plan_stages(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    stages = []
-    stack = [plan]
-    while stack:
-        stage = stack.pop()
-        stages.append(stage)
-        stack.extend(stage.get("inputStages", []))
-        if "inputStage" in stage:
-            stack.append(stage["inputStage"])
-    return stages
-
-
-def test_the_claim_is_an_index_scan_on_the_claim_index_never_a_collection_scan(app: App) -> None:
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        ("claim candidates", "claim_queue"),
+        ("claim write", "_id_"),
+        ("claim read-back", "_id_"),
+        ("next due", "claim_queue"),
+    ],
+)
+def test_every_query_of_the_claim_path_is_an_index_scan(app: App, query: str, index: str) -> None:
     for n in range(20):
         Job.push(RecordJob(n=n), priority=n % 3)
-    explained = app.store.explain_claim(app.registry.types)
-    stages = _plan_stages(explained["queryPlanner"]["winningPlan"])
-    names = [stage["stage"] for stage in stages]
-    assert "COLLSCAN" not in names
-    scans = [stage for stage in stages if stage["stage"] == "IXSCAN"]
-    assert scans and scans[0]["indexName"] == "claim"
-    assert next(iter(scans[0]["keyPattern"])) == "status"  # the equality on status is the prefix
+    command, explained = app.store.hot_path_queries(app.registry.types)[query]
+    assert_on_index(query, command, explained, index, app.store.explain_find)
+    if index == "claim_queue":  # the equalities on status and type lead the scanned index
+        stages = plan_stages(explained["queryPlanner"]["winningPlan"])
+        scan = next(stage for stage in stages if stage["stage"] == "IXSCAN")
+        assert list(scan["keyPattern"])[:2] == ["status", "type"]
+
+
+def test_a_backlog_of_types_this_node_does_not_know_is_not_scanned(app: App, db: Any) -> None:
+    # Given 300 ready jobs of a type only another pool runs, and 3 of ours
+    foreign = Job.push(RecordJob())
+    template = db[app.store.jobs.name].find_one({"_id": foreign})
+    db[app.store.jobs.name].insert_many(
+        [{**template, "_id": f"foreign-{n}", "type": "OtherPoolJob"} for n in range(300)]
+    )
+    mine = [Job.push(RecordJob(n=n)) for n in range(2)]
+    # When this node looks for work, the scan examines only our types' keys
+    examined = app.store.claim_keys_examined(app.registry.types)
+    assert examined <= 3, f"the claim scan examined {examined} index keys for 3 jobs of ours"
+    claimed = app.store.claim("me", app.registry.types, 5, 10)
+    assert {doc["_id"] for doc in claimed} == {foreign, *mine}
 
 
 def test_best_priority_runs_first_and_equal_priorities_in_push_order(app: App) -> None:
@@ -106,7 +120,7 @@ def test_a_state_change_by_a_process_that_does_not_hold_the_job_is_refused(app: 
 def test_released_jobs_are_claimable_at_once_and_the_attempt_is_not_counted(app: App) -> None:
     job_id = Job.push(RecordJob())
     app.store.claim("node-a", app.registry.types, 5, 1)
-    assert app.store.release([job_id], "node-a", "shutting down") == 1
+    assert app.store.release({job_id: "node-a"}, "shutting down") == 1
     doc = app.store.get_job(job_id)
     assert doc is not None
     assert (doc["status"], doc["attempts"], doc["lease_owner"]) == ("ready", 0, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class WorkersError(Exception):
     """workers failed."""
@@ -32,6 +34,19 @@ class DatabaseUnavailable(WorkersError):
 
 class StoreError(WorkersError):
     """MongoDB refused an operation."""
+
+
+class ClaimIncomplete(WorkersError):
+    """A claim was interrupted after its write was sent: some jobs may be held under its token."""
+
+    def __init__(self, token: str, ids: list[Any], cause: BaseException) -> None:
+        super().__init__(f"claim {token} was interrupted: {cause}")
+        self.token = token
+        self.ids = ids
+
+
+class StreamUnavailable(WorkersError):
+    """The server offers no change streams (a standalone mongod): wake-ups fall back to polling."""
 
 
 class EmbeddedServerError(WorkersError):

@@ -31,6 +31,7 @@ class Held:
     """A job this process holds the lease of, from claim to outcome."""
 
     doc: dict[str, Any]
+    token: str  # the claim token: every write for this attempt is conditional on it
     started: float | None = None  # monotonic; set once a thread starts it
     deadline: float | None = None  # monotonic; from the job's timeout
     timeout: float | None = None
@@ -72,8 +73,9 @@ def error_document(exc: BaseException, attempt: int, owner: str) -> dict[str, An
     }
 
 
-def run_attempt(app: App, owner: str, held: Held) -> None:
+def run_attempt(app: App, held: Held) -> None:
     """Run a claimed, started job once and record the outcome; a job's errors never escape."""
+    owner = held.token
     try:
         record = JobRecord.from_document(held.doc)
     except ValueError as exc:
@@ -81,7 +83,7 @@ def run_attempt(app: App, owner: str, held: Held) -> None:
         return
     job_class = app.registry.get(record.type)
     if job_class is None:  # the claim filters on registered types; kept as a guard
-        app.store.release([record.id], owner, f"type {record.type} is not registered here")
+        app.store.release({record.id: owner}, f"type {record.type} is not registered here")
         return
     if record.timeout is not None and held.started is not None:
         held.timeout = record.timeout
@@ -96,8 +98,9 @@ def run_attempt(app: App, owner: str, held: Held) -> None:
     _call_after_job(job, error, extra)
 
 
-def record_timeout(app: App, owner: str, held: Held) -> None:
+def record_timeout(app: App, held: Held) -> None:
     """The watchdog's write: fail (or retry) the attempt with a JobTimeout."""
+    owner = held.token
     try:
         record = JobRecord.from_document(held.doc)
         message = f"{record.type} ran past its timeout of {held.timeout:g} s"

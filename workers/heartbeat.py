@@ -25,7 +25,7 @@ class Heartbeat:
         store: Store,
         owner: str,
         lease: float,
-        held: Callable[[], list[Any]],
+        held: Callable[[], dict[Any, str]],
         on_lost: Callable[[list[Any]], None],
         node_info: Callable[[], dict[str, Any]],
     ) -> None:
@@ -67,8 +67,7 @@ class Heartbeat:
             log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
 
     def _renew(self) -> None:
-        held = self._held()
-        lost = self.store.renew_leases(self.owner, held, self.lease)
+        lost = self.store.renew_leases(self._held(), self.lease)
         if lost:
             log.warning(
                 "lost the lease of %d job(s): another process took them over",

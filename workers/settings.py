@@ -42,6 +42,7 @@ class ClusterSettings(_Section):
 
 class QueueSettings(_Section):
     poll_interval: float = Field(1.0, gt=0)
+    change_streams: bool = True
     lease: float = Field(30.0, ge=3)
     retries: int = Field(9, ge=0)
     retry_wait: float = Field(1.0, ge=0)

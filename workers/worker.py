@@ -1,9 +1,12 @@
 """One worker process: a claimer feeding `workers.count` job threads.
 
 Only the claimer queries the queue head: it takes as many jobs as there are
-idle threads and hands them over in memory, so the threads never race each
-other on `find_one_and_update` (DESIGN.md §5). A heartbeat thread keeps the
-leases of held jobs; a watchdog enforces per-job timeouts.
+idle threads in one batch and hands them over in memory, so the threads never
+race each other for the head (DESIGN.md §5). While jobs are waiting it lingers
+briefly for more threads to free up, so batches stay large; when the queue is
+empty it sleeps until the wake-up stream, the next due time or the poll
+fallback says otherwise. A heartbeat thread keeps the leases of held jobs; a
+watchdog enforces per-job timeouts.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from typing import Any
 
 from workers import __version__
 from workers.app import App
+from workers.claimer import Claimer
 from workers.cron import Scheduler
 from workers.errors import DatabaseUnavailable, WorkersError
 from workers.execution import Held, record_timeout, run_attempt
 from workers.heartbeat import Heartbeat
+from workers.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ EXIT_OK = 0
 EXIT_RECYCLE = 3  # a job would not return after its timeout: supervisord starts a fresh process
 _BACKOFF_MAX = 10.0
 _WATCH_TICK = 0.1
+_LINGER_MAX = 0.05  # at most this long for more threads to free up while jobs are waiting
 
 
 def new_owner_id() -> str:
@@ -59,10 +65,16 @@ class Worker:
             self.store,
             self.owner,
             self.queue_settings.lease,
-            self.held_ids,
+            self.held_tokens,
             self.lose,
             self.node_info,
         )
+        types = app.registry.types
+        self._claimer = Claimer(self.store, self.owner, types, self.queue_settings.lease)
+        self._wakeup = Wakeup(
+            self.store, self.queue_settings.poll_interval, stream=self.queue_settings.change_streams
+        )
+        self._linger = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -81,8 +93,10 @@ class Worker:
             threading.Thread(target=self._work, name=f"job-{number}", daemon=True).start()
         threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
         self._heartbeat.start()
+        self._wakeup.start()
         scheduler = self._start_cron()
         self._claim_loop()
+        self._wakeup.stop()
         if scheduler is not None:
             scheduler.stop()  # resign first: another node takes over cron while we drain
         self._shut_down()
@@ -102,6 +116,7 @@ class Worker:
         if exit_code is not None:
             self._exit_code = exit_code
         self._stopping.set()
+        self._wakeup.poke()
         with self._cond:
             self._cond.notify_all()
 
@@ -118,6 +133,11 @@ class Worker:
     def held_ids(self) -> list[Any]:
         with self._cond:
             return list(self._held)
+
+    def held_tokens(self) -> dict[Any, str]:
+        """Job id -> the claim token of the attempt this process runs (or will run)."""
+        with self._cond:
+            return {job_id: held.token for job_id, held in self._held.items()}
 
     def lose(self, job_ids: list[Any]) -> None:
         """These jobs are no longer ours (taken over, or handed back): stop writing for them."""
@@ -143,17 +163,17 @@ class Worker:
     # -- the claimer ---------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
-        types = self.app.registry.types
         poll = self.queue_settings.poll_interval
         backoff = poll
+        more_waiting = False  # the last claim filled every idle thread: jobs are likely waiting
         while not self._stopping.is_set():
-            with self._cond:
-                self._cond.wait_for(lambda: self._free > 0 or self._stopping.is_set(), poll)
-                free = self._free
+            free = self._idle_threads(linger=more_waiting)
             if self._stopping.is_set() or free == 0:
                 continue
+            self._wakeup.clear()
+            began = time.monotonic()
             try:
-                docs = self.store.claim(self.owner, types, self.queue_settings.lease, free)
+                docs = self._claimer.claim(free)
             except WorkersError as exc:
                 level = logging.WARNING if isinstance(exc, DatabaseUnavailable) else logging.ERROR
                 log.log(
@@ -167,14 +187,40 @@ class Worker:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             backoff = poll
+            self._linger = min(_LINGER_MAX, time.monotonic() - began)
             self._hand_over(docs)
-            if len(docs) < free:
-                self._stopping.wait(poll)  # the queue is empty: look again later
+            more_waiting = len(docs) >= free
+            if not more_waiting and not self._stopping.is_set():
+                self._wakeup.wait(self._claimer.next_due())
+
+    def _idle_threads(self, *, linger: bool) -> int:
+        """Wait for an idle thread; while jobs are waiting, give the busy ones up to one
+        claim's duration to finish too, so the next batch takes more than one job."""
+        poll = self.queue_settings.poll_interval
+        with self._cond:
+            self._cond.wait_for(lambda: self._free > 0 or self._stopping.is_set(), poll)
+            if linger and 0 < self._free < self.count:
+                self._cond.wait_for(
+                    lambda: self._free == self.count or self._stopping.is_set(), self._linger
+                )
+            return self._free
 
     def _hand_over(self, docs: list[dict[str, Any]]) -> None:
+        """Queue the claimed jobs for the threads. A job this process still holds under an
+        older token (its lease lapsed, it was rescued and claimed again) is abandoned
+        first: the old attempt's writes are refused by its token, and it is not run twice
+        from here."""
         with self._cond:
             for doc in docs:
-                held = Held(doc)
+                held = Held(doc, token=str(doc["lease_owner"]))
+                stale = self._held.get(held.job_id)
+                if stale is not None:
+                    stale.abandon()
+                    log.warning(
+                        "claimed a job this process held under an older lease; the old "
+                        "attempt is abandoned",
+                        extra={"action": "stale_attempt", "job_id": held.job_id},
+                    )
                 self._held[held.job_id] = held
                 self._free -= 1
                 self._inbox.put(held)
@@ -188,7 +234,7 @@ class Worker:
                 return
             try:
                 if self._start(held):
-                    run_attempt(self.app, self.owner, held)
+                    run_attempt(self.app, held)
             except Exception:
                 log.exception("job attempt crashed the runner", extra={"action": "runner_error"})
             finally:
@@ -220,7 +266,7 @@ class Worker:
                     held.abandon(timed_out=True)
                     self._stuck.append(held)
             for held in overdue:
-                record_timeout(self.app, self.owner, held)
+                record_timeout(self.app, held)
             self._recycle_if_stuck(now)
 
     def _recycle_if_stuck(self, now: float) -> None:
@@ -247,30 +293,28 @@ class Worker:
                 max(0.0, deadline - time.monotonic()),
             )
         reason = "shutdown (hard)" if self._level == "hard" else "grace period over at shutdown"
-        self._hand_back(self.held_ids(), reason)
+        self._hand_back(self.held_tokens(), reason)
         for _ in range(self.count):
             self._inbox.put(None)
 
-    def _take_unstarted(self) -> list[Any]:
+    def _take_unstarted(self) -> dict[Any, str]:
         """Claimed jobs no thread has started, atomically given up (see _start)."""
         with self._cond:
-            unstarted = [h.job_id for h in self._held.values() if h.started is None]
-            self.lose(unstarted)
+            unstarted = {h.job_id: h.token for h in self._held.values() if h.started is None}
+            self.lose(list(unstarted))
             return unstarted
 
-    def _hand_back(self, job_ids: list[Any], reason: str) -> None:
-        if not job_ids:
+    def _hand_back(self, held: dict[Any, str], reason: str) -> None:
+        if not held:
             return
-        self.lose(job_ids)  # our threads must not write for them any more
+        self.lose(list(held))  # our threads must not write for them any more
         try:
-            count = self.store.release(
-                job_ids, self.owner, f"handed back by {self.owner}: {reason}"
-            )
+            count = self.store.release(held, f"handed back by {self.owner}: {reason}")
         except WorkersError as exc:
             log.error(
                 "could not hand jobs back; their leases will expire: %s",
                 exc,
-                extra={"action": "release_failed", "job_ids": job_ids},
+                extra={"action": "release_failed", "job_ids": list(held)},
             )
             return
         log.info(

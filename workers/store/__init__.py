@@ -7,9 +7,11 @@ atomic and which index serves it. One module per collection.
 from __future__ import annotations
 
 from workers.store.base import Document, bson_problem, new_id, translated
+from workers.store.claims import CLAIM_INDEX
 from workers.store.cron import CronQueries
-from workers.store.jobs import CLAIM_INDEX, LOST_MESSAGE, RESCUE_INDEX, JobQueries
+from workers.store.jobs import LOST_MESSAGE, RESCUE_INDEX, JobQueries
 from workers.store.nodes import NodeQueries
+from workers.store.stream import ReadyChange, ReadyStream
 
 
 class Store(JobQueries, NodeQueries, CronQueries):
@@ -27,6 +29,8 @@ __all__ = [
     "LOST_MESSAGE",
     "RESCUE_INDEX",
     "Document",
+    "ReadyChange",
+    "ReadyStream",
     "Store",
     "bson_problem",
     "new_id",

@@ -143,6 +143,7 @@ class Connection:
             socketTimeoutMS=ms * 3,
             retryWrites=True,
         )
+        self.url = url
         self.timeout = timeout
         self.db: Database[Document] = self._client[database]
         self.jobs: Collection[Document] = self.db[f"{prefix}.jobs"]
@@ -154,6 +155,10 @@ class Connection:
 
     def close(self) -> None:
         self._client.close()
+
+    def _explain(self, command: Document, verbosity: str = "queryPlanner") -> Document:
+        """The server's plan for `command`, for the tests that keep hot paths on an index."""
+        return self.db.command("explain", command, verbosity=verbosity)
 
     def now(self) -> datetime:
         """The database server's clock, estimated without a round trip."""

@@ -1,26 +1,25 @@
-"""The jobs collection: push, claim, finish, hand back, renew and rescue.
+"""The jobs collection: push, finish, hand back, renew and rescue (the claim is in claims.py).
 
 Every state change after the claim is one conditional update whose filter
-holds `status: running` and `lease_owner`, so a process that lost a job can
-never overwrite the state its new owner writes, and two nodes can never both
-finish, fail or retry one job. The update expressions tolerate damaged
+holds `status: running` and `lease_owner`, the claim token of the attempt, so
+an attempt that lost its job (its lease lapsed, the job was rescued or claimed
+again) can never overwrite the state a newer attempt writes, and two nodes can
+never both finish, fail or retry one job. The update expressions tolerate damaged
 documents (a counter that is not a number, a log that is not an array), so a
 bad document cannot make the write that resolves it fail.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from pymongo import ReturnDocument
-from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
 
 from workers.errors import PushError
 from workers.record import COMPLETED, FAILED, READY, RUNNING
 from workers.store.base import (
-    Connection,
     Document,
     after_now,
     appended,
@@ -28,10 +27,8 @@ from workers.store.base import (
     number,
     translated,
 )
+from workers.store.claims import LEGACY_CLAIM_INDEX, ClaimQueries
 
-CLAIM_INDEX = "claim"
-CLAIM_KEYS = [("status", 1), ("priority", 1), ("run_at", 1)]
-CLAIM_SORT = [("priority", 1), ("run_at", 1)]
 RESCUE_INDEX = "rescue"
 UNIQUE_INDEX = "unique_key"
 RESCUE_KEYS = [("status", 1), ("lease_expires", 1)]
@@ -40,9 +37,12 @@ _CLOCK_MARGIN = timedelta(seconds=1)
 LOST_MESSAGE = "lost: worker died"
 
 
-class JobQueries(Connection):
+class JobQueries(ClaimQueries):
     def ensure_job_indexes(self) -> None:
-        self.jobs.create_index(CLAIM_KEYS, name=CLAIM_INDEX)
+        self.ensure_claim_indexes()
+        # the claim index of 0.1 had no `type`; nothing uses it now, and every write paid for it
+        if LEGACY_CLAIM_INDEX in self.jobs.index_information():
+            self.jobs.drop_index(LEGACY_CLAIM_INDEX)
         self.jobs.create_index(RESCUE_KEYS, name=RESCUE_INDEX)
         # one job per cron tick; jobs without a key are not indexed
         self.jobs.create_index(
@@ -65,85 +65,26 @@ class JobQueries(Connection):
             raise PushError(f"the job document is too large for MongoDB: {exc}") from exc
         return str(document["_id"])
 
-    # -- claim -------------------------------------------------------------------
-
     @translated
-    def claim(self, owner: str, types: Iterable[str], lease: float, limit: int) -> list[Document]:
-        """Take up to `limit` ready, due jobs of `types`, best priority first.
-
-        Each take is one find_one_and_update on the `claim` index (equality on
-        status, then the sort keys, then the run_at range): atomic per job, so
-        two claimers never take the same job. The lease is computed by the
-        server from $$NOW.
-        """
-        claimed: list[Document] = []
-        query = self._claim_query(list(types))
-        update = [{"$set": self._claim_update(owner, lease)}]
-        while len(claimed) < limit:
-            try:
-                doc = self.jobs.find_one_and_update(
-                    query,
-                    update,
-                    sort=CLAIM_SORT,
-                    hint=CLAIM_INDEX,
-                    return_document=ReturnDocument.AFTER,
-                )
-            except OperationFailure as exc:
-                if self._quarantine_head(query, exc):
-                    continue
-                raise
-            if doc is None:
-                break
-            claimed.append(doc)
-        return claimed
-
-    def _quarantine_head(self, query: Document, exc: OperationFailure) -> bool:
-        """A document the server cannot claim would block the queue head forever: fail it
-        with a plain $set (no expressions over its fields) and say why on the job."""
-        head = self.jobs.find_one(query, {"_id": 1}, sort=CLAIM_SORT, hint=CLAIM_INDEX)
-        if head is None:
-            return False
-        now = self.now()
-        error = {
-            "message": f"the server could not claim this job document: {exc}",
-            "type": "workers.errors.StoreError",
-            "traceback": None,
-        }
-        result = self.jobs.update_one(
-            {"_id": head["_id"], "status": READY},
-            {"$set": {"status": FAILED, "error": error, "finished": now, "updated": now}},
-        )
-        return result.matched_count == 1
-
-    def _claim_query(self, types: list[str]) -> Document:
-        return {"status": READY, "run_at": {"$lte": self.now()}, "type": {"$in": types}}
-
-    @staticmethod
-    def _claim_update(owner: str, lease: float) -> Document:
-        return {
-            "status": RUNNING,
-            "lease_owner": owner,
-            "lease_expires": after_now(lease),
-            "attempts": {"$add": [number("$attempts"), 1]},
-            "started": "$$NOW",
-            "updated": "$$NOW",
-        }
-
-    @translated
-    def explain_claim(self, types: list[str]) -> Document:
-        """The server's plan for the claim, for the index test."""
-        return self._explain(
-            {
-                "findAndModify": self.jobs.name,
-                "query": self._claim_query(types),
-                "sort": dict(CLAIM_SORT),
-                "update": [{"$set": self._claim_update("explain", 1)}],
-                "hint": CLAIM_INDEX,
-            }
-        )
-
-    def _explain(self, command: Document) -> Document:
-        return self.db.command("explain", command, verbosity="queryPlanner")
+    def insert_jobs(self, documents: list[Document]) -> list[str]:
+        """One unordered bulk insert; PushError lists the jobs the server refused, by position."""
+        if not documents:
+            return []
+        try:
+            self.jobs.insert_many(documents, ordered=False)
+        except BulkWriteError as exc:
+            refused = [
+                f"#{error['index']}: {error.get('errmsg', 'refused')}"
+                for error in exc.details.get("writeErrors", [])
+            ]
+            written = exc.details.get("nInserted", 0)
+            raise PushError(
+                f"the server refused {len(refused)} of {len(documents)} jobs "
+                f"({written} were written): {'; '.join(refused)}"
+            ) from exc
+        except DocumentTooLarge as exc:
+            raise PushError(f"a job document is too large for MongoDB: {exc}") from exc
+        return [str(document["_id"]) for document in documents]
 
     # -- finish ------------------------------------------------------------------
 
@@ -180,12 +121,13 @@ class JobQueries(Connection):
         return self._owned_update(job_id, owner, changes, release=True)
 
     @translated
-    def release(self, job_ids: list[str], owner: str, reason: str) -> int:
-        """Hand jobs back, claimable at once; the interrupted attempt is not counted."""
-        if not job_ids:
+    def release(self, held: Mapping[Any, str], reason: str) -> int:
+        """Hand jobs back (job id -> claim token), claimable at once; the interrupted
+        attempt is not counted."""
+        if not held:
             return 0
         result = self.jobs.update_many(
-            {"_id": {"$in": job_ids}, "status": RUNNING, "lease_owner": owner},
+            _held_filter(held),
             [
                 {
                     "$set": {
@@ -221,24 +163,30 @@ class JobQueries(Connection):
         if release:
             changes = {**changes, "lease_owner": None, "lease_expires": None}
         result = self.jobs.update_one(
-            {"_id": job_id, "status": RUNNING, "lease_owner": owner},
-            [{"$set": {**changes, "updated": "$$NOW"}}],
+            _owned(job_id, owner), [{"$set": {**changes, "updated": "$$NOW"}}]
         )
         return result.matched_count == 1
 
     # -- leases --------------------------------------------------------------------
 
     @translated
-    def renew_leases(self, owner: str, job_ids: list[str], lease: float) -> list[str]:
-        """Extend the leases of the jobs `owner` holds, in one update; returns the ids it lost."""
-        if not job_ids:
+    def renew_leases(self, held: Mapping[Any, str], lease: float) -> list[Any]:
+        """Extend the leases of `held` (job id -> claim token) in one update by `_id`;
+        returns the ids whose lease is no longer held under that token."""
+        if not held:
             return []
-        held = {"_id": {"$in": job_ids}, "status": RUNNING, "lease_owner": owner}
-        result = self.jobs.update_many(held, [{"$set": {"lease_expires": after_now(lease)}}])
-        if result.matched_count == len(job_ids):
+        result = self.jobs.update_many(
+            _held_filter(held), [{"$set": {"lease_expires": after_now(lease)}}]
+        )
+        if result.matched_count == len(held):
             return []
-        still = {doc["_id"] for doc in self.jobs.find(held, {"_id": 1})}
-        return [job_id for job_id in job_ids if job_id not in still]
+        current = self.jobs.find({"_id": {"$in": list(held)}}, {"status": 1, "lease_owner": 1})
+        still = {
+            doc["_id"]
+            for doc in current
+            if doc.get("status") == RUNNING and doc.get("lease_owner") == held[doc["_id"]]
+        }
+        return [job_id for job_id in held if job_id not in still]
 
     @translated
     def rescue_expired(self) -> list[Document]:
@@ -270,6 +218,15 @@ class JobQueries(Connection):
         query = self._expired_query()
         return self._explain({"find": self.jobs.name, "filter": query, "hint": RESCUE_INDEX})
 
+    def lease_queries(self) -> dict[str, tuple[Document, Document]]:
+        """The heartbeat's and the outcome writes' queries, as (find command, plan)."""
+        held = {"explain-a": "token-1", "explain-b": "token-2"}
+        return {
+            "renew / release": self.explain_find({"filter": _held_filter(held)}),
+            "outcome write": self.explain_find({"filter": _owned("explain-a", "token-1")}),
+            "rescue": self.explain_find({"filter": self._expired_query(), "hint": RESCUE_INDEX}),
+        }
+
     # -- reading -----------------------------------------------------------------------
 
     @translated
@@ -280,6 +237,23 @@ class JobQueries(Connection):
     def count_by_status(self) -> dict[str, int]:
         pipeline = [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]
         return {row["_id"]: row["n"] for row in self.jobs.aggregate(pipeline)}
+
+
+def _owned(job_id: Any, token: str) -> Document:
+    return {"_id": job_id, "status": RUNNING, "lease_owner": token}
+
+
+def _held_filter(held: Mapping[Any, str]) -> Document:
+    """Running jobs among `held` whose lease is one of the tokens given, on the `_id` index.
+
+    Each id is held under one token (a job claimed again replaces the old attempt), and
+    tokens are unique per claim, so matching any of the tokens matches that job's own.
+    """
+    return {
+        "_id": {"$in": list(held)},
+        "status": RUNNING,
+        "lease_owner": {"$in": sorted(set(held.values()))},
+    }
 
 
 def _rescued() -> Document:

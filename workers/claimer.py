@@ -1,0 +1,61 @@
+"""The claimer of one worker process: batches of jobs for its idle threads.
+
+Each batch is claimed under a token of its own (`<process>#<n>`), which every
+later write for those jobs must name, so writes are fenced per attempt, not
+per process. A claim interrupted after its write was sent is recovered (its
+jobs read back by token) before anything new is claimed: a job taken by a
+failed claim still runs instead of lapsing into a rescue that counts an
+attempt it never had.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from datetime import datetime
+
+from workers.errors import ClaimIncomplete, WorkersError
+from workers.store import Document, Store
+
+log = logging.getLogger(__name__)
+
+
+class Claimer:
+    def __init__(self, store: Store, owner: str, types: list[str], lease: float) -> None:
+        self.store = store
+        self.owner = owner
+        self.types = types
+        self.lease = lease
+        self._batches = itertools.count(1)
+        self._interrupted: ClaimIncomplete | None = None
+
+    def claim(self, limit: int) -> list[Document]:
+        """Up to `limit` jobs, now held under a fresh token; raises WorkersError on failure
+        (an interrupted claim is then recovered by the next call)."""
+        if self._interrupted is not None:
+            return self._recover(self._interrupted)
+        token = f"{self.owner}#{next(self._batches)}"
+        try:
+            return self.store.claim(token, self.types, self.lease, limit)
+        except ClaimIncomplete as exc:
+            self._interrupted = exc
+            raise
+
+    def _recover(self, interrupted: ClaimIncomplete) -> list[Document]:
+        """The interrupted claim held no more jobs than there were idle threads then, and
+        nothing was handed over since, so they all fit now."""
+        docs = self.store.recover_claim(interrupted.token, interrupted.ids)
+        self._interrupted = None
+        log.info(
+            "recovered an interrupted claim",
+            extra={"action": "claim_recovered", "token": interrupted.token, "jobs": len(docs)},
+        )
+        return docs
+
+    def next_due(self) -> datetime | None:
+        """When the next delayed job of our types is due; None if none, or unknown now."""
+        try:
+            return self.store.next_due(self.types)
+        except WorkersError as exc:
+            log.debug("could not read the next due time: %s", exc)
+            return None

@@ -1,0 +1,125 @@
+"""The wake-up stream: a change stream on the jobs collection reporting jobs that became ready.
+
+It runs on a client of its own with one connection, so the getMore that waits
+for events never takes a connection from the job threads. The match accepts
+both shapes a status change can take: an `update` event with
+`updatedFields.status` (MongoDB) and a `replace` event with the full document
+(SecantusDB reports pipeline updates that way); both are correct on MongoDB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pymongo
+from pymongo.errors import OperationFailure, PyMongoError
+
+from workers.errors import StreamUnavailable
+from workers.record import READY
+from workers.store.base import Document, translated
+
+# $changeStream on a standalone server, or a server that has none at all
+_NO_CHANGE_STREAMS = frozenset({40573, 40324, 115})
+# the resume token is older than the oplog, or not one this server knows
+_TOKEN_LOST = frozenset({260, 280, 286})
+
+PIPELINE: list[Document] = [
+    {
+        "$match": {
+            "$or": [
+                {"operationType": {"$in": ["insert", "replace"]}, "fullDocument.status": READY},
+                {"operationType": "update", "updateDescription.updatedFields.status": READY},
+            ]
+        }
+    },
+    {
+        "$project": {
+            "operationType": 1,
+            "fullDocument.run_at": 1,
+            "updateDescription.updatedFields.run_at": 1,
+        }
+    },
+]
+
+
+@dataclass(frozen=True)
+class ReadyChange:
+    """A job became ready; `run_at` when the event carried it (None: assume due now)."""
+
+    run_at: datetime | None
+
+
+class ReadyStream:
+    """One change stream, resumable by its token after errors and server restarts."""
+
+    def __init__(self, url: str, database: str, collection: str, timeout: float) -> None:
+        ms = int(timeout * 1000)
+        self._client: pymongo.MongoClient[Document] = pymongo.MongoClient(
+            url,
+            tz_aware=True,
+            appname="workers-wakeup",
+            maxPoolSize=1,
+            serverSelectionTimeoutMS=ms,
+            connectTimeoutMS=ms,
+            socketTimeoutMS=ms * 3,
+        )
+        self._collection = self._client[database][collection]
+        self._stream: Any = None
+        self.resume_token: Document | None = None
+
+    @translated
+    def open(self, max_wait: float) -> bool:
+        """Open (or resume) the stream; False if the old resume token was no longer valid and
+        the stream started afresh, so events in between may have been missed."""
+        self.close_stream()
+        wait_ms = max(1, int(max_wait * 1000))
+        try:
+            self._stream = self._collection.watch(
+                PIPELINE, resume_after=self.resume_token, max_await_time_ms=wait_ms
+            )
+            return True
+        except OperationFailure as exc:
+            if exc.code in _NO_CHANGE_STREAMS:
+                raise StreamUnavailable(f"the server has no change streams: {exc}") from exc
+            if self.resume_token is None or exc.code not in _TOKEN_LOST:
+                raise
+        self.resume_token = None
+        self._stream = self._collection.watch(PIPELINE, max_await_time_ms=wait_ms)
+        return False
+
+    @translated
+    def next_change(self) -> ReadyChange | None:
+        """The next job that became ready, waiting at most `max_wait`; None if none came."""
+        if self._stream is None:
+            raise StreamUnavailable("the stream is not open")
+        try:
+            event = self._stream.try_next()
+        except PyMongoError:
+            self.close_stream()
+            raise
+        self.resume_token = self._stream.resume_token
+        if event is None:
+            return None
+        return ReadyChange(_run_at(event))
+
+    def close_stream(self) -> None:
+        if self._stream is not None:
+            # the connection may be gone already; a new stream is opened on the next try
+            with contextlib.suppress(PyMongoError):
+                self._stream.close()
+            self._stream = None
+
+    def close(self) -> None:
+        self.close_stream()
+        self._client.close()
+
+
+def _run_at(event: Document) -> datetime | None:
+    fields = event.get("fullDocument") or event.get("updateDescription", {}).get(
+        "updatedFields", {}
+    )
+    run_at = fields.get("run_at") if isinstance(fields, dict) else None
+    return run_at if isinstance(run_at, datetime) else None

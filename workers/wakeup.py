@@ -1,0 +1,133 @@
+"""Waking an idle claimer: a change stream where the server has one, polling otherwise.
+
+An idle claimer sleeps until a job becomes ready (the stream reports it),
+until the next delayed job is due (read from the claim index, or carried by
+an event), or at the latest one `poll_interval` later while the stream is not
+healthy: the fallback where the server has no change streams (a standalone
+mongod) and after stream errors. The stream resumes from its token after an
+error or a server restart; when it cannot resume, the claimer is woken once
+to look for anything it may have missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+
+from workers.errors import StreamUnavailable, WorkersError
+from workers.store import ReadyStream, Store
+
+log = logging.getLogger(__name__)
+
+_STREAM_WAIT = 0.5  # seconds one getMore waits for events: bounds how long stop() takes
+_SAFETY_POLL = 30.0  # with a healthy stream, look anyway this often
+_BACKOFF_MAX = 10.0
+
+
+class Wakeup:
+    def __init__(self, store: Store, poll_interval: float, *, stream: bool = True) -> None:
+        self.store = store
+        self.poll_interval = poll_interval
+        self._use_stream = stream
+        self._cond = threading.Condition()  # an RLock: poke() is safe in a signal handler
+        self._ready = False  # a job became ready since clear()
+        self._due: datetime | None = None  # the earliest future run_at an event carried
+        self._stop = threading.Event()
+        self._healthy = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="wakeup", daemon=True)
+
+    @property
+    def streaming(self) -> bool:
+        """True while the change stream is open and delivering."""
+        return self._healthy.is_set()
+
+    def start(self) -> None:
+        if self._use_stream:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.poke()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=_STREAM_WAIT + self.store.timeout)
+
+    def poke(self) -> None:
+        """Wake the claimer now: a job may be ready, or it should stop."""
+        with self._cond:
+            self._ready = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        """Called just before a claim: a job that becomes ready after this wakes the next wait."""
+        with self._cond:
+            self._ready = False
+
+    def wait(self, next_due: datetime | None) -> bool:
+        """Sleep until a job is ready, until the next due time (the database clock), or the
+        poll fallback. True if woken (by an event or stop), False if by the clock."""
+        give_up = time.monotonic() + (_SAFETY_POLL if self.streaming else self.poll_interval)
+        with self._cond:
+            while not self._ready:
+                seconds = give_up - time.monotonic()
+                due = min((d for d in (next_due, self._due) if d is not None), default=None)
+                if due is not None:
+                    seconds = min(seconds, self._seconds_until(due))
+                if seconds <= 0:
+                    break
+                self._cond.wait(seconds)
+            self._due = None
+            return self._ready
+
+    def _seconds_until(self, moment: datetime) -> float:
+        try:
+            return (moment - self.store.now()).total_seconds()
+        except WorkersError:
+            return self.poll_interval
+
+    def _note(self, run_at: datetime | None) -> None:
+        with self._cond:
+            if run_at is not None and self._seconds_until(run_at) > 0:
+                self._due = min(self._due or run_at, run_at)  # the wait recomputes its deadline
+            else:
+                self._ready = True
+            self._cond.notify_all()
+
+    # -- the watcher thread -------------------------------------------------------------
+
+    def _watch(self) -> None:
+        stream = self.store.ready_stream()
+        backoff = 0.5
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._follow(stream)
+                except StreamUnavailable as exc:
+                    log.info("no change streams; waking by polling: %s", exc)
+                    return
+                except WorkersError as exc:
+                    if self._healthy.is_set():  # it was delivering: start the backoff over
+                        backoff = 0.5
+                    self._healthy.clear()
+                    log.warning(
+                        "wake-up stream failed, polling meanwhile; resuming in %.1f s: %s",
+                        backoff,
+                        exc,
+                        extra={"action": "stream_failed"},
+                    )
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+        finally:
+            self._healthy.clear()
+            stream.close()
+
+    def _follow(self, stream: ReadyStream) -> None:
+        resumed = stream.open(_STREAM_WAIT)
+        self._healthy.set()
+        if not resumed:
+            self.poke()  # events since the last token are lost: look for ready jobs once
+        while not self._stop.is_set():
+            change = stream.next_change()
+            if change is not None:
+                self._note(change.run_at)
