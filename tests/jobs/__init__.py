@@ -118,3 +118,12 @@ class TimeoutAfterJob(Job):
 class NeedsCountJob(Job):
     def handle_job(self) -> int:
         return int(self.params["count"] + 1)
+
+
+class SlowEchoJob(Job):
+    """Records its start, sleeps `seconds`, and returns the attempt that produced the result."""
+
+    def handle_job(self) -> Any:
+        _record("executions", self, phase="start")
+        time.sleep(self.params.get("seconds", 1.0))
+        return {"attempt": self.attempt.number if self.attempt else None}

@@ -1,0 +1,45 @@
+"""Network faults at the driver boundary: the real collection, except for chosen calls.
+
+The server is real; only the reply of one call is lost (or the call is refused
+before it is sent), as a dropped connection or a stepping-down primary would do.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+# What to do with a call: None (pass it), "before" (raise without sending it), or
+# "after" (send it, let the server apply it, then raise as if the reply was lost).
+Verdict = Callable[[str, tuple[Any, ...], dict[str, Any]], str | None]
+
+
+class FaultyCollection:
+    def __init__(
+        self, real: Any, verdict: Verdict, error: Callable[[], BaseException], thread: str = ""
+    ) -> None:
+        self._real = real
+        self._verdict = verdict
+        self._error = error
+        self._thread = thread  # only calls from this thread are judged ("" = any)
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._real, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._thread and threading.current_thread().name != self._thread:
+                return attribute(*args, **kwargs)
+            self.calls.append(name)
+            verdict = self._verdict(name, args, kwargs)
+            if verdict == "before":
+                raise self._error()
+            result = attribute(*args, **kwargs)
+            if verdict == "after":
+                raise self._error()
+            return result
+
+        return call
