@@ -104,6 +104,25 @@ def db(client: pymongo.MongoClient[dict[str, Any]], db_name: str) -> Iterator[An
     client.drop_database(db_name)
 
 
+@pytest.fixture
+def restartable_server(
+    tmp_path: Path,
+) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """A server of its own (on disk, fixed port) that the test can stop and start again."""
+    port = free_port()
+    storage = str(tmp_path / "db")
+    state: dict[str, Any] = {"process": start_server(port, storage)}
+
+    def stop() -> None:
+        stop_server(state["process"])
+
+    def start() -> None:
+        state["process"] = start_server(port, storage)
+
+    yield f"mongodb://127.0.0.1:{port}/?directConnection=true", stop, start
+    stop_server(state["process"])
+
+
 def settings_dict(mongo_url: str, db_name: str, **overrides: Any) -> dict[str, Any]:
     """Test settings: our test jobs, small pools, fast polling."""
     raw: dict[str, Any] = {

@@ -10,14 +10,14 @@ import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pymongo
 import pytest
 
-from tests.conftest import free_port, settings_dict, start_server, stop_server, wait_for
+from tests.conftest import settings_dict, wait_for
 from tests.headless_node import HeadlessNode, alive
 from tests.jobs import SleepJob
 from workers import DatabaseUnavailable, Job, boot, shutdown
@@ -134,25 +134,6 @@ def _killable_worker(db: Any) -> int | None:
         if alive(n["pid"]) and (now - n["started"]).total_seconds() > 1.5 and n["running"]
     ]
     return random.choice(candidates) if candidates else None
-
-
-@pytest.fixture
-def restartable_server(
-    tmp_path: Path,
-) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
-    """A server of its own (on disk, fixed port) that the test can stop and start again."""
-    port = free_port()
-    storage = str(tmp_path / "db")
-    state: dict[str, Any] = {"process": start_server(port, storage)}
-
-    def stop() -> None:
-        stop_server(state["process"])
-
-    def start() -> None:
-        state["process"] = start_server(port, storage)
-
-    yield f"mongodb://127.0.0.1:{port}/?directConnection=true", stop, start
-    stop_server(state["process"])
 
 
 def test_a_database_restart_mid_run_loses_and_duplicates_nothing(

@@ -5,8 +5,8 @@ until the next delayed job is due (read from the claim index, or carried by
 an event), or at the latest one `poll_interval` later while the stream is not
 healthy: the fallback where the server has no change streams (a standalone
 mongod) and after stream errors. The stream resumes from its token after an
-error or a server restart; when it cannot resume, the claimer is woken once
-to look for anything it may have missed.
+error or a server restart, and after every (re)open the claimer is woken
+once to look for anything the stream may not replay.
 """
 
 from __future__ import annotations
@@ -67,10 +67,11 @@ class Wakeup:
     def wait(self, next_due: datetime | None) -> bool:
         """Sleep until a job is ready, until the next due time (the database clock), or the
         poll fallback. True if woken (by an event or stop), False if by the clock."""
-        give_up = time.monotonic() + (_SAFETY_POLL if self.streaming else self.poll_interval)
+        began = time.monotonic()
         with self._cond:
             while not self._ready:
-                seconds = give_up - time.monotonic()
+                fallback = _SAFETY_POLL if self.streaming else self.poll_interval
+                seconds = began + fallback - time.monotonic()
                 due = min((d for d in (next_due, self._due) if d is not None), default=None)
                 if due is not None:
                     seconds = min(seconds, self._seconds_until(due))
@@ -109,7 +110,7 @@ class Wakeup:
                 except WorkersError as exc:
                     if self._healthy.is_set():  # it was delivering: start the backoff over
                         backoff = 0.5
-                    self._healthy.clear()
+                    self._set_healthy(False)
                     log.warning(
                         "wake-up stream failed, polling meanwhile; resuming in %.1f s: %s",
                         backoff,
@@ -119,14 +120,24 @@ class Wakeup:
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, _BACKOFF_MAX)
         finally:
-            self._healthy.clear()
+            self._set_healthy(False)
             stream.close()
 
+    def _set_healthy(self, healthy: bool) -> None:
+        """A waiting claimer re-reads its deadline: the poll fallback applies while unhealthy."""
+        with self._cond:
+            if healthy:
+                self._healthy.set()
+            else:
+                self._healthy.clear()
+            self._cond.notify_all()
+
     def _follow(self, stream: ReadyStream) -> None:
-        resumed = stream.open(_STREAM_WAIT)
-        self._healthy.set()
-        if not resumed:
-            self.poke()  # events since the last token are lost: look for ready jobs once
+        stream.open(_STREAM_WAIT)
+        self._set_healthy(True)
+        # Look once after every (re)open: whether or not the token let the stream replay
+        # what happened while it was down, a claim costs less than a missed job.
+        self.poke()
         while not self._stop.is_set():
             change = stream.next_change()
             if change is not None:

@@ -72,8 +72,8 @@ class ReadyStream:
 
     @translated
     def open(self, max_wait: float) -> bool:
-        """Open (or resume) the stream; False if the old resume token was no longer valid and
-        the stream started afresh, so events in between may have been missed."""
+        """Open (or resume) the stream; False if the old resume token was no longer valid
+        and the stream started afresh."""
         self.close_stream()
         wait_ms = max(1, int(max_wait * 1000))
         try:

@@ -1,0 +1,114 @@
+"""An idle worker wakes when a job becomes ready, not one poll later.
+
+Every test here sets `poll_interval` to 30 s: a job that runs within the
+waits below was picked up by the change stream (or the next due time), never
+by a poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import workers
+from tests.conftest import settings_dict, wait_for
+from tests.jobs import FailJob, RecordJob
+from tests.test_worker import finished, running
+from workers import Job
+from workers.app import App
+from workers.settings import Settings, validate
+from workers.worker import Worker
+
+NO_POLL = {"poll_interval": 30.0, "lease": 5}
+SOON = 15  # seconds: well under one 30 s poll
+
+
+@pytest.fixture
+def idle_app(make_settings: Callable[..., Settings]) -> Iterator[App]:
+    booted = workers.boot(settings=make_settings(workers__queue=NO_POLL))
+    yield booted
+    workers.shutdown()
+
+
+def streaming(worker: Worker) -> bool:
+    return worker._wakeup.streaming
+
+
+def test_an_idle_worker_wakes_for_a_pushed_job(idle_app: App) -> None:
+    with running(idle_app) as worker:
+        wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+        job_id = Job.push(RecordJob())
+        doc = wait_for(lambda: finished(idle_app, job_id), timeout=SOON, what="the job")
+    assert doc["status"] == "completed"
+
+
+def test_a_job_handed_back_by_another_node_wakes_an_idle_worker(idle_app: App) -> None:
+    job_id = Job.push(RecordJob())
+    idle_app.store.claim("other-node#1", idle_app.registry.types, 30, 1)
+    with running(idle_app) as worker:
+        wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+        assert idle_app.store.release({job_id: "other-node#1"}, "handed back") == 1
+        doc = wait_for(lambda: finished(idle_app, job_id), timeout=SOON, what="the job")
+    assert doc["status"] == "completed" and doc["attempts"] == 1
+
+
+def test_a_retried_job_wakes_the_worker_at_once_or_when_its_wait_is_over(
+    idle_app: App, db: Any
+) -> None:
+    at_once = Job.push(FailJob(), retry={"retries": 1, "wait": 0})
+    later = Job.push(FailJob(), retry={"retries": 1, "wait": 1.5, "backoff": "fixed"})
+    with running(idle_app):
+        for job_id in (at_once, later):
+            doc = wait_for(lambda j=job_id: finished(idle_app, j), timeout=SOON, what="retries")
+            assert doc["status"] == "failed" and doc["attempts"] == 2
+    runs = {
+        (e["job_id"], e["attempt"]): e["server_time"] for e in db.executions.find({"job_id": later})
+    }
+    failed_at = next(e["time"] for e in idle_app.store.get_job(later)["log"])  # type: ignore[index]
+    assert (runs[(later, 2)] - failed_at).total_seconds() >= 1.5 - 0.05  # not before its time
+
+
+def test_a_delayed_job_wakes_the_worker_at_its_run_at(idle_app: App, db: Any) -> None:
+    with running(idle_app) as worker:
+        wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+        job_id = Job.push(RecordJob(), delay=2)
+        doc = wait_for(lambda: finished(idle_app, job_id), timeout=SOON, what="the delayed job")
+    run = db.executions.find_one({"job_id": job_id})
+    assert run["server_time"] >= doc["run_at"]  # never early, by the server's clock
+
+
+def test_without_change_streams_the_worker_polls(make_settings: Callable[..., Settings]) -> None:
+    app = workers.boot(
+        settings=make_settings(workers__queue={"poll_interval": 0.2, "change_streams": False})
+    )
+    try:
+        with running(app) as worker:
+            job_id = Job.push(RecordJob())
+            doc = wait_for(lambda: finished(app, job_id), timeout=SOON, what="the job")
+            assert not streaming(worker)
+        assert doc["status"] == "completed"
+    finally:
+        workers.shutdown()
+
+
+def test_the_stream_resumes_after_the_server_restarts(
+    restartable_server: tuple[str, Callable[[], None], Callable[[], None]], db_name: str
+) -> None:
+    url, stop_db, start_db = restartable_server
+    app = workers.boot(settings=validate(settings_dict(url, db_name, workers__queue=NO_POLL)))
+    try:
+        with running(app) as worker:
+            wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+            stop_db()
+            wait_for(lambda: not streaming(worker), timeout=SOON, what="the stream to fail")
+            start_db()
+            # pushed while the stream is still down or reconnecting: the resumed stream
+            # replays it, or a stream that could not resume looks once for missed jobs
+            job_id = Job.push(RecordJob())
+            wait_for(lambda: streaming(worker), timeout=30, what="the stream to resume")
+            doc = wait_for(lambda: finished(app, job_id), timeout=SOON, what="the job")
+        assert doc["status"] == "completed"
+    finally:
+        workers.shutdown()
