@@ -11,7 +11,7 @@ import atexit
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from workers import embedded, registry
@@ -50,21 +50,50 @@ class App:
         return RetryPolicy(queue.retries, queue.retry_wait, queue.backoff)
 
     def push(self, job: Job, **options: Any) -> str:
-        """Validate the job and its options, then insert it whole (or raise, writing nothing)."""
+        """Validate the job and its options, then insert it whole (or raise, writing nothing).
+
+        One insert and nothing else: the params are encoded once, by the insert itself."""
         job_type = self._registered_type(job)
-        problem = bson_problem(job.params)
-        if problem:
-            raise PushError(f"{job_type} params are not BSON-encodable: {problem}")
         job_id = new_id()
+        document = self.job_document(job_id, job_type, job.params, **options)
         try:
-            self.store.insert_job(self.job_document(job_id, job_type, job.params, **options))
+            self.store.insert_job(document)
         except DatabaseUnavailable as exc:
             raise DatabaseUnavailable(
                 f"could not push {job_type} (id {job_id}) within {self.store.timeout:g} s: {exc}; "
                 "if the connection dropped during the write, the job may exist under that id"
             ) from exc
+        except PushError as exc:
+            problem = bson_problem(job.params)
+            if problem:
+                raise PushError(f"{job_type} params are not BSON-encodable: {problem}") from exc
+            raise
         log.debug("job pushed", extra={"action": "job_pushed", "job_id": job_id, "type": job_type})
         return job_id
+
+    def push_many(self, jobs: Sequence[Job], **options: Any) -> list[str]:
+        """Validate every job, then insert them all in one unordered bulk insert.
+
+        If any job is refused, PushError lists each refused job by position and
+        nothing of the batch is written. Returns the ids in the order given."""
+        documents: list[dict[str, Any]] = []
+        refused: list[tuple[int, str]] = []
+        for position, job in enumerate(jobs):
+            try:
+                job_type = self._registered_type(job)
+                problem = bson_problem(job.params)
+                if problem:
+                    raise PushError(f"{job_type} params are not BSON-encodable: {problem}")
+                documents.append(self.job_document(new_id(), job_type, job.params, **options))
+            except PushError as exc:
+                refused.append((position, str(exc)))
+        if refused:
+            raise PushError(
+                f"push_many refused {len(refused)} of {len(jobs)} jobs, so none was written: "
+                + "; ".join(f"#{position}: {reason}" for position, reason in refused),
+                refused=refused,
+            )
+        return self.store.insert_jobs(documents)
 
     def job_document(
         self, job_id: str, job_type: str, params: dict[str, Any], **options: Any

@@ -27,6 +27,11 @@ class CronError(WorkersError):
 class PushError(WorkersError):
     """The job could not be pushed."""
 
+    def __init__(self, message: str | None = None, *, refused: list[tuple[int, str]] | None = None):
+        super().__init__(message)
+        #: push_many: (position, reason) of every job refused
+        self.refused = refused or []
+
 
 class DatabaseUnavailable(WorkersError):
     """The MongoDB server could not be reached."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -142,4 +142,23 @@ class Job:
 
         return current().push(
             job, delay=delay, after=after, priority=priority, retry=retry, timeout=timeout
+        )
+
+    @staticmethod
+    def push_many(
+        jobs: Sequence[Job],
+        *,
+        delay: float | None = None,
+        after: datetime | None = None,
+        priority: int | str | None = None,
+        retry: int | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> list[str]:
+        """Queue `jobs` in one bulk insert with the options of `Job.push`; returns their ids
+        in order. If any job is refused, PushError names each by position (`.refused`) and
+        nothing is written."""
+        from workers.app import current
+
+        return current().push_many(
+            jobs, delay=delay, after=after, priority=priority, retry=retry, timeout=timeout
         )

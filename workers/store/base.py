@@ -8,6 +8,7 @@ with a skewed clock neither delays nor hurries jobs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -22,7 +23,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from workers.errors import DatabaseUnavailable, StoreError
+from workers.errors import DatabaseUnavailable, StoreError, WorkersError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -161,11 +162,27 @@ class Connection:
         return self.db.command("explain", command, verbosity=verbosity)
 
     def now(self) -> datetime:
-        """The database server's clock, estimated without a round trip."""
-        if self._offset is None or time.monotonic() - self._synced_at > _CLOCK_RESYNC:
+        """The database server's clock, estimated without a round trip.
+
+        Only the first call waits for a measurement; a stale offset is measured
+        again in the background, so a push never pays for a clock round trip."""
+        if self._offset is None:
             self.sync_clock()
+        elif time.monotonic() - self._synced_at > _CLOCK_RESYNC:
+            self._resync_in_background()
         assert self._offset is not None
         return datetime.fromtimestamp(wall_clock(), UTC) + self._offset
+
+    def _resync_in_background(self) -> None:
+        if not self._clock_lock.acquire(blocking=False):
+            return  # a measurement is under way
+        self._synced_at = time.monotonic()  # one resync per period, even if this one fails
+        self._clock_lock.release()
+        threading.Thread(target=self._resync_quietly, name="clock-sync", daemon=True).start()
+
+    def _resync_quietly(self) -> None:
+        with contextlib.suppress(WorkersError):  # the old offset stands; the next period retries
+            self.sync_clock()
 
     @translated
     def sync_clock(self) -> timedelta:

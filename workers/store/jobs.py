@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import bson
 from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
 
 from workers.errors import PushError
@@ -59,6 +60,8 @@ class JobQueries(ClaimQueries):
         """One insert: the job exists whole or not at all."""
         try:
             self.jobs.insert_one(document)
+        except bson.errors.InvalidDocument as exc:  # raised while encoding: nothing was sent
+            raise PushError(f"the job document cannot be encoded as BSON: {exc}") from exc
         except DuplicateKeyError as exc:
             raise PushError(f"a job with this unique key already exists: {exc}") from exc
         except DocumentTooLarge as exc:
