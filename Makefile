@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint setup clean stop-db
+.PHONY: run test lint setup clean stop-db bench
 
 $(STAMP):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -13,7 +13,7 @@ $(STAMP):
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi && \
 	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[embedded,test]'
+	$(BIN)/python -m pip install -q -e '.[embedded,test,bench]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
@@ -31,6 +31,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The benchmark (not part of the tests): every figure the median of 3 runs, about 15 minutes;
+# `make bench ARGS=--quick` for one run at backlog 1,000. Writes docs/bench.json and docs/bench.png.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
 
 stop-db: $(STAMP)
 	$(BIN)/workers db stop

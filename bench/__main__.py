@@ -1,0 +1,154 @@
+"""`python -m bench [--runs 3] [--quick] [--out docs]`: every figure as the median of its runs,
+printed as a table with ratios to the server's own rates, written as JSON and drawn as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import measure
+from bench.server import database_url
+
+CONFIGS = [(1, 1), (1, 4), (2, 4), (4, 4)]
+
+
+def median(runs: int, figure: Callable[[], float]) -> float:
+    return statistics.median(figure() for _ in range(runs))
+
+
+def median_of(runs: int, figure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    results = [figure() for _ in range(runs)]
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def step(name: str) -> None:
+    print(f"  measuring {name} ...", flush=True)
+
+
+def run(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]:
+    results: dict[str, Any] = {"ceilings": {}, "push": {}, "throughput": {}, "pickup": {}}
+    step("raw inserts")
+    results["ceilings"]["insert_one"] = median(runs, lambda: measure.raw_insert_one(url))
+    results["ceilings"]["insert_many"] = median(runs, lambda: measure.raw_insert_many(url))
+    step("push")
+    results["push"]["push"] = median(runs, lambda: measure.push_one(url))
+    results["push"]["push_many"] = median(runs, lambda: measure.push_many(url))
+    for backlog in backlogs:
+        step(f"raw claim ceiling at backlog {backlog}")
+        ceiling = median(runs, functools.partial(measure.raw_claim, url, backlog, window))
+        results["ceilings"][f"claim@{backlog}"] = ceiling
+        for processes, threads in CONFIGS:
+            step(f"throughput {processes} x {threads} at backlog {backlog}")
+            drain = functools.partial(measure.throughput, url, processes, threads, backlog, window)
+            rate = median(runs, drain)
+            results["throughput"][f"{processes}x{threads}@{backlog}"] = rate
+    for streams in (True, False):
+        step(f"pickup {'with' if streams else 'without'} change streams")
+        results["pickup"]["streams" if streams else "polling"] = median_of(
+            runs, functools.partial(measure.pickup, url, streams)
+        )
+    step("memory after 10,000 jobs")
+    results["memory"] = median_of(1, lambda: measure.memory(url))
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    ceilings, lines = results["ceilings"], []
+    push = results["push"]
+    lines.append("figure                                   jobs/s     ratio")
+    lines.append(f"raw insert_one                        {ceilings['insert_one']:9.0f}")
+    lines.append(f"raw insert_many (1,000 a call)        {ceilings['insert_many']:9.0f}")
+    lines.append(f"Job.push                              {push['push']:9.0f}   "
+                 f"{push['push'] / ceilings['insert_one']:5.2f}x insert_one")  # fmt: skip
+    lines.append(f"Job.push_many                         {push['push_many']:9.0f}   "
+                 f"{push['push_many'] / ceilings['insert_many']:5.2f}x insert_many")  # fmt: skip
+    for key, rate in results["throughput"].items():
+        config, backlog = key.split("@")
+        ceiling = ceilings[f"claim@{backlog}"]
+        lines.append(
+            f"drain {config:5} backlog {backlog:>5}           {rate:9.1f}   "
+            f"{rate / ceiling:5.2f}x raw claim ({ceiling:.1f}/s)"
+        )
+    for mode, p in results["pickup"].items():
+        lines.append(
+            f"pickup ({mode:8}) ms               p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  "
+            f"p99 {p['p99']:6.1f}"
+        )
+    m = results["memory"]
+    lines.append(
+        f"worker RSS MB                      idle {m['idle_mb']:.1f}  after 10,000 jobs "
+        f"{m['after_mb']:.1f}  growth {m['growth_mb']:+.1f}"
+    )
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    backlogs = sorted({int(k.split("@")[1]) for k in results["throughput"]})
+    width = 0.8 / len(backlogs)
+    for i, backlog in enumerate(backlogs):
+        ceiling = results["ceilings"][f"claim@{backlog}"]
+        ratios = [results["throughput"][f"{p}x{t}@{backlog}"] / ceiling for p, t in CONFIGS]
+        xs = [n + i * width for n in range(len(CONFIGS))]
+        left.bar(xs, ratios, width, label=f"backlog {backlog:,}")
+    left.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="raw single claim")
+    left.axhline(3.0, color="red", linestyle=":", linewidth=1, label="target 3.0x")
+    left.set_xticks([n + width * (len(backlogs) - 1) / 2 for n in range(len(CONFIGS))])
+    left.set_xticklabels([f"{p} x {t}" for p, t in CONFIGS])
+    left.set_ylabel("completed jobs/s ÷ raw claim rate")
+    left.set_title("Throughput (processes x threads)")
+    left.legend(fontsize=8)
+    modes = list(results["pickup"])
+    for q, offset in (("p50", -0.2), ("p95", 0.0), ("p99", 0.2)):
+        right.bar([n + offset for n in range(len(modes))],
+                  [results["pickup"][m][q] for m in modes], 0.2, label=q)  # fmt: skip
+    right.set_xticks(range(len(modes)))
+    right.set_xticklabels(["change streams" if m == "streams" else "polling (1 s)" for m in modes])
+    right.set_ylabel("push → start, ms")
+    right.set_yscale("log")
+    right.set_title("Pickup on an idle service")
+    right.legend(fontsize=8)
+    figure.suptitle(results["machine"], fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median counts")
+    parser.add_argument("--quick", action="store_true", help="one run, backlog 1,000 only")
+    parser.add_argument("--window", type=int, default=300, help="jobs drained per throughput run")
+    parser.add_argument("--out", default="docs", help="folder for bench.json and bench.png")
+    args = parser.parse_args()
+    runs, backlogs = (1, [1000]) if args.quick else (args.runs, [1000, 5000])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with database_url() as (url, server):
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {server}"
+        print(f"benchmark on {machine}; median of {runs} run(s) per figure")
+        results = run(url, runs, backlogs, args.window)
+    results["machine"] = machine
+    results["runs"] = runs
+    results["seconds"] = round(time.monotonic() - started)
+    print(table(results))
+    (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    chart(results, out / "bench.png")
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'} in {results['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

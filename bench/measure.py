@@ -1,0 +1,214 @@
+"""Each figure of the benchmark, measured once. Raw pymongo calls give the server's own rates;
+`workers` is measured through its public API and real headless process trees."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import workers
+from bench.jobs import NoopJob
+from workers import Job
+from workers.app import App
+from workers.settings import validate
+from workers.store import new_id
+from workers.store.claims import CLAIM_INDEX, CLAIM_SORT
+
+ROOT = Path(__file__).resolve().parent.parent
+UTC = dt.UTC
+
+
+def settings(url: str, database: str, **queue: Any) -> dict[str, Any]:
+    return {
+        "mongo": {"url": url, "database": database},
+        "jobs": ["bench.jobs"],
+        "workers": {"queue": {"lease": 30, **queue}},
+    }
+
+
+@contextmanager
+def booted(url: str, **queue: Any) -> Iterator[App]:
+    """An app on a fresh database, dropped afterwards."""
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    app = workers.boot(settings=validate(settings(url, database, **queue)))
+    try:
+        yield app
+    finally:
+        app.store.db.client.drop_database(database)
+        workers.shutdown()
+
+
+# -- ceilings: the server's own rates ------------------------------------------------------
+
+
+def raw_insert_one(url: str, count: int = 1000) -> float:
+    with booted(url) as app:
+        docs = _documents(app, count)
+        started = time.perf_counter()
+        for doc in docs:
+            app.store.jobs.insert_one(doc)
+        return count / (time.perf_counter() - started)
+
+
+def raw_insert_many(url: str, count: int = 5000) -> float:
+    with booted(url) as app:
+        docs = _documents(app, count)
+        started = time.perf_counter()
+        for at in range(0, count, 1000):
+            app.store.jobs.insert_many(docs[at : at + 1000])
+        return count / (time.perf_counter() - started)
+
+
+def raw_claim(url: str, backlog: int, window: int) -> float:
+    """Single-thread find_one_and_update claims of the first `window` jobs of `backlog`,
+    with the same query and index as the worker's claim."""
+    with booted(url) as app:
+        app.store.jobs.insert_many(_documents(app, backlog))
+        query = {"status": "ready", "type": {"$in": ["NoopJob"]}}
+        claimed = {"status": "running", "lease_owner": "raw", "started": "$$NOW",
+                   "attempts": {"$add": ["$attempts", 1]}}  # fmt: skip
+        update = [{"$set": claimed}]
+        started = time.perf_counter()
+        for _ in range(window):
+            now = app.store.now()
+            app.store.jobs.find_one_and_update(
+                {**query, "run_at": {"$lte": now}}, update, sort=CLAIM_SORT, hint=CLAIM_INDEX
+            )
+        return window / (time.perf_counter() - started)
+
+
+def _documents(app: App, count: int) -> list[dict[str, Any]]:
+    past = dt.datetime.now(UTC) - dt.timedelta(seconds=5)
+    return [app.job_document(new_id(), "NoopJob", {"n": n}, after=past) for n in range(count)]
+
+
+# -- push -----------------------------------------------------------------------------------
+
+
+def push_one(url: str, count: int = 1000) -> float:
+    with booted(url):
+        Job.push(NoopJob(n=-1))
+        started = time.perf_counter()
+        for n in range(count):
+            Job.push(NoopJob(n=n))
+        return count / (time.perf_counter() - started)
+
+
+def push_many(url: str, count: int = 5000) -> float:
+    with booted(url):
+        Job.push(NoopJob(n=-1))
+        jobs = [NoopJob(n=n) for n in range(count)]
+        started = time.perf_counter()
+        for at in range(0, count, 1000):
+            Job.push_many(jobs[at : at + 1000])
+        return count / (time.perf_counter() - started)
+
+
+# -- throughput, pickup and memory of real headless trees -------------------------------------
+
+
+@contextmanager
+def headless(url: str, database: str, processes: int, threads: int, **queue: Any) -> Iterator[None]:
+    """`workers --headless` with its own settings file, as a user runs it; TERM on exit."""
+    folder = Path(tempfile.mkdtemp(prefix="workers-bench-"))
+    raw = settings(url, database, **queue)
+    raw["cluster"] = {"count": processes}
+    raw["workers"]["count"] = threads
+    (folder / "settings.json").write_text(json.dumps(raw))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MONGO_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workers", "--headless", "--settings", "settings.json"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def throughput(url: str, processes: int, threads: int, backlog: int, window: int) -> float:
+    """Completed jobs/s over the first `window` of `backlog` jobs, all due at one instant T
+    after the processes started: from T to the window-th `finished` (the server's clock)."""
+    with booted(url) as app:
+        due = app.store.now() + dt.timedelta(seconds=6)
+        for at in range(0, backlog, 1000):
+            Job.push_many([NoopJob(n=n) for n in range(at, min(at + 1000, backlog))], after=due)
+        database = app.store.db.name
+        with headless(url, database, processes, threads):
+            _wait(lambda: app.store.jobs.count_documents({"status": "completed"}) >= window, 600)
+        finished = sorted(
+            doc["finished"] for doc in app.store.jobs.find({"status": "completed"}, {"finished": 1})
+        )
+        return float(window / (finished[window - 1] - due).total_seconds())
+
+
+def pickup(url: str, streams: bool, count: int = 200, gap: float = 0.02) -> dict[str, float]:
+    """Push → start latency (ms) for jobs pushed one at a time to an idle 2 x 4 service."""
+    with booted(url) as app:
+        with headless(url, app.store.db.name, 2, 4, change_streams=streams):
+            _wait(lambda: len(app.store.list_nodes()) >= 2, 60)
+            time.sleep(3)  # the wake-up streams open
+            ids = []
+            for n in range(count):
+                ids.append(Job.push(NoopJob(n=n)))
+                time.sleep(gap)
+            _wait(lambda: app.store.jobs.count_documents({"status": "completed"}) >= count, 120)
+        latencies = sorted(
+            (doc["started"] - doc["created"]).total_seconds() * 1000
+            for doc in app.store.jobs.find({"_id": {"$in": ids}}, {"started": 1, "created": 1})
+        )
+    return {f"p{q}": _percentile(latencies, q) for q in (50, 95, 99)}
+
+
+def memory(url: str, jobs: int = 10_000) -> dict[str, float]:
+    """RSS (MB) of one worker process (1 x 4) idle, and after it ran `jobs` jobs."""
+    with booted(url) as app, headless(url, app.store.db.name, 1, 4):
+        _wait(lambda: len(app.store.list_nodes()) >= 1, 60)
+        time.sleep(3)
+        pid = app.store.list_nodes()[0]["pid"]
+        idle = _rss_mb(pid)
+        for at in range(0, jobs, 1000):
+            Job.push_many([NoopJob(n=n) for n in range(at, at + 1000)])
+            _wait(lambda a=at: app.store.jobs.count_documents({"status": "ready"}) < 500, 600)
+        _wait(lambda: app.store.jobs.count_documents({"status": "completed"}) >= jobs, 600)
+        after = _rss_mb(pid)
+    return {"idle_mb": idle, "after_mb": after, "growth_mb": after - idle}
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _wait(condition: Any, timeout: float, every: float = 1.0) -> None:
+    """Poll rarely: each look is a query on the server being measured."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the benchmark step did not finish in time")
+        time.sleep(every)
+
+
+def _percentile(values: list[float], q: int) -> float:
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if q < 100 else values[-1]
