@@ -85,7 +85,7 @@ def test_web_mode_boots_and_runs_no_job(
     assert done.returncode == 0, done.stderr
     assert "web mode" in done.stdout and "RecordJob" in done.stdout
     assert db["workers.jobs"].find_one({"_id": job_id})["status"] == "ready"
-    assert "claim" in db["workers.jobs"].index_information()
+    assert "claim_queue" in db["workers.jobs"].index_information()
 
 
 def test_the_example_app_pushes_in_web_mode_and_runs_in_headless_mode(

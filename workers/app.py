@@ -55,9 +55,8 @@ class App:
         One insert and nothing else: the params are encoded once, by the insert itself."""
         job_type = self._registered_type(job)
         job_id = new_id()
-        document = self.job_document(job_id, job_type, job.params, **options)
         try:
-            self.store.insert_job(document)
+            self.store.insert_job(self.job_document(job_id, job_type, job.params, **options))
         except DatabaseUnavailable as exc:
             raise DatabaseUnavailable(
                 f"could not push {job_type} (id {job_id}) within {self.store.timeout:g} s: {exc}; "
