@@ -32,10 +32,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# The benchmark (not part of the tests): every figure the median of 3 runs, about 15 minutes;
-# `make bench ARGS=--quick` for one run at backlog 1,000. Writes docs/bench.json and docs/bench.png.
+# The benchmark (not part of the tests): every figure the median of 3 runs, Celery beside us on
+# the same server, about 30 minutes; `make bench ARGS=--quick` for one run at backlog 1,000.
+# Writes docs/bench.json and docs/bench.png.
 bench: $(STAMP)
-	$(BIN)/python -m bench $(ARGS)
+	$(BIN)/python -m bench --peers $(ARGS)
 
 stop-db: $(STAMP)
 	$(BIN)/workers db stop

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import measure
+from bench import measure, peers
 from bench.server import database_url
 
 CONFIGS = [(1, 1), (1, 4), (2, 4), (4, 4)]
+PEER_CONFIGS = [(1, 4), (2, 4)]
 
 
 def median(runs: int, figure: Callable[[], float]) -> float:
@@ -60,6 +61,19 @@ def run(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]
     return results
 
 
+def run_peers(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]:
+    """Celery's figures on the same server, backlogs and window."""
+    celery: dict[str, Any] = {"throughput": {}}
+    for backlog in backlogs:
+        for processes, threads in PEER_CONFIGS:
+            step(f"Celery {processes} x {threads} at backlog {backlog}")
+            drain = functools.partial(peers.throughput, url, processes, threads, backlog, window)
+            celery["throughput"][f"{processes}x{threads}@{backlog}"] = median(runs, drain)
+    step("Celery pickup")
+    celery["pickup"] = median_of(runs, lambda: peers.pickup(url))
+    return {"celery": celery}
+
+
 def table(results: dict[str, Any]) -> str:
     ceilings, lines = results["ceilings"], []
     push = results["push"]
@@ -80,6 +94,19 @@ def table(results: dict[str, Any]) -> str:
     for mode, p in results["pickup"].items():
         lines.append(
             f"pickup ({mode:8}) ms               p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  "
+            f"p99 {p['p99']:6.1f}"
+        )
+    for name, peer in results.get("peers", {}).items():
+        for key, rate in peer["throughput"].items():
+            config, backlog = key.split("@")
+            ceiling = ceilings[f"claim@{backlog}"]
+            lines.append(
+                f"{name} {config:5} backlog {backlog:>5}          {rate:9.1f}   "
+                f"{rate / ceiling:5.2f}x raw claim"
+            )
+        p = peer["pickup"]
+        lines.append(
+            f"{name} pickup (push → done) ms     p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  "
             f"p99 {p['p99']:6.1f}"
         )
     m = results["memory"]
@@ -104,6 +131,14 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ratios = [results["throughput"][f"{p}x{t}@{backlog}"] / ceiling for p, t in CONFIGS]
         xs = [n + i * width for n in range(len(CONFIGS))]
         left.bar(xs, ratios, width, label=f"backlog {backlog:,}")
+    for name, peer in results.get("peers", {}).items():
+        for i, backlog in enumerate(backlogs):
+            ceiling = results["ceilings"][f"claim@{backlog}"]
+            configs = [CONFIGS.index(c) for c in PEER_CONFIGS]
+            ratios = [peer["throughput"][f"{p}x{t}@{backlog}"] / ceiling for p, t in PEER_CONFIGS]
+            xs = [n + i * width for n in configs]
+            left.scatter(xs, ratios, marker="x", color="black", zorder=3,
+                         label=f"{name} (same server)" if i == 0 else None)  # fmt: skip
     left.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="raw single claim")
     left.axhline(3.0, color="red", linestyle=":", linewidth=1, label="target 3.0x")
     left.set_xticks([n + width * (len(backlogs) - 1) / 2 for n in range(len(CONFIGS))])
@@ -111,12 +146,15 @@ def chart(results: dict[str, Any], path: Path) -> None:
     left.set_ylabel("completed jobs/s ÷ raw claim rate")
     left.set_title("Throughput (processes x threads)")
     left.legend(fontsize=8)
-    modes = list(results["pickup"])
+    pickups = {"change streams": results["pickup"]["streams"],
+               "polling (1 s)": results["pickup"]["polling"]}  # fmt: skip
+    for name, peer in results.get("peers", {}).items():
+        pickups[f"{name} (push → done)"] = peer["pickup"]
     for q, offset in (("p50", -0.2), ("p95", 0.0), ("p99", 0.2)):
-        right.bar([n + offset for n in range(len(modes))],
-                  [results["pickup"][m][q] for m in modes], 0.2, label=q)  # fmt: skip
-    right.set_xticks(range(len(modes)))
-    right.set_xticklabels(["change streams" if m == "streams" else "polling (1 s)" for m in modes])
+        right.bar([n + offset for n in range(len(pickups))],
+                  [p[q] for p in pickups.values()], 0.2, label=q)  # fmt: skip
+    right.set_xticks(range(len(pickups)))
+    right.set_xticklabels(list(pickups), fontsize=8)
     right.set_ylabel("push → start, ms")
     right.set_yscale("log")
     right.set_title("Pickup on an idle service")
@@ -131,6 +169,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median counts")
     parser.add_argument("--quick", action="store_true", help="one run, backlog 1,000 only")
     parser.add_argument("--window", type=int, default=300, help="jobs drained per throughput run")
+    parser.add_argument("--peers", action="store_true", help="also Celery (the bench extra)")
     parser.add_argument("--out", default="docs", help="folder for bench.json and bench.png")
     args = parser.parse_args()
     runs, backlogs = (1, [1000]) if args.quick else (args.runs, [1000, 5000])
@@ -141,6 +180,10 @@ def main() -> None:
         machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {server}"
         print(f"benchmark on {machine}; median of {runs} run(s) per figure")
         results = run(url, runs, backlogs, args.window)
+        if args.peers:
+            if not peers.available():
+                raise SystemExit("--peers needs Celery: pip install -e '.[bench]'")
+            results["peers"] = run_peers(url, runs, backlogs, args.window)
     results["machine"] = machine
     results["runs"] = runs
     results["seconds"] = round(time.monotonic() - started)
