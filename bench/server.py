@@ -36,7 +36,11 @@ def database_url() -> Iterator[tuple[str, str]]:
         yield f"mongodb://127.0.0.1:{port}/?directConnection=true", "SecantusDB (:memory:)"
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _wait_listening(port: int) -> None:

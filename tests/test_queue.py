@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
+from tests.faulty import FaultyCollection
 from tests.jobs import FailJob, RecordJob
 from tests.plans import assert_on_index, plan_stages
 from workers import Job
 from workers.app import App
+from workers.store.claims import CLAIM_INDEX, Spare
 
 
 @pytest.mark.parametrize(
@@ -48,19 +50,39 @@ def test_a_backlog_of_types_this_node_does_not_know_is_not_scanned(app: App, db:
     assert {doc["_id"] for doc in claimed} == {foreign, *mine}
 
 
-def test_best_priority_runs_first_and_equal_priorities_in_push_order(app: App) -> None:
+@pytest.mark.parametrize("spare", [False, True], ids=["scan each time", "with a spare"])
+def test_best_priority_runs_first_and_equal_priorities_in_push_order(app: App, spare: bool) -> None:
     pushed = {
         "low": Job.push(RecordJob(), priority="low"),
         "normal-1": Job.push(RecordJob()),
         "critical": Job.push(RecordJob(), priority="critical"),
         "normal-2": Job.push(RecordJob()),
         "high": Job.push(RecordJob(), priority="high"),
+        "normal-3": Job.push(RecordJob()),
     }
     order = []
-    while claimed := app.store.claim("me", app.registry.types, 5, 1):
+    kept = Spare() if spare else None  # a lone claimer's spare keeps the queue's order
+    while claimed := app.store.claim("me", app.registry.types, 5, 1, kept):
         order.append(claimed[0]["_id"])
     names = {job_id: name for name, job_id in pushed.items()}
-    assert [names[i] for i in order] == ["critical", "high", "normal-1", "normal-2", "low"]
+    expected = ["critical", "high", "normal-1", "normal-2", "normal-3", "low"]
+    assert [names[i] for i in order] == expected
+
+
+def test_a_spare_claims_the_rest_of_a_scan_without_scanning_again(app: App) -> None:
+    ids = [Job.push(RecordJob(n=n)) for n in range(12)]
+    scans = {"n": 0}
+
+    def count_scans(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        scans["n"] += name == "find" and kwargs.get("hint") == CLAIM_INDEX
+        return None
+
+    counted = FaultyCollection(app.store.jobs, count_scans, AssertionError)
+    app.store.jobs = counted  # type: ignore[assignment]
+    spare, types = Spare(), app.registry.types
+    claimed = [d["_id"] for _ in range(4) for d in app.store.claim("me", types, 5, 3, spare)]
+    assert claimed == ids
+    assert scans["n"] == 1, "the three claims after the first should have come from the spare"
 
 
 def test_a_delayed_job_is_not_claimed_before_its_run_at(app: App) -> None:

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from workers.errors import ClaimIncomplete, WorkersError
 from workers.store import Document, Store
+from workers.store.claims import Spare
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Claimer:
         self.lease = lease
         self._batches = itertools.count(1)
         self._interrupted: ClaimIncomplete | None = None
+        self._spare = Spare()
 
     def claim(self, limit: int) -> list[Document]:
         """Up to `limit` jobs, now held under a fresh token; raises WorkersError on failure
@@ -36,7 +38,7 @@ class Claimer:
             return self._recover(self._interrupted)
         token = f"{self.owner}#{next(self._batches)}"
         try:
-            return self.store.claim(token, self.types, self.lease, limit)
+            return self.store.claim(token, self.types, self.lease, limit, self._spare)
         except ClaimIncomplete as exc:
             self._interrupted = exc
             raise

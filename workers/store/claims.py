@@ -15,6 +15,9 @@ read-back go by `_id`.
 
 from __future__ import annotations
 
+import random
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -31,8 +34,13 @@ CLAIM_SORT = [("priority", 1), ("run_at", 1)]
 LEGACY_CLAIM_INDEX = "claim"  # (status, priority, run_at), before `type` joined the index
 # Candidates read per slot: a claimer that loses the head to another process takes the
 # next candidates with one more write by _id, instead of paying for another scan.
-_SPREAD = 4
+_SPREAD = 32
 _MAX_CANDIDATES = 256
+# How long the rest of a scan may be claimed from without scanning again. A job pushed
+# meanwhile with a better priority waits at most this long behind the older candidates.
+SPARE_SECONDS = 1.0
+_SPARE_MISSES = 2  # picks in a row that found every job taken: the spare is stale
+_CONTESTED_SECONDS = 5.0  # after a lost pick, pick at random (not in queue order) this long
 
 # Errors that say nothing about the document being written: the server is stepping
 # down, shutting down, timed out or conflicted. A claim that fails with one of them
@@ -48,34 +56,85 @@ _NOT_ABOUT_A_DOCUMENT = frozenset(
 _TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError", "NoWritesPerformed")
 
 
+@dataclass
+class Spare:
+    """The candidates a claimer's last scan found and did not try yet: its next claim tries
+    them first, by `_id`, and so pays for one scan per several batches, not one per batch
+    (on a server whose scan reads every ready job, the scan is most of a claim's cost)."""
+
+    ids: list[Any] = field(default_factory=list)
+    until: float = 0.0
+    misses: int = 0
+    contested_until: float = 0.0
+
+    def take(self, count: int) -> list[Any]:
+        """The next `count`, in queue order; once another claimer has been met here, from a
+        random place instead, where the other's picks rarely land."""
+        if time.monotonic() > self.until or self.misses >= _SPARE_MISSES:
+            self.ids = []
+        contested = time.monotonic() < self.contested_until
+        start = random.randrange(max(1, len(self.ids) - count + 1)) if contested else 0
+        taken = self.ids[start : start + count]
+        del self.ids[start : start + count]
+        return taken
+
+    def taken(self, picked: int, got: int) -> None:
+        """How a pick went: a short one means another claimer works these jobs too."""
+        if got < picked:
+            self.contested_until = time.monotonic() + _CONTESTED_SECONDS
+        self.misses = 0 if got else self.misses + 1
+
+    def keep(self, ids: list[Any]) -> None:
+        self.ids, self.until, self.misses = ids, time.monotonic() + SPARE_SECONDS, 0
+
+
 class ClaimQueries(Connection):
     def ensure_claim_indexes(self) -> None:
         self.jobs.create_index(CLAIM_KEYS, name=CLAIM_INDEX)
 
     @translated
-    def claim(self, token: str, types: list[str], lease: float, limit: int) -> list[Document]:
+    def claim(
+        self, token: str, types: list[str], lease: float, limit: int, spare: Spare | None = None
+    ) -> list[Document]:
         """Take up to `limit` due ready jobs of `types`, best priority first, under `token`.
 
         One scan of the claim index for the candidates, then one `update_many`
         by `_id` (filtered on `status: ready` and a due `run_at`, so it is
-        atomic per job) and one read-back by `_id` and token. If the write or
-        the read-back fails, ClaimIncomplete carries what `recover_claim` needs:
-        jobs already taken are never stranded. Leases are set by $$NOW.
+        atomic per job) and one read-back by `_id` and token. With a `spare`,
+        its fresh candidates are tried first and the scan's leftovers kept in
+        it. If the write or the read-back fails, ClaimIncomplete carries what
+        `recover_claim` needs: jobs already taken are never stranded. Leases
+        are set by $$NOW.
         """
         if limit < 1 or not types:
             return []
         now = self.now()
-        candidates = self._candidates(types, now, limit)
+        tried: list[Any] = []
         claimed: list[Document] = []
-        tried = 0
-        while len(claimed) < limit and tried < len(candidates):
-            batch = candidates[tried : tried + limit - len(claimed)]
-            tried += len(batch)
-            try:
-                claimed += self._take(token, batch, now, lease)
-            except PyMongoError as exc:
-                raise ClaimIncomplete(token, candidates[:tried], exc) from exc
+        while spare is not None and len(claimed) < limit:
+            if not (ids := spare.take(limit - len(claimed))):
+                break
+            got = self._take_or_interrupt(token, ids, now, lease, tried)
+            spare.taken(len(ids), len(got))
+            claimed += got
+        if len(claimed) < limit:
+            candidates = self._candidates(types, now, limit)
+            while len(claimed) < limit and (batch := candidates[: limit - len(claimed)]):
+                candidates = candidates[len(batch) :]
+                ids = [doc["_id"] for doc in batch]
+                claimed += self._take_or_interrupt(token, ids, now, lease, tried)
+            if spare is not None:
+                spare.keep(_same_priority(candidates, claimed))
         return claimed
+
+    def _take_or_interrupt(
+        self, token: str, ids: list[Any], now: datetime, lease: float, tried: list[Any]
+    ) -> list[Document]:
+        tried += ids
+        try:
+            return self._take(token, ids, now, lease)
+        except PyMongoError as exc:
+            raise ClaimIncomplete(token, list(tried), exc) from exc
 
     @translated
     def recover_claim(self, token: str, ids: list[Any]) -> list[Document]:
@@ -85,15 +144,15 @@ class ClaimQueries(Connection):
     def _held_under(self, token: str, ids: list[Any]) -> list[Document]:
         return _in_order(list(self.jobs.find(_held_by(ids, token))), ids)
 
-    def _candidates(self, types: list[str], now: datetime, limit: int) -> list[Any]:
+    def _candidates(self, types: list[str], now: datetime, limit: int) -> list[Document]:
         found = self.jobs.find(
             self._due_query(types, now),
-            {"_id": 1},
+            {"_id": 1, "priority": 1},
             sort=CLAIM_SORT,
             hint=CLAIM_INDEX,
             limit=min(limit * _SPREAD, _MAX_CANDIDATES),
         )
-        return [doc["_id"] for doc in found]
+        return list(found)
 
     def _take(self, token: str, ids: list[Any], now: datetime, lease: float) -> list[Document]:
         """Claim whichever of `ids` are still ready and due; read them back in `ids` order."""
@@ -240,6 +299,16 @@ def _about_a_document(exc: OperationFailure) -> bool:
     if exc.code in _NOT_ABOUT_A_DOCUMENT or exc.code is None:
         return False
     return not any(exc.has_error_label(label) for label in _TRANSIENT_LABELS)
+
+
+def _same_priority(candidates: list[Document], claimed: list[Document]) -> list[Any]:
+    """The candidates a spare may keep: those of the priority just claimed. Picking among
+    equals bends only the run_at order; a worse priority never jumps the queue by a spare
+    (a better one pushed after the scan waits at most SPARE_SECONDS)."""
+    if not claimed:
+        return []
+    priority = claimed[-1].get("priority")
+    return [doc["_id"] for doc in candidates if doc.get("priority") == priority]
 
 
 def _in_order(docs: list[Document], ids: list[Any]) -> list[Document]:
