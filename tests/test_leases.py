@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
-from tests.jobs import RecordJob, SleepJob, SpinJob
+from tests.jobs import RecordJob, SleepJob, SlowEchoJob, SpinJob
 from tests.plans import assert_on_index
 from tests.test_worker import finished, running
 from workers import Job
@@ -120,3 +120,22 @@ def test_each_process_records_itself_in_nodes_while_it_runs(app: App) -> None:
 
 def test_process_ids_are_unique_even_for_one_os_process(app: App) -> None:
     assert Worker(app).owner != Worker(app).owner
+
+
+def test_after_job_is_told_when_the_outcome_was_refused_because_the_lease_was_lost(
+    app: App, db: Any
+) -> None:
+    job_id = Job.push(SlowEchoJob(seconds=1.5))
+    with running(app):
+        wait_for(lambda: db.executions.find_one({"job_id": job_id}), timeout=20, what="a start")
+        # another node holds it now (it was rescued from us and claimed there)
+        taken = app.store.jobs.update_one(
+            {"_id": job_id, "status": "running"}, {"$set": {"lease_owner": "other-node#1"}}
+        )
+        assert taken.modified_count == 1
+        call = wait_for(
+            lambda: db.after_job.find_one({"job_id": job_id}), timeout=20, what="after_job"
+        )
+    assert call["error"] is not None and call["error"].startswith("LeaseLost(")
+    doc = app.store.get_job(job_id)
+    assert doc is not None and doc["status"] == "running" and doc["lease_owner"] == "other-node#1"

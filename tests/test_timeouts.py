@@ -4,15 +4,18 @@ gets its process recycled."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo.errors import AutoReconnect
 
 from tests.conftest import wait_for
+from tests.faulty import FaultyCollection
 from tests.headless_node import HeadlessNode
-from tests.jobs import RecordJob, SleepJob, SpinJob, TimeoutAfterJob
+from tests.jobs import RecordJob, SleepJob, SlowEchoJob, SpinJob, TimeoutAfterJob
 from tests.test_worker import finished, running
 from workers import Job, boot, shutdown
 from workers.app import App
@@ -100,3 +103,31 @@ def test_a_job_that_never_returns_gets_its_process_recycled(
     assert doc["error"]["type"] == "workers.errors.JobTimeout"
     stuck_pid = db.executions.find_one({"job_id": stuck})["pid"]
     assert db.executions.find_one({"job_id": after})["pid"] != stuck_pid
+
+
+def test_a_job_that_returned_in_time_keeps_its_outcome_while_the_write_outlasts_the_deadline(
+    app: App, db: Any
+) -> None:
+    # Given a job with a 2 s timeout that returns after 1 s
+    job_id = Job.push(SlowEchoJob(seconds=1.0), timeout=2, retry=1)
+    refused: dict[str, float] = {}
+
+    def refuse_completion_for_2s(name: str, args: tuple[Any, ...], _: Any) -> str | None:
+        if name != "update_one" or not isinstance(args[1], list):
+            return None
+        if args[1][0]["$set"].get("status") != "completed":
+            return None
+        first = refused.setdefault("first", time.monotonic())
+        return "before" if time.monotonic() - first < 2.0 else None
+
+    # When its completion write fails through an outage until past the deadline
+    app.store.jobs = FaultyCollection(  # type: ignore[assignment]
+        app.store.jobs, refuse_completion_for_2s, lambda: AutoReconnect("injected: outage")
+    )
+    with running(app):
+        doc = wait_for(lambda: finished(app, job_id), timeout=20, what="the job to finish")
+    # Then its own outcome is recorded, once, and it never runs again
+    assert refused, "the completion was never refused"
+    assert doc["status"] == "completed", doc.get("error")
+    assert doc["attempts"] == 1
+    assert db.executions.count_documents({"job_id": job_id, "phase": "start"}) == 1

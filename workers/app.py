@@ -172,6 +172,7 @@ def connect(
         timeout=mongo.timeout,
         pool_size=mongo.pool_size,
         app_name=app_name,
+        write_concern=mongo.write_concern,
     )
     return store, server
 

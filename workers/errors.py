@@ -60,3 +60,8 @@ class EmbeddedServerError(WorkersError):
 
 class JobTimeout(WorkersError, TimeoutError):
     """The job ran past its timeout."""
+
+
+class LeaseLost(WorkersError):
+    """This process no longer held the job when its outcome was written (handed back, rescued
+    after its lease lapsed, or taken over): the outcome was refused and the job runs again."""

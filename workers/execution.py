@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from workers.app import App
-from workers.errors import DatabaseUnavailable, JobTimeout, WorkersError
+from workers.errors import DatabaseUnavailable, JobTimeout, LeaseLost, WorkersError
 from workers.job import Attempt, Job
-from workers.record import JobRecord
+from workers.record import JobRecord, error_document
 from workers.store import bson_problem
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,12 @@ class Held:
     deadline: float | None = None  # monotonic; from the job's timeout
     timeout: float | None = None
     timed_out: bool = False
+    returned_at: float | None = None  # monotonic; when the handler returned
     released: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
+    # Decides between the watchdog and the returning handler: exactly one of them
+    # records the attempt's outcome.
+    _decided: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def job_id(self) -> Any:
@@ -52,8 +57,26 @@ class Held:
         self.timed_out = self.timed_out or timed_out
         self.released.set()
 
-    def overdue(self, now: float) -> bool:
-        return self.deadline is not None and now > self.deadline and not self.abandoned
+    def time_out(self, now: float) -> bool:
+        """The watchdog's claim on the outcome: True (and the attempt abandoned) if it is past
+        its deadline and the handler has not returned; a returned job keeps its outcome,
+        however long the write of that outcome takes."""
+        with self._decided:
+            if self.deadline is None or now <= self.deadline or self.abandoned:
+                return False
+            if self.returned_at is not None:
+                return False
+            self.abandon(timed_out=True)
+            return True
+
+    def handler_returned(self, now: float) -> bool:
+        """The handler's claim on the outcome: True if it returned by its deadline and the
+        watchdog had not timed it out first."""
+        with self._decided:
+            if self.timed_out:
+                return False
+            self.returned_at = now
+            return self.deadline is None or now <= self.deadline
 
     def stuck(self, now: float) -> bool:
         """Timed out and still not returned after a further min(timeout, 5 s), at least 1 s."""
@@ -62,15 +85,15 @@ class Held:
         return now > self.deadline + max(1.0, min(self.timeout or 0.0, 5.0))
 
 
-def error_document(exc: BaseException, attempt: int, owner: str) -> dict[str, Any]:
+def exception_error(exc: BaseException, attempt: int, owner: str) -> dict[str, Any]:
     kind = type(exc)
-    return {
-        "message": str(exc) or kind.__name__,
-        "type": f"{kind.__module__}.{kind.__qualname__}",
-        "traceback": "".join(traceback.format_exception(exc)),
-        "attempt": attempt,
-        "node": owner,
-    }
+    return error_document(
+        str(exc) or kind.__name__,
+        f"{kind.__module__}.{kind.__qualname__}",
+        attempt=attempt,
+        node=owner,
+        traceback="".join(traceback.format_exception(exc)),
+    )
 
 
 def run_attempt(app: App, held: Held) -> None:
@@ -91,10 +114,13 @@ def run_attempt(app: App, held: Held) -> None:
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
     log.info("job started", extra={"action": "job_started", **extra})
     job, result, error = _call_handler(app, owner, job_class, record)
-    if held.timed_out:
-        error = JobTimeout(f"{record.type} ran past its timeout of {record.timeout:g} s")
-    else:
-        _record_outcome(app, owner, held, record, result, error)
+    if not held.handler_returned(time.monotonic()):
+        result, error = (
+            None,
+            JobTimeout(f"{record.type} ran past its timeout of {record.timeout:g} s"),
+        )
+    if not held.timed_out:  # else the watchdog recorded the timeout
+        error = _record_outcome(app, owner, held, record, result, error)
     _call_after_job(job, error, extra)
 
 
@@ -104,7 +130,7 @@ def record_timeout(app: App, held: Held) -> None:
     try:
         record = JobRecord.from_document(held.doc)
         message = f"{record.type} ran past its timeout of {held.timeout:g} s"
-        error = error_document(JobTimeout(message), record.attempts, owner)
+        error = exception_error(JobTimeout(message), record.attempts, owner)
         retry_in = record.retry.delay_after(record.attempts) if record.retries_left else None
         app.store.fail(record.id, owner, error, retry_in)
     except (ValueError, WorkersError) as exc:
@@ -147,7 +173,9 @@ def _instantiate(job_class: type[Job], params: dict[str, Any]) -> Job:
 
 def _record_outcome(
     app: App, owner: str, held: Held, record: JobRecord, result: Any, error: BaseException | None
-) -> None:
+) -> BaseException | None:
+    """Write the attempt's outcome; returns the error `after_job` gets: the job's own, or
+    LeaseLost when the outcome was refused because the job is no longer ours."""
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
     outcome = "completed"
     written: bool | WorkersError = False
@@ -164,7 +192,14 @@ def _record_outcome(
             "job outcome not written: this process no longer holds the job",
             extra={"action": "lease_lost", **extra},
         )
-    elif error is None:
+        lost = LeaseLost(
+            f"the {outcome} outcome of {record.type} {record.id} (attempt {record.attempts}) "
+            "was refused: this process no longer holds the job (handed back, or rescued after "
+            "its lease lapsed), so this attempt does not count as its outcome"
+        )
+        lost.__cause__ = error
+        return lost
+    if error is None:
         log.info("job completed", extra={"action": "job_completed", **extra})
     else:
         log.warning(
@@ -174,6 +209,7 @@ def _record_outcome(
             error,
             extra={"action": "job_failed", "outcome": outcome, **extra},
         )
+    return error
 
 
 def _persist_failure(
@@ -184,7 +220,7 @@ def _persist_failure(
     error: BaseException,
     retry_in: float | None,
 ) -> bool | WorkersError:
-    document = error_document(error, record.attempts, owner)
+    document = exception_error(error, record.attempts, owner)
     written = _persist(held, lambda: app.store.fail(record.id, owner, document, retry_in))
     if isinstance(written, WorkersError):  # e.g. a gigantic message: record a short one instead
         document = {**document, "message": str(error)[:2000], "traceback": None}
@@ -231,6 +267,6 @@ def _call_after_job(job: Job, error: BaseException | None, extra: dict[str, Any]
 def _fail_malformed(app: App, owner: str, held: Held, exc: ValueError) -> None:
     """A document we cannot read is failed for good: retrying cannot make it readable."""
     attempts = held.doc.get("attempts")
-    error = error_document(exc, attempts if isinstance(attempts, int) else 0, owner)
+    error = exception_error(exc, attempts if isinstance(attempts, int) else 0, owner)
     log.error("malformed job document %r: %s", held.job_id, exc, extra={"action": "job_malformed"})
     _persist(held, lambda: app.store.fail(held.job_id, owner, error, None))

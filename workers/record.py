@@ -21,8 +21,36 @@ STATUSES = (WAITING, PAUSED, READY, RUNNING, FAILED, CANCELLED, COMPLETED)
 # jobCollection's names; lower runs first.
 PRIORITIES = {"low": 10, "normal": 0, "medium": -5, "high": -10, "critical": -15}
 
+# Bounds that keep a job document far from MongoDB's 16 MB limit, however a job logs or
+# fails: the log keeps its newest entries, stored texts are clipped.
+LOG_LIMIT = 200
+TEXT_LIMIT = 8_000  # characters of a stored message
+TRACEBACK_LIMIT = 32_000  # characters of a stored traceback (its end: where it was raised)
+DATA_LIMIT = 16_000  # bytes of BSON of a log entry's data
+
 Backoff = Literal["exponential", "fixed"]
 _BACKOFFS = ("exponential", "fixed")
+
+
+def clipped(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """`text` cut to `limit` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    cut = f"[{len(text) - limit} characters cut]"
+    return f"{cut} ...{text[-limit:]}" if keep_end else f"{text[:limit]}... {cut}"
+
+
+def error_document(
+    message: str, kind: str, *, attempt: Any, node: Any, traceback: str | None = None
+) -> dict[str, Any]:
+    """The one shape of a stored error. `attempt` and `node` may be pipeline field paths."""
+    return {
+        "message": clipped(message, TEXT_LIMIT),
+        "type": kind,
+        "traceback": clipped(traceback, TRACEBACK_LIMIT, keep_end=True) if traceback else None,
+        "attempt": attempt,
+        "node": node,
+    }
 
 
 @dataclass(frozen=True)

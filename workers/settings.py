@@ -34,6 +34,11 @@ class MongoSettings(_Section):
     timeout: float = Field(10.0, gt=0)
     pool_size: int = Field(8, ge=1)
     embedded_path: str = ".workers/db"
+    # journaled: a write is acknowledged once it is in the server's journal, so a crash of
+    # the database process loses no pushed job and no recorded outcome (the default);
+    # majority: journaled on a majority of a replica set (use it on a real MongoDB);
+    # acknowledged: in memory only: faster, and may lose the last ~100 ms of writes on a crash.
+    write_concern: Literal["journaled", "majority", "acknowledged"] = "journaled"
 
 
 class ClusterSettings(_Section):

@@ -260,7 +260,7 @@ class Worker:
         while not self._finished.wait(_WATCH_TICK):
             now = time.monotonic()
             with self._cond:
-                overdue = [h for h in self._held.values() if h.overdue(now)]
+                overdue = [h for h in self._held.values() if h.time_out(now)]
                 for held in overdue:
                     self._held.pop(held.job_id, None)
                     held.abandon(timed_out=True)

@@ -127,3 +127,22 @@ class SlowEchoJob(Job):
         _record("executions", self, phase="start")
         time.sleep(self.params.get("seconds", 1.0))
         return {"attempt": self.attempt.number if self.attempt else None}
+
+    def after_job(self, error: BaseException | None) -> None:
+        _record("after_job", self, error=repr(error) if error else None)
+
+
+class LogManyJob(Job):
+    """Logs `count` entries of `size` characters each, numbered, then returns."""
+
+    def handle_job(self) -> int:
+        for n in range(self.params["count"]):
+            self.log(f"{n}:" + "x" * self.params.get("size", 10))
+        return int(self.params["count"])
+
+
+class RaiseHugeJob(Job):
+    """Raises an error whose message is `size` characters long."""
+
+    def handle_job(self) -> None:
+        raise ValueError("y" * self.params["size"])

@@ -24,12 +24,20 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from workers.errors import DatabaseUnavailable, StoreError, WorkersError
+from workers.record import DATA_LIMIT, LOG_LIMIT, TEXT_LIMIT, clipped
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 Document = dict[str, Any]
 _CLOCK_RESYNC = 60.0
+# mongo.write_concern -> MongoClient options. Journaled is the default: a push that
+# returned an id, or an outcome that was recorded, survives a crash of the database.
+WRITE_CONCERNS: dict[str, dict[str, Any]] = {
+    "journaled": {"w": 1, "journal": True},
+    "majority": {"w": "majority", "journal": True},
+    "acknowledged": {"w": 1, "journal": False},
+}
 
 
 def translated(method: Callable[P, T]) -> Callable[P, T]:
@@ -93,13 +101,29 @@ def number(field: str) -> Any:
 
 
 def appended(field: str, entry: Document, *, literal: bool = True) -> Any:
-    """The array `field` (or [] if it is not one) with `entry` appended, stamped by $$NOW.
+    """The array `field` (or [] if it is not one) with `entry` appended, stamped by $$NOW,
+    keeping the newest LOG_LIMIT entries: a log cannot grow a job toward 16 MB.
 
-    `entry` is taken literally unless `literal=False` says it holds expressions.
+    `entry` is taken literally (its message clipped, its data bounded) unless
+    `literal=False` says it holds expressions.
     """
-    value = {"$literal": entry} if literal else entry
+    value = {"$literal": bounded_entry(entry)} if literal else entry
     stamped = {"$mergeObjects": [value, {"time": "$$NOW"}]}
-    return {"$concatArrays": [{"$cond": [{"$isArray": field}, field, []]}, [stamped]]}
+    grown = {"$concatArrays": [{"$cond": [{"$isArray": field}, field, []]}, [stamped]]}
+    return {"$slice": [grown, -LOG_LIMIT]}
+
+
+def bounded_entry(entry: Document) -> Document:
+    """A log entry with its message clipped and oversized data replaced by a note."""
+    bounded = dict(entry)
+    if isinstance(bounded.get("message"), str):
+        bounded["message"] = clipped(bounded["message"], TEXT_LIMIT)
+    data = bounded.get("data")
+    if data:
+        size = len(bson.encode({"data": data}))
+        if size > DATA_LIMIT:
+            bounded["data"] = {"dropped": f"{size} bytes of data, over the {DATA_LIMIT} kept"}
+    return bounded
 
 
 def after_now(seconds: float) -> Any:
@@ -132,6 +156,7 @@ class Connection:
         timeout: float = 10.0,
         pool_size: int = 8,
         app_name: str = "workers",
+        write_concern: str = "journaled",
     ) -> None:
         ms = int(timeout * 1000)
         self._client: pymongo.MongoClient[Document] = pymongo.MongoClient(
@@ -143,6 +168,7 @@ class Connection:
             connectTimeoutMS=ms,
             socketTimeoutMS=ms * 3,
             retryWrites=True,
+            **WRITE_CONCERNS[write_concern],
         )
         self.url = url
         self.timeout = timeout

@@ -24,7 +24,7 @@ from typing import Any
 from pymongo.errors import OperationFailure, PyMongoError
 
 from workers.errors import ClaimIncomplete
-from workers.record import FAILED, READY, RUNNING
+from workers.record import FAILED, READY, RUNNING, error_document
 from workers.store.base import Connection, Document, after_now, number, translated
 from workers.store.stream import ReadyStream
 
@@ -192,11 +192,12 @@ class ClaimQueries(Connection):
         else:
             return  # it went through this time: not the document's fault
         stamp = self.now()
-        error = {
-            "message": f"the server could not claim this job document: {first}",
-            "type": "workers.errors.StoreError",
-            "traceback": None,
-        }
+        error = error_document(
+            f"the server could not claim this job document: {first}",
+            "workers.errors.StoreError",
+            attempt=None,
+            node=None,
+        )
         self.jobs.update_one(
             {"_id": job_id, "status": READY},  # a plain $set: no expression over its fields
             {"$set": {"status": FAILED, "error": error, "finished": stamp, "updated": stamp}},

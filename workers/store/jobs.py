@@ -16,10 +16,10 @@ from datetime import timedelta
 from typing import Any
 
 import bson
-from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError, OperationFailure
 
 from workers.errors import PushError
-from workers.record import COMPLETED, FAILED, READY, RUNNING
+from workers.record import COMPLETED, FAILED, READY, RUNNING, error_document
 from workers.store.base import (
     Document,
     after_now,
@@ -206,8 +206,32 @@ class JobQueries(ClaimQueries):
         found = list(self.jobs.find(expired, fields, hint=RESCUE_INDEX).limit(_RESCUE_BATCH))
         if found:
             ids = [doc["_id"] for doc in found]
-            self.jobs.update_many({"_id": {"$in": ids}, **expired}, [{"$set": _rescued()}])
+            try:
+                self.jobs.update_many({"_id": {"$in": ids}, **expired}, [{"$set": _rescued()}])
+            except OperationFailure:
+                self._rescue_each(ids, expired)
         return found
+
+    def _rescue_each(self, ids: list[Any], expired: Document) -> None:
+        """One document the server cannot update must not stop the rescue of the others;
+        its error is raised once they are done."""
+        refused: list[OperationFailure] = []
+        for job_id in ids:
+            try:
+                self._rescue_one(job_id, expired)
+            except OperationFailure as exc:
+                refused.append(exc)
+        if refused:
+            raise refused[0]
+
+    def _rescue_one(self, job_id: Any, expired: Document) -> None:
+        """Rescue one job; if even that write is refused (the document is at the size limit),
+        rescue it without the log entry and error, which are what would grow it."""
+        try:
+            self.jobs.update_one({"_id": job_id, **expired}, [{"$set": _rescued()}])
+        except OperationFailure:
+            bare = {key: _rescued()[key] for key in _RESCUE_BARE}
+            self.jobs.update_one({"_id": job_id, **expired}, [{"$set": bare}])
 
     def _expired_query(self) -> Document:
         return {
@@ -259,6 +283,10 @@ def _held_filter(held: Mapping[Any, str]) -> Document:
     }
 
 
+# What a rescue must change for the job to run again (or end); the rest is its record.
+_RESCUE_BARE = ("status", "run_at", "finished", "lease_owner", "lease_expires", "updated")
+
+
 def _rescued() -> Document:
     """The pipeline stage of a rescue: retry if attempts remain, else fail as lost."""
     retry = {"$lte": [number("$attempts"), number("$retries")]}
@@ -276,13 +304,9 @@ def _rescued() -> Document:
         "status": {"$cond": [retry, READY, FAILED]},
         "run_at": {"$cond": [retry, "$$NOW", "$run_at"]},
         "finished": {"$cond": [retry, None, "$$NOW"]},
-        "error": {
-            "message": LOST_MESSAGE,
-            "type": "workers.errors.LeaseExpired",
-            "attempt": "$attempts",
-            "node": "$lease_owner",
-            "traceback": None,
-        },
+        "error": error_document(
+            LOST_MESSAGE, "workers.errors.LeaseExpired", attempt="$attempts", node="$lease_owner"
+        ),
         "log": appended("$log", {"level": "error", "message": message}, literal=False),
         "lease_owner": None,
         "lease_expires": None,
