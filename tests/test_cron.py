@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -47,6 +48,12 @@ def test_setup_cron_gives_an_expression_a_list_or_expression_params_pairs() -> N
         ("cron_expression", r"NightlyJob\.setup_cron\(\): '61 \* \* \* \*' is not a valid cron"),
         ("cron_raises", r"NightlyJob\.setup_cron\(\) raised KeyError: 'CRON_SETTING'"),
         ("cron_timezone", r"NightlyJob\.timezone 'Mars/Olympus_Mons' is not an IANA time zone"),
+        ("cron_never", r"NightlyJob\.setup_cron\(\): '0 0 31 2 \*' never fires"),
+        (
+            "cron_params",
+            r"NightlyJob\.setup_cron\(\): params of '0 3 \* \* \*' are not BSON: "
+            r"params\.regions",
+        ),
     ],
 )
 def test_a_bad_schedule_stops_startup_naming_the_class(package: str, message: str) -> None:
@@ -282,3 +289,83 @@ def test_cron_disable_keeps_a_node_out_of_the_leader_race(
         assert app.registry.schedules and Worker(app)._start_cron() is None
     finally:
         shutdown()
+
+
+def test_a_schedule_whose_jobs_cannot_be_built_stops_the_scheduler_at_startup(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = boot(settings=make_settings(jobs=["tests.badjobs.cron_job_options"]))
+    try:
+        with pytest.raises(CronError, match=r"'0 3 \* \* \*' of NightlyJob cannot fire: .*timeout"):
+            Scheduler(app, "node-a", app.registry.schedules)
+    finally:
+        shutdown()
+
+
+def test_one_failing_schedule_is_logged_and_the_others_keep_firing(
+    cron_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheduler = every_second(cron_app, "node-a")
+    broken = Schedule("EverySecondJob", "0 0 31 2 *", {"broken": True})  # past the startup check
+    cron_app.store.mark_fired(broken.id, T0)
+    scheduler.schedules.insert(0, broken)
+    pushed = scheduler.step(now=T0 + 3 * SECONDS)
+    assert len(pushed) == 3
+    failures = [r for r in caplog.records if getattr(r, "action", "") == "cron_schedule_failed"]
+    assert [getattr(r, "schedule", None) for r in failures] == [broken.id]
+
+
+def test_a_leader_with_nothing_missed_logs_no_skips(
+    cron_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    hourly = Schedule("EverySecondJob", "0 * * * *")
+    assert due_ticks(hourly, T0 + 60 * SECONDS, T0 + 90 * SECONDS, GRACE) == ([], 0)
+    cron_app.store.mark_fired(hourly.id, T0 + 60 * SECONDS)
+    scheduler = Scheduler(cron_app, "node-a", [hourly])
+    assert scheduler.step(now=T0 + 90 * SECONDS) == []
+    assert scheduler.leading
+    assert not [r for r in caplog.records if getattr(r, "action", "") == "cron_skipped"]
+
+
+def test_no_node_leads_cron_without_the_unique_tick_index(
+    cron_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    cron_app.store.jobs.drop_index("unique_key")
+    scheduler = every_second(cron_app, "node-a")
+    assert scheduler.step(now=T0 + 3 * SECONDS) == []
+    assert not scheduler.leading and cron_app.store.leader() is None
+    assert [getattr(r, "action", "") for r in caplog.records].count("cron_refused") == 1
+    cron_app.store.ensure_indexes()
+    scheduler = every_second(cron_app, "node-a")
+    assert len(scheduler.step(now=T0 + 3 * SECONDS)) == 3
+
+
+# -- daylight saving time -------------------------------------------------------------
+
+
+def paris(*fields: int) -> dt.datetime:
+    return dt.datetime(*fields, tzinfo=ZoneInfo("Europe/Paris")).astimezone(dt.UTC)
+
+
+def test_a_fixed_local_time_fires_once_on_the_autumn_change_day() -> None:
+    daily = Schedule("ReportJob", "30 2 * * *", timezone="Europe/Paris")
+    ticks = list(daily.ticks(paris(2026, 10, 24, 12), paris(2026, 10, 26, 12)))
+    assert ticks == [paris(2026, 10, 25, 2, 30), paris(2026, 10, 26, 2, 30)]
+    # asked again from just after the first 02:30, as the next leader step does
+    after_first = paris(2026, 10, 25, 2, 31)
+    assert daily.next_after(after_first) == paris(2026, 10, 26, 2, 30)
+    assert daily.recent_ticks(paris(2026, 10, 24, 12), paris(2026, 10, 26, 12), 10) == ticks
+
+
+def test_an_hourly_schedule_fires_in_both_copies_of_the_repeated_hour() -> None:
+    hourly = Schedule("ReportJob", "0 * * * *", timezone="Europe/Paris")
+    start = dt.datetime(2026, 10, 24, 23, 30, tzinfo=dt.UTC)  # 01:30 CEST
+    ticks = list(hourly.ticks(start, start + dt.timedelta(hours=3)))
+    local = [t.astimezone(ZoneInfo("Europe/Paris")).strftime("%H:%M %Z") for t in ticks]
+    assert local == ["02:00 CEST", "02:00 CET", "03:00 CET"]
+
+
+def test_a_local_time_that_does_not_exist_in_spring_fires_when_the_clock_jumps() -> None:
+    daily = Schedule("ReportJob", "30 2 * * *", timezone="Europe/Paris")
+    ticks = list(daily.ticks(paris(2026, 3, 28, 12), paris(2026, 3, 30, 12)))
+    assert ticks == [paris(2026, 3, 29, 3, 0), paris(2026, 3, 30, 2, 30)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pymongo
 
@@ -16,6 +17,14 @@ from tests.jobs import RecordJob
 from workers import Job
 print(Job.push(RecordJob(echo="from the web process")))
 """
+
+
+def read_json(path: Path) -> Any:
+    """The file's JSON, or None while it is absent or half-written (no check-then-read)."""
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def status(cwd: Path) -> dict[str, int]:
@@ -37,7 +46,7 @@ def test_web_and_headless_processes_of_one_folder_share_one_embedded_server(tmp_
     state_file = tmp_path / ".workers" / "db" / "server.json"
     with HeadlessNode(tmp_path / "settings.json", tmp_path) as node:
         state = wait_for(
-            lambda: state_file.exists() and json.loads(state_file.read_text()),
+            lambda: read_json(state_file),
             timeout=60,
             what="the embedded server to start",
         )

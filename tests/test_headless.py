@@ -11,9 +11,9 @@ from typing import Any
 
 from tests.conftest import ROOT, run_command, run_workers, wait_for, workers_env
 from tests.headless_node import HeadlessNode, alive
-from tests.jobs import RecordJob
+from tests.jobs import RecordJob, SleepJob
 from workers import Job, boot, shutdown
-from workers.headless import render_config
+from workers.headless import _children, render_config
 from workers.settings import validate
 
 
@@ -126,7 +126,89 @@ def test_the_supervisord_config_follows_the_settings(tmp_path: Path) -> None:
     config = render_config(settings, tmp_path / "run", python="/opt/py 3/bin/python")
     assert "numprocs=3" in config
     assert "stopsignal=TERM" in config and "stopwaitsecs=18" in config
-    assert "autorestart=true" in config
+    assert "autorestart=unexpected" in config and "exitcodes=78" in config
     assert "command='/opt/py 3/bin/python' -m workers worker" in config
     assert "100%%" in config  # supervisor expands %(...)s: a literal % must be doubled
     assert "MONGO_URL" not in config  # secrets stay in the environment
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (read from /proc, tolerant of processes vanishing)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_a_second_term_to_the_headless_process_makes_the_shutdown_hard(
+    settings_file: Callable[..., Path], tmp_path: Path, db: Any
+) -> None:
+    path = settings_file(workers__count=1, workers__shutdown={"level": "normal", "grace": 120})
+    with HeadlessNode(path, tmp_path) as node:
+        boot(str(path))
+        try:
+            job_id = Job.push(SleepJob(name="long", seconds=60))
+        finally:
+            shutdown()
+        wait_for(lambda: db.executions.find_one({"phase": "start"}), timeout=60, what="a start")
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)  # normal: would wait for the 60 s job
+        wait_for(lambda: "stopping" in node.output() or "waiting for" in node.output(),
+                 timeout=20, what="supervisord to start stopping")  # fmt: skip
+        assert node.stop(signal.SIGTERM, timeout=60) == 0  # the second one: hard
+    doc = db["workers.jobs"].find_one({"_id": job_id})
+    assert doc["status"] == "ready", "the running job should have been handed back"
+    assert doc["log"][-1]["message"].startswith("handed back by")
+    assert "shutdown (hard)" in doc["log"][-1]["message"]
+
+
+def test_a_worker_that_cannot_boot_makes_headless_exit_non_zero_with_the_reason(
+    settings_file: Callable[..., Path], tmp_path: Path, db: Any
+) -> None:
+    # an index of ours with other keys: ensure_indexes fails in every worker, every time
+    db["workers.jobs"].create_index([("status", -1)], name="claim_queue")
+    path = settings_file(cluster__count=2)
+    with HeadlessNode(path, tmp_path) as node:
+        assert node.process is not None
+        code = node.process.wait(timeout=90)
+        output = node.output()
+    assert code == 1, output[-2000:]
+    assert "workers: error: a worker process could not boot:" in output
+    assert "claim_queue" in output
+
+
+def test_workers_stop_when_their_supervisord_is_killed(
+    settings_file: Callable[..., Path], tmp_path: Path, db: Any
+) -> None:
+    path = settings_file(cluster__count=2, workers__count=1)
+    with HeadlessNode(path, tmp_path) as node:
+        assert node.process is not None
+        wait_for(lambda: db["workers.nodes"].count_documents({}) == 2, timeout=60, what="2 nodes")
+        (supervisord,) = _children(node.process.pid)
+        workers = descendants(supervisord)
+        assert len(workers) >= 2
+        os.kill(supervisord, signal.SIGKILL)
+        wait_for(lambda: not any(alive(p) for p in workers), timeout=30, what="orphans to exit")
+        node.process.wait(timeout=30)
+
+
+def test_supervisord_and_its_workers_stop_when_headless_is_killed(
+    settings_file: Callable[..., Path], tmp_path: Path, db: Any
+) -> None:
+    path = settings_file(cluster__count=2, workers__count=1)
+    with HeadlessNode(path, tmp_path) as node:
+        assert node.process is not None
+        wait_for(lambda: db["workers.nodes"].count_documents({}) == 2, timeout=60, what="2 nodes")
+        tree = descendants(node.process.pid)
+        node.process.kill()
+        node.process.wait()
+        wait_for(lambda: not any(alive(p) for p in tree), timeout=30, what="the tree to exit")

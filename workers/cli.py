@@ -122,7 +122,13 @@ def run_worker(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    app = _boot_when_reachable(settings, stop_requested)
+    try:
+        app = _boot_when_reachable(settings, stop_requested)
+    except WorkersError as exc:  # bad settings, an index conflict: restarting cannot help
+        if headless.report_boot_failure(f"a worker process could not boot: {exc}"):
+            log.error("could not boot: %s", exc)
+            return headless.EXIT_BOOT_FAILED
+        raise
     if app is None:
         return 0
     workers.append(Worker(app))

@@ -9,6 +9,7 @@ twice. Ticks are computed with croniter from the database clock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,11 +21,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
-from workers.errors import CronError, WorkersError
+from workers.errors import CronError, DatabaseUnavailable, PushError, WorkersError
 from workers.job import Job
-from workers.store import new_id
+from workers.store import UNIQUE_INDEX, bson_problem, new_id
 
 if TYPE_CHECKING:
     from workers.app import App
@@ -55,28 +56,41 @@ class Schedule:
         return f"cron:{self.id}@{iso(tick)}"
 
     def next_after(self, moment: datetime) -> datetime:
-        start = moment.astimezone(ZoneInfo(self.timezone))
-        tick: datetime = croniter(self.expression, start).get_next(datetime)
-        return tick.astimezone(UTC)
+        return next(self._series(moment, forward=True))
 
     def ticks(self, after: datetime, until: datetime) -> Iterator[datetime]:
         """The ticks t with after < t <= until, oldest first."""
-        series = croniter(self.expression, after.astimezone(ZoneInfo(self.timezone)))
-        while (tick := series.get_next(datetime).astimezone(UTC)) <= until:
+        for tick in self._series(after, forward=True):
+            if tick > until:
+                return
             yield tick
 
     def recent_ticks(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
         """Up to `limit` of the most recent ticks t with after < t <= until, oldest first."""
-        start = (until + timedelta(seconds=1)).astimezone(ZoneInfo(self.timezone))
-        series = croniter(self.expression, start)
         found: list[datetime] = []
-        while len(found) < limit:
-            tick = series.get_prev(datetime).astimezone(UTC)
-            if tick <= after:
+        for tick in self._series(until + timedelta(seconds=1), forward=False):
+            if tick <= after or len(found) >= limit:
                 break
             if tick <= until:
                 found.append(tick)
         return found[::-1]
+
+    def _series(self, start: datetime, *, forward: bool) -> Iterator[datetime]:
+        """Ticks from `start` (exclusive), in UTC, as cron fires them across DST changes:
+        a fixed local time fires once on the autumn day (its repeat is skipped); a
+        schedule on every hour (`*` hours) fires in both copies of the repeated hour; a
+        local time that does not exist on the spring day fires when the clock jumps."""
+        series = croniter(self.expression, start.astimezone(ZoneInfo(self.timezone)))
+        every_hour = croniter(self.expression).expanded[1] == ["*"]
+        while True:
+            tick = series.get_next(datetime) if forward else series.get_prev(datetime)
+            if every_hour or not _repeated_wall_time(tick):
+                yield tick.astimezone(UTC)
+
+
+def _repeated_wall_time(local: datetime) -> bool:
+    """Is `local` the second occurrence of its wall-clock time (the autumn DST change)?"""
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
 
 def iso(moment: datetime) -> str:
@@ -129,7 +143,15 @@ def _schedule(job_type: str, entry: Any, timezone: str, missed: str, where: str)
         raise CronError(f"{where}.setup_cron(): params for {expression!r} must be a dict")
     if not croniter.is_valid(expression):
         raise CronError(f"{where}.setup_cron(): {expression!r} is not a valid cron expression")
-    return Schedule(job_type, expression, dict(params), timezone, missed)
+    problem = bson_problem({"params": params})
+    if problem:
+        raise CronError(f"{where}.setup_cron(): params of {expression!r} are not BSON: {problem}")
+    schedule = Schedule(job_type, expression, dict(params), timezone, missed)
+    try:
+        schedule.next_after(datetime.now(UTC))
+    except CroniterError as exc:
+        raise CronError(f"{where}.setup_cron(): {expression!r} never fires ({exc})") from None
+    return schedule
 
 
 def schedules_for(classes: Sequence[type[Job]]) -> list[Schedule]:
@@ -156,7 +178,7 @@ def due_ticks(
     missed = schedule.recent_ticks(last, cutoff, MAX_CATCH_UP)
     if schedule.missed == "all":
         return missed + on_time, 0
-    if schedule.missed == "none" or on_time:  # on-time ticks already make up for the gap
+    if schedule.missed == "none" or on_time or not missed:  # on-time ticks make up for a gap
         return on_time, len(missed)
     return missed[-1:], len(missed) - 1
 
@@ -179,6 +201,19 @@ class Scheduler:
         self._renew_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cron", daemon=True)
+        for schedule in schedules:
+            self._check(schedule)
+
+    def _check(self, schedule: Schedule) -> None:
+        """At startup: the job document of the next tick builds (the class's options are
+        valid), so a schedule that could only fail at its first tick stops the start."""
+        tick = schedule.next_after(datetime.now(UTC))
+        try:
+            self._document(schedule, tick)
+        except PushError as exc:
+            raise CronError(
+                f"cron schedule {schedule.expression!r} of {schedule.job_type} cannot fire: {exc}"
+            ) from None
 
     @property
     def leading(self) -> bool:
@@ -225,18 +260,40 @@ class Scheduler:
         states = self.store.schedule_states()
         pushed: list[str] = []
         for schedule in self.schedules:
-            last = states.get(schedule.id)
-            if last is None:  # first sight: start from now, fire nothing from the past
-                self.store.mark_fired(schedule.id, now)
-                continue
-            pushed += self._fire(schedule, last, now)
+            try:
+                pushed += self._step_one(schedule, states.get(schedule.id), now)
+            except DatabaseUnavailable:
+                raise  # every schedule would fail: the step backs off as a whole
+            except Exception as exc:  # one schedule's failure must not stop the others
+                log.error(
+                    "cron schedule failed; the others keep firing: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    extra={"action": "cron_schedule_failed", "schedule": schedule.id,
+                           "expression": schedule.expression},
+                )  # fmt: skip
         return pushed
+
+    def _step_one(self, schedule: Schedule, last: datetime | None, now: datetime) -> list[str]:
+        if last is None:  # first sight: start from now, fire nothing from the past
+            self.store.mark_fired(schedule.id, now)
+            return []
+        return self._fire(schedule, last, now)
 
     def _keep_lease(self) -> None:
         started = time.monotonic()
         if started < self._renew_at:
             return
         if not self.leading and not self.store.leadership_free(self.owner):
+            return
+        if not self.leading and not self.store.has_unique_index():
+            log.error(
+                "not taking the cron lead: the unique index %r on the jobs collection is missing, "
+                "and without it a tick could fire twice; restart a worker to create it",
+                UNIQUE_INDEX,
+                extra={"action": "cron_refused"},
+            )
+            self._renew_at = started + self.lease / 3  # say it again in a while, not every step
             return
         if self.store.take_leadership(self.owner, self.lease):
             if not self.leading:
@@ -260,7 +317,7 @@ class Scheduler:
             )
         pushed = []
         for tick in ticks:
-            job_id = self.store.insert_tick(self._document(schedule, tick))
+            job_id = self.store.insert_unless_duplicate(self._document(schedule, tick))
             if job_id is None:
                 continue  # another leader fired this tick already: the unique index said so
             pushed.append(job_id)
@@ -290,7 +347,8 @@ class Scheduler:
             now = self.store.now()
         except WorkersError:
             return 1.0
-        soonest = min(
-            (s.next_after(now) for s in self.schedules), default=now + timedelta(seconds=1)
-        )
+        soonest = now + timedelta(seconds=1)
+        for schedule in self.schedules:
+            with contextlib.suppress(CroniterError):  # logged by the step that fires it
+                soonest = min(soonest, schedule.next_after(now))
         return min(1.0, max(0.05, (soonest - now).total_seconds() + 0.01))

@@ -19,7 +19,7 @@ from typing import Any
 from workers.app import App
 from workers.errors import DatabaseUnavailable, JobTimeout, LeaseLost, WorkersError
 from workers.job import Attempt, Job
-from workers.record import JobRecord, error_document
+from workers.record import TEXT_LIMIT, JobRecord, clipped, error_document
 from workers.store import bson_problem
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ def _record_outcome(
             "job %s: %s: %s",
             outcome,
             type(error).__name__,
-            error,
+            clipped(str(error), TEXT_LIMIT),
             extra={"action": "job_failed", "outcome": outcome, **extra},
         )
     return error

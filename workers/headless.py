@@ -9,6 +9,7 @@ processes through the environment they inherit.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import getpass
 import math
@@ -27,6 +28,10 @@ from workers.errors import WorkersError
 from workers.settings import SETTINGS_ENV, Settings
 
 PROGRAM = "workers"
+SUPERVISED_ENV = "WORKERS_SUPERVISED"  # set for the workers supervisord starts
+BOOT_FAILED_FILE = "boot-failed-{pid}.txt"  # where a worker that cannot boot says why
+EXIT_BOOT_FAILED = 78  # EX_CONFIG: a worker cannot boot; supervisord must not restart it
+_PR_SET_PDEATHSIG = 1
 
 
 def render_config(settings: Settings, run_dir: Path, *, python: str = sys.executable) -> str:
@@ -51,7 +56,10 @@ def render_config(settings: Settings, run_dir: Path, *, python: str = sys.execut
         f"directory={_escape(str(settings.base_dir))}",
         'environment=WORKERS_PROCESS_NUM="%(process_num)d"',
         "autostart=true",
-        "autorestart=true",
+        # a worker that cannot boot exits EXIT_BOOT_FAILED and stops the node (see
+        # run_worker); any other exit is a crash or a recycle: start it again
+        "autorestart=unexpected",
+        f"exitcodes={EXIT_BOOT_FAILED}",
         "startsecs=1",
         "startretries=10",
         "stopsignal=TERM",
@@ -71,7 +79,7 @@ def run(settings: Settings) -> int:
     """Run supervisord in the foreground until it exits; TERM/INT/HUP are passed on to it."""
     run_dir = settings.base_dir / ".workers" / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = {**os.environ, SUPERVISED_ENV: str(run_dir)}
     if settings.source:
         env[SETTINGS_ENV] = settings.source
     server = None
@@ -81,25 +89,59 @@ def run(settings: Settings) -> int:
     config = run_dir / f"supervisord-{os.getpid()}.conf"
     try:
         config.write_text(render_config(settings, run_dir))
-        return _supervise(config, env)
+        code = _supervise(config, env)
+        return _boot_failure(run_dir) or code
     finally:
         config.unlink(missing_ok=True)
         if server is not None:
             server.release()
 
 
+def _boot_failure(run_dir: Path) -> int:
+    """If a worker could not boot, print why (once) and return the exit code; else 0."""
+    reasons = sorted(run_dir.glob(BOOT_FAILED_FILE.format(pid="*")))
+    if not reasons:
+        return 0
+    print(f"workers: error: {reasons[0].read_text().strip()}", file=sys.stderr)
+    for path in reasons:
+        path.unlink(missing_ok=True)
+    return 1
+
+
+def report_boot_failure(reason: str) -> bool:
+    """In a worker under our supervisord: record why it cannot boot and stop the whole node,
+    so headless mode exits non-zero with the reason instead of restarting it in a loop.
+    False if this process is not one of ours."""
+    run_dir = os.environ.get(SUPERVISED_ENV)
+    if not run_dir:
+        return False
+    Path(run_dir, BOOT_FAILED_FILE.format(pid=os.getpid())).write_text(reason + "\n")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(os.getppid(), signal.SIGTERM)  # supervisord: stop the other workers too
+    return True
+
+
 def _supervise(config: Path, env: dict[str, str]) -> int:
     _append_to_file_outputs()
     # Its own session: a terminal's Ctrl-C reaches us alone and we ask supervisord to stop,
-    # so each worker gets exactly one TERM, from supervisord.
+    # so each worker gets exactly one TERM, from supervisord. It gets TERM if we die.
     process = subprocess.Popen(
         [_supervisord(), "--nodaemon", "--configuration", str(config)],
         env=env,
         start_new_session=True,
+        preexec_fn=_terminate_with_parent,
     )
+    signals = {"n": 0}
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        """First signal: supervisord stops the workers (their level). Second: each worker
+        gets a second TERM of its own, which makes its shutdown hard."""
+        signals["n"] += 1
         process.send_signal(signal.SIGTERM)
+        if signals["n"] > 1:
+            for child in _children(process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGTERM)
 
     previous = {
         sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -109,6 +151,27 @@ def _supervise(config: Path, env: dict[str, str]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _terminate_with_parent() -> None:
+    """In supervisord before it starts (Linux): SIGTERM when `workers --headless` dies, even
+    by kill -9, so supervisord stops its workers instead of running on as an orphan tree."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc; empty elsewhere)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat_file.parent.name))
+    return found
 
 
 def _append_to_file_outputs() -> None:

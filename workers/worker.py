@@ -26,6 +26,7 @@ from workers.claimer import Claimer
 from workers.cron import Scheduler
 from workers.errors import DatabaseUnavailable, WorkersError
 from workers.execution import Held, record_timeout, run_attempt
+from workers.headless import SUPERVISED_ENV
 from workers.heartbeat import Heartbeat
 from workers.wakeup import Wakeup
 
@@ -75,6 +76,8 @@ class Worker:
             self.store, self.queue_settings.poll_interval, stream=self.queue_settings.change_streams
         )
         self._linger = 0.0
+        # under our supervisord: its pid, so that the worker notices when it is gone
+        self._supervisor = os.getppid() if os.environ.get(SUPERVISED_ENV) else None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -268,6 +271,20 @@ class Worker:
             for held in overdue:
                 record_timeout(self.app, held)
             self._recycle_if_stuck(now)
+            self._stop_if_orphaned()
+
+    def _stop_if_orphaned(self) -> None:
+        """supervisord died (kill -9, OOM): an unsupervised worker would run on with old
+        code and be doubled by the next start, so it shuts down (handing jobs back)."""
+        if self._supervisor is None or os.getppid() == self._supervisor:
+            return
+        if not self._stopping.is_set():
+            log.error(
+                "supervisord (pid %d) is gone; shutting down this orphaned worker",
+                self._supervisor,
+                extra={"action": "orphaned"},
+            )
+            self.stop()
 
     def _recycle_if_stuck(self, now: float) -> None:
         self._stuck = [held for held in self._stuck if not held.done.is_set()]

@@ -62,12 +62,3 @@ class CronQueries(Connection):
     def mark_fired(self, schedule_id: str, tick: datetime) -> None:
         """$max: a slow former leader cannot move a schedule back in time."""
         self.cron.update_one({"_id": schedule_id}, {"$max": {"last_tick": tick}}, upsert=True)
-
-    @translated
-    def insert_tick(self, document: Document) -> str | None:
-        """Insert a cron job; None if its tick already has one (unique index on unique_key)."""
-        try:
-            self.jobs.insert_one(document)
-        except DuplicateKeyError:
-            return None
-        return str(document["_id"])

@@ -58,15 +58,31 @@ class JobQueries(ClaimQueries):
     @translated
     def insert_job(self, document: Document) -> str:
         """One insert: the job exists whole or not at all."""
+        job_id = self.insert_unless_duplicate(document)
+        if job_id is None:
+            raise PushError(f"a job with the unique key {document.get('unique_key')!r} exists")
+        return job_id
+
+    @translated
+    def insert_unless_duplicate(self, document: Document) -> str | None:
+        """Insert a job; None if the unique index on `unique_key` already holds its key (a
+        cron tick that another leader fired already)."""
         try:
             self.jobs.insert_one(document)
         except bson.errors.InvalidDocument as exc:  # raised while encoding: nothing was sent
             raise PushError(f"the job document cannot be encoded as BSON: {exc}") from exc
-        except DuplicateKeyError as exc:
-            raise PushError(f"a job with this unique key already exists: {exc}") from exc
+        except DuplicateKeyError:
+            return None
         except DocumentTooLarge as exc:
             raise PushError(f"the job document is too large for MongoDB: {exc}") from exc
         return str(document["_id"])
+
+    @translated
+    def has_unique_index(self) -> bool:
+        """Is the unique index on `unique_key` there, unique? Cron refuses to lead without it:
+        it is what makes a tick fire once."""
+        found = self.jobs.index_information().get(UNIQUE_INDEX)
+        return bool(found and found.get("unique") and found.get("key") == [("unique_key", 1)])
 
     @translated
     def insert_jobs(self, documents: list[Document]) -> list[str]:
