@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -9,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, run_command, run_workers, wait_for, workers_env
+from tests.conftest import ROOT, run_command, run_workers, wait_for, workers_command, workers_env
 from tests.headless_node import HeadlessNode, alive
 from tests.jobs import RecordJob, SleepJob
 from workers import Job, boot, shutdown
 from workers.headless import _children, render_config
 from workers.settings import validate
+from workers.store import new_id
 
 
 def completed(db: Any) -> int:
@@ -212,3 +214,48 @@ def test_supervisord_and_its_workers_stop_when_headless_is_killed(
         node.process.kill()
         node.process.wait()
         wait_for(lambda: not any(alive(p) for p in tree), timeout=30, what="the tree to exit")
+
+
+HELLO_JOBS = """
+from workers import Job
+
+
+class HelloJob(Job):
+    @classmethod
+    def setup_cron(cls):
+        return "0 3 * * *"
+
+    def handle_job(self):
+        return "hello from " + __name__
+"""
+
+
+def test_the_installed_script_imports_the_jobs_package_beside_the_settings(
+    tmp_path: Path, mongo_url: str, db_name: str, db: Any, make_settings: Callable[..., Any]
+) -> None:
+    # Given a project folder of a user's own: a jobs package and settings.json naming it
+    project = tmp_path / "project"
+    (project / "myjobs").mkdir(parents=True)
+    (project / "myjobs" / "__init__.py").write_text(HELLO_JOBS)
+    settings = {"mongo": {"url": mongo_url, "database": db_name}, "jobs": ["myjobs"],
+                "cluster": {"count": 1}, "workers": {"count": 1}}  # fmt: skip
+    (project / "settings.json").write_text(json.dumps(settings))
+    # When the installed `workers` script runs there, or elsewhere naming that settings file
+    here = run_workers("cron", cwd=project)
+    elsewhere = run_workers("cron", "--settings", str(project / "settings.json"), cwd=tmp_path)
+    # Then the package is found both ways
+    for done in (here, elsewhere):
+        assert done.returncode == 0, done.stderr
+        assert "HelloJob  '0 3 * * *'" in done.stdout
+    with HeadlessNode(project / "settings.json", project, *workers_command("--headless")):
+        app = boot(settings=make_settings())  # this test's own app pushes the user's job type
+        try:
+            job_id = app.store.insert_job(app.job_document(new_id(), "HelloJob", {}))
+        finally:
+            shutdown()
+        done_doc = wait_for(
+            lambda: db["workers.jobs"].find_one({"_id": job_id, "status": "completed"}),
+            timeout=60,
+            what="HelloJob to run in the user's project",
+        )
+    assert done_doc["result"] == "hello from myjobs"

@@ -1,12 +1,14 @@
 """workers: a headless companion worker service for Python apps, backed by MongoDB.
 
 The public surface: `Job` to subclass and push, `boot()` for an app's startup,
-`database()` for the app's own collections, and the exception types.
+`database()` for the app's own collections, `main()` for an app's own
+`python -m myapp [--headless]` entry point, and the exception types.
 """
 
 from __future__ import annotations
 
 from workers.app import boot, database, shutdown
+from workers.cli import main
 from workers.errors import (
     DatabaseUnavailable,
     DiscoveryError,
@@ -32,5 +34,6 @@ __all__ = [
     "WorkersError",
     "boot",
     "database",
+    "main",
     "shutdown",
 ]

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 
 from workers import app as app_module
@@ -90,6 +91,7 @@ def main(
 
 def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
     settings = settings_module.load(args.settings, mode="headless" if args.headless else None)
+    _make_importable(settings)
     if args.command == "worker":
         return run_worker(settings)
     if args.command == "db":
@@ -102,6 +104,16 @@ def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
         registry.discover(settings.jobs)  # broken jobs or schedules stop startup here
         return headless.run(settings)
     return _web(settings, web)
+
+
+def _make_importable(settings: Settings) -> None:
+    """The jobs packages named in the settings live beside the settings file (or in the
+    current folder): importable from there, as `celery -A` and `rq worker` do, whether
+    this is the installed `workers` script or `python -m workers`."""
+    for folder in (Path.cwd(), settings.base_dir):
+        path = str(folder.resolve())
+        if path not in sys.path:
+            sys.path.insert(0, path)
 
 
 def run_worker(settings: Settings) -> int:
