@@ -127,7 +127,7 @@ def test_the_supervisord_config_follows_the_settings(tmp_path: Path) -> None:
     )
     config = render_config(settings, tmp_path / "run", python="/opt/py 3/bin/python")
     assert "numprocs=3" in config
-    assert "stopsignal=TERM" in config and "stopwaitsecs=18" in config
+    assert "stopsignal=TERM" in config and "stopwaitsecs=28" in config  # 12.5 + 10 + 5
     assert "autorestart=unexpected" in config and "exitcodes=78" in config
     assert "command='/opt/py 3/bin/python' -m workers worker" in config
     assert "100%%" in config  # supervisor expands %(...)s: a literal % must be doubled

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import wait_for
-from tests.jobs import RecordJob, SleepJob, SlowEchoJob, SpinJob
+from tests.headless_node import HeadlessNode
+from tests.jobs import HoldConnectionJob, RecordJob, SleepJob, SlowEchoJob, SpinJob
 from tests.plans import assert_on_index
 from tests.test_worker import finished, running
-from workers import Job
+from workers import Job, boot, shutdown
 from workers.app import App
 from workers.store import LOST_MESSAGE
 from workers.worker import Worker
@@ -139,3 +141,27 @@ def test_after_job_is_told_when_the_outcome_was_refused_because_the_lease_was_lo
     assert call["error"] is not None and call["error"].startswith("LeaseLost(")
     doc = app.store.get_job(job_id)
     assert doc is not None and doc["status"] == "running" and doc["lease_owner"] == "other-node#1"
+
+
+def test_slow_app_queries_that_exhaust_the_pool_cannot_starve_the_heartbeat(
+    settings_file: Any, tmp_path: Path, db: Any
+) -> None:
+    # Given two nodes with a 3 s lease, and 8 jobs whose own queries each hold one of the
+    # app's connections for 5 s (the pool has 4)
+    path = settings_file(cluster__count=2, workers__count=8, workers__queue={"lease": 3})
+    boot(str(path))
+    try:
+        ids = [Job.push(HoldConnectionJob(seconds=5)) for _ in range(8)]
+    finally:
+        shutdown()
+    with HeadlessNode(path, tmp_path) as node:
+        wait_for(
+            lambda: db["workers.jobs"].count_documents({"status": "completed"}) == 8,
+            timeout=120,
+            what="8 completed jobs",
+        )
+        node.stop()
+    # Then no lease lapsed: every job ran once, in its first attempt
+    docs = list(db["workers.jobs"].find({"_id": {"$in": ids}}))
+    assert [doc["attempts"] for doc in docs] == [1] * 8, [rescues(doc) for doc in docs]
+    assert db.executions.count_documents({"phase": "start"}) == 8

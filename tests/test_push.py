@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from app_jobs.retention import LoadRetentionJob
+from tests.conftest import free_port
 from tests.jobs import RecordJob
 from workers import Job, PushError, boot, shutdown
 from workers.app import App
+from workers.errors import DatabaseUnavailable
 from workers.settings import Settings
+from workers.store import Store
 
 
 def test_push_returns_the_id_of_a_ready_job_with_its_params(app: App) -> None:
@@ -139,3 +144,27 @@ def test_push_uses_the_default_settings_lookup_without_an_explicit_boot(
         assert current().store.get_job(job_id) is not None
     finally:
         shutdown()
+
+
+def test_threads_that_need_the_clock_during_an_outage_share_one_failed_measurement() -> None:
+    # A store whose server is away (nothing listens on the port), 1 s timeout
+    store = Store(f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", "t", timeout=1)
+    errors: list[BaseException] = []
+
+    def need_the_clock() -> None:
+        try:
+            store.now()
+        except DatabaseUnavailable as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=need_the_clock) for _ in range(6)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    elapsed = time.monotonic() - started
+    store.close()
+    assert len(errors) == 6
+    # one measurement timed out and the others took its answer: about 1 s, not 6 x 1 s
+    assert elapsed < 3.5, f"6 threads took {elapsed:.1f} s to learn the server is away"

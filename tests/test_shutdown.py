@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
+from tests.faulty import FaultyCollection
 from tests.headless_node import HeadlessNode
 from tests.jobs import RecordJob, SleepJob
 from workers import Job, boot, shutdown
 from workers.settings import Settings
+from workers.store.claims import CLAIM_INDEX
 from workers.worker import Worker
 
 
@@ -138,3 +141,38 @@ def test_sigterm_hands_back_what_is_still_running_when_the_grace_period_ends(
     assert statuses(db) == {"a": "ready", "b": "ready", "queued": "ready"}
     for doc in db["workers.jobs"].find({"params.name": {"$in": ["a", "b"]}}):
         assert doc["log"][-1]["message"].endswith("grace period over at shutdown")
+
+
+def test_the_grace_period_is_counted_from_the_stop_request(
+    make_settings: Callable[..., Settings], db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(workers__count=2, workers__shutdown={"level": "normal", "grace": 1})
+    app = boot(settings=settings)
+    armed, delaying = threading.Event(), threading.Event()
+
+    def slow_scan(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if armed.is_set() and name == "find" and kwargs.get("hint") == CLAIM_INDEX:
+            delaying.set()
+            time.sleep(3)  # a claim under way when the TERM arrives, slower than the grace
+        return None
+
+    try:
+        long_id = Job.push(SleepJob(name="long", seconds=30))
+        app.store.jobs = FaultyCollection(app.store.jobs, slow_scan, AssertionError)  # type: ignore[assignment]
+        worker = Worker(app)
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        wait_for(lambda: db.executions.find_one({"phase": "start"}), timeout=20, what="a start")
+        armed.set()
+        Job.push(SleepJob(name="short", seconds=0.1))  # wakes the claimer into the slow scan
+        wait_for(delaying.is_set, timeout=20, what="a claim under way")
+        worker.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    finally:
+        shutdown()
+    (record,) = [r for r in caplog.records if getattr(r, "action", "") == "shutdown"]
+    assert getattr(record, "grace_left", None) == 0, "the grace ran out while the claim returned"
+    doc = db["workers.jobs"].find_one({"_id": long_id})
+    assert doc["status"] == "ready"
+    assert doc["log"][-1]["message"].endswith("grace period over at shutdown")

@@ -131,3 +131,25 @@ def test_a_job_that_returned_in_time_keeps_its_outcome_while_the_write_outlasts_
     assert doc["status"] == "completed", doc.get("error")
     assert doc["attempts"] == 1
     assert db.executions.count_documents({"job_id": job_id, "phase": "start"}) == 1
+
+
+def test_the_watchdog_records_a_timeout_through_an_outage(app: App, db: Any) -> None:
+    job_id = Job.push(TimeoutAfterJob(seconds=1.0), retry=0)  # class timeout: 0.5 s
+    refusals = {"left": 3}
+
+    def refuse_the_first_failure_writes(name: str, args: tuple[Any, ...], _: Any) -> str | None:
+        if name != "update_one" or not isinstance(args[1], list):
+            return None
+        if "error" not in args[1][0]["$set"] or refusals["left"] == 0:
+            return None
+        refusals["left"] -= 1
+        return "before"
+
+    app.store.jobs = FaultyCollection(  # type: ignore[assignment]
+        app.store.jobs, refuse_the_first_failure_writes, lambda: AutoReconnect("injected")
+    )
+    with running(app):
+        doc = wait_for(lambda: finished(app, job_id), timeout=30, what="the timeout")
+    assert refusals["left"] == 0, "the timeout write was never refused"
+    assert doc["status"] == "failed"
+    assert doc["error"]["type"] == "workers.errors.JobTimeout"  # not lost to a lease expiry

@@ -196,8 +196,9 @@ def current() -> App:
 
 
 def database() -> Any:
-    """The app's own MongoDB database (a pymongo Database) on the connection the workers use."""
-    return current().store.db
+    """The app's own MongoDB database (a pymongo Database), on a connection pool of its own
+    (`mongo.pool_size`) beside the workers' runtime, which its slow queries cannot starve."""
+    return current().store.app_database()
 
 
 def shutdown() -> None:

@@ -19,6 +19,7 @@ from workers import embedded, headless, registry
 from workers import settings as settings_module
 from workers.cron import iso
 from workers.errors import DatabaseUnavailable, WorkersError
+from workers.retrying import Backoff
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -154,14 +155,14 @@ def run_worker(settings: Settings) -> int:
 
 def _boot_when_reachable(settings: Settings, stop: threading.Event) -> app_module.App | None:
     """Boot, waiting out a database outage with backoff; None if stopped meanwhile."""
-    delay = 0.5
+    backoff = Backoff(0.5, 10.0)
     while not stop.is_set():
         try:
             return app_module.boot(settings=settings)
         except DatabaseUnavailable as exc:
+            delay = backoff.next()
             log.warning("database unavailable at startup, retrying in %.1f s: %s", delay, exc)
             stop.wait(delay)
-            delay = min(delay * 2, 10.0)
     return None
 
 

@@ -25,6 +25,7 @@ from croniter import CroniterError, croniter
 
 from workers.errors import CronError, DatabaseUnavailable, PushError, WorkersError
 from workers.job import Job
+from workers.retrying import Backoff
 from workers.store import UNIQUE_INDEX, bson_problem, new_id
 
 if TYPE_CHECKING:
@@ -234,21 +235,21 @@ class Scheduler:
                 log.warning("could not resign cron leadership: %s", exc)
 
     def _run(self) -> None:
-        backoff = 1.0
+        backoff = Backoff(1.0, 10.0)
         while not self._stop.is_set():
             try:
                 self.step()
             except WorkersError as exc:
+                delay = backoff.next()
                 log.warning(
                     "cron step failed, retrying in %.0f s: %s",
-                    backoff,
+                    delay,
                     exc,
                     extra={"action": "cron_failed"},
                 )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                self._stop.wait(delay)
                 continue
-            backoff = 1.0
+            backoff.reset()
             self._stop.wait(self._sleep())
 
     def step(self, now: datetime | None = None) -> list[str]:

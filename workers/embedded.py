@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import IO
 
 from workers.errors import EmbeddedServerError
+from workers.retrying import executable
+
+log = logging.getLogger(__name__)
 
 PROGRAM = "secantusd-py"
 START_TIMEOUT = 30.0
@@ -42,10 +45,14 @@ class EmbeddedServer:
     folder: Path
     started_here: bool
     _users: IO[str] | None
+    _owner_pid: int = 0  # the process that acquired it; a forked child inherits the object
 
     def release(self) -> bool:
-        """Stop using the server; stop it if no other process uses it. True if it was stopped."""
-        if self._users is None:
+        """Stop using the server; stop it if no other process uses it. True if it was stopped.
+
+        A forked child (gunicorn --preload) shares its parent's lock: it must neither
+        convert that lock to exclusive nor stop the server under its siblings."""
+        if self._users is None or os.getpid() != self._owner_pid:
             return False
         with _locked(self.folder / "start.lock"):
             try:
@@ -77,15 +84,17 @@ def acquire(folder: Path, *, announce: bool = True) -> EmbeddedServer:
         folder=folder,
         started_here=started,
         _users=users,
+        _owner_pid=os.getpid(),
     )
-    if announce:
-        verb = "started" if started else "using"
-        print(
-            f"workers: {verb} the embedded SecantusDB server at {server.url} "
-            f"(pid {server.pid}, data in {folder / 'data'}, log in {folder / 'server.log'}); "
-            "set MONGO_URL to use your own MongoDB",
-            file=sys.stderr,
-        )
+    message = (
+        f"workers: started the embedded SecantusDB server at {server.url} (pid {server.pid}, "
+        f"data in {folder / 'data'}, log in {folder / 'server.log'}; it listens on 127.0.0.1 "
+        "only and has no authentication); set MONGO_URL to use your own MongoDB"
+    )
+    if announce and started:
+        print(message, file=sys.stderr)
+    else:
+        log.debug("using the embedded server at %s (pid %d)", server.url, server.pid)
     return server
 
 
@@ -106,8 +115,21 @@ def stop(folder: Path) -> bool:
 
 
 def _start(folder: Path) -> dict[str, int]:
+    """Start the server on the port it had last (processes still running find it again at
+    the URL they know), else on a free one; a port taken between the choice and the bind
+    is retried on another."""
+    ports = [_last_port(folder), *(None for _ in range(_PORT_TRIES))]
+    for preferred in ports:
+        port = preferred if preferred and _port_free(preferred) else _free_port()
+        try:
+            return _start_on(folder, port)
+        except _PortTaken:
+            continue
+    raise EmbeddedServerError(f"no free port for the embedded server after {_PORT_TRIES} tries")
+
+
+def _start_on(folder: Path, port: int) -> dict[str, int]:
     program = _program()
-    port = _free_port()
     log_path = folder / "server.log"
     argv = [
         program,
@@ -132,8 +154,7 @@ def _start(folder: Path) -> dict[str, int]:
 
 
 def _program() -> str:
-    beside = Path(sys.executable).parent / PROGRAM
-    found = str(beside) if beside.exists() else shutil.which(PROGRAM)
+    found = executable(PROGRAM)
     if not found:
         raise EmbeddedServerError(
             f"no MONGO_URL and no mongo.url are set, and the embedded server ({PROGRAM}) "
@@ -143,12 +164,16 @@ def _program() -> str:
 
 
 def _wait_until_listening(pid: int, port: int, log_path: Path) -> None:
+    """Until `pid` itself listens on `port` (not another program that took the port)."""
+    offset = log_path.stat().st_size if log_path.exists() else 0
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if not _alive(pid):
-            tail = log_path.read_text(errors="replace")[-600:] if log_path.exists() else ""
+            tail = _log_since(log_path, offset)
+            if "in use" in tail or "Errno 98" in tail:
+                raise _PortTaken(port)
             raise EmbeddedServerError(f"the embedded server exited at start; {log_path}:\n{tail}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        if _listens(pid, port):
             return
         time.sleep(0.1)
     _stop(pid)
@@ -209,6 +234,69 @@ def _stop(pid: int) -> None:
     if _alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+class _PortTaken(Exception):
+    """Another program bound the port first."""
+
+
+_PORT_TRIES = 3
+
+
+def _log_since(log_path: Path, offset: int) -> str:
+    try:
+        with log_path.open(errors="replace") as handle:
+            handle.seek(offset)
+            return handle.read()[-600:]
+    except OSError:
+        return ""
+
+
+def _last_port(folder: Path) -> int | None:
+    try:
+        return int(json.loads((folder / "server.json").read_text())["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Does `pid` hold a listening socket on `port`? (Linux /proc; elsewhere: does anything.)"""
+    try:
+        inodes = _listening_inodes(port)
+        fds = Path(f"/proc/{pid}/fd")
+        if not fds.exists():
+            raise OSError
+    except OSError:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+        return False
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in {f"socket:[{inode}]" for inode in inodes}:
+                return True
+    return False
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets in LISTEN state on 127.0.0.1/any address, port `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    found.add(inode)
+    return found
 
 
 def _free_port() -> int:

@@ -20,6 +20,7 @@ from workers.app import App
 from workers.errors import DatabaseUnavailable, JobTimeout, LeaseLost, WorkersError
 from workers.job import Attempt, Job
 from workers.record import TEXT_LIMIT, JobRecord, clipped, error_document
+from workers.retrying import Backoff
 from workers.store import bson_problem
 
 log = logging.getLogger(__name__)
@@ -125,26 +126,28 @@ def run_attempt(app: App, held: Held) -> None:
 
 
 def record_timeout(app: App, held: Held) -> None:
-    """The watchdog's write: fail (or retry) the attempt with a JobTimeout."""
+    """The watchdog's write: fail (or retry) the attempt with a JobTimeout, retried through
+    an outage until the server answers (the attempt is already abandoned, so this write is
+    the only one left for it)."""
     owner = held.token
     try:
         record = JobRecord.from_document(held.doc)
-        message = f"{record.type} ran past its timeout of {held.timeout:g} s"
-        error = exception_error(JobTimeout(message), record.attempts, owner)
-        retry_in = record.retry.delay_after(record.attempts) if record.retries_left else None
-        app.store.fail(record.id, owner, error, retry_in)
-    except (ValueError, WorkersError) as exc:
+    except ValueError as exc:
         log.error("could not record a timeout; the lease will expire: %s", exc)
         return
-    log.warning(
-        "job timed out",
-        extra={
-            "action": "job_timeout",
-            "job_id": record.id,
-            "type": record.type,
-            "outcome": "failed" if retry_in is None else "will retry",
-        },
-    )
+    message = f"{record.type} ran past its timeout of {held.timeout:g} s"
+    error = exception_error(JobTimeout(message), record.attempts, owner)
+    retry_in = record.retry_in()
+    written = _persist(held, lambda: app.store.fail(record.id, owner, error, retry_in), after=True)
+    extra = {"job_id": record.id, "type": record.type}
+    if written is not True:  # refused: the job was handed back or rescued meanwhile
+        log.warning(
+            "job timed out; the timeout was not recorded: this process no longer holds the job",
+            extra={"action": "lease_lost", **extra},
+        )
+        return
+    outcome = "failed" if retry_in is None else "will retry"
+    log.warning("job timed out", extra={"action": "job_timeout", "outcome": outcome, **extra})
 
 
 def _call_handler(
@@ -184,7 +187,7 @@ def _record_outcome(
         if isinstance(written, WorkersError):  # the result itself cannot be stored (too large)
             error = written
     if error is not None:
-        retry_in = record.retry.delay_after(record.attempts) if record.retries_left else None
+        retry_in = record.retry_in()
         outcome = "failed" if retry_in is None else "will retry"
         written = _persist_failure(app, owner, held, record, error, retry_in)
     if not written or isinstance(written, WorkersError):
@@ -228,17 +231,19 @@ def _persist_failure(
     return written
 
 
-def _persist(held: Held, write: Callable[[], bool]) -> bool | WorkersError:
-    """Run a conditional write, retrying through outages while the job is ours.
+def _persist(held: Held, write: Callable[[], bool], *, after: bool = False) -> bool | WorkersError:
+    """Run a conditional write, retrying through outages while the job is ours (or, `after`
+    the attempt was abandoned, until the server answers: the write's filter decides).
 
     Returns the write's answer (False as well once the job is no longer ours),
     or the error with which the database refused the write itself.
     """
-    delay = 0.5
-    while not held.abandoned:
+    backoff = Backoff(0.5, _WRITE_BACKOFF_MAX)
+    while after or not held.abandoned:
         try:
             return write()
         except DatabaseUnavailable as exc:
+            delay = backoff.next()
             log.warning(
                 "database unavailable; retrying the job's outcome in %.1f s: %s",
                 delay,
@@ -252,8 +257,10 @@ def _persist(held: Held, write: Callable[[], bool]) -> bool | WorkersError:
                 extra={"action": "outcome_refused", "job_id": held.job_id},
             )
             return exc
-        held.released.wait(delay)
-        delay = min(delay * 2, _WRITE_BACKOFF_MAX)
+        if after:
+            time.sleep(delay)
+        else:
+            held.released.wait(delay)
     return False
 
 

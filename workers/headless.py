@@ -15,7 +15,6 @@ import getpass
 import math
 import os
 import shlex
-import shutil
 import signal
 import stat
 import subprocess
@@ -25,6 +24,7 @@ from types import FrameType
 
 from workers import embedded
 from workers.errors import WorkersError
+from workers.retrying import executable
 from workers.settings import SETTINGS_ENV, Settings
 
 PROGRAM = "workers"
@@ -63,8 +63,9 @@ def render_config(settings: Settings, run_dir: Path, *, python: str = sys.execut
         "startsecs=1",
         "startretries=10",
         "stopsignal=TERM",
-        # the worker's own grace period, plus time to hand jobs back and exit
-        f"stopwaitsecs={math.ceil(grace) + 5}",
+        # the worker's grace period (counted from the TERM), plus time to hand jobs back
+        # through a slow server (one mongo.timeout) and exit
+        f"stopwaitsecs={math.ceil(grace + settings.mongo.timeout) + 5}",
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=true",
@@ -185,8 +186,7 @@ def _append_to_file_outputs() -> None:
 
 
 def _supervisord() -> str:
-    beside = Path(sys.executable).parent / "supervisord"
-    found = str(beside) if beside.exists() else shutil.which("supervisord")
+    found = executable("supervisord")
     if not found:
         raise WorkersError("supervisord is not installed (pip install supervisor)")
     return found

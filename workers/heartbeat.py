@@ -18,11 +18,13 @@ from workers.store import Store
 
 log = logging.getLogger(__name__)
 
+_RETRY = 0.5  # seconds before another try after a failed beat
+
 
 class Heartbeat:
     def __init__(
         self,
-        store: Store,
+        store: Store,  # the heartbeat's own (Store.for_heartbeat)
         owner: str,
         lease: float,
         held: Callable[[], dict[Any, str]],
@@ -50,21 +52,25 @@ class Heartbeat:
             self.store.forget_node(self.owner)
         except WorkersError as exc:
             log.warning("could not remove the node record: %s", exc)
+        self.store.close()
 
     def _run(self) -> None:
         while True:
-            self.beat()
-            if self._stop.wait(self.interval):
+            beaten = self.beat()
+            # a failed beat is tried again soon: the leases are still ours for a while
+            if self._stop.wait(self.interval if beaten else min(self.interval, _RETRY)):
                 return
 
-    def beat(self) -> None:
-        """One beat; a database outage is logged and the next beat tries again."""
+    def beat(self) -> bool:
+        """One beat; False if it failed (logged; the caller tries again soon)."""
         try:
             self._renew()
             self.store.beat(self.owner, self._node_info())
             self._rescue()
         except WorkersError as exc:
             log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
+            return False
+        return True
 
     def _renew(self) -> None:
         lost = self.store.renew_leases(self._held(), self.lease)

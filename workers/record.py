@@ -117,6 +117,11 @@ class JobRecord:
     def retries_left(self) -> bool:
         return self.attempts <= self.retry.retries
 
+    def retry_in(self) -> float | None:
+        """Seconds until the failed attempt is tried again; None: it failed for good. (The
+        rescue decides the same in its pipeline: attempts <= retries.)"""
+        return self.retry.delay_after(self.attempts) if self.retries_left else None
+
 
 def new_document(
     job_id: str, job_type: str, params: dict[str, Any], options: PushOptions, now: datetime

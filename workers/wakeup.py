@@ -17,6 +17,7 @@ import time
 from datetime import datetime
 
 from workers.errors import StreamUnavailable, WorkersError
+from workers.retrying import Backoff
 from workers.store import ReadyStream, Store
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Wakeup:
 
     def _watch(self) -> None:
         stream = self.store.ready_stream()
-        backoff = 0.5
+        backoff = Backoff(0.5, _BACKOFF_MAX)
         try:
             while not self._stop.is_set():
                 try:
@@ -109,16 +110,16 @@ class Wakeup:
                     return
                 except WorkersError as exc:
                     if self._healthy.is_set():  # it was delivering: start the backoff over
-                        backoff = 0.5
+                        backoff.reset()
                     self._set_healthy(False)
+                    delay = backoff.next()
                     log.warning(
                         "wake-up stream failed, polling meanwhile; resuming in %.1f s: %s",
-                        backoff,
+                        delay,
                         exc,
                         extra={"action": "stream_failed"},
                     )
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    self._stop.wait(delay)
         finally:
             self._set_healthy(False)
             stream.close()

@@ -28,6 +28,7 @@ from workers.errors import DatabaseUnavailable, WorkersError
 from workers.execution import Held, record_timeout, run_attempt
 from workers.headless import SUPERVISED_ENV
 from workers.heartbeat import Heartbeat
+from workers.retrying import Backoff
 from workers.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,9 @@ class Worker:
         self._level: str = self.shutdown_settings.level
         self._exit_code = EXIT_OK
         self._stop_requests = 0
+        self._grace_ends = float("inf")  # monotonic; set by the first stop request
         self._heartbeat = Heartbeat(
-            self.store,
+            self.store.for_heartbeat(self.queue_settings.lease),
             self.owner,
             self.queue_settings.lease,
             self.held_tokens,
@@ -115,6 +117,8 @@ class Worker:
         """Stop claiming and shut down at `level` (default: settings). Safe in a signal handler;
         a second request escalates to `hard`."""
         self._stop_requests += 1
+        if self._stop_requests == 1:  # the grace period runs from here, not from the drain
+            self._grace_ends = time.monotonic() + self.shutdown_settings.grace
         self._level = "hard" if self._stop_requests > 1 else level or self._level
         if exit_code is not None:
             self._exit_code = exit_code
@@ -167,7 +171,7 @@ class Worker:
 
     def _claim_loop(self) -> None:
         poll = self.queue_settings.poll_interval
-        backoff = poll
+        backoff = Backoff(poll, _BACKOFF_MAX)
         more_waiting = False  # the last claim filled every idle thread: jobs are likely waiting
         while not self._stopping.is_set():
             free = self._idle_threads(linger=more_waiting)
@@ -179,17 +183,17 @@ class Worker:
                 docs = self._claimer.claim(free)
             except WorkersError as exc:
                 level = logging.WARNING if isinstance(exc, DatabaseUnavailable) else logging.ERROR
+                delay = backoff.next()
                 log.log(
                     level,
                     "claim failed, retrying in %.1f s: %s",
-                    backoff,
+                    delay,
                     exc,
                     extra={"action": "claim_failed"},
                 )
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                self._stopping.wait(delay)
                 continue
-            backoff = poll
+            backoff.reset()
             self._linger = min(_LINGER_MAX, time.monotonic() - began)
             self._hand_over(docs)
             more_waiting = len(docs) >= free
@@ -268,8 +272,10 @@ class Worker:
                     self._held.pop(held.job_id, None)
                     held.abandon(timed_out=True)
                     self._stuck.append(held)
-            for held in overdue:
-                record_timeout(self.app, held)
+            for held in overdue:  # each on a thread of its own: it may wait out an outage
+                threading.Thread(
+                    target=record_timeout, args=(self.app, held), name="timeout", daemon=True
+                ).start()
             self._recycle_if_stuck(now)
             self._stop_if_orphaned()
 
@@ -300,8 +306,12 @@ class Worker:
     def _shut_down(self) -> None:
         """soft: finish running and claimed jobs; normal: finish running ones and hand back
         the claimed rest; hard: hand back everything now. Past the grace period, hard."""
-        deadline = time.monotonic() + self.shutdown_settings.grace
-        log.info("shutting down", extra={"action": "shutdown", "level": self._level})
+        deadline = self._grace_ends
+        grace_left = max(0.0, deadline - time.monotonic())
+        log.info(
+            "shutting down",
+            extra={"action": "shutdown", "level": self._level, "grace_left": round(grace_left, 1)},
+        )
         if self._level != "soft":
             self._hand_back(self._take_unstarted(), "not started before shutdown")
         with self._cond:

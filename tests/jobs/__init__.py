@@ -146,3 +146,14 @@ class RaiseHugeJob(Job):
 
     def handle_job(self) -> None:
         raise ValueError("y" * self.params["size"])
+
+
+class HoldConnectionJob(Job):
+    """Holds one of the app's pooled connections for `seconds`, as a slow query of the app's
+    own would: a change-stream getMore that waits (awaitData) for events that never come."""
+
+    def handle_job(self) -> None:
+        _record("executions", self, phase="start")
+        wait_ms = int(self.params.get("seconds", 5) * 1000)
+        with database()["quiet"].watch(max_await_time_ms=wait_ms) as stream:
+            stream.try_next()

@@ -145,7 +145,12 @@ def wall_clock() -> float:
 
 
 class Connection:
-    """One MongoClient and the collections of one database."""
+    """One MongoClient and the collections of one database.
+
+    The runtime's traffic (claims, outcomes, cron) has this client to itself; the
+    app's own queries get a client of their own (`app_database`), and the heartbeat
+    another (`for_heartbeat`), so neither can take the connections the other needs.
+    """
 
     def __init__(
         self,
@@ -157,8 +162,12 @@ class Connection:
         pool_size: int = 8,
         app_name: str = "workers",
         write_concern: str = "journaled",
+        operation_timeout: float | None = None,
     ) -> None:
         ms = int(timeout * 1000)
+        bounded: dict[str, Any] = {}
+        if operation_timeout:  # CSOT: pool wait, server selection and retries included
+            bounded["timeoutMS"] = int(operation_timeout * 1000)
         self._client: pymongo.MongoClient[Document] = pymongo.MongoClient(
             url,
             tz_aware=True,
@@ -169,7 +178,12 @@ class Connection:
             socketTimeoutMS=ms * 3,
             retryWrites=True,
             **WRITE_CONCERNS[write_concern],
+            **bounded,
         )
+        self._prefix, self._app_name = prefix, app_name
+        self._pool_size, self._write_concern = pool_size, write_concern
+        self._app_client: pymongo.MongoClient[Document] | None = None
+        self._app_lock = threading.Lock()
         self.url = url
         self.timeout = timeout
         self.db: Database[Document] = self._client[database]
@@ -179,9 +193,42 @@ class Connection:
         self._offset: timedelta | None = None
         self._synced_at = 0.0
         self._clock_lock = threading.Lock()
+        self._sync_failure: tuple[float, WorkersError] | None = None
 
     def close(self) -> None:
         self._client.close()
+        if self._app_client is not None:
+            self._app_client.close()
+
+    def app_database(self) -> Database[Document]:
+        """The same database on a client of the app's own (`mongo.pool_size` connections,
+        made on first use): the app's slow queries cannot starve the runtime's writes."""
+        with self._app_lock:
+            if self._app_client is None:
+                self._app_client = pymongo.MongoClient(
+                    self.url,
+                    tz_aware=True,
+                    appname=f"{self._app_name}-app",
+                    maxPoolSize=self._pool_size,
+                    serverSelectionTimeoutMS=int(self.timeout * 1000),
+                    **WRITE_CONCERNS[self._write_concern],
+                )
+            return self._app_client[self.db.name]
+
+    def for_heartbeat(self, lease: float) -> Any:
+        """A store of the same class on one connection of its own, every operation bounded by
+        lease/6 (pool wait and retries included): a beat cannot queue behind the jobs'
+        traffic, and a beat sent into a partition fails in time to try again."""
+        return type(self)(
+            self.url,
+            self.db.name,
+            prefix=self._prefix,
+            timeout=self.timeout,
+            pool_size=1,
+            app_name=f"{self._app_name}-heartbeat",
+            write_concern=self._write_concern,
+            operation_timeout=max(0.5, lease / 6),
+        )
 
     def _explain(self, command: Document, verbosity: str = "queryPlanner") -> Document:
         """The server's plan for `command`, for the tests that keep hot paths on an index."""
@@ -193,11 +240,27 @@ class Connection:
         Only the first call waits for a measurement; a stale offset is measured
         again in the background, so a push never pays for a clock round trip."""
         if self._offset is None:
-            self.sync_clock()
+            self._first_sync()
         elif time.monotonic() - self._synced_at > _CLOCK_RESYNC:
             self._resync_in_background()
         assert self._offset is not None
         return datetime.fromtimestamp(wall_clock(), UTC) + self._offset
+
+    def _first_sync(self) -> None:
+        """One thread measures; threads that were waiting for it take its answer, an error
+        included, so k pushes during an outage fail after one timeout, not k of them."""
+        asked = time.monotonic()
+        with self._clock_lock:
+            if self._offset is not None:
+                return
+            failed = self._sync_failure
+            if failed is not None and failed[0] >= asked:  # its answer, as an error of our own
+                raise type(failed[1])(str(failed[1]))
+            try:
+                self._measure()
+            except WorkersError as exc:
+                self._sync_failure = (time.monotonic(), exc)
+                raise
 
     def _resync_in_background(self) -> None:
         if not self._clock_lock.acquire(blocking=False):
@@ -210,17 +273,21 @@ class Connection:
         with contextlib.suppress(WorkersError):  # the old offset stands; the next period retries
             self.sync_clock()
 
-    @translated
     def sync_clock(self) -> timedelta:
         """Measure this node's clock against the server's (hello.localTime)."""
         with self._clock_lock:
-            before = wall_clock()
-            reply = self._client.admin.command("hello")
-            after = wall_clock()
-            server = reply["localTime"]
-            if server.tzinfo is None:
-                server = server.replace(tzinfo=UTC)
-            local = datetime.fromtimestamp((before + after) / 2, UTC)
-            self._offset = server - local
-            self._synced_at = time.monotonic()
-            return self._offset
+            return self._measure()
+
+    @translated
+    def _measure(self) -> timedelta:
+        """One round trip (the caller holds the clock lock)."""
+        before = wall_clock()
+        reply = self._client.admin.command("hello")
+        after = wall_clock()
+        server = reply["localTime"]
+        if server.tzinfo is None:
+            server = server.replace(tzinfo=UTC)
+        local = datetime.fromtimestamp((before + after) / 2, UTC)
+        self._offset = server - local
+        self._synced_at = time.monotonic()
+        return self._offset
