@@ -30,7 +30,9 @@ def push_examples(app: App) -> int:
         Job.push(LoadRetentionJob(project_id="demo"), delay=5),
     ]
     print(f"pushed {len(ids)} example jobs: {', '.join(ids)}")
-    print("run them with: python -m app_jobs --headless")
+    print("run them with: python -m app_jobs --headless (make run does); meanwhile, in another")
+    print("terminal, .venv/bin/workers status lists jobs by status and the live worker processes,")
+    print(".venv/bin/workers cron the schedules and the leader; Ctrl-C stops the workers")
     return 0
 
 

@@ -112,6 +112,13 @@ def test_params_that_are_not_bson_are_refused_naming_the_key_and_write_nothing(a
         Job.push(RecordJob(ok=1, nested={"when": dt.date(2026, 1, 1)}))
     with pytest.raises(PushError, match=r"RecordJob params are not BSON-encodable: items\.1"):
         Job.push(RecordJob(items=[1, object()]))
+    # and each refusal says how to store it instead
+    with pytest.raises(PushError, match=r"instead of a date"):
+        Job.push(RecordJob(ok=1, nested={"when": dt.date(2026, 1, 1)}))
+    with pytest.raises(PushError, match=r"tags: .*; use a list instead of a set"):
+        Job.push(RecordJob(tags={"a", "b"}))
+    with pytest.raises(PushError, match=r"items\.1: .*store the object's fields as a dict"):
+        Job.push(RecordJob(items=[1, object()]))
     with pytest.raises(PushError, match=r"ok\.1 \(keys must be strings"):
         Job.push(RecordJob({"ok": {1: "x"}}))
     with pytest.raises(PushError, match=r"ok\.'a\\x00b' \(keys must be strings without NUL"):

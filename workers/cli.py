@@ -204,6 +204,9 @@ def _cron(settings: Settings) -> int:
         now = store.now()
         leader = store.leader()
         handled = store.schedule_states()
+    if not schedules:
+        print(f"no schedules: no job class in {settings.jobs} defines setup_cron")
+        return 0
     if settings.workers.cron.disable:
         print("cron is disabled on this node (workers.cron.disable)")
     if leader and leader["expires"] > now:
@@ -220,8 +223,6 @@ def _cron(settings: Settings) -> int:
             f"tz={schedule.timezone}  next={iso(schedule.next_after(now))}  "
             f"last={iso(last) if last else '-'}  missed={schedule.missed}"
         )
-    if not schedules:
-        print("no schedules: no job class in", settings.jobs, "defines setup_cron")
     return 0
 
 

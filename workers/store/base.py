@@ -13,7 +13,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import bson
@@ -66,8 +66,32 @@ def bson_problem(value: dict[str, Any]) -> str | None:
     try:
         bson.encode(value)
     except (bson.errors.InvalidDocument, OverflowError, TypeError) as exc:
-        return f"{_first_bad_path(value) or 'value'}: {exc}"
+        path = _first_bad_path(value)
+        return f"{path or 'value'}: {exc}{_hint(_at(value, path))}"
     return None
+
+
+def _at(value: Any, path: str | None) -> Any:
+    """The value at a dotted path found by _first_bad_path (None if it cannot be followed)."""
+    for part in (path or "").split(".") if path else []:
+        try:
+            value = value[int(part)] if isinstance(value, (list, tuple)) else value[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return None
+    return value
+
+
+def _hint(bad: Any) -> str:
+    """How to store what was refused."""
+    if isinstance(bad, (set, frozenset)):
+        return "; use a list instead of a set"
+    if isinstance(bad, date) and not isinstance(bad, datetime):
+        return "; use a datetime, or an ISO-8601 string, instead of a date"
+    if isinstance(bad, int):
+        return "; MongoDB integers are 64-bit: store a larger number as a string"
+    if bad is not None and not isinstance(bad, (str, bytes, float, bool, dict, list, tuple)):
+        return f"; store the {type(bad).__name__}'s fields as a dict, or its id"
+    return ""
 
 
 def _first_bad_path(value: Any, path: str = "") -> str | None:
