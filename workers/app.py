@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from workers import embedded, registry
+from workers import job as job_module
 from workers import settings as settings_module
 from workers.errors import DatabaseUnavailable, PushError
 from workers.job import Job
@@ -193,6 +194,9 @@ def current() -> App:
     """The booted app of this process, booting it from the default settings on first use."""
     with _lock:  # re-entrant: boot() takes it too, and a second thread waits for the first boot
         return _current if _current is not None else boot()
+
+
+job_module.bind_app(current)
 
 
 def database() -> Any:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
@@ -29,7 +29,21 @@ from workers.retrying import Backoff
 from workers.store import UNIQUE_INDEX, bson_problem, new_id
 
 if TYPE_CHECKING:
-    from workers.app import App
+    from workers.settings import Settings
+    from workers.store import Store
+
+
+class CronHost(Protocol):
+    """What the scheduler needs of the app (the app module is above this one: cron never
+    imports it)."""
+
+    store: Store
+    settings: Settings
+
+    def job_document(
+        self, job_id: str, job_type: str, params: dict[str, Any], **options: Any
+    ) -> dict[str, Any]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +204,7 @@ def due_ticks(
 class Scheduler:
     """Competes for the leader lease; while leading, fires the due ticks of every schedule."""
 
-    def __init__(self, app: App, owner: str, schedules: list[Schedule]) -> None:
+    def __init__(self, app: CronHost, owner: str, schedules: list[Schedule]) -> None:
         self.app = app
         self.store = app.store
         self.owner = owner

@@ -6,12 +6,37 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from workers.errors import WorkersError
 
 if TYPE_CHECKING:
     from workers.store import Store
+
+
+class Pusher(Protocol):
+    """The booted app, as Job.push sees it (the app module binds it: see `bind_app`)."""
+
+    def push(self, job: Job, **options: Any) -> str: ...
+
+    def push_many(self, jobs: Sequence[Job], **options: Any) -> list[str]: ...
+
+
+_app_getter: Callable[[], Pusher] | None = None
+
+
+def bind_app(getter: Callable[[], Pusher]) -> None:
+    """Called once by workers.app: how Job.push finds (or boots) the app, so that this module,
+    which the app imports, never imports the app back."""
+    global _app_getter
+    _app_getter = getter
+
+
+def _current_app() -> Pusher:
+    if _app_getter is None:  # `import workers` loads workers.app, which binds itself
+        raise WorkersError("workers.app is not loaded: import workers before pushing")
+    return _app_getter()
+
 
 log = logging.getLogger("workers.job")
 
@@ -138,9 +163,7 @@ class Job:
         `timeout` seconds per attempt. Unset options come from
         settings `workers.queue`.
         """
-        from workers.app import current
-
-        return current().push(
+        return _current_app().push(
             job, delay=delay, after=after, priority=priority, retry=retry, timeout=timeout
         )
 
@@ -157,8 +180,6 @@ class Job:
         """Queue `jobs` in one bulk insert with the options of `Job.push`; returns their ids
         in order. If any job is refused, PushError names each by position (`.refused`) and
         nothing is written."""
-        from workers.app import current
-
-        return current().push_many(
+        return _current_app().push_many(
             jobs, delay=delay, after=after, priority=priority, retry=retry, timeout=timeout
         )
