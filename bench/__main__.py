@@ -84,26 +84,14 @@ def table(results: dict[str, Any]) -> str:
                  f"{push['push'] / ceilings['insert_one']:5.2f}x insert_one")  # fmt: skip
     lines.append(f"Job.push_many                         {push['push_many']:9.0f}   "
                  f"{push['push_many'] / ceilings['insert_many']:5.2f}x insert_many")  # fmt: skip
-    for key, rate in results["throughput"].items():
-        config, backlog = key.split("@")
-        ceiling = ceilings[f"claim@{backlog}"]
-        lines.append(
-            f"drain {config:5} backlog {backlog:>5}           {rate:9.1f}   "
-            f"{rate / ceiling:5.2f}x raw claim ({ceiling:.1f}/s)"
-        )
+    lines += drain_lines("drain ", results["throughput"], ceilings)
     for mode, p in results["pickup"].items():
         lines.append(
             f"pickup ({mode:8}) ms               p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  "
             f"p99 {p['p99']:6.1f}"
         )
     for name, peer in results.get("peers", {}).items():
-        for key, rate in peer["throughput"].items():
-            config, backlog = key.split("@")
-            ceiling = ceilings[f"claim@{backlog}"]
-            lines.append(
-                f"{name} {config:5} backlog {backlog:>5}          {rate:9.1f}   "
-                f"{rate / ceiling:5.2f}x raw claim"
-            )
+        lines += drain_lines(f"{name} ", peer["throughput"], ceilings)
         p = peer["pickup"]
         lines.append(
             f"{name} pickup (push → done) ms     p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  "
@@ -115,6 +103,19 @@ def table(results: dict[str, Any]) -> str:
         f"{m['after_mb']:.1f}  growth {m['growth_mb']:+.1f}"
     )
     return "\n".join(lines)
+
+
+def drain_lines(label: str, throughput: dict[str, float], ceilings: dict[str, float]) -> list[str]:
+    """One line per `processes x threads @ backlog`, with its ratio to the raw claim."""
+    lines = []
+    for key, rate in throughput.items():
+        config, backlog = key.split("@")
+        ceiling = ceilings[f"claim@{backlog}"]
+        lines.append(
+            f"{label + config:11} backlog {backlog:>5}           {rate:9.1f}   "
+            f"{rate / ceiling:5.2f}x raw claim ({ceiling:.1f}/s)"
+        )
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

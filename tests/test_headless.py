@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ROOT, run_command, run_workers, wait_for, workers_command, workers_env
 from tests.headless_node import HeadlessNode, alive
 from tests.jobs import RecordJob, SleepJob
@@ -188,32 +190,20 @@ def test_a_worker_that_cannot_boot_makes_headless_exit_non_zero_with_the_reason(
     assert "claim_queue" in output
 
 
-def test_workers_stop_when_their_supervisord_is_killed(
-    settings_file: Callable[..., Path], tmp_path: Path, db: Any
+@pytest.mark.parametrize("killed", ["supervisord", "workers --headless"])
+def test_a_node_whose_supervising_process_is_killed_leaves_no_orphans(
+    settings_file: Callable[..., Path], tmp_path: Path, db: Any, killed: str
 ) -> None:
     path = settings_file(cluster__count=2, workers__count=1)
     with HeadlessNode(path, tmp_path) as node:
         assert node.process is not None
         wait_for(lambda: db["workers.nodes"].count_documents({}) == 2, timeout=60, what="2 nodes")
         (supervisord,) = _children(node.process.pid)
-        workers = descendants(supervisord)
-        assert len(workers) >= 2
-        os.kill(supervisord, signal.SIGKILL)
-        wait_for(lambda: not any(alive(p) for p in workers), timeout=30, what="orphans to exit")
-        node.process.wait(timeout=30)
-
-
-def test_supervisord_and_its_workers_stop_when_headless_is_killed(
-    settings_file: Callable[..., Path], tmp_path: Path, db: Any
-) -> None:
-    path = settings_file(cluster__count=2, workers__count=1)
-    with HeadlessNode(path, tmp_path) as node:
-        assert node.process is not None
-        wait_for(lambda: db["workers.nodes"].count_documents({}) == 2, timeout=60, what="2 nodes")
         tree = descendants(node.process.pid)
-        node.process.kill()
-        node.process.wait()
+        assert len(tree) >= 3  # supervisord and two workers
+        os.kill(supervisord if killed == "supervisord" else node.process.pid, signal.SIGKILL)
         wait_for(lambda: not any(alive(p) for p in tree), timeout=30, what="the tree to exit")
+        node.process.wait(timeout=30)
 
 
 HELLO_JOBS = """
