@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 import pymongo
 
 from tests.conftest import run_command, run_workers, wait_for
-from tests.headless_node import HeadlessNode, alive
+from tests.headless_node import HeadlessNode, alive, descendants
 from workers import embedded
+from workers.headless import child_pids
 
 PUSH = """
 from tests.jobs import RecordJob
@@ -135,3 +137,50 @@ def test_a_port_taken_by_another_program_is_not_mistaken_for_the_server(tmp_path
                 assert client.admin.command("ping")["ok"] == 1
         finally:
             server.release()
+
+
+PUSH_LONG = """
+from tests.jobs import SleepJob
+from workers import Job
+print(Job.push(SleepJob(name="long", seconds=60)))
+"""
+
+
+def test_the_embedded_server_outlives_workers_handing_jobs_back_after_supervisord_died(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "settings.json").write_text(
+        json.dumps(
+            {
+                "jobs": ["tests.jobs"],
+                "cluster": {"count": 1},
+                "workers": {"count": 1, "shutdown": {"grace": 1}},
+            }
+        )
+    )
+    with HeadlessNode(tmp_path / "settings.json", tmp_path) as node:
+        pushed = run_command([sys.executable, "-c", PUSH_LONG], cwd=tmp_path)
+        assert pushed.returncode == 0, pushed.stderr
+        job_id = pushed.stdout.strip()
+        state = wait_for(lambda: read_json(tmp_path / ".workers" / "db" / "server.json"),
+                         timeout=60, what="the embedded server")  # fmt: skip
+        url = f"mongodb://127.0.0.1:{state['port']}/?directConnection=true"
+        with pymongo.MongoClient(url) as raw:
+            jobs = raw["app"]["workers.jobs"]
+            wait_for(lambda: jobs.find_one({"_id": job_id, "status": "running"}),
+                     timeout=60, what="the long job to start")  # fmt: skip
+        assert node.process is not None
+        (supervisord,) = child_pids(node.process.pid)
+        workers = descendants(supervisord)
+        os.kill(supervisord, signal.SIGKILL)  # headless then exits and lets go of the server
+        node.process.wait(timeout=30)
+        wait_for(lambda: not any(alive(p) for p in workers), timeout=30, what="workers to exit")
+    # the worker handed the job back before the server stopped (the data says so)
+    server = embedded.acquire(tmp_path / ".workers" / "db", announce=False)
+    try:
+        with pymongo.MongoClient(server.url) as raw:
+            doc = raw["app"]["workers.jobs"].find_one({"_id": job_id})
+    finally:
+        server.release()
+    assert doc is not None and doc["status"] == "ready", doc and doc["status"]
+    assert doc["log"][-1]["message"].startswith("handed back by")

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, run_command, run_workers, wait_for, workers_command, workers_env
-from tests.headless_node import HeadlessNode, alive
+from tests.headless_node import HeadlessNode, alive, descendants
 from tests.jobs import RecordJob, SleepJob
 from workers import Job, boot, shutdown
-from workers.headless import _children, render_config
+from workers.headless import child_pids, render_config
 from workers.settings import validate
 from workers.store import new_id
 
@@ -136,23 +136,6 @@ def test_the_supervisord_config_follows_the_settings(tmp_path: Path) -> None:
     assert "MONGO_URL" not in config  # secrets stay in the environment
 
 
-def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (read from /proc, tolerant of processes vanishing)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def test_a_second_term_to_the_headless_process_makes_the_shutdown_hard(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -198,7 +181,7 @@ def test_a_node_whose_supervising_process_is_killed_leaves_no_orphans(
     with HeadlessNode(path, tmp_path) as node:
         assert node.process is not None
         wait_for(lambda: db["workers.nodes"].count_documents({}) == 2, timeout=60, what="2 nodes")
-        (supervisord,) = _children(node.process.pid)
+        (supervisord,) = child_pids(node.process.pid)
         tree = descendants(node.process.pid)
         assert len(tree) >= 3  # supervisord and two workers
         os.kill(supervisord if killed == "supervisord" else node.process.pid, signal.SIGKILL)

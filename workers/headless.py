@@ -85,8 +85,9 @@ def run(settings: Settings) -> int:
         env[SETTINGS_ENV] = settings.source
     server = None
     if settings.mongo_url() is None:
+        # started here, before the workers; each worker registers as a user of it too (by
+        # the same settings), so it is never stopped while a worker still hands jobs back
         server = embedded.acquire(settings.embedded_dir())
-        env["MONGO_URL"] = server.url
     config = run_dir / f"supervisord-{os.getpid()}.conf"
     try:
         config.write_text(render_config(settings, run_dir))
@@ -140,7 +141,7 @@ def _supervise(config: Path, env: dict[str, str]) -> int:
         signals["n"] += 1
         process.send_signal(signal.SIGTERM)
         if signals["n"] > 1:
-            for child in _children(process.pid):
+            for child in child_pids(process.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGTERM)
 
@@ -162,7 +163,7 @@ def _terminate_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     """The processes whose parent is `pid` (Linux /proc; empty elsewhere)."""
     found = []
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
