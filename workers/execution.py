@@ -140,7 +140,9 @@ def record_timeout(app: App, held: Held) -> None:
     retry_in = record.retry_in()
     written = _persist(held, lambda: app.store.fail(record.id, owner, error, retry_in), after=True)
     extra = {"job_id": record.id, "type": record.type}
-    if written is not True:  # refused: the job was handed back or rescued meanwhile
+    if isinstance(written, WorkersError):
+        return  # _persist logged the refusal; the lease will lapse and rescue the job
+    if not written:  # the job was handed back or rescued meanwhile
         log.warning(
             "job timed out; the timeout was not recorded: this process no longer holds the job",
             extra={"action": "lease_lost", **extra},
