@@ -51,7 +51,7 @@ def test_web_and_headless_processes_of_one_folder_share_one_embedded_server(tmp_
     state_file = tmp_path / ".workers" / "db" / "server.json"
     with HeadlessNode(tmp_path / "settings.json", tmp_path) as node:
         state = wait_for(
-            lambda: read_json(state_file),
+            lambda: (state := read_json(state_file)) and "pid" in state and state,
             timeout=60,
             what="the embedded server to start",
         )
@@ -70,7 +70,7 @@ def test_web_and_headless_processes_of_one_folder_share_one_embedded_server(tmp_
         assert alive(state["pid"])  # the web process left; the headless node still uses it
         assert node.stop() == 0
         assert "started the embedded SecantusDB server" in node.output()
-    assert not state_file.exists()  # the last user stopped it
+    assert "pid" not in read_json(state_file)  # the last user stopped it (the port is kept)
     assert not alive(state["pid"])
     # the data folder survives: a new server on the same folder still has the job
     assert status(tmp_path) == {"completed": 1}
@@ -162,7 +162,8 @@ def test_the_embedded_server_outlives_workers_handing_jobs_back_after_supervisor
         pushed = run_command([sys.executable, "-c", PUSH_LONG], cwd=tmp_path)
         assert pushed.returncode == 0, pushed.stderr
         job_id = pushed.stdout.strip()
-        state = wait_for(lambda: read_json(tmp_path / ".workers" / "db" / "server.json"),
+        state_file = tmp_path / ".workers" / "db" / "server.json"
+        state = wait_for(lambda: (state := read_json(state_file)) and "pid" in state and state,
                          timeout=60, what="the embedded server")  # fmt: skip
         url = f"mongodb://127.0.0.1:{state['port']}/?directConnection=true"
         with pymongo.MongoClient(url) as raw:

@@ -62,7 +62,7 @@ class EmbeddedServer:
             else:
                 last = True
                 _stop(self.pid)
-                (self.folder / "server.json").unlink(missing_ok=True)
+                _forget_pid(self.folder)
             self._users.close()
             self._users = None
             return last
@@ -110,7 +110,7 @@ def stop(folder: Path) -> bool:
         if state is None:
             return False
         _stop(state["pid"])
-        (folder / "server.json").unlink(missing_ok=True)
+        _forget_pid(folder)
         return True
 
 
@@ -250,6 +250,12 @@ def _log_since(log_path: Path, offset: int) -> str:
             return handle.read()[-600:]
     except OSError:
         return ""
+
+
+def _forget_pid(folder: Path) -> None:
+    """The server is stopped: keep only its port, which the next start tries first."""
+    port = _last_port(folder)
+    (folder / "server.json").write_text(json.dumps({"port": port} if port else {}))
 
 
 def _last_port(folder: Path) -> int | None:

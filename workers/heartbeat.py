@@ -24,7 +24,7 @@ _RETRY = 0.5  # seconds before another try after a failed beat
 class Heartbeat:
     def __init__(
         self,
-        store: Store,  # the heartbeat's own (Store.for_heartbeat)
+        store: Store,  # the runtime's; the heartbeat beats on a connection of its own
         owner: str,
         lease: float,
         held: Callable[[], dict[Any, str]],
@@ -38,21 +38,28 @@ class Heartbeat:
         self._held = held
         self._on_lost = on_lost
         self._node_info = node_info
+        self._own_store = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> None:
+        """Beat from now on, on a store of its own (Store.for_heartbeat), made here so a
+        heartbeat that never starts holds no connection."""
+        self.store = self.store.for_heartbeat(self.lease)
+        self._own_store = True
         self._thread.start()
 
     def stop(self) -> None:
         """Stop beating and remove this process from `nodes` (best effort)."""
         self._stop.set()
-        self._thread.join(timeout=self.store.timeout + 1)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=self.store.timeout + 1)
         try:
             self.store.forget_node(self.owner)
         except WorkersError as exc:
             log.warning("could not remove the node record: %s", exc)
-        self.store.close()
+        if self._own_store:
+            self.store.close()
 
     def _run(self) -> None:
         while True:

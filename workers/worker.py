@@ -65,7 +65,7 @@ class Worker:
         self._stop_requests = 0
         self._grace_ends = float("inf")  # monotonic; set by the first stop request
         self._heartbeat = Heartbeat(
-            self.store.for_heartbeat(self.queue_settings.lease),
+            self.store,
             self.owner,
             self.queue_settings.lease,
             self.held_tokens,

@@ -6,6 +6,8 @@ import os
 import time
 from typing import Any
 
+from pymongo import CursorType
+
 from workers import Job, database
 
 
@@ -150,10 +152,15 @@ class RaiseHugeJob(Job):
 
 class HoldConnectionJob(Job):
     """Holds one of the app's pooled connections for `seconds`, as a slow query of the app's
-    own would: a change-stream getMore that waits (awaitData) for events that never come."""
+    own would: an exhaust cursor keeps its connection checked out until it is closed."""
 
     def handle_job(self) -> None:
         _record("executions", self, phase="start")
-        wait_ms = int(self.params.get("seconds", 5) * 1000)
-        with database()["quiet"].watch(max_await_time_ms=wait_ms) as stream:
-            stream.try_next()
+        rows = database()["rows"]
+        rows.insert_many([{"job": self.id, "n": n} for n in range(2)])
+        cursor = rows.find({"job": self.id}, batch_size=1, cursor_type=CursorType.EXHAUST)
+        try:
+            next(cursor)
+            time.sleep(self.params.get("seconds", 5))
+        finally:
+            cursor.close()
