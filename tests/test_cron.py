@@ -279,6 +279,16 @@ def test_the_cron_command_lists_schedules_next_ticks_and_the_leader(
     assert sum(x.startswith("ReportJob  '0 9 * * *'") for x in lines) == 2
 
 
+def test_the_cron_command_says_when_there_are_no_schedules(
+    settings_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    done = run_workers("cron", "--settings", str(settings_file()), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "no schedules: no job class in ['tests.jobs'] defines setup_cron"
+    ]  # and no "leader: none" that would read as if cron were broken
+
+
 def test_cron_disable_keeps_a_node_out_of_the_leader_race(
     make_settings: Callable[..., Settings],
 ) -> None:
