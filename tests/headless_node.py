@@ -10,6 +10,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.conftest import workers_command, workers_env
+from workers.headless import child_pids
 
 
 class HeadlessNode:
@@ -89,3 +90,18 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def supervisord_of(pid: int) -> int:
+    """The supervisord child of a `workers --headless` process: found by its command line,
+    since the same process may also be the parent of the embedded server it started."""
+    found = []
+    for child in child_pids(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if any(arg.endswith(b"supervisord") for arg in argv):
+            found.append(child)
+    assert len(found) == 1, f"expected one supervisord below {pid}, found {found}"
+    return found[0]

@@ -13,9 +13,8 @@ from typing import Any
 import pymongo
 
 from tests.conftest import run_command, run_workers, wait_for
-from tests.headless_node import HeadlessNode, alive, descendants
+from tests.headless_node import HeadlessNode, alive, descendants, supervisord_of
 from workers import embedded
-from workers.headless import child_pids
 
 PUSH = """
 from tests.jobs import RecordJob
@@ -171,7 +170,7 @@ def test_the_embedded_server_outlives_workers_handing_jobs_back_after_supervisor
             wait_for(lambda: jobs.find_one({"_id": job_id, "status": "running"}),
                      timeout=60, what="the long job to start")  # fmt: skip
         assert node.process is not None
-        (supervisord,) = child_pids(node.process.pid)
+        supervisord = supervisord_of(node.process.pid)
         workers = descendants(supervisord)
         os.kill(supervisord, signal.SIGKILL)  # headless then exits and lets go of the server
         node.process.wait(timeout=30)

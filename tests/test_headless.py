@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, run_command, run_workers, wait_for, workers_command, workers_env
-from tests.headless_node import HeadlessNode, alive, descendants
+from tests.headless_node import HeadlessNode, alive, descendants, supervisord_of
 from tests.jobs import RecordJob, SleepJob
 from workers import Job, boot, shutdown
-from workers.headless import child_pids, render_config
+from workers.headless import render_config
 from workers.settings import validate
 from workers.store import new_id
 
@@ -181,7 +181,7 @@ def test_a_node_whose_supervising_process_is_killed_leaves_no_orphans(
     with HeadlessNode(path, tmp_path) as node:
         assert node.process is not None
         wait_for(lambda: db["workers.nodes"].count_documents({}) == 2, timeout=60, what="2 nodes")
-        (supervisord,) = child_pids(node.process.pid)
+        supervisord = supervisord_of(node.process.pid)
         tree = descendants(node.process.pid)
         assert len(tree) >= 3  # supervisord and two workers
         os.kill(supervisord if killed == "supervisord" else node.process.pid, signal.SIGKILL)
