@@ -143,7 +143,9 @@ def headless(url: str, database: str, processes: int, threads: int, **queue: Any
         process.wait(timeout=60)
 
 
-def throughput(url: str, processes: int, threads: int, backlog: int, window: int) -> float:
+def throughput(
+    url: str, processes: int, threads: int, backlog: int, window: int, **queue: Any
+) -> float:
     """Completed jobs/s over the first `window` of `backlog` jobs, all due at one instant T
     after the processes started: from T to the window-th `finished` (the server's clock)."""
     with booted(url) as app:
@@ -151,7 +153,7 @@ def throughput(url: str, processes: int, threads: int, backlog: int, window: int
         for at in range(0, backlog, 1000):
             Job.push_many([NoopJob(n=n) for n in range(at, min(at + 1000, backlog))], after=due)
         database = app.store.db.name
-        with headless(url, database, processes, threads):
+        with headless(url, database, processes, threads, **queue):
             _wait(lambda: app.store.jobs.count_documents({"status": "completed"}) >= window, 600)
         finished = sorted(
             doc["finished"] for doc in app.store.jobs.find({"status": "completed"}, {"finished": 1})

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from tests.faulty import FaultyCollection
 from tests.jobs import FailJob, RecordJob
-from tests.plans import assert_on_index, plan_stages
+from tests.plans import assert_on_index, index_scans, plan_stages
 from workers import Job
 from workers.app import App
-from workers.store.claims import CLAIM_INDEX, Spare
+from workers.store.claims import CLAIM_INDEX, SPARE_SECONDS, Spare
 
 
 @pytest.mark.parametrize(
@@ -158,3 +159,66 @@ def test_a_failed_attempt_is_retried_after_the_wait_by_the_server_clock(app: App
     assert doc is not None and doc["status"] == "ready"
     assert (doc["run_at"] - doc["updated"]).total_seconds() == 8
     assert doc["log"][-1]["level"] == "error" and "boom" in doc["log"][-1]["message"]
+
+
+def _count_scans(app: App) -> dict[str, int]:
+    scans = {"n": 0}
+
+    def count(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        scans["n"] += name == "find" and kwargs.get("hint") == CLAIM_INDEX
+        return None
+
+    app.store.jobs = FaultyCollection(app.store.jobs, count, AssertionError)  # type: ignore[assignment]
+    return scans
+
+
+def test_a_claimer_of_another_process_takes_the_rest_of_a_scan_without_scanning(app: App) -> None:
+    ids = [Job.push(RecordJob(n=n)) for n in range(12)]
+    scans, types = _count_scans(app), app.registry.types
+    # Given one claimer that scanned and took 3
+    first = [d["_id"] for d in app.store.claim("one#1", types, 5, 3, Spare())]
+    # When a claimer with a spare of its own (another process) claims
+    second = [d["_id"] for d in app.store.claim("two#1", types, 5, 3, Spare())]
+    # Then it took 3 others from the published list, and nobody scanned again
+    assert scans["n"] == 1
+    assert len(second) == 3 and not set(first) & set(second) and set(second) <= set(ids)
+
+
+def test_a_stale_shared_list_is_not_used(app: App, db: Any) -> None:
+    for n in range(12):
+        Job.push(RecordJob(n=n))
+    scans, types = _count_scans(app), app.registry.types
+    app.store.claim("one#1", types, 5, 3, Spare())
+    old = app.store.now() - timedelta(seconds=SPARE_SECONDS + 1)
+    db[app.store.candidates.name].update_many({}, {"$set": {"scanned": old}})
+    app.store.claim("two#1", types, 5, 3, Spare())
+    assert scans["n"] == 2, "a list older than SPARE_SECONDS must not be claimed from"
+
+
+def test_a_claimer_waits_a_bounded_time_for_another_scanning_then_scans_itself(
+    app: App, db: Any
+) -> None:
+    for n in range(12):
+        Job.push(RecordJob(n=n))
+    scans, types = _count_scans(app), app.registry.types
+    app.store.claim("one#1", types, 5, 3, Spare())
+    # Given another claimer says it is scanning (and never publishes)
+    busy = app.store.now() + timedelta(seconds=30)
+    db[app.store.candidates.name].update_many(
+        {}, {"$set": {"scanning_until": busy, "generation": "gone", "ids": []}}
+    )
+    # Then a claimer whose spare is dry still claims, by a scan of its own
+    claimed = app.store.claim("two#1", types, 5, 3, Spare())
+    assert len(claimed) == 3 and scans["n"] == 2
+
+
+def test_the_shared_candidate_list_is_read_by_id(app: App, db: Any) -> None:
+    for n in range(5):
+        Job.push(RecordJob(n=n))
+    app.store.claim("one#1", app.registry.types, 5, 1, Spare())
+    (doc,) = db[app.store.candidates.name].find()
+    explained = db.command(
+        "explain", {"find": app.store.candidates.name, "filter": {"_id": doc["_id"]}}
+    )
+    _, stages = index_scans(explained)
+    assert "COLLSCAN" not in stages, stages

@@ -14,7 +14,7 @@ import pytest
 
 import workers
 from tests.conftest import settings_dict, wait_for
-from tests.jobs import FailJob, RecordJob
+from tests.jobs import FailJob, RecordJob, SleepJob
 from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
@@ -108,6 +108,27 @@ def test_the_stream_resumes_after_the_server_restarts(
             # replays it, or a stream that could not resume looks once for missed jobs
             job_id = Job.push(RecordJob())
             wait_for(lambda: streaming(worker), timeout=30, what="the stream to resume")
+            doc = wait_for(lambda: finished(app, job_id), timeout=SOON, what="the job")
+        assert doc["status"] == "completed"
+    finally:
+        workers.shutdown()
+
+
+def test_a_busy_worker_rests_its_stream_and_an_idle_one_wakes_by_it_again(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Given one thread and jobs for it back to back: every claim fills the idle threads
+    app = workers.boot(settings=make_settings(workers__count=1, workers__queue=NO_POLL))
+    try:
+        backlog = [Job.push(SleepJob(seconds=1)) for _ in range(4)]
+        with running(app) as worker:
+            # Then the busy claimer's stream is closed (it costs the server on every write)
+            wait_for(lambda: worker._wakeup.pauses >= 1, timeout=SOON, what="the stream to rest")
+            for job_id in backlog:
+                wait_for(lambda j=job_id: finished(app, j), timeout=SOON, what="the backlog")
+            # And once idle, a pushed job wakes it through the reopened stream, not a poll
+            wait_for(lambda: streaming(worker), timeout=SOON, what="the stream to reopen")
+            job_id = Job.push(RecordJob())
             doc = wait_for(lambda: finished(app, job_id), timeout=SOON, what="the job")
         assert doc["status"] == "completed"
     finally:

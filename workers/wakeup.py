@@ -7,6 +7,13 @@ healthy: the fallback where the server has no change streams (a standalone
 mongod) and after stream errors. The stream resumes from its token after an
 error or a server restart, and after every (re)open the claimer is woken
 once to look for anything the stream may not replay.
+
+A claimer that stays busy (every claim fills its idle threads) has no use for
+the stream, and following it costs the server a share of every write it
+serves (a third of a drain's throughput on the embedded server): after
+`PAUSE_AFTER` seconds of being busy the stream is closed, and it is opened
+afresh (no resume: nothing that happened meanwhile needs replaying, the look
+after the open covers it) the moment the claimer waits again.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ log = logging.getLogger(__name__)
 _STREAM_WAIT = 0.5  # seconds one getMore waits for events: bounds how long stop() takes
 _SAFETY_POLL = 30.0  # with a healthy stream, look anyway this often
 _BACKOFF_MAX = 10.0
+PAUSE_AFTER = 0.25  # seconds of a busy claimer before the stream is closed
 
 
 class Wakeup:
@@ -37,6 +45,9 @@ class Wakeup:
         self._due: datetime | None = None  # the earliest future run_at an event carried
         self._stop = threading.Event()
         self._healthy = threading.Event()
+        self._busy_since: float | None = None  # monotonic; None while the claimer waits
+        self._wanted = threading.Event()  # a paused stream is wanted again
+        self.pauses = 0  # how often the stream was closed for a busy claimer
         self._thread = threading.Thread(target=self._watch, name="wakeup", daemon=True)
 
     @property
@@ -60,6 +71,16 @@ class Wakeup:
             self._ready = True
             self._cond.notify_all()
 
+    def busy(self) -> None:
+        """The last claim filled every idle thread: the claimer is not going to wait soon."""
+        if self._busy_since is None:
+            self._busy_since = time.monotonic()
+
+    def paused(self) -> bool:
+        """True while the claimer has been busy long enough that the stream can rest."""
+        since = self._busy_since
+        return since is not None and time.monotonic() - since >= PAUSE_AFTER
+
     def clear(self) -> None:
         """Called just before a claim: a job that becomes ready after this wakes the next wait."""
         with self._cond:
@@ -69,6 +90,8 @@ class Wakeup:
         """Sleep until a job is ready, until the next due time (the database clock), or the
         poll fallback. True if woken (by an event or stop), False if by the clock."""
         began = time.monotonic()
+        self._busy_since = None
+        self._wanted.set()  # a paused stream opens again (and looks once when it has)
         with self._cond:
             while not self._ready:
                 fallback = _SAFETY_POLL if self.streaming else self.poll_interval
@@ -140,6 +163,20 @@ class Wakeup:
         # what happened while it was down, a claim costs less than a missed job.
         self.poke()
         while not self._stop.is_set():
+            if self.paused():
+                self._rest(stream)
+                return
             change = stream.next_change()
             if change is not None:
                 self._note(change.run_at)
+
+    def _rest(self, stream: ReadyStream) -> None:
+        """Close the stream until the claimer waits again; then it starts afresh."""
+        self._wanted.clear()
+        self.pauses += 1
+        stream.close_stream()
+        stream.resume_token = None
+        self._set_healthy(False)
+        log.debug("wake-up stream paused: the claimer is busy", extra={"action": "stream_paused"})
+        while not self._stop.is_set() and self.paused() and not self._wanted.wait(_STREAM_WAIT):
+            pass

@@ -197,7 +197,9 @@ class Worker:
             self._linger = min(_LINGER_MAX, time.monotonic() - began)
             self._hand_over(docs)
             more_waiting = len(docs) >= free
-            if not more_waiting and not self._stopping.is_set():
+            if more_waiting:
+                self._wakeup.busy()
+            elif not self._stopping.is_set():
                 self._wakeup.wait(self._claimer.next_due())
 
     def _idle_threads(self, *, linger: bool) -> int:

@@ -214,6 +214,10 @@ class Connection:
         self.jobs: Collection[Document] = self.db[f"{prefix}.jobs"]
         self.nodes: Collection[Document] = self.db[f"{prefix}.nodes"]
         self.cron: Collection[Document] = self.db[f"{prefix}.cron"]
+        # candidate lists shared by claimers (claims.py): hints, so unacknowledged writes do
+        self.candidates: Collection[Document] = self.db.get_collection(
+            f"{prefix}.candidates", write_concern=pymongo.WriteConcern(w=1, j=False)
+        )
         self._offset: timedelta | None = None
         self._synced_at = 0.0
         self._clock_lock = threading.Lock()

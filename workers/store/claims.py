@@ -11,14 +11,23 @@ Index `claim_queue` = (status, type, priority, run_at): the equalities on
 status and type keep the scan to this node's types (a foreign backlog costs
 nothing), then priority and run_at give the order. The batch write and the
 read-back go by `_id`.
+
+The scan is shared: a claimer that scans publishes the candidates it did not
+take in `<prefix>.candidates` (one document per set of types, by `_id`), and
+a claimer of another process whose own spare ran dry adopts that list while
+it is fresh instead of scanning. The list is only a hint (every take is still
+conditional on `status: ready`), so scans cost the cluster about one per
+`SPARE_SECONDS` however many processes claim, not one per process.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo.errors import OperationFailure, PyMongoError
@@ -41,6 +50,7 @@ _MAX_CANDIDATES = 256
 SPARE_SECONDS = 1.0
 _SPARE_MISSES = 2  # picks in a row that found every job taken: the spare is stale
 _CONTESTED_SECONDS = 5.0  # after a lost pick, pick at random (not in queue order) this long
+_TURN_MAX = 0.2  # the longest a claimer waits for another's scan (the wait is told by it)
 
 # Errors that say nothing about the document being written: the server is stepping
 # down, shutting down, timed out or conflicted. A claim that fails with one of them
@@ -66,26 +76,41 @@ class Spare:
     until: float = 0.0
     misses: int = 0
     contested_until: float = 0.0
+    generation: str | None = None  # the shared list these came from (or were published as)
 
     def take(self, count: int) -> list[Any]:
-        """The next `count`, in queue order; once another claimer has been met here, from a
-        random place instead, where the other's picks rarely land."""
+        """The next `count` in the spare's order: queue order for a lone claimer; once
+        another claimer has been met here, from a random place onwards, so that claimers
+        sharing a list work apart from each other and meet only where their runs touch."""
         if time.monotonic() > self.until or self.misses >= _SPARE_MISSES:
             self.ids = []
-        contested = time.monotonic() < self.contested_until
-        start = random.randrange(max(1, len(self.ids) - count + 1)) if contested else 0
-        taken = self.ids[start : start + count]
-        del self.ids[start : start + count]
+        taken = self.ids[:count]
+        del self.ids[:count]
         return taken
 
     def taken(self, picked: int, got: int) -> None:
-        """How a pick went: a short one means another claimer works these jobs too."""
+        """How a pick went: a short one means another claimer works here: move away."""
         if got < picked:
             self.contested_until = time.monotonic() + _CONTESTED_SECONDS
+            self._move_away()
         self.misses = 0 if got else self.misses + 1
 
-    def keep(self, ids: list[Any]) -> None:
-        self.ids, self.until, self.misses = ids, time.monotonic() + SPARE_SECONDS, 0
+    def keep(self, ids: list[Any], generation: str | None, age: float = 0.0) -> None:
+        self.ids, self.misses, self.generation = ids, 0, generation
+        self.until = time.monotonic() + SPARE_SECONDS - age
+        if time.monotonic() < self.contested_until:
+            self._move_away()
+
+    def adopt(self, ids: list[Any], generation: str, age: float) -> None:
+        """Another claimer's scan: it works the same list from its front."""
+        self.contested_until = time.monotonic() + _CONTESTED_SECONDS
+        self.keep(ids, generation, age)
+
+    def _move_away(self) -> None:
+        """Start the rest of the list at a random place (the order among equal priorities)."""
+        if self.ids:
+            at = random.randrange(len(self.ids))
+            self.ids = self.ids[at:] + self.ids[:at]
 
 
 class ClaimQueries(Connection):
@@ -111,21 +136,85 @@ class ClaimQueries(Connection):
         now = self.now()
         tried: list[Any] = []
         claimed: list[Document] = []
-        while spare is not None and len(claimed) < limit:
-            if not (ids := spare.take(limit - len(claimed))):
-                break
-            got = self._take_or_interrupt(token, ids, now, lease, tried)
-            spare.taken(len(ids), len(got))
-            claimed += got
+        if spare is not None:
+            claimed += self._from_spare(token, spare, now, lease, limit, tried)
+            if len(claimed) < limit and self._adopt_shared(types, spare, now):
+                claimed += self._from_spare(token, spare, now, lease, limit - len(claimed), tried)
         if len(claimed) < limit:
+            began = time.monotonic()
             candidates = self._candidates(types, now, limit)
+            took = time.monotonic() - began
             while len(claimed) < limit and (batch := candidates[: limit - len(claimed)]):
                 candidates = candidates[len(batch) :]
                 ids = [doc["_id"] for doc in batch]
                 claimed += self._take_or_interrupt(token, ids, now, lease, tried)
             if spare is not None:
-                spare.keep(_same_priority(candidates, claimed))
+                rest = _same_priority(candidates, claimed)
+                spare.keep(rest, token)
+                self._publish(types, rest, token, took)
         return claimed
+
+    def _from_spare(
+        self, token: str, spare: Spare, now: datetime, lease: float, limit: int, tried: list[Any]
+    ) -> list[Document]:
+        claimed: list[Document] = []
+        while len(claimed) < limit and (ids := spare.take(limit - len(claimed))):
+            got = self._take_or_interrupt(token, ids, now, lease, tried)
+            spare.taken(len(ids), len(got))
+            claimed += got
+        return claimed
+
+    def _adopt_shared(self, types: list[str], spare: Spare, now: datetime) -> bool:
+        """Take over the candidate list another claimer published, if it is fresh and not
+        the one this spare already worked through; if another claimer is scanning right
+        now, wait for its list (once, at most `_TURN_MAX` s) rather than scan beside it.
+        False: this claimer scans (and holds the turn). All by `_id` (IDHACK)."""
+        try:
+            doc = self.candidates.find_one({"_id": _list_key(types)})
+            if self._adopt(doc, spare, now):
+                return True
+            scanning = doc.get("scanning_until") if doc else None
+            if not isinstance(scanning, datetime) or scanning <= now:
+                self._take_turn(types, doc, now)
+                return False
+            time.sleep(min((scanning - now).total_seconds(), _TURN_MAX))
+            return self._adopt(self.candidates.find_one({"_id": _list_key(types)}), spare, now)
+        except PyMongoError:
+            return False  # a hint: without it, scan
+
+    def _adopt(self, doc: Document | None, spare: Spare, now: datetime) -> bool:
+        if doc is None or doc.get("generation") == spare.generation:
+            return False
+        scanned, ids = doc.get("scanned"), doc.get("ids")
+        if not isinstance(scanned, datetime) or not isinstance(ids, list) or not ids:
+            return False
+        age = (self.now() - scanned).total_seconds()
+        if not 0 <= age < SPARE_SECONDS:  # stale, or from the future (a clock jump)
+            return False
+        spare.adopt(ids, str(doc.get("generation")), age)
+        return True
+
+    def _take_turn(self, types: list[str], doc: Document | None, now: datetime) -> None:
+        """Say that this claimer is scanning, for about twice its last scan's duration. The
+        filter repeats that no turn is held: of claimers that ran dry together, one scans."""
+        if doc is None:
+            return  # the first scan of these types: nobody to tell yet
+        last = doc.get("scan_seconds")
+        seconds = min(_TURN_MAX, 2 * last) if isinstance(last, float) else _TURN_MAX
+        free = {"$or": [{"scanning_until": {"$lte": now}}, {"scanning_until": None}]}
+        until = now + timedelta(seconds=max(0.02, seconds))
+        self.candidates.update_one(
+            {"_id": _list_key(types), **free}, {"$set": {"scanning_until": until}}
+        )
+
+    def _publish(self, types: list[str], ids: list[Any], generation: str, took: float) -> None:
+        """Offer the rest of a scan to the other claimers of these types (best effort), and
+        end this claimer's turn."""
+        fields: Document = {"ids": ids, "generation": generation, "scan_seconds": took}
+        stamped = {"$currentDate": {"scanned": True}}
+        update = {"$set": fields, "$unset": {"scanning_until": ""}, **stamped}
+        with contextlib.suppress(PyMongoError):  # the others scan for themselves
+            self.candidates.update_one({"_id": _list_key(types)}, update, upsert=True)
 
     def _take_or_interrupt(
         self, token: str, ids: list[Any], now: datetime, lease: float, tried: list[Any]
@@ -274,6 +363,12 @@ class ClaimQueries(Connection):
         }
         stats = self._explain(command, "executionStats")["executionStats"]
         return int(stats["totalKeysExamined"])
+
+
+def _list_key(types: list[str]) -> str:
+    """One shared candidate list per set of types: claimers of other sets cannot use it."""
+    digest = hashlib.sha256("\0".join(sorted(types)).encode()).hexdigest()[:24]
+    return f"types:{digest}"
 
 
 def _still_ready(ids: list[Any], now: datetime) -> Document:
