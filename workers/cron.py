@@ -254,14 +254,7 @@ class Scheduler:
             try:
                 self.step()
             except WorkersError as exc:
-                delay = backoff.next()
-                log.warning(
-                    "cron step failed, retrying in %.0f s: %s",
-                    delay,
-                    exc,
-                    extra={"action": "cron_failed"},
-                )
-                self._stop.wait(delay)
+                backoff.wait_after(exc, "cron step", "cron_failed", self._stop)
                 continue
             backoff.reset()
             self._stop.wait(self._sleep())

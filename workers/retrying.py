@@ -3,9 +3,13 @@ the programs we start (supervisord, the embedded server)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
+import threading
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class Backoff:
@@ -24,6 +28,27 @@ class Backoff:
 
     def reset(self) -> None:
         self._next = self.first
+
+    def wait_after(
+        self,
+        failure: Exception,
+        what: str,
+        action: str,
+        stop: threading.Event,
+        level: int = logging.WARNING,
+    ) -> None:
+        """Log that `what` failed and wait the next backoff, or until `stop` is set: the one
+        shape of every retry loop of the runtime (claimer, cron, wake-up stream)."""
+        delay = self.next()
+        log.log(
+            level,
+            "%s failed, retrying in %.1f s: %s",
+            what,
+            delay,
+            failure,
+            extra={"action": action},
+        )
+        stop.wait(delay)
 
 
 def executable(name: str) -> str | None:

@@ -134,15 +134,8 @@ class Wakeup:
                 except WorkersError as exc:
                     if self._healthy.is_set():  # it was delivering: start the backoff over
                         backoff.reset()
-                    self._set_healthy(False)
-                    delay = backoff.next()
-                    log.warning(
-                        "wake-up stream failed, polling meanwhile; resuming in %.1f s: %s",
-                        delay,
-                        exc,
-                        extra={"action": "stream_failed"},
-                    )
-                    self._stop.wait(delay)
+                    self._set_healthy(False)  # the claimer polls meanwhile
+                    backoff.wait_after(exc, "wake-up stream", "stream_failed", self._stop)
         finally:
             self._set_healthy(False)
             stream.close()

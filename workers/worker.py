@@ -183,15 +183,7 @@ class Worker:
                 docs = self._claimer.claim(free)
             except WorkersError as exc:
                 level = logging.WARNING if isinstance(exc, DatabaseUnavailable) else logging.ERROR
-                delay = backoff.next()
-                log.log(
-                    level,
-                    "claim failed, retrying in %.1f s: %s",
-                    delay,
-                    exc,
-                    extra={"action": "claim_failed"},
-                )
-                self._stopping.wait(delay)
+                backoff.wait_after(exc, "claim", "claim_failed", self._stopping, level)
                 continue
             backoff.reset()
             self._linger = min(_LINGER_MAX, time.monotonic() - began)
