@@ -177,8 +177,8 @@ def test_a_claimer_of_another_process_takes_the_rest_of_a_scan_without_scanning(
     scans, types = _count_scans(app), app.registry.types
     # Given one claimer that scanned and took 3
     first = [d["_id"] for d in app.store.claim("one#1", types, 5, 3, Spare())]
-    # When a claimer with a spare of its own (another process) claims
-    second = [d["_id"] for d in app.store.claim("two#1", types, 5, 3, Spare())]
+    # When a claimer of another process that has seen a backlog too claims
+    second = [d["_id"] for d in app.store.claim("two#1", types, 5, 3, Spare(backlog=True))]
     # Then it took 3 others from the published list, and nobody scanned again
     assert scans["n"] == 1
     assert len(second) == 3 and not set(first) & set(second) and set(second) <= set(ids)
@@ -191,7 +191,7 @@ def test_a_stale_shared_list_is_not_used(app: App, db: Any) -> None:
     app.store.claim("one#1", types, 5, 3, Spare())
     old = app.store.now() - timedelta(seconds=SPARE_SECONDS + 1)
     db[app.store.candidates.name].update_many({}, {"$set": {"scanned": old}})
-    app.store.claim("two#1", types, 5, 3, Spare())
+    app.store.claim("two#1", types, 5, 3, Spare(backlog=True))
     assert scans["n"] == 2, "a list older than SPARE_SECONDS must not be claimed from"
 
 
@@ -208,7 +208,7 @@ def test_a_claimer_waits_a_bounded_time_for_another_scanning_then_scans_itself(
         {}, {"$set": {"scanning_until": busy, "generation": "gone", "ids": []}}
     )
     # Then a claimer whose spare is dry still claims, by a scan of its own
-    claimed = app.store.claim("two#1", types, 5, 3, Spare())
+    claimed = app.store.claim("two#1", types, 5, 3, Spare(backlog=True))
     assert len(claimed) == 3 and scans["n"] == 2
 
 
@@ -222,3 +222,18 @@ def test_the_shared_candidate_list_is_read_by_id(app: App, db: Any) -> None:
     )
     _, stages = index_scans(explained)
     assert "COLLSCAN" not in stages, stages
+
+
+def test_a_claimer_that_saw_no_backlog_scans_without_looking_for_a_shared_list(app: App) -> None:
+    for n in range(12):
+        Job.push(RecordJob(n=n))
+    app.store.claim("one#1", app.registry.types, 5, 3, Spare())
+    reads = {"n": 0}
+
+    def count(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        reads["n"] += 1
+        return None
+
+    app.store.candidates = FaultyCollection(app.store.candidates, count, AssertionError)  # type: ignore[assignment]
+    app.store.claim("two#1", app.registry.types, 5, 3, Spare())  # an idle claimer, just woken
+    assert reads["n"] == 1, "only its own publish: no read of the list, no turn taken"

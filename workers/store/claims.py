@@ -77,6 +77,7 @@ class Spare:
     misses: int = 0
     contested_until: float = 0.0
     generation: str | None = None  # the shared list these came from (or were published as)
+    backlog: bool = False  # the last scan found more than was taken: worth sharing
 
     def take(self, count: int) -> list[Any]:
         """The next `count` in the spare's order: queue order for a lone claimer; once
@@ -96,7 +97,7 @@ class Spare:
         self.misses = 0 if got else self.misses + 1
 
     def keep(self, ids: list[Any], generation: str | None, age: float = 0.0) -> None:
-        self.ids, self.misses, self.generation = ids, 0, generation
+        self.ids, self.misses, self.generation, self.backlog = ids, 0, generation, bool(ids)
         self.until = time.monotonic() + SPARE_SECONDS - age
         if time.monotonic() < self.contested_until:
             self._move_away()
@@ -138,7 +139,8 @@ class ClaimQueries(Connection):
         claimed: list[Document] = []
         if spare is not None:
             claimed += self._from_spare(token, spare, now, lease, limit, tried)
-            if len(claimed) < limit and self._adopt_shared(types, spare, now):
+            # an idle queue has nothing to share: its claimers scan at once (pickup latency)
+            if len(claimed) < limit and spare.backlog and self._adopt_shared(types, spare, now):
                 claimed += self._from_spare(token, spare, now, lease, limit - len(claimed), tried)
         if len(claimed) < limit:
             began = time.monotonic()
