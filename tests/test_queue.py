@@ -21,6 +21,7 @@ from workers.store.claims import CLAIM_INDEX, SPARE_SECONDS, Spare
     [
         ("claim candidates", "claim_queue"),
         ("claim write", "_id_"),
+        ("claim by woken ids", "_id_"),
         ("claim read-back", "_id_"),
         ("next due", "claim_queue"),
     ],
@@ -237,3 +238,15 @@ def test_a_claimer_that_saw_no_backlog_scans_without_looking_for_a_shared_list(a
     app.store.candidates = FaultyCollection(app.store.candidates, count, AssertionError)  # type: ignore[assignment]
     app.store.claim("two#1", app.registry.types, 5, 3, Spare())  # an idle claimer, just woken
     assert reads["n"] == 1, "only its own publish: no read of the list, no turn taken"
+
+
+def test_a_claim_by_woken_ids_takes_only_those_still_ready_and_of_our_types(
+    app: App, db: Any
+) -> None:
+    mine, taken = Job.push(RecordJob(n=1)), Job.push(RecordJob(n=2))
+    template = db[app.store.jobs.name].find_one({"_id": mine})
+    db[app.store.jobs.name].insert_one({**template, "_id": "foreign", "type": "OtherPoolJob"})
+    app.store.claim_ids("other#1", app.registry.types, 5, [taken])
+    claimed = app.store.claim_ids("me#1", app.registry.types, 5, ["foreign", taken, mine])
+    assert [doc["_id"] for doc in claimed] == [mine]
+    assert claimed[0]["lease_owner"] == "me#1" and claimed[0]["attempts"] == 1

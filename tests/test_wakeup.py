@@ -14,11 +14,13 @@ import pytest
 
 import workers
 from tests.conftest import settings_dict, wait_for
+from tests.faulty import FaultyCollection
 from tests.jobs import FailJob, RecordJob, SleepJob
 from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
 from workers.settings import Settings, validate
+from workers.store.claims import CLAIM_INDEX
 from workers.worker import Worker
 
 NO_POLL = {"poll_interval": 30.0, "lease": 5}
@@ -133,3 +135,21 @@ def test_a_busy_worker_rests_its_stream_and_an_idle_one_wakes_by_it_again(
         assert doc["status"] == "completed"
     finally:
         workers.shutdown()
+
+
+def test_an_idle_worker_claims_the_job_the_stream_reported_without_a_scan(idle_app: App) -> None:
+    with running(idle_app) as worker:
+        wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+        first = Job.push(RecordJob(n=1))  # whatever looked for it (the look after the open)
+        wait_for(lambda: finished(idle_app, first), timeout=SOON, what="the first job")
+        scans = {"n": 0}
+
+        def count(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            scans["n"] += name == "find" and kwargs.get("hint") == CLAIM_INDEX and "limit" in kwargs
+            return None
+
+        idle_app.store.jobs = FaultyCollection(idle_app.store.jobs, count, AssertionError)  # type: ignore[assignment]
+        job_id = Job.push(RecordJob(n=2))
+        doc = wait_for(lambda: finished(idle_app, job_id), timeout=SOON, what="the job")
+    assert doc["status"] == "completed"
+    assert scans["n"] == 0, "the stream named the job: it should have been claimed by _id"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 from datetime import datetime
+from typing import Any
 
 from workers.errors import ClaimIncomplete, WorkersError
 from workers.store import Document, Store
@@ -31,13 +32,16 @@ class Claimer:
         self._interrupted: ClaimIncomplete | None = None
         self._spare = Spare()
 
-    def claim(self, limit: int) -> list[Document]:
-        """Up to `limit` jobs, now held under a fresh token; raises WorkersError on failure
-        (an interrupted claim is then recovered by the next call)."""
+    def claim(self, limit: int, woken: list[Any] | None = None) -> list[Document]:
+        """Up to `limit` jobs, now held under a fresh token: those of `woken` (ids the wake-up
+        stream reported ready) that are still ready, or else the queue's best; raises
+        WorkersError on failure (an interrupted claim is then recovered by the next call)."""
         if self._interrupted is not None:
             return self._recover(self._interrupted)
         token = f"{self.owner}#{next(self._batches)}"
         try:
+            if woken:
+                return self.store.claim_ids(token, self.types, self.lease, woken[:limit])
             return self.store.claim(token, self.types, self.lease, limit, self._spare)
         except ClaimIncomplete as exc:
             self._interrupted = exc

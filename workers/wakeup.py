@@ -22,16 +22,18 @@ import logging
 import threading
 import time
 from datetime import datetime
+from typing import Any
 
 from workers.errors import StreamUnavailable, WorkersError
 from workers.retrying import Backoff
-from workers.store import ReadyStream, Store
+from workers.store import ReadyChange, ReadyStream, Store
 
 log = logging.getLogger(__name__)
 
 _STREAM_WAIT = 0.5  # seconds one getMore waits for events: bounds how long stop() takes
 _SAFETY_POLL = 30.0  # with a healthy stream, look anyway this often
 _BACKOFF_MAX = 10.0
+_WOKEN_MAX = 256  # ids kept for a claim by _id; more than that, and the claimer scans
 PAUSE_AFTER = 0.25  # seconds of a busy claimer before the stream is closed
 
 
@@ -43,6 +45,8 @@ class Wakeup:
         self._cond = threading.Condition()  # an RLock: poke() is safe in a signal handler
         self._ready = False  # a job became ready since clear()
         self._due: datetime | None = None  # the earliest future run_at an event carried
+        self._woken: dict[Any, int] = {}  # jobs the stream reported ready now -> priority
+        self._scan = True  # a look by scan is due (a poke, the clock, an event without an id)
         self._stop = threading.Event()
         self._healthy = threading.Event()
         self._busy_since: float | None = None  # monotonic; None while the claimer waits
@@ -68,7 +72,7 @@ class Wakeup:
     def poke(self) -> None:
         """Wake the claimer now: a job may be ready, or it should stop."""
         with self._cond:
-            self._ready = True
+            self._ready = self._scan = True
             self._cond.notify_all()
 
     def busy(self) -> None:
@@ -84,11 +88,14 @@ class Wakeup:
     def clear(self) -> None:
         """Called just before a claim: a job that becomes ready after this wakes the next wait."""
         with self._cond:
-            self._ready = False
+            self._ready = self._scan = False
+            self._woken = {}
 
-    def wait(self, next_due: datetime | None) -> bool:
+    def wait(self, next_due: datetime | None) -> list[Any] | None:
         """Sleep until a job is ready, until the next due time (the database clock), or the
-        poll fallback. True if woken (by an event or stop), False if by the clock."""
+        poll fallback. Returns the ids of the jobs the stream reported ready, best priority
+        first, when that is all that woke it (the claimer takes them by `_id`, without a
+        scan); None when it should look by a scan (woken by the clock, a poke or stop)."""
         began = time.monotonic()
         self._busy_since = None
         self._wanted.set()  # a paused stream opens again (and looks once when it has)
@@ -103,7 +110,9 @@ class Wakeup:
                     break
                 self._cond.wait(seconds)
             self._due = None
-            return self._ready
+            if not self._ready or self._scan or not self._woken:
+                return None
+            return sorted(self._woken, key=self._woken.__getitem__)
 
     def _seconds_until(self, moment: datetime) -> float:
         try:
@@ -111,12 +120,17 @@ class Wakeup:
         except WorkersError:
             return self.poll_interval
 
-    def _note(self, run_at: datetime | None) -> None:
+    def _note(self, change: ReadyChange) -> None:
         with self._cond:
+            run_at = change.run_at
             if run_at is not None and self._seconds_until(run_at) > 0:
                 self._due = min(self._due or run_at, run_at)  # the wait recomputes its deadline
             else:
                 self._ready = True
+                if change.job_id is None or len(self._woken) >= _WOKEN_MAX:
+                    self._scan = True  # too many, or one without an id: a scan finds them
+                else:
+                    self._woken[change.job_id] = change.priority or 0
             self._cond.notify_all()
 
     # -- the watcher thread -------------------------------------------------------------
@@ -161,7 +175,7 @@ class Wakeup:
                 return
             change = stream.next_change()
             if change is not None:
-                self._note(change.run_at)
+                self._note(change)
 
     def _rest(self, stream: ReadyStream) -> None:
         """Close the stream until the claimer waits again; then it starts afresh."""

@@ -173,6 +173,7 @@ class Worker:
         poll = self.queue_settings.poll_interval
         backoff = Backoff(poll, _BACKOFF_MAX)
         more_waiting = False  # the last claim filled every idle thread: jobs are likely waiting
+        woken: list[Any] | None = None  # jobs the stream reported ready: claimed by _id
         while not self._stopping.is_set():
             free = self._idle_threads(linger=more_waiting)
             if self._stopping.is_set() or free == 0:
@@ -180,7 +181,7 @@ class Worker:
             self._wakeup.clear()
             began = time.monotonic()
             try:
-                docs = self._claimer.claim(free)
+                docs = self._claimer.claim(free, woken)
             except WorkersError as exc:
                 level = logging.WARNING if isinstance(exc, DatabaseUnavailable) else logging.ERROR
                 backoff.wait_after(exc, "claim", "claim_failed", self._stopping, level)
@@ -188,11 +189,11 @@ class Worker:
             backoff.reset()
             self._linger = min(_LINGER_MAX, time.monotonic() - began)
             self._hand_over(docs)
-            more_waiting = len(docs) >= free
+            more_waiting, woken = len(docs) >= free, None
             if more_waiting:
                 self._wakeup.busy()
             elif not self._stopping.is_set():
-                self._wakeup.wait(self._claimer.next_due())
+                woken = self._wakeup.wait(self._claimer.next_due())
 
     def _idle_threads(self, *, linger: bool) -> int:
         """Wait for an idle thread; while jobs are waiting, give the busy ones up to one

@@ -156,6 +156,17 @@ class ClaimQueries(Connection):
                 self._publish(types, rest, token, took)
         return claimed
 
+    @translated
+    def claim_ids(
+        self, token: str, types: list[str], lease: float, ids: list[Any]
+    ) -> list[Document]:
+        """Take those of `ids` that are still ready, due and of `types`, under `token`: the
+        claim of an idle claimer woken by the stream with these ids, which are all that
+        became ready since it last looked, so no scan is needed. By `_id`, as `claim`."""
+        if not ids or not types:
+            return []
+        return self._take_or_interrupt(token, ids, self.now(), lease, [], types)
+
     def _from_spare(
         self, token: str, spare: Spare, now: datetime, lease: float, limit: int, tried: list[Any]
     ) -> list[Document]:
@@ -219,11 +230,17 @@ class ClaimQueries(Connection):
             self.candidates.update_one({"_id": _list_key(types)}, update, upsert=True)
 
     def _take_or_interrupt(
-        self, token: str, ids: list[Any], now: datetime, lease: float, tried: list[Any]
+        self,
+        token: str,
+        ids: list[Any],
+        now: datetime,
+        lease: float,
+        tried: list[Any],
+        types: list[str] | None = None,
     ) -> list[Document]:
         tried += ids
         try:
-            return self._take(token, ids, now, lease)
+            return self._take(token, ids, now, lease, types)
         except PyMongoError as exc:
             raise ClaimIncomplete(token, list(tried), exc) from exc
 
@@ -245,11 +262,14 @@ class ClaimQueries(Connection):
         )
         return list(found)
 
-    def _take(self, token: str, ids: list[Any], now: datetime, lease: float) -> list[Document]:
-        """Claim whichever of `ids` are still ready and due; read them back in `ids` order."""
+    def _take(
+        self, token: str, ids: list[Any], now: datetime, lease: float, types: list[str] | None
+    ) -> list[Document]:
+        """Claim whichever of `ids` are still ready and due (and of `types`, when the ids did
+        not come from a scan of them); read them back in `ids` order."""
         update = [{"$set": _claimed(token, lease)}]
         try:
-            result = self.jobs.update_many(_still_ready(ids, now), update)
+            result = self.jobs.update_many(_still_ready(ids, now, types), update)
             taken = result.matched_count
         except OperationFailure as exc:
             if not _about_a_document(exc):
@@ -336,6 +356,7 @@ class ClaimQueries(Connection):
         commands: dict[str, Document] = {
             "claim candidates": {"filter": self._due_query(types, now), **by_claim_index},
             "claim write": {"filter": _still_ready(ids, now)},
+            "claim by woken ids": {"filter": _still_ready(ids, now, types)},
             "claim read-back": {"filter": _held_by(ids, "token")},
             "next due": {
                 "filter": self._next_due_query(types),
@@ -373,8 +394,9 @@ def _list_key(types: list[str]) -> str:
     return f"types:{digest}"
 
 
-def _still_ready(ids: list[Any], now: datetime) -> Document:
-    return {"_id": {"$in": ids}, "status": READY, "run_at": {"$lte": now}}
+def _still_ready(ids: list[Any], now: datetime, types: list[str] | None = None) -> Document:
+    ready = {"_id": {"$in": ids}, "status": READY, "run_at": {"$lte": now}}
+    return ready if types is None else {**ready, "type": {"$in": types}}
 
 
 def _held_by(ids: list[Any], token: str) -> Document:

@@ -38,7 +38,9 @@ PIPELINE: list[Document] = [
     {
         "$project": {
             "operationType": 1,
+            "documentKey": 1,
             "fullDocument.run_at": 1,
+            "fullDocument.priority": 1,
             "updateDescription.updatedFields.run_at": 1,
         }
     },
@@ -47,9 +49,12 @@ PIPELINE: list[Document] = [
 
 @dataclass(frozen=True)
 class ReadyChange:
-    """A job became ready; `run_at` when the event carried it (None: assume due now)."""
+    """A job became ready; `run_at` when the event carried it (None: assume due now), its
+    id, and its priority when the event carried it (an insert does; an update may not)."""
 
     run_at: datetime | None
+    job_id: Any = None
+    priority: int | None = None
 
 
 class ReadyStream:
@@ -103,7 +108,7 @@ class ReadyStream:
         self.resume_token = self._stream.resume_token
         if event is None:
             return None
-        return ReadyChange(_run_at(event))
+        return ReadyChange(_run_at(event), _job_id(event), _priority(event))
 
     def close_stream(self) -> None:
         if self._stream is not None:
@@ -123,3 +128,14 @@ def _run_at(event: Document) -> datetime | None:
     )
     run_at = fields.get("run_at") if isinstance(fields, dict) else None
     return run_at if isinstance(run_at, datetime) else None
+
+
+def _job_id(event: Document) -> Any:
+    key = event.get("documentKey")
+    return key.get("_id") if isinstance(key, dict) else None
+
+
+def _priority(event: Document) -> int | None:
+    full = event.get("fullDocument")
+    priority = full.get("priority") if isinstance(full, dict) else None
+    return priority if isinstance(priority, int) and not isinstance(priority, bool) else None
