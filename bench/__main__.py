@@ -34,23 +34,39 @@ def step(name: str) -> None:
     print(f"  measuring {name} ...", flush=True)
 
 
+def interleaved(runs: int, figures: dict[str, Callable[[], float]]) -> dict[str, float]:
+    """The median of each figure, measured round by round (each round measures every figure
+    once): the server slows down as its oplog grows, so figures measured in blocks one after
+    the other would be compared across different states of the server."""
+    rounds = [{name: figure() for name, figure in figures.items()} for _ in range(runs)]
+    return {name: statistics.median(r[name] for r in rounds) for name in figures}
+
+
 def run(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]:
     results: dict[str, Any] = {"ceilings": {}, "push": {}, "throughput": {}, "pickup": {}}
-    step("raw inserts")
-    results["ceilings"]["insert_one"] = median(runs, lambda: measure.raw_insert_one(url))
-    results["ceilings"]["insert_many"] = median(runs, lambda: measure.raw_insert_many(url))
-    step("push")
-    results["push"]["push"] = median(runs, lambda: measure.push_one(url))
-    results["push"]["push_many"] = median(runs, lambda: measure.push_many(url))
+    step("raw inserts and push, in turns")
+    pushes = interleaved(
+        runs,
+        {
+            "insert_one": lambda: measure.raw_insert_one(url),
+            "push": lambda: measure.push_one(url),
+            "insert_many": lambda: measure.raw_insert_many(url),
+            "push_many": lambda: measure.push_many(url),
+        },
+    )
+    results["ceilings"].update({k: pushes[k] for k in ("insert_one", "insert_many")})
+    results["push"].update({k: pushes[k] for k in ("push", "push_many")})
     for backlog in backlogs:
-        step(f"raw claim ceiling at backlog {backlog}")
-        ceiling = median(runs, functools.partial(measure.raw_claim, url, backlog, window))
-        results["ceilings"][f"claim@{backlog}"] = ceiling
+        step(f"raw claim ceiling and throughput at backlog {backlog}, in turns")
+        figures: dict[str, Callable[[], float]] = {
+            "ceiling": functools.partial(measure.raw_claim, url, backlog, window)
+        }
         for processes, threads in CONFIGS:
-            step(f"throughput {processes} x {threads} at backlog {backlog}")
             drain = functools.partial(measure.throughput, url, processes, threads, backlog, window)
-            rate = median(runs, drain)
-            results["throughput"][f"{processes}x{threads}@{backlog}"] = rate
+            figures[f"{processes}x{threads}@{backlog}"] = drain
+        rates = interleaved(runs, figures)
+        results["ceilings"][f"claim@{backlog}"] = rates.pop("ceiling")
+        results["throughput"].update(rates)
     for streams in (True, False):
         step(f"pickup {'with' if streams else 'without'} change streams")
         results["pickup"]["streams" if streams else "polling"] = median_of(
