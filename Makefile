@@ -33,7 +33,7 @@ test: lint
 	$(BIN)/pytest
 
 # The benchmark (not part of the tests): every figure the median of 3 runs, Celery beside us on
-# the same server, about 50 minutes; `make bench ARGS=--quick` for one run at backlog 1,000.
+# the same server, about 45 minutes (15 without Celery: `python -m bench`); `make bench ARGS=--quick` for one run at backlog 1,000.
 # Writes docs/bench.json and docs/bench.png.
 bench: $(STAMP)
 	$(BIN)/python -m bench --peers $(ARGS)
