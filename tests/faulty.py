@@ -43,3 +43,18 @@ class FaultyCollection:
             return result
 
         return call
+
+
+def count_candidate_scans(store: Any) -> dict[str, int]:
+    """Wrap `store.jobs` so that every candidate scan of the claim index is counted in
+    the returned `{"n": ...}` (the next-due read, which also uses the index, is not)."""
+    from workers.store.claims import CLAIM_INDEX
+
+    scans = {"n": 0}
+
+    def count(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        scans["n"] += name == "find" and kwargs.get("hint") == CLAIM_INDEX and "limit" in kwargs
+        return None
+
+    store.jobs = FaultyCollection(store.jobs, count, AssertionError)
+    return scans

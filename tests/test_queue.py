@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from tests.faulty import FaultyCollection
+from tests.faulty import FaultyCollection, count_candidate_scans
 from tests.jobs import FailJob, RecordJob
 from tests.plans import assert_on_index, index_scans, plan_stages
 from workers import Job
 from workers.app import App
-from workers.store.claims import CLAIM_INDEX, SPARE_SECONDS, Spare
+from workers.store.claims import SPARE_SECONDS, Spare
 
 
 @pytest.mark.parametrize(
@@ -73,14 +73,7 @@ def test_best_priority_runs_first_and_equal_priorities_in_push_order(app: App, s
 
 def test_a_spare_claims_the_rest_of_a_scan_without_scanning_again(app: App) -> None:
     ids = [Job.push(RecordJob(n=n)) for n in range(12)]
-    scans = {"n": 0}
-
-    def count_scans(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        scans["n"] += name == "find" and kwargs.get("hint") == CLAIM_INDEX
-        return None
-
-    counted = FaultyCollection(app.store.jobs, count_scans, AssertionError)
-    app.store.jobs = counted  # type: ignore[assignment]
+    scans = count_candidate_scans(app.store)
     spare, types = Spare(), app.registry.types
     claimed = [d["_id"] for _ in range(4) for d in app.store.claim("me", types, 5, 3, spare)]
     assert claimed == ids
@@ -162,20 +155,9 @@ def test_a_failed_attempt_is_retried_after_the_wait_by_the_server_clock(app: App
     assert doc["log"][-1]["level"] == "error" and "boom" in doc["log"][-1]["message"]
 
 
-def _count_scans(app: App) -> dict[str, int]:
-    scans = {"n": 0}
-
-    def count(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        scans["n"] += name == "find" and kwargs.get("hint") == CLAIM_INDEX
-        return None
-
-    app.store.jobs = FaultyCollection(app.store.jobs, count, AssertionError)  # type: ignore[assignment]
-    return scans
-
-
 def test_a_claimer_of_another_process_takes_the_rest_of_a_scan_without_scanning(app: App) -> None:
     ids = [Job.push(RecordJob(n=n)) for n in range(12)]
-    scans, types = _count_scans(app), app.registry.types
+    scans, types = count_candidate_scans(app.store), app.registry.types
     # Given one claimer that scanned and took 3
     first = [d["_id"] for d in app.store.claim("one#1", types, 5, 3, Spare())]
     # When a claimer of another process that has seen a backlog too claims
@@ -188,7 +170,7 @@ def test_a_claimer_of_another_process_takes_the_rest_of_a_scan_without_scanning(
 def test_a_stale_shared_list_is_not_used(app: App, db: Any) -> None:
     for n in range(12):
         Job.push(RecordJob(n=n))
-    scans, types = _count_scans(app), app.registry.types
+    scans, types = count_candidate_scans(app.store), app.registry.types
     app.store.claim("one#1", types, 5, 3, Spare())
     old = app.store.now() - timedelta(seconds=SPARE_SECONDS + 1)
     db[app.store.candidates.name].update_many({}, {"$set": {"scanned": old}})
@@ -201,7 +183,7 @@ def test_a_claimer_waits_a_bounded_time_for_another_scanning_then_scans_itself(
 ) -> None:
     for n in range(12):
         Job.push(RecordJob(n=n))
-    scans, types = _count_scans(app), app.registry.types
+    scans, types = count_candidate_scans(app.store), app.registry.types
     app.store.claim("one#1", types, 5, 3, Spare())
     # Given another claimer says it is scanning (and never publishes)
     busy = app.store.now() + timedelta(seconds=30)

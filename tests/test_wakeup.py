@@ -14,13 +14,12 @@ import pytest
 
 import workers
 from tests.conftest import settings_dict, wait_for
-from tests.faulty import FaultyCollection
+from tests.faulty import count_candidate_scans
 from tests.jobs import FailJob, RecordJob, SleepJob
 from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
 from workers.settings import Settings, validate
-from workers.store.claims import CLAIM_INDEX
 from workers.worker import Worker
 
 NO_POLL = {"poll_interval": 30.0, "lease": 5}
@@ -142,13 +141,7 @@ def test_an_idle_worker_claims_the_job_the_stream_reported_without_a_scan(idle_a
         wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
         first = Job.push(RecordJob(n=1))  # whatever looked for it (the look after the open)
         wait_for(lambda: finished(idle_app, first), timeout=SOON, what="the first job")
-        scans = {"n": 0}
-
-        def count(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            scans["n"] += name == "find" and kwargs.get("hint") == CLAIM_INDEX and "limit" in kwargs
-            return None
-
-        idle_app.store.jobs = FaultyCollection(idle_app.store.jobs, count, AssertionError)  # type: ignore[assignment]
+        scans = count_candidate_scans(idle_app.store)
         job_id = Job.push(RecordJob(n=2))
         doc = wait_for(lambda: finished(idle_app, job_id), timeout=SOON, what="the job")
     assert doc["status"] == "completed"

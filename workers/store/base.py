@@ -214,7 +214,8 @@ class Connection:
         self.jobs: Collection[Document] = self.db[f"{prefix}.jobs"]
         self.nodes: Collection[Document] = self.db[f"{prefix}.nodes"]
         self.cron: Collection[Document] = self.db[f"{prefix}.cron"]
-        # candidate lists shared by claimers (claims.py): hints, so unacknowledged writes do
+        # candidate lists shared by claimers (claims.py): hints, so not journaled (a list lost
+        # in a crash costs one scan)
         self.candidates: Collection[Document] = self.db.get_collection(
             f"{prefix}.candidates", write_concern=pymongo.WriteConcern(w=1, j=False)
         )

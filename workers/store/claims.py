@@ -184,18 +184,18 @@ class ClaimQueries(Connection):
         False: this claimer scans (and holds the turn). All by `_id` (IDHACK)."""
         try:
             doc = self.candidates.find_one({"_id": _list_key(types)})
-            if self._adopt(doc, spare, now):
+            if self._adopt(doc, spare):
                 return True
             scanning = doc.get("scanning_until") if doc else None
             if not isinstance(scanning, datetime) or scanning <= now:
                 self._take_turn(types, doc, now)
                 return False
             time.sleep(min((scanning - now).total_seconds(), _TURN_MAX))
-            return self._adopt(self.candidates.find_one({"_id": _list_key(types)}), spare, now)
+            return self._adopt(self.candidates.find_one({"_id": _list_key(types)}), spare)
         except PyMongoError:
             return False  # a hint: without it, scan
 
-    def _adopt(self, doc: Document | None, spare: Spare, now: datetime) -> bool:
+    def _adopt(self, doc: Document | None, spare: Spare) -> bool:
         if doc is None or doc.get("generation") == spare.generation:
             return False
         scanned, ids = doc.get("scanned"), doc.get("ids")
