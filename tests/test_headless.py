@@ -223,7 +223,7 @@ def test_the_installed_script_imports_the_jobs_package_beside_the_settings(
     with HeadlessNode(project / "settings.json", project, *workers_command("--headless")):
         app = boot(settings=make_settings())  # this test's own app pushes the user's job type
         try:
-            job_id = app.store.insert_job(app.job_document(new_id(), "HelloJob", {}))
+            job_id, _ = app.store.push_job(app.job_document(new_id(), "HelloJob", {}))
         finally:
             shutdown()
         done_doc = wait_for(

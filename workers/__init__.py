@@ -18,6 +18,7 @@ from workers.errors import (
     SettingsError,
     WorkersError,
 )
+from workers.inline import run_inline as _run_inline  # binds inline mode  # noqa: F401
 from workers.job import Job
 
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ import atexit
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from workers import embedded, registry
@@ -19,7 +19,9 @@ from workers import job as job_module
 from workers import settings as settings_module
 from workers.errors import DatabaseUnavailable, PushError
 from workers.job import Job
-from workers.record import RetryPolicy, new_document, parse_options
+from workers.lifecycle import Pushed
+from workers.options import parse_options
+from workers.record import RetryPolicy, new_document
 from workers.registry import Registry
 from workers.settings import Settings
 from workers.store import Store, bson_problem, new_id
@@ -27,6 +29,7 @@ from workers.store import Store, bson_problem, new_id
 log = logging.getLogger(__name__)
 
 _current: App | None = None
+_inline_runner: Callable[[App, str], None] | None = None
 _lock = threading.RLock()
 
 
@@ -50,14 +53,20 @@ class App:
         queue = self.settings.workers.queue
         return RetryPolicy(queue.retries, queue.retry_wait, queue.backoff)
 
-    def push(self, job: Job, **options: Any) -> str:
+    def push(self, job: Job, **options: Any) -> Pushed:
         """Validate the job and its options, then insert it whole (or raise, writing nothing).
 
-        One insert and nothing else: the params are encoded once, by the insert itself."""
+        One insert and nothing else: the params are encoded once, by the insert itself
+        (a push with `depends` also reads and flags its antecedents). Inline mode runs
+        the job before returning."""
         job_type = self._registered_type(job)
         job_id = new_id()
+        if options.get("unique") is None:
+            options["unique"] = job.unique_key()
         try:
-            self.store.insert_job(self.job_document(job_id, job_type, job.params, **options))
+            job_id, existing = self.store.push_job(
+                self.job_document(job_id, job_type, job.params, **options)
+            )
         except DatabaseUnavailable as exc:
             raise DatabaseUnavailable(
                 f"could not push {job_type} (id {job_id}) within {self.store.timeout:g} s: {exc}; "
@@ -69,7 +78,9 @@ class App:
                 raise PushError(f"{job_type} params are not BSON-encodable: {problem}") from exc
             raise
         log.debug("job pushed", extra={"action": "job_pushed", "job_id": job_id, "type": job_type})
-        return job_id
+        if self.settings.mode == "inline" and not existing:
+            _run_inline(self, job_id)
+        return Pushed(job_id, existing)
 
     def push_many(self, jobs: Sequence[Job], **options: Any) -> list[str]:
         """Validate every job, then insert them all in one unordered bulk insert.
@@ -93,7 +104,11 @@ class App:
                 + "; ".join(f"#{position}: {reason}" for position, reason in refused),
                 refused=refused,
             )
-        return self.store.insert_jobs(documents)
+        ids = self.store.insert_jobs(documents)
+        if self.settings.mode == "inline":
+            for job_id in ids:
+                _run_inline(self, job_id)
+        return ids
 
     def job_document(
         self, job_id: str, job_type: str, params: dict[str, Any], **options: Any
@@ -125,6 +140,19 @@ class App:
         if self.server is not None:
             self.server.release()
             self.server = None
+
+
+def bind_inline_runner(runner: Callable[[App, str], None]) -> None:
+    """Called once by workers.inline, which runs jobs with the execution code that imports
+    this module (so this module cannot import it back)."""
+    global _inline_runner
+    _inline_runner = runner
+
+
+def _run_inline(app: App, job_id: str) -> None:
+    if _inline_runner is None:
+        raise PushError("inline mode needs workers.inline: import workers before pushing")
+    _inline_runner(app, job_id)
 
 
 def boot(
@@ -174,6 +202,7 @@ def connect(
         pool_size=mongo.pool_size,
         app_name=app_name,
         write_concern=mongo.write_concern,
+        retention=settings.workers.retention.model_dump(),
     )
     return store, server
 

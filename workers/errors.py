@@ -65,3 +65,31 @@ class JobTimeout(WorkersError, TimeoutError):
 class LeaseLost(WorkersError):
     """This process no longer held the job when its outcome was written (handed back, rescued
     after its lease lapsed, or taken over): the outcome was refused and the job runs again."""
+
+
+class JobNotFound(WorkersError):
+    """No job has that id."""
+
+
+class TransitionRefused(WorkersError):
+    """The job's status does not allow that action; nothing was changed."""
+
+    def __init__(self, job_id: Any, action: str, status: str | None, allowed: tuple[str, ...]):
+        super().__init__(
+            f"cannot {action} job {job_id}: it is {status or 'gone'}, and {action} needs "
+            f"{' or '.join(allowed)}"
+        )
+        self.job_id, self.action, self.status, self.allowed = job_id, action, status, allowed
+
+
+class JobCancelled(WorkersError):
+    """The job was cancelled while it ran: its outcome is not recorded."""
+
+
+class JobFailed(WorkersError):
+    """The job failed itself (`self.fail(message)`)."""
+
+    def __init__(self, message: str, *, fatal: bool = False) -> None:
+        super().__init__(message)
+        #: no retries left to try: the job fails for good
+        self.fatal = fatal

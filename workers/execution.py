@@ -8,6 +8,8 @@ is dropped and the job's new state stands.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -17,8 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.app import App
-from workers.errors import DatabaseUnavailable, JobTimeout, LeaseLost, WorkersError
-from workers.job import Attempt, Job
+from workers.errors import (
+    DatabaseUnavailable,
+    JobCancelled,
+    JobFailed,
+    JobTimeout,
+    LeaseLost,
+    WorkersError,
+)
+from workers.job import Attempt, Job, was_cancelled
 from workers.record import TEXT_LIMIT, JobRecord, clipped, error_document
 from workers.retrying import Backoff
 from workers.store import bson_problem
@@ -114,7 +123,7 @@ def run_attempt(app: App, held: Held) -> None:
         held.deadline = held.started + record.timeout
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
     log.info("job started", extra={"action": "job_started", **extra})
-    job, result, error = _call_handler(app, owner, job_class, record)
+    job, result, error = _call_handler(app, owner, job_class, record, held)
     if not held.handler_returned(time.monotonic()):
         result, error = (
             None,
@@ -153,20 +162,37 @@ def record_timeout(app: App, held: Held) -> None:
 
 
 def _call_handler(
-    app: App, owner: str, job_class: type[Job], record: JobRecord
+    app: App, owner: str, job_class: type[Job], record: JobRecord, held: Held
 ) -> tuple[Job, Any, BaseException | None]:
     job = _instantiate(job_class, record.params)
     try:
         job.__init__(**record.params)  # type: ignore[misc]  # the subclass's own __init__, if any
         job.attempt = Attempt(app.store, record.id, owner, record.attempts)
-        job.before_job()
-        result = job.handle_job()
+        awaited(job.before_job(), held.deadline)
+        result = awaited(job.handle_job(), held.deadline)
+        if job.attempt.failure is not None:  # the job called self.fail()
+            return job, None, job.attempt.failure
         problem = bson_problem({"result": result})
         if problem:
             raise TypeError(f"handle_job returned a value that is not BSON-encodable: {problem}")
         return job, result, None
     except BaseException as exc:  # a job's SystemExit must not end the worker thread either
         return job, None, exc
+
+
+_loops = threading.local()
+
+
+def awaited(value: Any, deadline: float | None = None) -> Any:
+    """`value`, or, for a coroutine (an `async def` hook), its result, run on this thread's
+    event loop; past the job's deadline the task is cancelled (a TimeoutError)."""
+    if not inspect.isawaitable(value):
+        return value
+    loop = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _loops.loop = asyncio.new_event_loop()
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    return loop.run_until_complete(asyncio.wait_for(value, left))
 
 
 def _instantiate(job_class: type[Job], params: dict[str, Any]) -> Job:
@@ -189,9 +215,15 @@ def _record_outcome(
         if isinstance(written, WorkersError):  # the result itself cannot be stored (too large)
             error = written
     if error is not None:
-        retry_in = record.retry_in()
+        fatal = isinstance(error, JobFailed) and error.fatal
+        retry_in = None if fatal else record.retry_in()
         outcome = "failed" if retry_in is None else "will retry"
         written = _persist_failure(app, owner, held, record, error, retry_in)
+    if not written and was_cancelled(Attempt(app.store, record.id, owner, record.attempts)):
+        log.info("job cancelled while it ran", extra={"action": "job_cancelled", **extra})
+        cancelled = JobCancelled(f"{record.type} {record.id} was cancelled while it ran")
+        cancelled.__cause__ = error
+        return cancelled
     if not written or isinstance(written, WorkersError):
         log.warning(
             "job outcome not written: this process no longer holds the job",
@@ -268,7 +300,7 @@ def _persist(held: Held, write: Callable[[], bool], *, after: bool = False) -> b
 
 def _call_after_job(job: Job, error: BaseException | None, extra: dict[str, Any]) -> None:
     try:
-        job.after_job(error)
+        awaited(job.after_job(error))
     except Exception:
         log.exception("after_job raised; ignored", extra={"action": "after_job_error", **extra})
 

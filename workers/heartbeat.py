@@ -74,6 +74,7 @@ class Heartbeat:
             self._renew()
             self.store.beat(self.owner, self._node_info())
             self._rescue()
+            self.store.settle_finished()  # follow-ups a crash cut short: dependents, repeats
         except WorkersError as exc:
             log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
             return False

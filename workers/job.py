@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Protocol
 
-from workers.errors import WorkersError
-
-if TYPE_CHECKING:
-    from workers.store import Store
+from workers import lifecycle
+from workers.errors import JobCancelled, JobFailed, WorkersError
+from workers.lifecycle import Pushed, StoredJob
+from workers.record import ActionResult
+from workers.store import Store
 
 
 class Pusher(Protocol):
     """The booted app, as Job.push sees it (the app module binds it: see `bind_app`)."""
 
-    def push(self, job: Job, **options: Any) -> str: ...
+    store: Store
+
+    def push(self, job: Job, **options: Any) -> Pushed: ...
 
     def push_many(self, jobs: Sequence[Job], **options: Any) -> list[str]: ...
 
@@ -40,23 +43,28 @@ def _current_app() -> Pusher:
 
 log = logging.getLogger("workers.job")
 
+# jobCollection's levels (info, success, warning, danger) and Python's
 LOG_LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
+    "success": logging.INFO,
     "warning": logging.WARNING,
+    "danger": logging.ERROR,
     "error": logging.ERROR,
     "critical": logging.CRITICAL,
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class Attempt:
-    """What a running job needs to report back: its store, its id and its lease owner."""
+    """What a running job needs to report back: its store, its id and its lease owner, and
+    whether the job failed itself (`Job.fail`)."""
 
     store: Store
     job_id: str
     owner: str
     number: int
+    failure: JobFailed | None = field(default=None)
 
 
 class Job:
@@ -88,14 +96,15 @@ class Job:
 
     # -- the hooks a subclass implements -----------------------------------------
 
-    def before_job(self) -> None:
-        """Runs before handle_job; raising here fails the attempt."""
+    def before_job(self) -> Any:
+        """Runs before handle_job; raising here fails the attempt. May be `async def`."""
 
     def handle_job(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement handle_job()")
 
-    def after_job(self, error: BaseException | None) -> None:
-        """Runs after every attempt with None or the exception; its own errors are only logged."""
+    def after_job(self, error: BaseException | None) -> Any:
+        """Runs after every attempt with None or the exception; its own errors are only logged.
+        May be `async def`."""
 
     @classmethod
     def setup_cron(cls) -> Any:
@@ -108,9 +117,12 @@ class Job:
 
     def progress(self, completed: float, total: float) -> None:
         """Record how far the job is; visible on the job document as `progress`."""
-        if total <= 0 or completed < 0:
+        numbers = all(
+            isinstance(n, (int, float)) and not isinstance(n, bool) for n in (completed, total)
+        )
+        if not numbers or total <= 0 or not 0 <= completed <= total:
             raise ValueError(
-                f"progress needs 0 <= completed and total > 0, got {completed}/{total}"
+                f"progress needs 0 <= completed <= total and total > 0, got {completed!r}/{total!r}"
             )
         percent = round(100.0 * completed / total, 2)
         document = {"completed": completed, "total": total, "percent": percent}
@@ -128,8 +140,15 @@ class Job:
         entry = {"level": level, "message": str(message), "data": data}
         self._report("log", lambda a: a.store.add_log(a.job_id, a.owner, entry))
 
+    def fail(self, message: str, *, fatal: bool = False) -> None:
+        """Fail this attempt once handle_job returns (its return value is then ignored),
+        without raising through the job's code; `fatal` skips the remaining retries."""
+        if self.attempt is not None:
+            self.attempt.failure = JobFailed(str(message), fatal=fatal)
+
     def _report(self, what: str, write: Callable[[Attempt], bool]) -> None:
-        """Best effort: progress and log must not fail a job because the database is away."""
+        """Best effort: progress and log must not fail a job because the database is away;
+        but a job that was cancelled meanwhile raises JobCancelled here."""
         if self.attempt is None:
             return
         try:
@@ -137,6 +156,8 @@ class Job:
         except WorkersError as exc:
             log.warning("job %s not recorded: %s", what, exc, extra={"job_id": self.id})
             return
+        if not written and was_cancelled(self.attempt):
+            raise JobCancelled(f"{type(self).__name__} {self.id} was cancelled while it ran")
         if not written:
             log.warning(
                 "job write refused: this process no longer holds the job",
@@ -145,34 +166,52 @@ class Job:
 
     # -- pushing ---------------------------------------------------------------
 
+    def unique_key(self) -> str | None:
+        """Override to make pushes of this class unique by a key (see `push(unique=)`)."""
+        return None
+
     @staticmethod
     def push(
         job: Job,
         *,
-        delay: float | None = None,
-        after: datetime | None = None,
+        delay: float | timedelta | None = None,
+        after: datetime | str | None = None,
         priority: int | str | None = None,
         retry: int | Mapping[str, Any] | None = None,
         timeout: float | None = None,
-    ) -> str:
-        """Queue `job` and return its id.
+        depends: Sequence[str] | None = None,
+        repeat: Mapping[str, Any] | None = None,
+        unique: str | None = None,
+    ) -> Pushed:
+        """Queue `job` and return its id (a str; `.existing` says a unique push found one).
 
-        Options: `delay` seconds or `after` a datetime; `priority` an int (lower
-        runs first) or low/normal/medium/high/critical; `retry` a retry count or
-        {"retries": n, "wait": seconds, "backoff": "exponential"|"fixed"};
-        `timeout` seconds per attempt. Unset options come from
-        settings `workers.queue`.
+        Options: `delay` seconds or a timedelta, or `after` a datetime, an ISO-8601
+        string or "in 5 minutes"; `priority` an int (lower runs first) or
+        low/normal/medium/high/critical; `retry` a retry count or {"retries": n,
+        "wait": seconds, "backoff": "exponential"|"fixed", "jitter": 0..1};
+        `timeout` seconds per attempt; `depends` ids that must complete first;
+        `repeat` {"repeats": n|"forever", "wait": seconds}; `unique` a key: while
+        an unfinished job holds it, the push returns that job's id. Unset options
+        come from settings `workers.queue`.
         """
         return _current_app().push(
-            job, delay=delay, after=after, priority=priority, retry=retry, timeout=timeout
+            job,
+            delay=delay,
+            after=after,
+            priority=priority,
+            retry=retry,
+            timeout=timeout,
+            depends=depends,
+            repeat=repeat,
+            unique=unique,
         )
 
     @staticmethod
     def push_many(
         jobs: Sequence[Job],
         *,
-        delay: float | None = None,
-        after: datetime | None = None,
+        delay: float | timedelta | None = None,
+        after: datetime | str | None = None,
         priority: int | str | None = None,
         retry: int | Mapping[str, Any] | None = None,
         timeout: float | None = None,
@@ -183,3 +222,59 @@ class Job:
         return _current_app().push_many(
             jobs, delay=delay, after=after, priority=priority, retry=retry, timeout=timeout
         )
+
+    # -- managing stored jobs ------------------------------------------------------------
+
+    @staticmethod
+    def get(job_id: str) -> StoredJob | None:
+        """The stored job (a snapshot with the lifecycle actions); None for an unknown id."""
+        return lifecycle.get(_current_app().store, str(job_id))
+
+    @staticmethod
+    def find(
+        *, type: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[StoredJob]:
+        """Jobs of a type and/or status, newest first, on an index."""
+        return lifecycle.find(_current_app().store, type=type, status=status, limit=limit)
+
+    @staticmethod
+    def pause_many(ids: Iterable[str]) -> ActionResult:
+        return _act("pause", ids)
+
+    @staticmethod
+    def resume_many(ids: Iterable[str]) -> ActionResult:
+        return _act("resume", ids)
+
+    @staticmethod
+    def cancel_many(
+        ids: Iterable[str], *, dependents: bool = True, antecedents: bool = False
+    ) -> ActionResult:
+        return _act("cancel", ids, dependents=dependents, antecedents=antecedents)
+
+    @staticmethod
+    def restart_many(
+        ids: Iterable[str], *, antecedents: bool = True, dependents: bool = False, retries: int = 0
+    ) -> ActionResult:
+        return _act("restart", ids, antecedents=antecedents, dependents=dependents, retries=retries)
+
+    @staticmethod
+    def rerun_many(ids: Iterable[str], *, delay: float = 0) -> ActionResult:
+        return _act("rerun", ids, delay=delay)
+
+    @staticmethod
+    def remove_many(ids: Iterable[str]) -> ActionResult:
+        return _act("remove", ids)
+
+
+def _act(action: str, ids: Iterable[str], **options: Any) -> ActionResult:
+    """An action on many jobs, in batches: refusals are reported in the result, not raised."""
+    return lifecycle.act(_current_app().store, action, ids, **options)
+
+
+def was_cancelled(attempt: Attempt) -> bool:
+    """Was the job this attempt runs cancelled? (Why a write for it was refused.)"""
+    try:
+        doc = attempt.store.get_job(attempt.job_id)
+    except WorkersError:
+        return False
+    return bool(doc and doc.get("status") == "cancelled")

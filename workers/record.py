@@ -7,16 +7,26 @@ store; this module is the schema between the two.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
-
-from workers.errors import PushError
 
 WAITING, PAUSED, READY, RUNNING = "waiting", "paused", "ready", "running"
 FAILED, CANCELLED, COMPLETED = "failed", "cancelled", "completed"
 STATUSES = (WAITING, PAUSED, READY, RUNNING, FAILED, CANCELLED, COMPLETED)
+FINISHED = (COMPLETED, FAILED, CANCELLED)
+
+# The statuses each action allows (jobCollection's); any other status refuses it.
+ALLOWED = {
+    "pause": (READY, WAITING),
+    "resume": (PAUSED,),
+    "cancel": (RUNNING, READY, WAITING, PAUSED),
+    "restart": (FAILED, CANCELLED),
+    "rerun": (COMPLETED,),
+    "remove": FINISHED,
+}
 
 # jobCollection's names; lower runs first.
 PRIORITIES = {"low": 10, "normal": 0, "medium": -5, "high": -10, "critical": -15}
@@ -29,7 +39,8 @@ TRACEBACK_LIMIT = 32_000  # characters of a stored traceback (its end: where it 
 DATA_LIMIT = 16_000  # bytes of BSON of a log entry's data
 
 Backoff = Literal["exponential", "fixed"]
-_BACKOFFS = ("exponential", "fixed")
+BACKOFFS = ("exponential", "fixed")
+FOREVER = "forever"
 
 
 def clipped(text: str, limit: int, *, keep_end: bool = False) -> str:
@@ -58,12 +69,23 @@ class RetryPolicy:
     retries: int
     wait: float
     backoff: Backoff = "exponential"
+    jitter: float = 0.0  # each wait is moved by up to this fraction, either way
 
-    def delay_after(self, attempt: int) -> float:
-        """Seconds to wait before the attempt after `attempt` (1-based), as monq did."""
-        if self.backoff == "fixed":
-            return self.wait
-        return float(self.wait * 2 ** min(attempt - 1, 30))
+    def delay_after(self, attempt: int, draw: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before the attempt after `attempt` (1-based), as monq did, moved
+        by the jitter: `draw()` in [0, 1) picks where in [wait*(1-j), wait*(1+j)]."""
+        wait = self.wait if self.backoff == "fixed" else self.wait * 2 ** min(attempt - 1, 30)
+        if self.jitter:
+            wait *= 1 + self.jitter * (2 * draw() - 1)
+        return float(wait)
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """Run again `wait` seconds after each completion, `repeats` more times (or forever)."""
+
+    repeats: int | Literal["forever"]
+    wait: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +97,10 @@ class PushOptions:
     run_at: datetime | None = None
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(9, 1.0))
     timeout: float | None = None
-    unique_key: str | None = None
+    unique_key: str | None = None  # cron's tick key: one job per key, ever
+    unique: str | None = None  # the app's key: one unfinished job per key
+    depends: tuple[str, ...] = ()
+    repeat: Repeat | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,7 @@ class JobRecord:
                 retries=_field(doc, "retries", int),
                 wait=float(_field(doc, "retry_wait", (int, float))),
                 backoff=_backoff(doc.get("backoff", "exponential")),
+                jitter=_jitter(doc.get("retry_jitter", 0.0)),
             ),
             timeout=_optional_number(doc, "timeout"),
             lease_owner=doc.get("lease_owner"),
@@ -128,17 +154,19 @@ def new_document(
 ) -> dict[str, Any]:
     """The document that `push` inserts; `now` is the database clock."""
     run_at = options.run_at or now + timedelta(seconds=options.delay)
+    status = WAITING if options.depends else READY
     doc: dict[str, Any] = {
         "_id": job_id,
         "type": job_type,
         "params": params,
-        "status": READY,
+        "status": status,
         "priority": options.priority,
         "run_at": run_at,
         "attempts": 0,
         "retries": options.retry.retries,
         "retry_wait": options.retry.wait,
         "backoff": options.retry.backoff,
+        "retry_jitter": options.retry.jitter,
         "timeout": options.timeout,
         "lease_owner": None,
         "lease_expires": None,
@@ -153,85 +181,25 @@ def new_document(
     }
     if options.unique_key is not None:
         doc["unique_key"] = options.unique_key
+    if options.unique is not None:
+        doc.update(unique=options.unique, unique_live=options.unique)
+    if options.depends:
+        doc.update(depends=list(options.depends), pending=list(options.depends))
+    if options.repeat is not None:
+        doc.update(
+            repeat={"repeats": options.repeat.repeats, "wait": options.repeat.wait},
+            repeats_left=options.repeat.repeats,
+            followups=True,
+        )
     return doc
 
 
-def parse_options(
-    defaults: RetryPolicy,
-    *,
-    delay: float | None = None,
-    after: datetime | None = None,
-    priority: int | str | None = None,
-    retry: int | Mapping[str, Any] | None = None,
-    timeout: float | None = None,
-    unique_key: str | None = None,
-) -> PushOptions:
-    """Validate push options; PushError names the option that is wrong."""
-    if delay is not None and after is not None:
-        raise PushError("push: give either delay or after, not both")
-    if delay is not None and not _is_number(delay, minimum=0):
-        raise PushError(f"push: delay must be a number of seconds >= 0, got {delay!r}")
-    if after is not None and not isinstance(after, datetime):
-        raise PushError(f"push: after must be a datetime, got {after!r}")
-    if timeout is not None and not _is_number(timeout, minimum=0, strict=True):
-        raise PushError(f"push: timeout must be a number of seconds > 0, got {timeout!r}")
-    if unique_key is not None and not isinstance(unique_key, str):
-        raise PushError(f"push: unique_key must be a string, got {unique_key!r}")
-    return PushOptions(
-        priority=parse_priority(priority),
-        delay=float(delay or 0),
-        run_at=_as_utc(after) if after is not None else None,
-        retry=parse_retry(retry, defaults),
-        timeout=float(timeout) if timeout is not None else None,
-        unique_key=unique_key,
-    )
-
-
-def parse_priority(priority: int | str | None) -> int:
-    if priority is None:
-        return PRIORITIES["normal"]
-    if isinstance(priority, str) and priority in PRIORITIES:
-        return PRIORITIES[priority]
-    if isinstance(priority, int) and not isinstance(priority, bool):
-        return priority
-    names = ", ".join(PRIORITIES)
-    raise PushError(f"push: priority must be an int or one of {names}; got {priority!r}")
-
-
-def parse_retry(retry: int | Mapping[str, Any] | None, defaults: RetryPolicy) -> RetryPolicy:
-    """`retry` is a count or {"retries", "wait", "backoff"}; missing keys keep the defaults."""
-    if retry is None:
-        return defaults
-    if isinstance(retry, int) and not isinstance(retry, bool):
-        retry = {"retries": retry}
-    if not isinstance(retry, Mapping):
-        raise PushError(f"push: retry must be an int or a dict, got {retry!r}")
-    unknown = set(retry) - {"retries", "wait", "backoff"}
-    if unknown:
-        raise PushError(f"push: unknown retry option(s) {sorted(unknown)}")
-    retries = retry.get("retries", defaults.retries)
-    wait = retry.get("wait", defaults.wait)
-    backoff = retry.get("backoff", defaults.backoff)
-    if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
-        raise PushError(f"push: retry.retries must be an int >= 0, got {retries!r}")
-    if not _is_number(wait, minimum=0):
-        raise PushError(f"push: retry.wait must be a number of seconds >= 0, got {wait!r}")
-    if backoff not in _BACKOFFS:
-        raise PushError(f"push: retry.backoff must be one of {_BACKOFFS}, got {backoff!r}")
-    return RetryPolicy(retries=retries, wait=float(wait), backoff=backoff)
-
-
-def _is_number(value: object, *, minimum: float, strict: bool = False) -> bool:
+def is_number(value: object, *, minimum: float, strict: bool = False) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     if not math.isfinite(value):
         return False
     return value > minimum if strict else value >= minimum
-
-
-def _as_utc(moment: datetime) -> datetime:
-    """Naive datetimes are taken as UTC, as pymongo stores them."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _field(doc: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -245,12 +213,55 @@ def _optional_number(doc: Mapping[str, Any], name: str) -> float | None:
     value = doc.get(name)
     if value is None:
         return None
-    if not _is_number(value, minimum=0, strict=True):
+    if not is_number(value, minimum=0, strict=True):
         raise ValueError(f"job document field {name!r} is invalid: {value!r}")
     return float(value)
 
 
+def _jitter(value: Any) -> float:
+    if not is_number(value, minimum=0) or value > 1:
+        raise ValueError(f"job document field 'retry_jitter' is invalid: {value!r}")
+    return float(value)
+
+
 def _backoff(value: Any) -> Backoff:
-    if value not in _BACKOFFS:
+    if value not in BACKOFFS:
         raise ValueError(f"job document field 'backoff' is invalid: {value!r}")
     return value  # type: ignore[no-any-return]
+
+
+@dataclass
+class ActionResult:
+    """What an action on many jobs did: the ids it changed, those it refused with the status
+    that refused it (None: no such job), and any other reason a job was refused."""
+
+    action: str
+    changed: list[Any] = field(default_factory=list)
+    refused: dict[Any, str | None] = field(default_factory=dict)
+    errors: dict[Any, str] = field(default_factory=dict)
+    created: dict[Any, str] = field(default_factory=dict)  # rerun: original id -> the clone's
+
+    def add(self, other: ActionResult) -> None:
+        self.changed += other.changed
+        self.refused.update(other.refused)
+        self.errors.update(other.errors)
+        self.created.update(other.created)
+
+
+# What a clone (a repeat, a rerun) takes from the job it copies; the rest starts afresh.
+_CLONED = ("type", "params", "priority", "retries", "retry_wait", "backoff", "retry_jitter",
+           "timeout", "unique", "repeat", "repeats_left")  # fmt: skip
+
+
+def clone_document(
+    doc: Mapping[str, Any], job_id: str, now: datetime, delay: float = 0.0
+) -> dict[str, Any]:
+    """A new ready job with `doc`'s type, params and options, due `delay` s from `now`."""
+    clone = new_document(job_id, str(doc.get("type")), dict(doc.get("params") or {}),
+                         PushOptions(delay=delay), now)  # fmt: skip
+    clone.update({name: doc[name] for name in _CLONED if name in doc})
+    if clone.get("unique"):
+        clone["unique_live"] = clone["unique"]
+    if "repeat" in doc:
+        clone["followups"] = True
+    return clone

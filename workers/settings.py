@@ -60,6 +60,18 @@ class CronSettings(_Section):
     disable: bool = False
 
 
+_DAY = 86400.0
+
+
+class RetentionSettings(_Section):
+    """Seconds a finished job is kept (from its finish) before the TTL index removes it;
+    null keeps it for ever."""
+
+    completed: float | None = Field(7 * _DAY, gt=0)
+    failed: float | None = Field(30 * _DAY, gt=0)
+    cancelled: float | None = Field(30 * _DAY, gt=0)
+
+
 class ShutdownSettings(_Section):
     level: Literal["soft", "normal", "hard"] = "normal"
     grace: float = Field(30.0, ge=0)
@@ -70,10 +82,12 @@ class WorkersSettings(_Section):
     queue: QueueSettings = QueueSettings()
     cron: CronSettings = CronSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    retention: RetentionSettings = RetentionSettings()
 
 
 class Settings(_Section):
-    mode: Literal["web", "headless"] = "web"
+    # inline: Job.push runs the job at once in the pushing process (an app's unit tests)
+    mode: Literal["web", "headless", "inline"] = "web"
     mongo: MongoSettings = MongoSettings()
     jobs: list[str] = Field(default_factory=lambda: ["app_jobs"], min_length=1)
     cluster: ClusterSettings = ClusterSettings()

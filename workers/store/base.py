@@ -187,6 +187,7 @@ class Connection:
         app_name: str = "workers",
         write_concern: str = "journaled",
         operation_timeout: float | None = None,
+        retention: dict[str, float | None] | None = None,
     ) -> None:
         ms = int(timeout * 1000)
         bounded: dict[str, Any] = {}
@@ -210,6 +211,8 @@ class Connection:
         self._app_lock = threading.Lock()
         self.url = url
         self.timeout = timeout
+        #: seconds a finished job is kept, by status (None: for ever)
+        self.retention: dict[str, float | None] = dict(retention or {})
         self.db: Database[Document] = self._client[database]
         self.jobs: Collection[Document] = self.db[f"{prefix}.jobs"]
         self.nodes: Collection[Document] = self.db[f"{prefix}.nodes"]
@@ -257,7 +260,19 @@ class Connection:
             app_name=f"{self._app_name}-heartbeat",
             write_concern=self._write_concern,
             operation_timeout=max(0.5, lease / 6),
+            retention=self.retention,
         )
+
+    def finished(self, status: str) -> Document:
+        """What every write that finishes a job also sets: when it finished, the release of
+        its unique key (another job may take the key now), and when the TTL index on
+        `expire_at` removes it (retention by status)."""
+        keep = self.retention.get(status)
+        return {
+            "finished": "$$NOW",
+            "unique_live": None,
+            "expire_at": after_now(keep) if keep else None,
+        }
 
     def _explain(self, command: Document, verbosity: str = "queryPlanner") -> Document:
         """The server's plan for `command`, for the tests that keep hot paths on an index."""

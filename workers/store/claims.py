@@ -27,7 +27,7 @@ import hashlib
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo.errors import OperationFailure, PyMongoError
@@ -50,6 +50,7 @@ _MAX_CANDIDATES = 256
 SPARE_SECONDS = 1.0
 _SPARE_MISSES = 2  # picks in a row that found every job taken: the spare is stale
 _CONTESTED_SECONDS = 5.0  # after a lost pick, pick at random (not in queue order) this long
+_END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 _TURN_MAX = 0.2  # the longest a claimer waits for another's scan (the wait is told by it)
 
 # Errors that say nothing about the document being written: the server is stepping
@@ -166,6 +167,12 @@ class ClaimQueries(Connection):
         if not ids or not types:
             return []
         return self._take_or_interrupt(token, ids, self.now(), lease, [], types)
+
+    @translated
+    def claim_now(self, token: str, job_id: Any, lease: float) -> list[Document]:
+        """Take one ready job by `_id` whatever its `run_at` (inline mode runs a push, and its
+        retries, at once)."""
+        return self._take_or_interrupt(token, [job_id], _END_OF_TIME, lease, [])
 
     def _from_spare(
         self, token: str, spare: Spare, now: datetime, lease: float, limit: int, tried: list[Any]
@@ -311,8 +318,14 @@ class ClaimQueries(Connection):
         )
         self.jobs.update_one(
             {"_id": job_id, "status": READY},  # a plain $set: no expression over its fields
-            {"$set": {"status": FAILED, "error": error, "finished": stamp, "updated": stamp}},
+            {"$set": {"status": FAILED, "error": error, **self._finished_at(FAILED, stamp)}},
         )
+
+    def _finished_at(self, status: str, stamp: datetime) -> Document:
+        """`finished` for a plain (non-pipeline) write, stamped by `now()`."""
+        keep = self.retention.get(status)
+        expire = stamp + timedelta(seconds=keep) if keep else None
+        return {"finished": stamp, "updated": stamp, "unique_live": None, "expire_at": expire}
 
     def ready_stream(self) -> ReadyStream:
         """A change stream of jobs becoming ready, on its own connection (see stream.py)."""

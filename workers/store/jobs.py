@@ -11,12 +11,19 @@ bad document cannot make the write that resolves it fail.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 import bson
-from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError, OperationFailure
+from pymongo.errors import (
+    BulkWriteError,
+    DocumentTooLarge,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+)
 
 from workers.errors import PushError
 from workers.record import COMPLETED, FAILED, READY, RUNNING, error_document
@@ -28,7 +35,8 @@ from workers.store.base import (
     number,
     translated,
 )
-from workers.store.claims import LEGACY_CLAIM_INDEX, ClaimQueries
+from workers.store.claims import LEGACY_CLAIM_INDEX
+from workers.store.lifecycle import LifecycleQueries
 
 RESCUE_INDEX = "rescue"
 UNIQUE_INDEX = "unique_key"
@@ -38,9 +46,10 @@ _CLOCK_MARGIN = timedelta(seconds=1)
 LOST_MESSAGE = "lost: worker died"
 
 
-class JobQueries(ClaimQueries):
+class JobQueries(LifecycleQueries):
     def ensure_job_indexes(self) -> None:
         self.ensure_claim_indexes()
+        self.ensure_lifecycle_indexes()
         # the claim index of 0.1 had no `type`; nothing uses it now, and every write paid for it
         if LEGACY_CLAIM_INDEX in self.jobs.index_information():
             self.jobs.drop_index(LEGACY_CLAIM_INDEX)
@@ -54,14 +63,6 @@ class JobQueries(ClaimQueries):
         )
 
     # -- push --------------------------------------------------------------------
-
-    @translated
-    def insert_job(self, document: Document) -> str:
-        """One insert: the job exists whole or not at all."""
-        job_id = self.insert_unless_duplicate(document)
-        if job_id is None:
-            raise PushError(f"a job with the unique key {document.get('unique_key')!r} exists")
-        return job_id
 
     @translated
     def insert_unless_duplicate(self, document: Document) -> str | None:
@@ -112,6 +113,7 @@ class JobQueries(ClaimQueries):
         """Mark a running job completed; refused unless `owner` still holds it.
 
         The job's log records which attempt completed it, and where, in the same write.
+        A job with follow-ups (dependents, a repeat) has them settled next.
         """
         message = {"$concat": ["attempt ", {"$toString": number("$attempts")},
                                f" completed by {owner}"]}  # fmt: skip
@@ -119,10 +121,10 @@ class JobQueries(ClaimQueries):
         changes = {
             "status": COMPLETED,
             "result": {"$literal": result},
-            "finished": "$$NOW",
+            **self.finished(COMPLETED),
             "log": appended("$log", entry, literal=False),
         }
-        return self._owned_update(job_id, owner, changes, release=True)
+        return self._finish(job_id, owner, changes)
 
     @translated
     def fail(self, job_id: str, owner: str, error: Document, retry_in: float | None) -> bool:
@@ -133,11 +135,24 @@ class JobQueries(ClaimQueries):
             f"{error.get('type')}: {error.get('message')}",
         }
         changes: Document = {"error": {"$literal": error}, "log": appended("$log", entry)}
-        if retry_in is None:
-            changes.update(status=FAILED, finished="$$NOW")
-        else:
+        if retry_in is not None:
             changes.update(status=READY, run_at=after_now(retry_in))
-        return self._owned_update(job_id, owner, changes, release=True)
+            return self._owned_update(job_id, owner, changes, release=True)
+        changes.update(status=FAILED, **self.finished(FAILED))
+        return self._finish(job_id, owner, changes)
+
+    def _finish(self, job_id: str, owner: str, changes: Document) -> bool:
+        """The finishing write, first for a job without follow-ups (the common case: one
+        write); if that misses, for one with them, which are then settled (a settle cut
+        short is finished by the sweep: `settle_finished`)."""
+        plain = {"followups": {"$ne": True}}
+        if self._owned_update(job_id, owner, changes, release=True, also=plain):
+            return True
+        if not self._owned_update(job_id, owner, changes, release=True):
+            return False
+        with contextlib.suppress(PyMongoError):
+            self.settle(job_id)
+        return True
 
     @translated
     def release(self, held: Mapping[Any, str], reason: str) -> int:
@@ -173,16 +188,22 @@ class JobQueries(ClaimQueries):
         return self._owned_update(job_id, owner, {"log": appended("$log", entry)})
 
     def _owned_update(
-        self, job_id: str, owner: str, changes: Document, release: bool = False
+        self,
+        job_id: str,
+        owner: str,
+        changes: Document,
+        release: bool = False,
+        also: Document | None = None,
     ) -> bool:
-        """One conditional update: applies only while the job is running under `owner`.
+        """One conditional update: applies only while the job is running under `owner`
+        (and matches `also`).
 
         Matched, not modified, decides: rewriting an equal value is still ours.
         """
         if release:
             changes = {**changes, "lease_owner": None, "lease_expires": None}
         result = self.jobs.update_one(
-            _owned(job_id, owner), [{"$set": {**changes, "updated": "$$NOW"}}]
+            {**_owned(job_id, owner), **(also or {})}, [{"$set": {**changes, "updated": "$$NOW"}}]
         )
         return result.matched_count == 1
 
@@ -223,7 +244,9 @@ class JobQueries(ClaimQueries):
         if found:
             ids = [doc["_id"] for doc in found]
             try:
-                self.jobs.update_many({"_id": {"$in": ids}, **expired}, [{"$set": _rescued()}])
+                self.jobs.update_many(
+                    {"_id": {"$in": ids}, **expired}, [{"$set": self._rescue_stage()}]
+                )
             except OperationFailure:
                 self._rescue_each(ids, expired)
         return found
@@ -244,10 +267,14 @@ class JobQueries(ClaimQueries):
         """Rescue one job; if even that write is refused (the document is at the size limit),
         rescue it without the log entry and error, which are what would grow it."""
         try:
-            self.jobs.update_one({"_id": job_id, **expired}, [{"$set": _rescued()}])
+            self.jobs.update_one({"_id": job_id, **expired}, [{"$set": self._rescue_stage()}])
         except OperationFailure:
-            bare = {key: _rescued()[key] for key in _RESCUE_BARE}
+            stage = self._rescue_stage()
+            bare = {key: stage[key] for key in _RESCUE_BARE}
             self.jobs.update_one({"_id": job_id, **expired}, [{"$set": bare}])
+
+    def _rescue_stage(self) -> Document:
+        return _rescued(self.finished(FAILED))
 
     def _expired_query(self) -> Document:
         return {
@@ -300,11 +327,20 @@ def _held_filter(held: Mapping[Any, str]) -> Document:
 
 
 # What a rescue must change for the job to run again (or end); the rest is its record.
-_RESCUE_BARE = ("status", "run_at", "finished", "lease_owner", "lease_expires", "updated")
+_RESCUE_BARE = (
+    "status", "run_at", "finished", "unique_live", "expire_at", "lease_owner", "lease_expires",
+    "updated",
+)  # fmt: skip
 
 
-def _rescued() -> Document:
-    """The pipeline stage of a rescue: retry if attempts remain, else fail as lost."""
+def _rescued(finish: Document) -> Document:
+    """The pipeline stage of a rescue: retry if attempts remain, else fail as lost (and
+    `finish` as every finishing write does)."""
+    finished = {
+        "finished": (None, finish["finished"]),
+        "unique_live": ("$unique_live", None),
+        "expire_at": (None, finish["expire_at"]),
+    }
     retry = {"$lte": [number("$attempts"), number("$retries")]}
     owner = {"$ifNull": [{"$toString": "$lease_owner"}, "?"]}
     message = {
@@ -319,7 +355,7 @@ def _rescued() -> Document:
     return {
         "status": {"$cond": [retry, READY, FAILED]},
         "run_at": {"$cond": [retry, "$$NOW", "$run_at"]},
-        "finished": {"$cond": [retry, None, "$$NOW"]},
+        **{name: {"$cond": [retry, keep, value]} for name, (keep, value) in finished.items()},
         "error": error_document(
             LOST_MESSAGE, "workers.errors.LeaseExpired", attempt="$attempts", node="$lease_owner"
         ),

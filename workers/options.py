@@ -1,0 +1,188 @@
+"""Push options as people write them, validated: PushError names the option and quotes it.
+
+`delay` is seconds or a timedelta; `after` a datetime, an ISO-8601 time
+("2026-12-01T09:00:00Z") or a phrase "in 5 minutes" (as Agenda and Qworker
+accept). Relative phrases become a delay, so they are counted on the
+database clock like every other delay.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from workers.errors import PushError
+from workers.record import (
+    BACKOFFS,
+    FOREVER,
+    PRIORITIES,
+    PushOptions,
+    Repeat,
+    RetryPolicy,
+    is_number,
+)
+
+_UNITS = {
+    "second": 1, "sec": 1, "s": 1,
+    "minute": 60, "min": 60, "m": 60,
+    "hour": 3600, "h": 3600,
+    "day": 86400, "d": 86400,
+    "week": 604800, "w": 604800,
+}  # fmt: skip
+_PHRASE = re.compile(r"^\s*in\s+(\d+(?:\.\d+)?)\s*([a-z]+?)s?\s*$", re.IGNORECASE)
+_RETRY_KEYS = {"retries", "wait", "backoff", "jitter"}
+
+
+def parse_options(
+    defaults: RetryPolicy,
+    *,
+    delay: float | timedelta | None = None,
+    after: datetime | str | None = None,
+    priority: int | str | None = None,
+    retry: int | Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    unique_key: str | None = None,
+    unique: str | None = None,
+    depends: Sequence[str] | None = None,
+    repeat: Mapping[str, Any] | None = None,
+) -> PushOptions:
+    """Validate push options; PushError names the option that is wrong."""
+    if delay is not None and after is not None:
+        raise PushError("push: give either delay or after, not both")
+    seconds, run_at = parse_when(delay, after)
+    if timeout is not None and not is_number(timeout, minimum=0, strict=True):
+        raise PushError(f"push: timeout must be a number of seconds > 0, got {timeout!r}")
+    if unique_key is not None and not isinstance(unique_key, str):
+        raise PushError(f"push: unique_key must be a string, got {unique_key!r}")
+    if unique is not None and not (isinstance(unique, str) and unique):
+        raise PushError(f"push: unique must be a non-empty string, got {unique!r}")
+    return PushOptions(
+        priority=parse_priority(priority),
+        delay=seconds,
+        run_at=run_at,
+        retry=parse_retry(retry, defaults),
+        timeout=float(timeout) if timeout is not None else None,
+        unique_key=unique_key,
+        unique=unique,
+        depends=parse_depends(depends),
+        repeat=parse_repeat(repeat),
+    )
+
+
+def parse_when(
+    delay: float | timedelta | None, after: datetime | str | None
+) -> tuple[float, datetime | None]:
+    """(delay seconds, absolute run_at or None) from `delay` or `after`."""
+    if isinstance(delay, timedelta):
+        delay = delay.total_seconds()
+    if delay is not None and not is_number(delay, minimum=0):
+        raise PushError(f"push: delay must be a number of seconds >= 0 or a timedelta, got {delay!r}")
+    if after is None:
+        return float(delay or 0), None
+    if isinstance(after, datetime):
+        return 0.0, as_utc(after)
+    if isinstance(after, str):
+        return _parse_after_text(after)
+    raise PushError(f"push: after must be a datetime or a string, got {after!r}")
+
+
+def _parse_after_text(text: str) -> tuple[float, datetime | None]:
+    phrase = _PHRASE.match(text)
+    if phrase:
+        unit = phrase.group(2).lower()
+        if unit not in _UNITS:
+            raise PushError(f"push: after={text!r}: unknown unit {unit!r}; use {_unit_names()}")
+        return float(phrase.group(1)) * _UNITS[unit], None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise PushError(
+            f"push: after={text!r} is neither an ISO-8601 time "
+            '("2026-12-01T09:00:00Z") nor a phrase like "in 5 minutes"'
+        ) from None
+    return 0.0, as_utc(moment)
+
+
+def _unit_names() -> str:
+    return "seconds, minutes, hours, days or weeks"
+
+
+def parse_priority(priority: int | str | None) -> int:
+    if priority is None:
+        return PRIORITIES["normal"]
+    if isinstance(priority, str) and priority in PRIORITIES:
+        return PRIORITIES[priority]
+    if isinstance(priority, int) and not isinstance(priority, bool):
+        return priority
+    names = ", ".join(PRIORITIES)
+    raise PushError(f"push: priority must be an int or one of {names}; got {priority!r}")
+
+
+def parse_retry(retry: int | Mapping[str, Any] | None, defaults: RetryPolicy) -> RetryPolicy:
+    """`retry` is a count or {"retries", "wait", "backoff", "jitter"}; missing keys keep the
+    defaults."""
+    if retry is None:
+        return defaults
+    if isinstance(retry, int) and not isinstance(retry, bool):
+        retry = {"retries": retry}
+    if not isinstance(retry, Mapping):
+        raise PushError(f"push: retry must be an int or a dict, got {retry!r}")
+    unknown = set(retry) - _RETRY_KEYS
+    if unknown:
+        raise PushError(f"push: unknown retry option(s) {sorted(unknown)}")
+    retries = retry.get("retries", defaults.retries)
+    wait = retry.get("wait", defaults.wait)
+    backoff = retry.get("backoff", defaults.backoff)
+    jitter = retry.get("jitter", defaults.jitter)
+    if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
+        raise PushError(f"push: retry.retries must be an int >= 0, got {retries!r}")
+    if not is_number(wait, minimum=0):
+        raise PushError(f"push: retry.wait must be a number of seconds >= 0, got {wait!r}")
+    if backoff not in BACKOFFS:
+        raise PushError(f"push: retry.backoff must be one of {BACKOFFS}, got {backoff!r}")
+    if not (is_number(jitter, minimum=0) and jitter <= 1):
+        raise PushError(f"push: retry.jitter must be a fraction from 0.0 to 1.0, got {jitter!r}")
+    return RetryPolicy(retries=retries, wait=float(wait), backoff=backoff, jitter=float(jitter))
+
+
+def parse_depends(depends: Sequence[str] | None) -> tuple[str, ...]:
+    if depends is None:
+        return ()
+    if isinstance(depends, str) or not isinstance(depends, Sequence):
+        raise PushError(f"push: depends must be a list of job ids, got {depends!r}")
+    bad = [item for item in depends if not (isinstance(item, str) and item)]
+    if bad:
+        raise PushError(f"push: depends must hold job ids (strings), got {bad[0]!r}")
+    return tuple(dict.fromkeys(depends))
+
+
+def parse_repeat(repeat: Mapping[str, Any] | None) -> Repeat | None:
+    """{"repeats": n or "forever", "wait": seconds}: n more runs after the first."""
+    if repeat is None:
+        return None
+    if not isinstance(repeat, Mapping):
+        raise PushError(
+            f"push: repeat must be a dict like {{'repeats': 3, 'wait': 60}}, got {repeat!r}"
+        )
+    unknown = set(repeat) - {"repeats", "wait"}
+    if unknown:
+        raise PushError(f"push: unknown repeat option(s) {sorted(unknown)}")
+    repeats = repeat.get("repeats", FOREVER)
+    wait = repeat.get("wait", 0)
+    if isinstance(wait, timedelta):
+        wait = wait.total_seconds()
+    forever = repeats == FOREVER
+    if not forever and not (isinstance(repeats, int) and not isinstance(repeats, bool)):
+        raise PushError(f"push: repeat.repeats must be an int >= 0 or 'forever', got {repeats!r}")
+    if not forever and repeats < 0:
+        raise PushError(f"push: repeat.repeats must be an int >= 0 or 'forever', got {repeats!r}")
+    if not is_number(wait, minimum=0):
+        raise PushError(f"push: repeat.wait must be seconds >= 0, got {wait!r}")
+    return Repeat(repeats="forever" if forever else int(repeats), wait=float(wait))
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Naive datetimes are taken as UTC, as pymongo stores them."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
