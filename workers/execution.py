@@ -123,7 +123,20 @@ def run_attempt(app: App, held: Held) -> None:
         held.deadline = held.started + record.timeout
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
     log.info("job started", extra={"action": "job_started", **extra})
-    job, result, error = _call_handler(app, owner, job_class, record, held)
+    with asyncio.Runner() as loop:  # the event loop of async hooks, made on first use
+        _run_and_record(app, owner, held, job_class, record, loop)
+
+
+def _run_and_record(
+    app: App,
+    owner: str,
+    held: Held,
+    job_class: type[Job],
+    record: JobRecord,
+    loop: asyncio.Runner,
+) -> None:
+    extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
+    job, result, error = _call_handler(app, owner, job_class, record, held, loop)
     if not held.handler_returned(time.monotonic()):
         result, error = (
             None,
@@ -131,7 +144,7 @@ def run_attempt(app: App, held: Held) -> None:
         )
     if not held.timed_out:  # else the watchdog recorded the timeout
         error = _record_outcome(app, owner, held, record, result, error)
-    _call_after_job(job, error, extra)
+    _call_after_job(job, error, extra, loop)
 
 
 def record_timeout(app: App, held: Held) -> None:
@@ -162,14 +175,14 @@ def record_timeout(app: App, held: Held) -> None:
 
 
 def _call_handler(
-    app: App, owner: str, job_class: type[Job], record: JobRecord, held: Held
+    app: App, owner: str, job_class: type[Job], record: JobRecord, held: Held, loop: asyncio.Runner
 ) -> tuple[Job, Any, BaseException | None]:
     job = _instantiate(job_class, record.params)
     try:
         job.__init__(**record.params)  # type: ignore[misc]  # the subclass's own __init__, if any
         job.attempt = Attempt(app.store, record.id, owner, record.attempts)
-        awaited(job.before_job(), held.deadline)
-        result = awaited(job.handle_job(), held.deadline)
+        awaited(job.before_job(), loop, held.deadline)
+        result = awaited(job.handle_job(), loop, held.deadline)
         if job.attempt.failure is not None:  # the job called self.fail()
             return job, None, job.attempt.failure
         problem = bson_problem({"result": result})
@@ -180,19 +193,14 @@ def _call_handler(
         return job, None, exc
 
 
-_loops = threading.local()
-
-
-def awaited(value: Any, deadline: float | None = None) -> Any:
-    """`value`, or, for a coroutine (an `async def` hook), its result, run on this thread's
-    event loop; past the job's deadline the task is cancelled (a TimeoutError)."""
+def awaited(value: Any, loop: asyncio.Runner, deadline: float | None = None) -> Any:
+    """`value`, or, for a coroutine (an `async def` hook), its result, run on the attempt's
+    event loop (one per attempt, on the job's thread, shared by its hooks); past the
+    job's deadline the task is cancelled (a TimeoutError)."""
     if not inspect.isawaitable(value):
         return value
-    loop = getattr(_loops, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = _loops.loop = asyncio.new_event_loop()
     left = None if deadline is None else max(0.0, deadline - time.monotonic())
-    return loop.run_until_complete(asyncio.wait_for(value, left))
+    return loop.run(asyncio.wait_for(value, left))
 
 
 def _instantiate(job_class: type[Job], params: dict[str, Any]) -> Job:
@@ -298,9 +306,11 @@ def _persist(held: Held, write: Callable[[], bool], *, after: bool = False) -> b
     return False
 
 
-def _call_after_job(job: Job, error: BaseException | None, extra: dict[str, Any]) -> None:
+def _call_after_job(
+    job: Job, error: BaseException | None, extra: dict[str, Any], loop: asyncio.Runner
+) -> None:
     try:
-        awaited(job.after_job(error))
+        awaited(job.after_job(error), loop)
     except Exception:
         log.exception("after_job raised; ignored", extra={"action": "after_job_error", **extra})
 

@@ -78,7 +78,9 @@ def parse_when(
     if isinstance(delay, timedelta):
         delay = delay.total_seconds()
     if delay is not None and not is_number(delay, minimum=0):
-        raise PushError(f"push: delay must be a number of seconds >= 0 or a timedelta, got {delay!r}")
+        raise PushError(
+            f"push: delay must be a number of seconds >= 0 or a timedelta, got {delay!r}"
+        )
     if after is None:
         return float(delay or 0), None
     if isinstance(after, datetime):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -164,3 +165,58 @@ class HoldConnectionJob(Job):
             time.sleep(self.params.get("seconds", 5))
         finally:
             cursor.close()
+
+
+class WaitForCancelJob(Job):
+    """Reports progress until it is cancelled (JobCancelled raised by progress), recording
+    what it saw; gives up after `seconds`."""
+
+    def handle_job(self) -> str:
+        _record("executions", self)
+        deadline = time.monotonic() + float(self.params.get("seconds", 20))
+        step = 0
+        while time.monotonic() < deadline:
+            step = min(step + 1, 1000)
+            self.progress(step, 1000)
+            time.sleep(0.05)
+        return "not cancelled"
+
+    def after_job(self, error: BaseException | None) -> None:
+        _record("after_job", self, error=type(error).__name__ if error else None)
+
+
+class SelfFailJob(Job):
+    """Fails itself through `self.fail` (fatal when asked), without raising."""
+
+    def handle_job(self) -> str:
+        _record("executions", self)
+        self.fail(self.params.get("message", "cannot go on"), fatal=self.params.get("fatal", False))
+        return "ignored"
+
+    def after_job(self, error: BaseException | None) -> None:
+        _record("after_job", self, error=type(error).__name__ if error else None)
+
+
+class AsyncJob(Job):
+    """An async handler and async hooks; sleeps `sleep` seconds on the event loop."""
+
+    async def before_job(self) -> None:
+        await asyncio.sleep(0)
+
+    async def handle_job(self) -> dict[str, Any]:
+        await asyncio.sleep(float(self.params.get("sleep", 0)))
+        return {"async": True, "loop": type(asyncio.get_running_loop()).__name__}
+
+    async def after_job(self, error: BaseException | None) -> None:
+        await asyncio.sleep(0)
+        _record("after_job", self, error=type(error).__name__ if error else None)
+
+
+class UniqueByProjectJob(Job):
+    """Unique by its project: a second push while one is unfinished finds the first."""
+
+    def unique_key(self) -> str:
+        return f"project:{self.params['project_id']}"
+
+    def handle_job(self) -> None:
+        _record("executions", self)

@@ -147,7 +147,8 @@ class LifecycleQueries(ClaimQueries):
 
     def _statuses(self, ids: list[Any]) -> Iterator[Document]:
         for batch in _batches(ids):
-            yield from self.jobs.find({"_id": {"$in": batch}}, {"status": 1, "depends": 1})
+            fields = {"status": 1, "depends": 1}
+            yield from self.jobs.find({"_id": {"$in": batch}}, fields, batch_size=BATCH)
 
     # -- find ------------------------------------------------------------------------------
 
@@ -210,7 +211,8 @@ class LifecycleQueries(ClaimQueries):
                 )
 
     def _read_back(self, ids: list[Any], token: str, result: ActionResult) -> None:
-        found = {d["_id"]: d for d in self.jobs.find({"_id": {"$in": ids}}, _READ_BACK)}
+        docs = self.jobs.find({"_id": {"$in": ids}}, _READ_BACK, batch_size=BATCH)
+        found = {d["_id"]: d for d in docs}
         for job_id in ids:
             doc = found.get(job_id)
             if doc is not None and (doc.get("last_action") or {}).get("token") == token:
@@ -301,7 +303,8 @@ class LifecycleQueries(ClaimQueries):
         result = ActionResult("rerun")
         now = self.now()
         for batch in _batches(ids):
-            found = {d["_id"]: d for d in self.jobs.find({"_id": {"$in": batch}})}
+            docs = self.jobs.find({"_id": {"$in": batch}}, batch_size=BATCH)
+            found = {d["_id"]: d for d in docs}
             clones = []
             for job_id in batch:
                 doc = found.get(job_id)
@@ -339,7 +342,9 @@ class LifecycleQueries(ClaimQueries):
             doc["_id"]
             for batch in _batches(ids)
             for doc in self.jobs.find(
-                {"pending": {"$in": batch}, "status": {"$in": [WAITING, PAUSED]}}, {"_id": 1}
+                {"pending": {"$in": batch}, "status": {"$in": [WAITING, PAUSED]}},
+                {"_id": 1},
+                batch_size=BATCH,
             )
         ]
         if waiting:
@@ -353,6 +358,7 @@ class LifecycleQueries(ClaimQueries):
                 {"depends": {"$in": batch}, "status": {"$in": list(statuses)}},
                 {"_id": 1},
                 hint=DEPENDS_INDEX,
+                batch_size=BATCH,
             )
         ]
 

@@ -1,0 +1,149 @@
+"""`depends`: a dependent runs after its antecedents complete, is cancelled when one cannot,
+and cancel / restart cascade through chains and diamonds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.jobs import FailJob, RecordJob
+from tests.test_worker import running
+from workers import Job, PushError
+from workers.app import App
+
+
+def status(job_id: str) -> str | None:
+    job = Job.get(job_id)
+    return job.status if job else None
+
+
+def statuses(*ids: str) -> list[str | None]:
+    return [status(job_id) for job_id in ids]
+
+
+def all_in(ids: list[str], wanted: str) -> bool:
+    return all(status(job_id) == wanted for job_id in ids)
+
+
+def diamond(**top: Any) -> tuple[str, str, str, str]:
+    """a; b and c depend on a; d depends on b and c."""
+    a = Job.push(RecordJob(name="a"), **top)
+    b = Job.push(RecordJob(name="b"), depends=[a])
+    c = Job.push(RecordJob(name="c"), depends=[a])
+    d = Job.push(RecordJob(name="d"), depends=[b, c])
+    return a, b, c, d
+
+
+def test_a_chain_runs_in_order_after_a_delayed_antecedent(app: App, db: Any) -> None:
+    a = Job.push(RecordJob(name="a"), delay=0.5)
+    b = Job.push(RecordJob(name="b"), depends=[a])
+    c = Job.push(RecordJob(name="c"), depends=[b])
+    assert statuses(a, b, c) == ["ready", "waiting", "waiting"]
+    with running(app):
+        wait_for(lambda: all_in([a, b, c], "completed"), timeout=30, what="the chain to complete")
+    docs = [app.store.get_job(job_id) for job_id in (a, b, c)]
+    assert all(doc is not None for doc in docs)
+    for before, after in zip(docs, docs[1:], strict=False):
+        assert before is not None and after is not None
+        assert before["finished"] <= after["started"], (
+            "a dependent started before its antecedent finished"
+        )
+    assert docs[2] is not None and docs[2]["pending"] == []
+
+
+def test_a_diamond_runs_its_bottom_last(app: App) -> None:
+    a, b, c, d = diamond()
+    with running(app):
+        wait_for(lambda: all_in([a, b, c, d], "completed"), timeout=30, what="the diamond")
+    finished = {job_id: app.store.get_job(job_id)["finished"] for job_id in (b, c)}  # type: ignore[index]
+    started_d = app.store.get_job(d)["started"]  # type: ignore[index]
+    assert max(finished.values()) <= started_d
+
+
+def test_cancel_cascades_down_a_chain_and_a_diamond(app: App) -> None:
+    a, b, c, d = diamond(delay=3600)
+    x = Job.push(RecordJob(name="x"), delay=3600)
+    y = Job.push(RecordJob(name="y"), depends=[x])
+    z = Job.push(RecordJob(name="z"), depends=[y])
+    Job.get(a).cancel()  # type: ignore[union-attr]
+    assert statuses(a, b, c, d) == ["cancelled"] * 4
+    Job.get(x).cancel(dependents=False)  # type: ignore[union-attr]
+    assert statuses(x, y, z) == ["cancelled", "waiting", "waiting"]
+
+
+def test_cancel_can_go_up_to_the_antecedents(app: App) -> None:
+    a, b, c, d = diamond(delay=3600)
+    Job.get(b).cancel(antecedents=True, dependents=False)  # type: ignore[union-attr]
+    assert statuses(a, b) == ["cancelled", "cancelled"]
+
+
+def test_restart_brings_back_the_cancelled_antecedents_and_then_it_all_runs(app: App) -> None:
+    a, b, c, d = diamond(delay=0.2)
+    Job.cancel_many([a])
+    assert statuses(a, b, c, d) == ["cancelled"] * 4
+    Job.get(d).restart()  # type: ignore[union-attr]
+    assert statuses(a, b, c, d) == ["ready", "waiting", "waiting", "waiting"]
+    with running(app):
+        wait_for(
+            lambda: all_in([a, b, c, d], "completed"), timeout=30, what="the restarted diamond"
+        )
+
+
+def test_restart_with_dependents_restarts_the_chain_below(app: App) -> None:
+    a = Job.push(RecordJob(name="a"), delay=3600)
+    b = Job.push(RecordJob(name="b"), depends=[a])
+    c = Job.push(RecordJob(name="c"), depends=[b])
+    Job.get(a).cancel()  # type: ignore[union-attr]
+    Job.get(a).restart(dependents=True)  # type: ignore[union-attr]
+    assert statuses(a, b, c) == ["ready", "waiting", "waiting"]
+    assert Job.get(c).pending == [b]  # type: ignore[union-attr]
+
+
+def test_an_antecedent_that_fails_for_good_cancels_its_dependents(app: App) -> None:
+    a = Job.push(FailJob(), retry=0)
+    b = Job.push(RecordJob(name="b"), depends=[a])
+    c = Job.push(RecordJob(name="c"), depends=[b])
+    with running(app):
+        wait_for(
+            lambda: all_in([b, c], "cancelled"), timeout=30, what="the dependents to be cancelled"
+        )
+    assert status(a) == "failed"
+
+
+def test_depends_on_a_failed_missing_or_cancelled_job_is_refused_and_writes_nothing(
+    app: App,
+) -> None:
+    cancelled = Job.push(RecordJob(), delay=3600)
+    Job.cancel_many([cancelled])
+    for bad, said in ((cancelled, "cancelled"), ("0123456789abcdef01234567", "no job has that id")):
+        with pytest.raises(PushError, match=said):
+            Job.push(RecordJob(name="orphan"), depends=[bad])
+    assert app.store.jobs.count_documents({"params.name": "orphan"}) == 0
+
+
+def test_depends_on_completed_jobs_is_ready_at_once(app: App) -> None:
+    a = Job.push(RecordJob(name="a"))
+    app.store.jobs.update_one({"_id": a}, {"$set": {"status": "completed"}})
+    b = Job.push(RecordJob(name="b"), depends=[a])
+    assert status(b) == "ready"
+
+
+def test_the_sweep_settles_what_a_crash_between_finish_and_settle_left(app: App) -> None:
+    a = Job.push(RecordJob(name="a"))
+    b = Job.push(RecordJob(name="b"), depends=[a])
+    # the worker wrote the completion and died before settling the dependents
+    app.store.jobs.update_one({"_id": a}, {"$set": {"status": "completed"}})
+    assert status(b) == "waiting"
+    assert app.store.settle_finished() == 1
+    assert status(b) == "ready"
+    assert app.store.settle_finished() == 0, "a settled job leaves the sweep"
+
+
+def test_removing_an_antecedent_cancels_the_jobs_waiting_on_it(app: App) -> None:
+    a = Job.push(RecordJob(name="a"), delay=3600)
+    b = Job.push(RecordJob(name="b"), depends=[a])
+    Job.get(a).cancel(dependents=False)  # type: ignore[union-attr]
+    Job.get(a).remove()  # type: ignore[union-attr]
+    assert status(b) == "cancelled"
