@@ -3,6 +3,7 @@ and cancel / restart cascade through chains and diamonds."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -45,7 +46,7 @@ def test_a_chain_runs_in_order_after_a_delayed_antecedent(app: App, db: Any) -> 
         wait_for(lambda: all_in([a, b, c], "completed"), timeout=30, what="the chain to complete")
     docs = [app.store.get_job(job_id) for job_id in (a, b, c)]
     assert all(doc is not None for doc in docs)
-    for before, after in zip(docs, docs[1:], strict=False):
+    for before, after in itertools.pairwise(docs):
         assert before is not None and after is not None
         assert before["finished"] <= after["started"], (
             "a dependent started before its antecedent finished"
@@ -74,7 +75,7 @@ def test_cancel_cascades_down_a_chain_and_a_diamond(app: App) -> None:
 
 
 def test_cancel_can_go_up_to_the_antecedents(app: App) -> None:
-    a, b, c, d = diamond(delay=3600)
+    a, b, _c, _d = diamond(delay=3600)
     Job.get(b).cancel(antecedents=True, dependents=False)  # type: ignore[union-attr]
     assert statuses(a, b) == ["cancelled", "cancelled"]
 

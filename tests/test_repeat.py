@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from tests.conftest import wait_for
@@ -26,7 +27,7 @@ def test_a_job_repeated_twice_runs_three_times_a_wait_apart(app: App, db: Any) -
         )
     docs = series(app, first)
     assert [d["repeats_left"] for d in docs] == [2, 1, 0]
-    for before, after in zip(docs, docs[1:], strict=False):
+    for before, after in itertools.pairwise(docs):
         gap = (after["run_at"] - before["finished"]).total_seconds()
         assert gap >= 0.29, f"the next run was due {gap:.3f} s after the last finished"
         assert after["params"] == {"echo": "r"}

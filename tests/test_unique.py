@@ -52,7 +52,9 @@ def test_two_threads_pushing_one_key_make_one_job(app: App) -> None:
         barrier = threading.Barrier(2)
         ids: list[str] = []
 
-        def push(key: str = key, barrier: threading.Barrier = barrier) -> None:
+        def push(
+            key: str = key, barrier: threading.Barrier = barrier, ids: list[str] = ids
+        ) -> None:
             barrier.wait()
             ids.append(Job.push(RecordJob(), unique=key))
 
