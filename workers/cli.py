@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from workers import app as app_module
+from workers import commands as commands_module
 from workers import embedded, headless, registry
 from workers import settings as settings_module
 from workers.cron import iso
@@ -66,6 +67,7 @@ def parser(prog: str = "workers") -> argparse.ArgumentParser:
     add("worker", help="run one worker process (what supervisord starts)")
     add("status", help="count the jobs by status and list the live worker processes")
     add("cron", help="list the cron schedules, their next ticks and the leader")
+    commands_module.add_parsers(add, common)
     db = add("db", help="the embedded database server of this folder")
     db.add_argument("action", choices=["status", "stop"])
     return top
@@ -101,6 +103,8 @@ def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
         return _status(settings)
     if args.command == "cron":
         return _cron(settings)
+    if args.command in ("jobs", "push"):
+        return commands_module.run(args, settings)
     if settings.mode == "headless":
         registry.discover(settings.jobs)  # broken jobs or schedules stop startup here
         return headless.run(settings)

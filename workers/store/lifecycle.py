@@ -160,6 +160,14 @@ class LifecycleQueries(ClaimQueries):
         query, hint = _find_query(type, status)
         return list(self.jobs.find(query, sort=_NEWEST_FIRST, limit=limit, hint=hint))
 
+    @translated
+    def job_ids(self, *, type: str | None = None, status: str | None = None) -> list[Any]:
+        """Every id matching the filter (a bulk action from the command line), on an index."""
+        query, hint = _find_query(type, status)
+        return [
+            doc["_id"] for doc in self.jobs.find(query, {"_id": 1}, hint=hint, batch_size=BATCH)
+        ]
+
     # -- actions ------------------------------------------------------------------------
 
     @translated
