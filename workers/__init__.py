@@ -7,34 +7,49 @@ The public surface: `Job` to subclass and push, `boot()` for an app's startup,
 
 from __future__ import annotations
 
-from workers.app import boot, database, shutdown
+from workers.app import boot, database, push, shutdown
 from workers.cli import main
 from workers.errors import (
     DatabaseUnavailable,
     DiscoveryError,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
     JobTimeout,
     LeaseLost,
     PushError,
     SettingsError,
+    TransitionRefused,
     WorkersError,
 )
 from workers.inline import run_inline as _run_inline  # binds inline mode  # noqa: F401
 from workers.job import Job
-
-__version__ = "0.1.0"
-
+from workers.lifecycle import Pushed, StoredJob
+from workers.processing import JobProcessor, process_jobs
+from workers.record import ActionResult
+from workers.version import __version__ as __version__
 
 __all__ = [
+    "ActionResult",
     "DatabaseUnavailable",
     "DiscoveryError",
     "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobNotFound",
+    "JobProcessor",
     "JobTimeout",
     "LeaseLost",
     "PushError",
+    "Pushed",
     "SettingsError",
+    "StoredJob",
+    "TransitionRefused",
     "WorkersError",
     "boot",
     "database",
     "main",
+    "process_jobs",
+    "push",
     "shutdown",
 ]

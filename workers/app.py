@@ -60,12 +60,20 @@ class App:
         (a push with `depends` also reads and flags its antecedents). Inline mode runs
         the job before returning."""
         job_type = self._registered_type(job)
-        job_id = new_id()
         if options.get("unique") is None:
             options["unique"] = job.unique_key()
+        return self.push_named(job_type, job.params, **options)
+
+    def push_named(self, job_type: str, params: dict[str, Any], **options: Any) -> Pushed:
+        """Push by type name, for the jobs a `process_jobs` handler runs (no class needed)."""
+        if not isinstance(job_type, str) or not job_type:
+            raise PushError(f"push: the job type must be a non-empty string, got {job_type!r}")
+        if not isinstance(params, dict):
+            raise PushError(f"push: params must be a dict, got {params!r}")
+        job_id = new_id()
         try:
             job_id, existing = self.store.push_job(
-                self.job_document(job_id, job_type, job.params, **options)
+                self.job_document(job_id, job_type, params, **options)
             )
         except DatabaseUnavailable as exc:
             raise DatabaseUnavailable(
@@ -73,7 +81,7 @@ class App:
                 "if the connection dropped during the write, the job may exist under that id"
             ) from exc
         except PushError as exc:
-            problem = bson_problem(job.params)
+            problem = bson_problem(params)
             if problem:
                 raise PushError(f"{job_type} params are not BSON-encodable: {problem}") from exc
             raise
@@ -232,6 +240,12 @@ def database() -> Any:
     """The app's own MongoDB database (a pymongo Database), on a connection pool of its own
     (`mongo.pool_size`) beside the workers' runtime, which its slow queries cannot starve."""
     return current().store.app_database()
+
+
+def push(job_type: str, params: dict[str, Any] | None = None, **options: Any) -> Pushed:
+    """Push a job by its type name (the options of `Job.push`): for `process_jobs`
+    handlers, whose jobs need no class. A type no worker runs waits for one."""
+    return current().push_named(job_type, dict(params or {}), **options)
 
 
 def shutdown() -> None:

@@ -27,7 +27,7 @@ from workers.errors import (
     LeaseLost,
     WorkersError,
 )
-from workers.job import Attempt, Job, was_cancelled
+from workers.job import Attempt, Job, JobHandle, was_cancelled
 from workers.record import TEXT_LIMIT, JobRecord, clipped, error_document
 from workers.retrying import Backoff
 from workers.store import bson_problem
@@ -109,18 +109,14 @@ def exception_error(exc: BaseException, attempt: int, owner: str) -> dict[str, A
 def run_attempt(app: App, held: Held) -> None:
     """Run a claimed, started job once and record the outcome; a job's errors never escape."""
     owner = held.token
-    try:
-        record = JobRecord.from_document(held.doc)
-    except ValueError as exc:
-        _fail_malformed(app, owner, held, exc)
+    record = _readable(app, held)
+    if record is None:
         return
     job_class = app.registry.get(record.type)
     if job_class is None:  # the claim filters on registered types; kept as a guard
         app.store.release({record.id: owner}, f"type {record.type} is not registered here")
         return
-    if record.timeout is not None and held.started is not None:
-        held.timeout = record.timeout
-        held.deadline = held.started + record.timeout
+    _set_deadline(held, record)
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
     log.info("job started", extra={"action": "job_started", **extra})
     with asyncio.Runner() as loop:  # the event loop of async hooks, made on first use
@@ -145,6 +141,72 @@ def _run_and_record(
     if not held.timed_out:  # else the watchdog recorded the timeout
         error = _record_outcome(app, owner, held, record, result, error)
     _call_after_job(job, error, extra, loop)
+
+
+Handler = Callable[[Any], Any]
+
+
+def run_handler(app: App, held: list[Held], handler: Handler, cargo: int) -> None:
+    """Run claimed, started jobs through a `process_jobs` handler, `handler(job)` (cargo 1)
+    or `handler(jobs)`, and record each job's outcome as `run_attempt` does: its result
+    (a list as long as the jobs gives each its own), the handler's error, or its own
+    `fail()`; a timeout or a cancel is each job's own."""
+    runs = [(one, record) for one in held if (record := _readable(app, one)) is not None]
+    if not runs:
+        return
+    jobs = []
+    for one, record in runs:
+        _set_deadline(one, record)
+        job = JobHandle(record.type, record.params)
+        job.attempt = Attempt(app.store, record.id, one.token, record.attempts)
+        jobs.append(job)
+    deadlines = [one.deadline for one, _ in runs if one.deadline is not None]
+    with asyncio.Runner() as loop:
+        try:
+            value = awaited(
+                handler(jobs[0] if cargo == 1 else jobs), loop, min(deadlines, default=None)
+            )
+            error: BaseException | None = None
+        except BaseException as exc:  # as run_attempt: nothing a handler raises ends the thread
+            value, error = None, exc
+    results = (
+        value
+        if isinstance(value, list) and len(value) == len(jobs) and cargo > 1
+        else [value] * len(jobs)
+    )
+    for (one, record), job, result in zip(runs, jobs, results, strict=True):
+        _record_handled(app, one, record, job, result, error)
+
+
+def _record_handled(
+    app: App, held: Held, record: JobRecord, job: Job, result: Any, error: BaseException | None
+) -> None:
+    if error is None and job.attempt is not None and job.attempt.failure is not None:
+        result, error = None, job.attempt.failure
+    if error is None and (problem := bson_problem({"result": result})):
+        error = TypeError(f"the handler returned a value that is not BSON-encodable: {problem}")
+    if not held.handler_returned(time.monotonic()):
+        result, error = (
+            None,
+            JobTimeout(f"{record.type} ran past its timeout of {record.timeout:g} s"),
+        )
+    if not held.timed_out:
+        _record_outcome(app, held.token, held, record, result, error)
+
+
+def _readable(app: App, held: Held) -> JobRecord | None:
+    """The job's record; a document we cannot read is failed for good instead (None)."""
+    try:
+        return JobRecord.from_document(held.doc)
+    except ValueError as exc:
+        _fail_malformed(app, held.token, held, exc)
+        return None
+
+
+def _set_deadline(held: Held, record: JobRecord) -> None:
+    if record.timeout is not None and held.started is not None:
+        held.timeout = record.timeout
+        held.deadline = held.started + record.timeout
 
 
 def record_timeout(app: App, held: Held) -> None:

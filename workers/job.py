@@ -278,3 +278,15 @@ def was_cancelled(attempt: Attempt) -> bool:
     except WorkersError:
         return False
     return bool(doc and doc.get("status") == "cancelled")
+
+
+class JobHandle(Job):
+    """What a `process_jobs` handler gets: the job's id, type and params, and what a running
+    job can call (`progress`, `log`, `fail`)."""
+
+    def __init__(self, job_type: str, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.type = job_type
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.type} {self.id}, {self.params!r})"

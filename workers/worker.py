@@ -18,9 +18,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from workers import __version__
 from workers.app import App
 from workers.claimer import Claimer
 from workers.cron import Scheduler
@@ -29,6 +30,7 @@ from workers.execution import Held, record_timeout, run_attempt
 from workers.headless import SUPERVISED_ENV
 from workers.heartbeat import Heartbeat
 from workers.retrying import Backoff
+from workers.version import __version__
 from workers.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -45,18 +47,50 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
+class Profile:
+    """What a worker runs: its types, threads and how a thread runs what it takes. Headless
+    mode runs the registered classes (`headless`); `process_jobs` a function of its own."""
+
+    types: list[str]
+    threads: int
+    run: Callable[[App, list[Held]], None]
+    cargo: int = 1  # jobs a thread takes at once
+    prefetch: int = 0  # jobs claimed beyond what the threads can start now
+    poll_interval: float | None = None  # None: settings
+    cron: bool = True
+
+    @classmethod
+    def headless(cls, app: App) -> Profile:
+        return cls(app.registry.types, app.settings.workers.count, _run_each)
+
+    @property
+    def slots(self) -> int:
+        """Jobs held at most: a claim never takes more than fit in them now."""
+        return self.threads * self.cargo + self.prefetch
+
+
+def _run_each(app: App, held: list[Held]) -> None:
+    for one in held:
+        run_attempt(app, one)
+
+
 class Worker:
-    def __init__(self, app: App, *, owner: str | None = None) -> None:
+    def __init__(self, app: App, *, owner: str | None = None, profile: Profile | None = None):
         self.app = app
         self.store = app.store
         self.owner = owner or new_owner_id()
-        self.count = app.settings.workers.count
+        self.profile = profile or Profile.headless(app)
+        self.count = self.profile.threads
         self.queue_settings = app.settings.workers.queue
         self.shutdown_settings = app.settings.workers.shutdown
-        self._inbox: queue.Queue[Held | None] = queue.Queue()
+        self._poll = self.profile.poll_interval or self.queue_settings.poll_interval
+        self._inbox: queue.Queue[list[Held] | None] = queue.Queue()  # a thread's cargo each
         self._cond = threading.Condition()  # guards _held and _free; re-entrant for stop()
         self._held: dict[Any, Held] = {}
-        self._free = self.count
+        self._slots = self.profile.slots
+        self._free = self._slots  # slots not holding a job
+        self._paused = False
         self._stuck: list[Held] = []
         self._stopping = threading.Event()
         self._finished = threading.Event()
@@ -72,11 +106,9 @@ class Worker:
             self.lose,
             self.node_info,
         )
-        types = app.registry.types
+        types = self.profile.types
         self._claimer = Claimer(self.store, self.owner, types, self.queue_settings.lease)
-        self._wakeup = Wakeup(
-            self.store, self.queue_settings.poll_interval, stream=self.queue_settings.change_streams
-        )
+        self._wakeup = Wakeup(self.store, self._poll, stream=self.queue_settings.change_streams)
         self._linger = 0.0
         # under our supervisord: its pid, so that the worker notices when it is gone
         self._supervisor = os.getppid() if os.environ.get(SUPERVISED_ENV) else None
@@ -91,7 +123,7 @@ class Worker:
                 "action": "worker_started",
                 "node": self.owner,
                 "threads": self.count,
-                "types": self.app.registry.types,
+                "types": self.profile.types,
             },
         )
         for number in range(self.count):
@@ -127,9 +159,22 @@ class Worker:
         with self._cond:
             self._cond.notify_all()
 
+    def pause(self, paused: bool = True) -> None:
+        """Stop (or go on) claiming; the jobs this process holds run on."""
+        with self._cond:
+            self._paused = paused
+            self._cond.notify_all()
+        self._wakeup.poke()
+
+    def counts(self) -> tuple[int, int]:
+        """(jobs claimed and not started, jobs running) in this process."""
+        with self._cond:
+            started = sum(1 for held in self._held.values() if held.started is not None)
+            return len(self._held) - started, started
+
     def _start_cron(self) -> Scheduler | None:
         schedules = self.app.registry.schedules
-        if not schedules or self.app.settings.workers.cron.disable:
+        if not self.profile.cron or not schedules or self.app.settings.workers.cron.disable:
             return None
         scheduler = Scheduler(self.app, self.owner, schedules)
         scheduler.start()
@@ -170,7 +215,7 @@ class Worker:
     # -- the claimer ---------------------------------------------------------------------
 
     def _claim_loop(self) -> None:
-        poll = self.queue_settings.poll_interval
+        poll = self._poll
         backoff = Backoff(poll, _BACKOFF_MAX)
         more_waiting = False  # the last claim filled every idle thread: jobs are likely waiting
         woken: list[Any] | None = None  # jobs the stream reported ready: claimed by _id
@@ -198,20 +243,25 @@ class Worker:
     def _idle_threads(self, *, linger: bool) -> int:
         """Wait for an idle thread; while jobs are waiting, give the busy ones up to one
         claim's duration to finish too, so the next batch takes more than one job."""
-        poll = self.queue_settings.poll_interval
         with self._cond:
-            self._cond.wait_for(lambda: self._free > 0 or self._stopping.is_set(), poll)
-            if linger and 0 < self._free < self.count:
+            self._cond.wait_for(
+                lambda: (self._free > 0 and not self._paused) or self._stopping.is_set(),
+                self._poll,
+            )
+            if self._paused:
+                return 0
+            if linger and 0 < self._free < self._slots:
                 self._cond.wait_for(
-                    lambda: self._free == self.count or self._stopping.is_set(), self._linger
+                    lambda: self._free == self._slots or self._stopping.is_set(), self._linger
                 )
             return self._free
 
     def _hand_over(self, docs: list[dict[str, Any]]) -> None:
-        """Queue the claimed jobs for the threads. A job this process still holds under an
-        older token (its lease lapsed, it was rescued and claimed again) is abandoned
-        first: the old attempt's writes are refused by its token, and it is not run twice
-        from here."""
+        """Queue the claimed jobs for the threads, `cargo` to an item. A job this process still
+        holds under an older token (its lease lapsed, it was rescued and claimed again) is
+        abandoned first: the old attempt's writes are refused by its token, and it is not
+        run twice from here."""
+        cargo: list[Held] = []
         with self._cond:
             for doc in docs:
                 held = Held(doc, token=str(doc["lease_owner"]))
@@ -225,27 +275,37 @@ class Worker:
                     )
                 self._held[held.job_id] = held
                 self._free -= 1
-                self._inbox.put(held)
+                cargo.append(held)
+                if len(cargo) == self.profile.cargo:
+                    self._inbox.put(cargo)
+                    cargo = []
+            if cargo:
+                self._inbox.put(cargo)
 
     # -- job threads ------------------------------------------------------------------------
 
     def _work(self) -> None:
         while True:
-            held = self._inbox.get()
-            if held is None:
+            taken = self._inbox.get()
+            if taken is None:
                 return
             try:
-                if self._start(held):
-                    run_attempt(self.app, held)
+                started = [held for held in taken if self._start(held)]
+                if started:
+                    self.profile.run(self.app, started)
             except Exception:
                 log.exception("job attempt crashed the runner", extra={"action": "runner_error"})
             finally:
+                self._done(taken)
+
+    def _done(self, taken: list[Held]) -> None:
+        with self._cond:
+            for held in taken:
                 held.done.set()
-                with self._cond:
-                    if self._held.get(held.job_id) is held:
-                        del self._held[held.job_id]
-                    self._free += 1
-                    self._cond.notify_all()
+                if self._held.get(held.job_id) is held:
+                    del self._held[held.job_id]
+                self._free += 1
+            self._cond.notify_all()
 
     def _start(self, held: Held) -> bool:
         """Mark a job started, unless it was handed back meanwhile (one lock decides)."""
