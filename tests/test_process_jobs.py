@@ -13,8 +13,8 @@ import pytest
 import workers
 from tests.conftest import wait_for
 from workers import Job, WorkersError, process_jobs
-from workers.job import JobHandle
 from workers.app import App
+from workers.job import JobHandle
 
 
 def statuses(app: App) -> list[str]:
