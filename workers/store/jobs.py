@@ -22,10 +22,9 @@ from pymongo.errors import (
     DocumentTooLarge,
     DuplicateKeyError,
     OperationFailure,
-    PyMongoError,
 )
 
-from workers.errors import PushError
+from workers.errors import PushError, WorkersError
 from workers.record import COMPLETED, FAILED, READY, RUNNING, error_document
 from workers.store.base import (
     Document,
@@ -150,7 +149,7 @@ class JobQueries(LifecycleQueries):
             return True
         if not self._owned_update(job_id, owner, changes, release=True):
             return False
-        with contextlib.suppress(PyMongoError):
+        with contextlib.suppress(WorkersError):  # settle is translated: its errors are ours
             self.settle(job_id)
         return True
 
