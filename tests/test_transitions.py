@@ -140,17 +140,26 @@ def test_the_view_shows_the_stored_job(app: App) -> None:
 
 
 def test_find_filters_by_type_and_status_newest_first(app: App) -> None:
-    ids = [Job.push(RecordJob(n=n)) for n in range(5)]
+    ids = [Job.push(RecordJob(n=n)) for n in range(6)]
     Job.pause_many(ids[:2])
+    Job.cancel_many(ids[4:5])
     assert [j.id for j in Job.find(type="RecordJob")] == ids[::-1]
+    assert [j.id for j in Job.find(type="RecordJob", limit=3)] == ids[:2:-1]
+    assert [j.id for j in Job.find()] == ids[::-1]
     assert [j.id for j in Job.find(status="paused")] == ids[1::-1]
-    assert [j.id for j in Job.find(type="RecordJob", status="ready", limit=2)] == ids[:1:-1][:2]
+    assert [j.id for j in Job.find(status="cancelled")] == [ids[4]]
+    assert [j.id for j in Job.find(type="RecordJob", status="cancelled")] == [ids[4]]
+    assert [j.id for j in Job.find(type="RecordJob", status="ready", limit=2)] == [ids[5], ids[3]]
     assert Job.find(type="OtherJob") == []
 
 
 LIFECYCLE_INDEXES = {
-    "find by type": "by_type",
-    "find by status": "by_status",
+    "find by type and finished status #1": "finished_by_type",
+    "find by finished status #1": "finished_by_status",
+    "find by type and live status #1": "claim_queue",
+    "find by live status #1": "claim_queue",
+    "find by type #1": "claim_queue",
+    "find by type #2": "finished_by_type",
     "dependents": "depends",
     "release": "pending",
     "followups sweep": "followups",

@@ -40,15 +40,16 @@ from workers.record import (
     FOREVER,
     PAUSED,
     READY,
+    STATUSES,
     WAITING,
     ActionResult,
     clone_document,
 )
 from workers.store.base import Document, appended, new_id, number, translated
-from workers.store.claims import ClaimQueries
+from workers.store.claims import CLAIM_INDEX, ClaimQueries
 
 BATCH = 500
-BY_STATUS_INDEX, BY_TYPE_INDEX = "by_status", "by_type"
+BY_STATUS_INDEX, BY_TYPE_INDEX = "finished_by_status", "finished_by_type"
 DEPENDS_INDEX, PENDING_INDEX, FOLLOWUPS_INDEX = "depends", "pending", "followups"
 UNIQUE_LIVE_INDEX, EXPIRE_INDEX = "unique_live", "expire_at"
 _PUSH_TRIES = 5  # a unique key freed and taken again between our insert and our read
@@ -59,8 +60,13 @@ _HAS_PENDING = {"$gt": [{"$size": {"$ifNull": ["$pending", []]}}, 0]}
 
 class LifecycleQueries(ClaimQueries):
     def ensure_lifecycle_indexes(self) -> None:
-        self.jobs.create_index([("status", 1), ("_id", 1)], name=BY_STATUS_INDEX)
-        self.jobs.create_index([("type", 1), ("status", 1), ("_id", 1)], name=BY_TYPE_INDEX)
+        # finished jobs only: an entry is written once, when a job finishes, so the claim and
+        # the outcome of a live job pay nothing for them (live jobs are found on the claim index)
+        for keys, name in (
+            ([("status", 1), ("_id", 1)], BY_STATUS_INDEX),
+            ([("type", 1), ("status", 1), ("_id", 1)], BY_TYPE_INDEX),
+        ):
+            self.jobs.create_index(keys, name=name, partialFilterExpression=_IS_FINISHED)
         for name in (DEPENDS_INDEX, PENDING_INDEX, FOLLOWUPS_INDEX):
             self.jobs.create_index(name, name=name, sparse=True)
         self.jobs.create_index(
@@ -156,16 +162,22 @@ class LifecycleQueries(ClaimQueries):
     def find_jobs(
         self, *, type: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Document]:
-        """Newest first (ids are ObjectIds: creation order), on `by_type` or `by_status`."""
-        query, hint = _find_query(type, status)
-        return list(self.jobs.find(query, sort=_NEWEST_FIRST, limit=limit, hint=hint))
+        """Newest first (ids are ObjectIds: creation order): live jobs on the claim index,
+        finished ones on `finished_by_type` / `finished_by_status`, merged."""
+        found = [
+            doc
+            for query, hint in _find_queries(type, status)
+            for doc in self.jobs.find(query, sort=_NEWEST_FIRST, limit=limit, hint=hint)
+        ]
+        return sorted(found, key=lambda doc: str(doc["_id"]), reverse=True)[:limit]
 
     @translated
     def job_ids(self, *, type: str | None = None, status: str | None = None) -> list[Any]:
         """Every id matching the filter (a bulk action from the command line), on an index."""
-        query, hint = _find_query(type, status)
         return [
-            doc["_id"] for doc in self.jobs.find(query, {"_id": 1}, hint=hint, batch_size=BATCH)
+            doc["_id"]
+            for query, hint in _find_queries(type, status)
+            for doc in self.jobs.find(query, {"_id": 1}, hint=hint, batch_size=BATCH)
         ]
 
     # -- actions ------------------------------------------------------------------------
@@ -436,8 +448,11 @@ class LifecycleQueries(ClaimQueries):
         ids = ["explain-a", "explain-b"]
         statuses = {"$in": [WAITING, PAUSED]}
         commands: dict[str, Document] = {
-            "find by type": _find_command("LoadRetentionJob", "failed"),
-            "find by status": _find_command(None, "failed"),
+            **{
+                f"find {name} #{n}": {**command, "sort": dict(_NEWEST_FIRST), "limit": 50}
+                for name, (job_type, status) in _FIND_EXAMPLES.items()
+                for n, command in enumerate(_find_commands(job_type, status), 1)
+            },
             "dependents": {
                 "filter": {"depends": {"$in": ids}, "status": statuses},
                 "hint": DEPENDS_INDEX,
@@ -461,20 +476,39 @@ def _batches(ids: list[Any]) -> Iterator[list[Any]]:
         yield ids[start : start + BATCH]
 
 
-def _find_query(type: str | None, status: str | None) -> tuple[Document, str]:
-    query: Document = {}
-    if type is not None:
-        query["type"] = type
-    if status is not None:
-        query["status"] = status
-    if type is not None:
-        return query, BY_TYPE_INDEX
-    return query, BY_STATUS_INDEX if status is not None else "_id_"
+_IS_FINISHED = {"finished": {"$type": "date"}}
+_LIVE = [status for status in STATUSES if status not in FINISHED]
+_FIND_EXAMPLES = {
+    "by type and finished status": ("LoadRetentionJob", FAILED),
+    "by finished status": (None, FAILED),
+    "by type and live status": ("LoadRetentionJob", READY),
+    "by live status": (None, READY),
+    "by type": ("LoadRetentionJob", None),
+}
 
 
-def _find_command(type: str | None, status: str | None) -> Document:
-    query, hint = _find_query(type, status)
-    return {"filter": query, "sort": dict(_NEWEST_FIRST), "hint": hint, "limit": 50}
+def _find_queries(type: str | None, status: str | None) -> list[tuple[Document, str]]:
+    """The queries (filter, index) whose results, merged, are the jobs of `type` and `status`.
+
+    Live jobs (not finished) are on the claim index, whose prefix is (status, type);
+    finished jobs on the partial indexes of finished jobs (the filter repeats their
+    partial expression, so the planner may use them)."""
+    typed: Document = {} if type is None else {"type": type}
+    if status is None and type is None:
+        return [({}, "_id_")]
+    if status is None:
+        return [
+            ({"status": {"$in": _LIVE}, **typed}, CLAIM_INDEX),
+            ({"status": {"$in": list(FINISHED)}, **typed, **_IS_FINISHED}, BY_TYPE_INDEX),
+        ]
+    if status in FINISHED:
+        index = BY_TYPE_INDEX if type is not None else BY_STATUS_INDEX
+        return [({**typed, "status": status, **_IS_FINISHED}, index)]
+    return [({"status": status, **typed}, CLAIM_INDEX)]
+
+
+def _find_commands(type: str | None, status: str | None) -> list[Document]:
+    return [{"filter": query, "hint": hint} for query, hint in _find_queries(type, status)]
 
 
 def _paused() -> Document:
