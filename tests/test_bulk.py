@@ -12,7 +12,7 @@ from pymongo import monitoring
 from tests.jobs import RecordJob
 from workers import Job
 from workers.app import App
-from workers.store.lifecycle import BATCH
+from workers.store.dependencies import BATCH
 
 COUNT = 1_000
 

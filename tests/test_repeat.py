@@ -10,7 +10,7 @@ from tests.jobs import RecordJob
 from tests.test_worker import running
 from workers import Job
 from workers.app import App
-from workers.record import FINISHED
+from workers.record import FINISHED, FOLLOWUPS
 
 
 def series(app: App, first: str) -> list[dict[str, Any]]:
@@ -60,6 +60,6 @@ def test_a_settle_that_runs_twice_clones_once(app: App) -> None:
     first = Job.push(RecordJob(), repeat={"repeats": 5, "wait": 60})
     app.store.jobs.update_one({"_id": first}, {"$set": {"status": "completed"}})
     app.store.settle(first)
-    app.store.jobs.update_one({"_id": first}, {"$set": {"followups": True}})
+    app.store.jobs.update_one({"_id": first}, {"$addToSet": {"links": FOLLOWUPS}})
     app.store.settle(first)
     assert len(series(app, first)) == 2

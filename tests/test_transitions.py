@@ -154,16 +154,16 @@ def test_find_filters_by_type_and_status_newest_first(app: App) -> None:
 
 
 LIFECYCLE_INDEXES = {
-    "find by type and finished status #1": "finished_by_type",
-    "find by finished status #1": "finished_by_status",
+    "find by type and finished status #1": "finished",
+    "find by finished status #1": "finished",
     "find by type and live status #1": "claim_queue",
     "find by live status #1": "claim_queue",
     "find by type #1": "claim_queue",
-    "find by type #2": "finished_by_type",
-    "dependents": "depends",
-    "release": "pending",
-    "followups sweep": "followups",
-    "unique holder": "unique_live",
+    "find by type #2": "finished",
+    "dependents": "links",
+    "release": "links",
+    "followups sweep": "links",
+    "unique holder": "unique_key",
 }
 
 

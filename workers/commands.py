@@ -24,7 +24,7 @@ from workers import lifecycle
 from workers.errors import WorkersError
 from workers.record import ALLOWED, STATUSES, ActionResult
 from workers.settings import Settings
-from workers.store.lifecycle import BATCH
+from workers.store.dependencies import BATCH
 
 EXIT_REFUSED = 1
 _ACTIONS = tuple(ALLOWED)

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from workers.errors import JobNotFound, TransitionRefused, WorkersError
-from workers.record import ALLOWED, STATUSES, ActionResult
+from workers.record import ALLOWED, FOLLOWUPS, STATUSES, ActionResult
 from workers.store import Store
 
 
@@ -54,7 +54,7 @@ class StoredJob:
     result = property(lambda self: self._get("result"))
     error = property(lambda self: self._get("error"))
     depends = property(lambda self: list(self._get("depends") or []))
-    pending = property(lambda self: list(self._get("pending") or []))
+    pending = property(lambda self: [a for a in self._get("links") or [] if a != FOLLOWUPS])
     repeats_left = property(lambda self: self._get("repeats_left"))
     unique = property(lambda self: self._get("unique"))
 

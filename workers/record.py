@@ -41,6 +41,10 @@ DATA_LIMIT = 16_000  # bytes of BSON of a log entry's data
 Backoff = Literal["exponential", "fixed"]
 BACKOFFS = ("exponential", "fixed")
 FOREVER = "forever"
+# In `links`: something must happen after this job finishes (dependents, a repeat).
+FOLLOWUPS = "+followups"
+# An app's unique key, in the `unique_key` index beside cron's tick keys ("cron:...").
+UNIQUE_PREFIX = "unique:"
 
 
 def clipped(text: str, limit: int, *, keep_end: bool = False) -> str:
@@ -182,15 +186,18 @@ def new_document(
     if options.unique_key is not None:
         doc["unique_key"] = options.unique_key
     if options.unique is not None:
-        doc.update(unique=options.unique, unique_live=options.unique)
+        doc.update(unique=options.unique, unique_key=UNIQUE_PREFIX + options.unique)
+    links = list(options.depends)
     if options.depends:
-        doc.update(depends=list(options.depends), pending=list(options.depends))
+        doc["depends"] = list(options.depends)
     if options.repeat is not None:
         doc.update(
             repeat={"repeats": options.repeat.repeats, "wait": options.repeat.wait},
             repeats_left=options.repeat.repeats,
-            followups=True,
         )
+        links.append(FOLLOWUPS)
+    if links:
+        doc["links"] = links
     return doc
 
 
@@ -261,7 +268,7 @@ def clone_document(
                          PushOptions(delay=delay), now)  # fmt: skip
     clone.update({name: doc[name] for name in _CLONED if name in doc})
     if clone.get("unique"):
-        clone["unique_live"] = clone["unique"]
+        clone["unique_key"] = UNIQUE_PREFIX + clone["unique"]
     if "repeat" in doc:
-        clone["followups"] = True
+        clone["links"] = [FOLLOWUPS]
     return clone

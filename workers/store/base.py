@@ -150,6 +150,12 @@ def bounded_entry(entry: Document) -> Document:
     return bounded
 
 
+def released_key() -> Any:
+    """`unique_key` once the job finished: an app's key is free again (null); cron's tick
+    key stays, since a tick fires once, ever."""
+    return {"$cond": [{"$eq": [{"$type": "$unique"}, "string"]}, None, "$unique_key"]}
+
+
 def after_now(seconds: float) -> Any:
     return {"$add": ["$$NOW", int(seconds * 1000)]}
 
@@ -270,7 +276,7 @@ class Connection:
         keep = self.retention.get(status)
         return {
             "finished": "$$NOW",
-            "unique_live": None,
+            "unique_key": released_key(),
             "expire_at": after_now(keep) if keep else None,
         }
 

@@ -320,12 +320,16 @@ class ClaimQueries(Connection):
             {"_id": job_id, "status": READY},  # a plain $set: no expression over its fields
             {"$set": {"status": FAILED, "error": error, **self._finished_at(FAILED, stamp)}},
         )
+        # an app's unique key is free again (cron's tick key stays)
+        self.jobs.update_one(
+            {"_id": job_id, "unique": {"$type": "string"}}, {"$set": {"unique_key": None}}
+        )
 
     def _finished_at(self, status: str, stamp: datetime) -> Document:
         """`finished` for a plain (non-pipeline) write, stamped by `now()`."""
         keep = self.retention.get(status)
         expire = stamp + timedelta(seconds=keep) if keep else None
-        return {"finished": stamp, "updated": stamp, "unique_live": None, "expire_at": expire}
+        return {"finished": stamp, "updated": stamp, "expire_at": expire}
 
     def ready_stream(self) -> ReadyStream:
         """A change stream of jobs becoming ready, on its own connection (see stream.py)."""

@@ -25,7 +25,7 @@ from pymongo.errors import (
 )
 
 from workers.errors import PushError, WorkersError
-from workers.record import COMPLETED, FAILED, READY, RUNNING, error_document
+from workers.record import COMPLETED, FAILED, FOLLOWUPS, READY, RUNNING, error_document
 from workers.store.base import (
     Document,
     after_now,
@@ -144,7 +144,7 @@ class JobQueries(LifecycleQueries):
         """The finishing write, first for a job without follow-ups (the common case: one
         write); if that misses, for one with them, which are then settled (a settle cut
         short is finished by the sweep: `settle_finished`)."""
-        plain = {"followups": {"$ne": True}}
+        plain = {"links": {"$ne": FOLLOWUPS}}
         if self._owned_update(job_id, owner, changes, release=True, also=plain):
             return True
         if not self._owned_update(job_id, owner, changes, release=True):
@@ -327,7 +327,7 @@ def _held_filter(held: Mapping[Any, str]) -> Document:
 
 # What a rescue must change for the job to run again (or end); the rest is its record.
 _RESCUE_BARE = (
-    "status", "run_at", "finished", "unique_live", "expire_at", "lease_owner", "lease_expires",
+    "status", "run_at", "finished", "unique_key", "expire_at", "lease_owner", "lease_expires",
     "updated",
 )  # fmt: skip
 
@@ -337,7 +337,7 @@ def _rescued(finish: Document) -> Document:
     `finish` as every finishing write does)."""
     finished = {
         "finished": (None, finish["finished"]),
-        "unique_live": ("$unique_live", None),
+        "unique_key": ("$unique_key", finish["unique_key"]),
         "expire_at": (None, finish["expire_at"]),
     }
     retry = {"$lte": [number("$attempts"), number("$retries")]}

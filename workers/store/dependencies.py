@@ -1,0 +1,208 @@
+"""What ties jobs together in the jobs collection: the push of a job with dependencies or a
+unique key, and the follow-ups of a finished job (its dependents, its repeat).
+
+One sparse multikey field, `links`, indexed once, serves all of it: a
+dependent holds there the antecedents not yet completed, and a job something
+must happen after (an antecedent of others, a repeating job) holds the marker
+FOLLOWUPS. The write that finishes a job with the marker is followed by
+`settle`: a completion pulls the job from its dependents' `links` (one
+`update_many`; the last antecedent to go makes the dependent ready in the same
+write) and clones a repeating job; a failure for good or a cancel cancels the
+dependents. `settle_finished` (each heartbeat) settles what a crash cut short.
+
+One field for both, and unique keys in cron's `unique_key` index: on SecantusDB
+every index costs every write (a sparse index too, for documents it does not
+hold), so the lifecycle adds as few indexes as it can. That is also right on
+MongoDB, where the same indexes serve the same queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import bson
+from pymongo.errors import DocumentTooLarge, DuplicateKeyError
+
+from workers.errors import PushError
+from workers.record import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    FINISHED,
+    FOLLOWUPS,
+    FOREVER,
+    READY,
+    UNIQUE_PREFIX,
+    WAITING,
+    ActionResult,
+    clone_document,
+)
+from workers.store.base import Document, new_id, translated
+from workers.store.claims import ClaimQueries
+
+BATCH = 500
+LINKS_INDEX = "links"
+UNIQUE_KEY_INDEX = "unique_key"
+_PUSH_TRIES = 5  # a unique key freed and taken again between our insert and our read
+_SWEEP_BATCH = 100
+# the antecedents a job still waits for: its links but the marker
+_PENDING = {"$setDifference": [{"$ifNull": ["$links", []]}, [FOLLOWUPS]]}
+HAS_PENDING = {"$gt": [{"$size": _PENDING}, 0]}
+
+
+def pending_of(doc: Document) -> list[Any]:
+    return [link for link in doc.get("links") or [] if link != FOLLOWUPS]
+
+
+def batches(ids: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(ids), BATCH):
+        yield ids[start : start + BATCH]
+
+
+class DependencyQueries(ClaimQueries):
+    def ensure_dependency_indexes(self) -> None:
+        self.jobs.create_index("links", name=LINKS_INDEX, sparse=True)
+
+    # -- push -------------------------------------------------------------------------------
+
+    @translated
+    def push_job(self, document: Document) -> tuple[str, bool]:
+        """Insert a pushed job: (its id, False); or (the id of the unfinished job that holds
+        its unique key, True), inserting nothing: the unique index decides, so two
+        concurrent pushers make one job. A job with `depends` is refused if an
+        antecedent is missing, failed or cancelled; it waits for the others."""
+        pending = pending_of(document)
+        if pending:
+            pending = self._check_antecedents(pending)
+            marker = [FOLLOWUPS] if FOLLOWUPS in (document.get("links") or []) else []
+            document["links"] = pending + marker
+            document["status"] = WAITING if pending else READY
+        for _ in range(_PUSH_TRIES):
+            holder = self._insert_or_holder(document)
+            if holder is None:
+                break
+            if holder:
+                return holder, True
+        else:
+            raise PushError(f"the unique key {document.get('unique')!r} is busy; try again")
+        if pending:
+            self.await_antecedents(str(document["_id"]), pending)
+        return str(document["_id"]), False
+
+    def _insert_or_holder(self, document: Document) -> str | None:
+        """None once inserted; the holder's id if the unique key is held; "" if the holder
+        finished before it could be read (so try again)."""
+        try:
+            self.jobs.insert_one(document)
+        except bson.errors.InvalidDocument as exc:  # raised while encoding: nothing was sent
+            raise PushError(f"the job document cannot be encoded as BSON: {exc}") from exc
+        except DocumentTooLarge as exc:
+            raise PushError(f"the job document is too large for MongoDB: {exc}") from exc
+        except DuplicateKeyError as exc:
+            key = document.get("unique_key")
+            if not str(key).startswith(UNIQUE_PREFIX):  # cron's tick key: one job per key, ever
+                raise PushError(f"a job with the unique key {key!r} exists") from exc
+            holder = self.jobs.find_one({"unique_key": key}, {"_id": 1}, hint=UNIQUE_KEY_INDEX)
+            return str(holder["_id"]) if holder else ""
+        return None
+
+    def _check_antecedents(self, ids: list[str]) -> list[str]:
+        """The antecedents not completed yet; PushError if one can never complete."""
+        found = {doc["_id"]: doc.get("status") for doc in self.statuses(ids)}
+        for job_id in ids:
+            if job_id not in found:
+                raise PushError(f"push: depends names {job_id}, and no job has that id")
+            if found[job_id] in (FAILED, CANCELLED):
+                raise PushError(
+                    f"push: depends names {job_id}, which is {found[job_id]}: the dependent "
+                    "would never run (restart it first)"
+                )
+        return [job_id for job_id in ids if found[job_id] != COMPLETED]
+
+    def await_antecedents(self, job_id: Any, pending: list[Any], *, dead: bool = True) -> None:
+        """Mark the antecedents, then look again: one that completed before the marker was
+        set is pulled here (after it, its own settle pulls it), and one that went meanwhile
+        (or, if `dead`, failed or was cancelled) cancels the dependent."""
+        self.jobs.update_many({"_id": {"$in": pending}}, {"$addToSet": {"links": FOLLOWUPS}})
+        found = {doc["_id"]: doc.get("status") for doc in self.statuses(pending)}
+        done = [a for a in pending if found.get(a) == COMPLETED]
+        if done:
+            self._release(done, {"_id": job_id})
+        ended = (FAILED, CANCELLED, None) if dead else (None,)
+        if any(found.get(a) in ended for a in pending):
+            self.act("cancel", [job_id], note="an antecedent failed, was cancelled or removed")
+
+    def statuses(self, ids: list[Any]) -> Iterator[Document]:
+        for batch in batches(ids):
+            fields = {"status": 1, "depends": 1, "links": 1}
+            yield from self.jobs.find({"_id": {"$in": batch}}, fields, batch_size=BATCH)
+
+    def act(self, action: str, ids: list[Any], **options: Any) -> ActionResult:
+        raise NotImplementedError  # the actions: lifecycle.py
+
+    def cancel_dependents(self, ids: list[Any]) -> ActionResult:
+        raise NotImplementedError  # the actions: lifecycle.py
+
+    # -- follow-ups ----------------------------------------------------------------------------
+
+    @translated
+    def settle(self, job_id: Any) -> None:
+        """The follow-ups of a finished job: its dependents released (completed) or cancelled
+        (failed, cancelled), its repeat cloned; then its marker is removed. Idempotent:
+        the repeat's id is reserved on the job before the clone is inserted under it."""
+        doc = self.jobs.find_one({"_id": job_id})
+        if doc is None or FOLLOWUPS not in (doc.get("links") or []):
+            return
+        if doc.get("status") not in FINISHED:
+            return
+        if doc["status"] == COMPLETED:
+            self._release([job_id], {})
+            self._repeat(doc)
+        else:
+            self.cancel_dependents([job_id])
+        self.jobs.update_one(
+            {"_id": job_id, "status": doc["status"]}, {"$pull": {"links": FOLLOWUPS}}
+        )
+
+    @translated
+    def settle_finished(self) -> int:
+        """Settle finished jobs whose follow-ups a crash left undone (on `links`)."""
+        query = {"links": FOLLOWUPS, "status": {"$in": list(FINISHED)}}
+        found = list(self.jobs.find(query, {"_id": 1}, hint=LINKS_INDEX, limit=_SWEEP_BATCH))
+        for doc in found:
+            self.settle(doc["_id"])
+        return len(found)
+
+    def _release(self, completed: list[Any], where: Document) -> None:
+        """Pull completed antecedents from their dependents' `links`, in one update per
+        batch: a waiting dependent left with none is ready in the same write."""
+        for batch in batches(completed):
+            pulled = {"$setDifference": [{"$ifNull": ["$links", []]}, batch]}
+            ready = {"$and": [{"$eq": ["$status", WAITING]}, {"$not": [HAS_PENDING]}]}
+            self.jobs.update_many(
+                {"links": {"$in": batch}, **where},
+                [
+                    {"$set": {"links": pulled}},
+                    {"$set": {"status": {"$cond": [ready, READY, "$status"]}, "updated": "$$NOW"}},
+                ],
+            )
+
+    def _repeat(self, doc: Document) -> None:
+        left = doc.get("repeats_left")
+        if left is None or left == 0:
+            return
+        self.jobs.update_one(
+            {"_id": doc["_id"], "repeat_id": None}, {"$set": {"repeat_id": new_id()}}
+        )
+        reserved = self.jobs.find_one({"_id": doc["_id"]}, {"repeat_id": 1}) or {}
+        if not reserved.get("repeat_id"):
+            return
+        wait = float((doc.get("repeat") or {}).get("wait") or 0)
+        clone = clone_document(doc, str(reserved["repeat_id"]), self.now(), wait)
+        clone["repeats_left"] = left if left == FOREVER else int(left) - 1
+        clone["series"] = doc.get("series", doc["_id"])
+        # a duplicate: cloned already (a settle ran twice), or its unique key is taken again
+        with contextlib.suppress(DuplicateKeyError):
+            self.jobs.insert_one(clone)
