@@ -58,24 +58,13 @@ class StoredJob:
     repeats_left = property(lambda self: self._get("repeats_left"))
     unique = property(lambda self: self._get("unique"))
 
-    @property
-    def created(self) -> datetime | None:
-        value = self._get("created")
-        return value if isinstance(value, datetime) else None
+    created = property(lambda self: self._time("created"))
+    started = property(lambda self: self._time("started"))
+    finished = property(lambda self: self._time("finished"))
+    run_at = property(lambda self: self._time("run_at"))
 
-    @property
-    def started(self) -> datetime | None:
-        value = self._get("started")
-        return value if isinstance(value, datetime) else None
-
-    @property
-    def finished(self) -> datetime | None:
-        value = self._get("finished")
-        return value if isinstance(value, datetime) else None
-
-    @property
-    def run_at(self) -> datetime | None:
-        value = self._get("run_at")
+    def _time(self, name: str) -> datetime | None:
+        value = self._get(name)
         return value if isinstance(value, datetime) else None
 
     @property
