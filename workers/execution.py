@@ -119,7 +119,7 @@ def run_attempt(app: App, held: Held) -> None:
     _set_deadline(held, record)
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
     log.info("job started", extra={"action": "job_started", **extra})
-    with asyncio.Runner() as loop:  # the event loop of async hooks, made on first use
+    with EventLoop() as loop:
         _run_and_record(app, owner, held, job_class, record, loop)
 
 
@@ -129,7 +129,7 @@ def _run_and_record(
     held: Held,
     job_class: type[Job],
     record: JobRecord,
-    loop: asyncio.Runner,
+    loop: EventLoop,
 ) -> None:
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
     job, result, error = _call_handler(app, owner, job_class, record, held, loop)
@@ -161,7 +161,7 @@ def run_handler(app: App, held: list[Held], handler: Handler, cargo: int) -> Non
         job.attempt = Attempt(app.store, record.id, one.token, record.attempts)
         jobs.append(job)
     deadlines = [one.deadline for one, _ in runs if one.deadline is not None]
-    with asyncio.Runner() as loop:
+    with EventLoop() as loop:
         try:
             value = awaited(
                 handler(jobs[0] if cargo == 1 else jobs), loop, min(deadlines, default=None)
@@ -237,7 +237,7 @@ def record_timeout(app: App, held: Held) -> None:
 
 
 def _call_handler(
-    app: App, owner: str, job_class: type[Job], record: JobRecord, held: Held, loop: asyncio.Runner
+    app: App, owner: str, job_class: type[Job], record: JobRecord, held: Held, loop: EventLoop
 ) -> tuple[Job, Any, BaseException | None]:
     job = _instantiate(job_class, record.params)
     try:
@@ -255,7 +255,27 @@ def _call_handler(
         return job, None, exc
 
 
-def awaited(value: Any, loop: asyncio.Runner, deadline: float | None = None) -> Any:
+class EventLoop:
+    """The event loop of one attempt's async hooks, made on first use: a job without any
+    (the common case, on the hot path) never pays for a loop."""
+
+    def __init__(self) -> None:
+        self._runner: asyncio.Runner | None = None
+
+    def __enter__(self) -> EventLoop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            self._runner.close()
+
+    def run(self, awaitable: Any) -> Any:
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner.run(awaitable)
+
+
+def awaited(value: Any, loop: EventLoop, deadline: float | None = None) -> Any:
     """`value`, or, for a coroutine (an `async def` hook), its result, run on the attempt's
     event loop (one per attempt, on the job's thread, shared by its hooks); past the
     job's deadline the task is cancelled (a TimeoutError)."""
@@ -369,7 +389,7 @@ def _persist(held: Held, write: Callable[[], bool], *, after: bool = False) -> b
 
 
 def _call_after_job(
-    job: Job, error: BaseException | None, extra: dict[str, Any], loop: asyncio.Runner
+    job: Job, error: BaseException | None, extra: dict[str, Any], loop: EventLoop
 ) -> None:
     try:
         awaited(job.after_job(error), loop)

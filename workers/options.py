@@ -95,7 +95,10 @@ def _parse_after_text(text: str) -> tuple[float, datetime | None]:
     if phrase:
         unit = phrase.group(2).lower()
         if unit not in _UNITS:
-            raise PushError(f"push: after={text!r}: unknown unit {unit!r}; use {_unit_names()}")
+            raise PushError(
+                f"push: after={text!r}: unknown unit {unit!r}; "
+                "use seconds, minutes, hours, days or weeks"
+            )
         return float(phrase.group(1)) * _UNITS[unit], None
     try:
         moment = datetime.fromisoformat(text.strip())
@@ -105,10 +108,6 @@ def _parse_after_text(text: str) -> tuple[float, datetime | None]:
             '("2026-12-01T09:00:00Z") nor a phrase like "in 5 minutes"'
         ) from None
     return 0.0, as_utc(moment)
-
-
-def _unit_names() -> str:
-    return "seconds, minutes, hours, days or weeks"
 
 
 def parse_priority(priority: int | str | None) -> int:

@@ -95,11 +95,7 @@ class DependencyQueries(ClaimQueries):
         """None once inserted; the holder's id if the unique key is held; "" if the holder
         finished before it could be read (so try again)."""
         try:
-            self.jobs.insert_one(document)
-        except bson.errors.InvalidDocument as exc:  # raised while encoding: nothing was sent
-            raise PushError(f"the job document cannot be encoded as BSON: {exc}") from exc
-        except DocumentTooLarge as exc:
-            raise PushError(f"the job document is too large for MongoDB: {exc}") from exc
+            self.insert_encoded(document)
         except DuplicateKeyError as exc:
             key = document.get("unique_key")
             if not str(key).startswith(UNIQUE_PREFIX):  # cron's tick key: one job per key, ever
@@ -107,6 +103,16 @@ class DependencyQueries(ClaimQueries):
             holder = self.jobs.find_one({"unique_key": key}, {"_id": 1}, hint=UNIQUE_KEY_INDEX)
             return str(holder["_id"]) if holder else ""
         return None
+
+    def insert_encoded(self, document: Document) -> None:
+        """One insert; a document that cannot be stored is a PushError (a duplicate key is
+        left to the caller, whose key it is)."""
+        try:
+            self.jobs.insert_one(document)
+        except bson.errors.InvalidDocument as exc:  # raised while encoding: nothing was sent
+            raise PushError(f"the job document cannot be encoded as BSON: {exc}") from exc
+        except DocumentTooLarge as exc:
+            raise PushError(f"the job document is too large for MongoDB: {exc}") from exc
 
     def _check_antecedents(self, ids: list[str]) -> list[str]:
         """The antecedents not completed yet; PushError if one can never complete."""

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-import bson
 from pymongo.errors import (
     BulkWriteError,
     DocumentTooLarge,
@@ -68,13 +67,9 @@ class JobQueries(LifecycleQueries):
         """Insert a job; None if the unique index on `unique_key` already holds its key (a
         cron tick that another leader fired already)."""
         try:
-            self.jobs.insert_one(document)
-        except bson.errors.InvalidDocument as exc:  # raised while encoding: nothing was sent
-            raise PushError(f"the job document cannot be encoded as BSON: {exc}") from exc
+            self.insert_encoded(document)
         except DuplicateKeyError:
             return None
-        except DocumentTooLarge as exc:
-            raise PushError(f"the job document is too large for MongoDB: {exc}") from exc
         return str(document["_id"])
 
     @translated
