@@ -262,7 +262,9 @@ def test_three_nodes_fire_every_tick_exactly_once_through_kill_9_and_sigterm(
         assert run["server_time"] >= dt.datetime.fromisoformat(run["tick"]) - dt.timedelta(
             milliseconds=50
         )
-    assert output.count("cron fired") >= len(ticks)
+    # every tick is logged by its leader, but the one leader killed with SIGKILL may die
+    # between inserting a tick and writing its line: at most one line can be lost
+    assert output.count("cron fired") >= len(ticks) - 1
     assert 'action="cron_fired"' in output and "node=" in output
 
 
