@@ -64,17 +64,21 @@ class App:
             options["unique"] = job.unique_key()
         return self.push_named(job_type, job.params, **options)
 
-    def push_named(self, job_type: str, params: dict[str, Any], **options: Any) -> Pushed:
-        """Push by type name, for the jobs a `process_jobs` handler runs (no class needed)."""
+    def push_named(
+        self, job_type: str, params: dict[str, Any], *, owner: str | None = None, **options: Any
+    ) -> Pushed:
+        """Push by type name, for the jobs a `process_jobs` handler runs (no class needed).
+        `owner` names who pushed it (the web API's caller: a creator may act on its own)."""
         if not isinstance(job_type, str) or not job_type:
             raise PushError(f"push: the job type must be a non-empty string, got {job_type!r}")
         if not isinstance(params, dict):
             raise PushError(f"push: params must be a dict, got {params!r}")
         job_id = new_id()
         try:
-            job_id, existing = self.store.push_job(
-                self.job_document(job_id, job_type, params, **options)
-            )
+            document = self.job_document(job_id, job_type, params, **options)
+            if owner is not None:
+                document["owner"] = owner
+            job_id, existing = self.store.push_job(document)
         except DatabaseUnavailable as exc:
             raise DatabaseUnavailable(
                 f"could not push {job_type} (id {job_id}) within {self.store.timeout:g} s: {exc}; "

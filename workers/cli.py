@@ -68,6 +68,12 @@ def parser(prog: str = "workers") -> argparse.ArgumentParser:
     add("status", help="count the jobs by status and list the live worker processes")
     add("cron", help="list the cron schedules, their next ticks and the leader")
     commands_module.add_parsers(add, common)
+    web = add("web", help="serve the dashboard, the HTTP API and /metrics")
+    web.add_argument("--host", help="address to listen on (default: web.host, 127.0.0.1)")
+    web.add_argument("--port", type=int, help="port (default: web.port, 8181)")
+    token = add("token", help="make an API token and print the settings entry that admits it")
+    token.add_argument("--name", required=True, help="who uses it (a creator's jobs are its own)")
+    token.add_argument("--role", required=True, choices=settings_module.ROLES)
     db = add("db", help="the embedded database server of this folder")
     db.add_argument("action", choices=["status", "stop"])
     return top
@@ -105,6 +111,10 @@ def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
         return _cron(settings)
     if args.command in ("jobs", "push"):
         return commands_module.run(args, settings)
+    if args.command == "web":
+        return _serve(settings, args.host, args.port)
+    if args.command == "token":
+        return _token(args.name, args.role)
     if settings.mode == "headless":
         registry.discover(settings.jobs)  # broken jobs or schedules stop startup here
         return headless.run(settings)
@@ -184,6 +194,27 @@ def _report(app: app_module.App) -> int:
         f"web mode: {len(app.registry)} job classes ({', '.join(app.registry.types)}); "
         f"jobs by status: {app.store.count_by_status()}"
     )
+    return 0
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+    try:
+        from workers.web.server import run
+    except ImportError as exc:
+        raise WorkersError(
+            f"workers web needs the web extra ({exc.name} is missing): pip install 'workers[web]'"
+        ) from None
+    return run(settings, host, port)
+
+
+def _token(name: str, role: str) -> int:
+    """A new token, shown once; only its SHA-256 goes into the settings."""
+    from workers.web.auth import hash_token, new_token
+
+    token = new_token()
+    entry = {"name": name, "role": role, "sha256": hash_token(token)}
+    print(f"token (shown once; send it as 'Authorization: Bearer <token>'): {token}")
+    print(f"add to web.tokens in the settings: {json.dumps(entry)}")
     return 0
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workers.errors import WorkersError
+from workers.metrics import TALLY
 from workers.store import Store
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Heartbeat:
             self.store.beat(self.owner, self._node_info())
             self._rescue()
             self.store.settle_finished()  # follow-ups a crash cut short: dependents, repeats
+            self._flush_metrics()
         except WorkersError as exc:
             log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
             return False
@@ -90,8 +92,21 @@ class Heartbeat:
             )
             self._on_lost(lost)
 
+    def _flush_metrics(self) -> None:
+        """Add this process's counts since the last beat to the cluster's totals; a failed
+        write puts them back for the next beat."""
+        by_type, minute = TALLY.drain()
+        if not (by_type or minute):
+            return
+        try:
+            self.store.add_metrics(by_type, minute, self.store.now())
+        except WorkersError:
+            TALLY.restore(by_type, minute)
+            raise
+
     def _rescue(self) -> None:
         for doc in self.store.rescue_expired():
+            TALLY.rescued(str(doc.get("type")))
             log.warning(
                 "rescued a job whose worker stopped renewing its lease",
                 extra={

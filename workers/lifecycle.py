@@ -132,14 +132,20 @@ def get(store: Store, job_id: str) -> StoredJob | None:
 
 
 def find(
-    store: Store, *, type: str | None = None, status: str | None = None, limit: int = 50
+    store: Store,
+    *,
+    type: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    before: str | None = None,
 ) -> list[StoredJob]:
     if status is not None and status not in STATUSES:
         choices = ", ".join(STATUSES)
         raise WorkersError(f"Job.find: status must be one of {choices}; got {status!r}")
     if not (isinstance(limit, int) and limit > 0):
         raise WorkersError(f"Job.find: limit must be an int > 0, got {limit!r}")
-    return [StoredJob(store, doc) for doc in store.find_jobs(type=type, status=status, limit=limit)]
+    docs = store.find_jobs(type=type, status=status, limit=limit, before=before)
+    return [StoredJob(store, doc) for doc in docs]
 
 
 def act(store: Store, action: str, ids: Iterable[Any], **options: Any) -> ActionResult:

@@ -257,7 +257,7 @@ class ActionResult:
 
 # What a clone (a repeat, a rerun) takes from the job it copies; the rest starts afresh.
 _CLONED = ("type", "params", "priority", "retries", "retry_wait", "backoff", "retry_jitter",
-           "timeout", "unique", "repeat", "repeats_left")  # fmt: skip
+           "timeout", "unique", "repeat", "repeats_left", "owner")  # fmt: skip
 
 
 def clone_document(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dotenv import load_dotenv
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from workers.errors import SettingsError
 
@@ -85,6 +85,33 @@ class WorkersSettings(_Section):
     retention: RetentionSettings = RetentionSettings()
 
 
+ROLES = ("admin", "manager", "creator", "worker", "viewer")
+
+
+class TokenSettings(_Section):
+    """An API token of the dashboard and HTTP API: only its SHA-256 is kept
+    (`workers token` makes one)."""
+
+    name: str = Field(min_length=1)
+    role: Literal["admin", "manager", "creator", "worker", "viewer"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class WebSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8181, ge=1, le=65535)
+    tokens: list[TokenSettings] = Field(default_factory=list)
+    cache: float = Field(5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> WebSettings:
+        names = [token.name for token in self.tokens]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"tokens: each name once; {', '.join(twice)} appear twice")
+        return self
+
+
 class Settings(_Section):
     # inline: Job.push runs the job at once in the pushing process (an app's unit tests)
     mode: Literal["web", "headless", "inline"] = "web"
@@ -92,6 +119,7 @@ class Settings(_Section):
     jobs: list[str] = Field(default_factory=lambda: ["app_jobs"], min_length=1)
     cluster: ClusterSettings = ClusterSettings()
     workers: WorkersSettings = WorkersSettings()
+    web: WebSettings = WebSettings()
     # Not a key of the file: where it was read from, for messages and child processes.
     _source: str | None = PrivateAttr(None)
 

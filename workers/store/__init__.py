@@ -10,18 +10,21 @@ from workers.store.base import Document, bson_problem, new_id, translated
 from workers.store.claims import CLAIM_INDEX
 from workers.store.cron import CronQueries
 from workers.store.jobs import LOST_MESSAGE, RESCUE_INDEX, UNIQUE_INDEX, JobQueries
+from workers.store.metrics import MetricsQueries
 from workers.store.nodes import NodeQueries
-from workers.store.stream import ReadyChange, ReadyStream
+from workers.store.overview import OverviewQueries
+from workers.store.stream import AnyChange, ReadyChange, ReadyStream
 
 
-class Store(JobQueries, NodeQueries, CronQueries):
-    """The job, node and cron collections of one database."""
+class Store(JobQueries, OverviewQueries, NodeQueries, CronQueries, MetricsQueries):
+    """The job, node, cron and metrics collections of one database."""
 
     @translated
     def ensure_indexes(self) -> None:
         """Idempotent; every hot-path query names the index it relies on."""
         self.ensure_job_indexes()
         self.ensure_node_indexes()
+        self.ensure_metrics_indexes()
 
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "LOST_MESSAGE",
     "RESCUE_INDEX",
     "UNIQUE_INDEX",
+    "AnyChange",
     "Document",
     "ReadyChange",
     "ReadyStream",

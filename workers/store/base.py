@@ -223,6 +223,7 @@ class Connection:
         self.jobs: Collection[Document] = self.db[f"{prefix}.jobs"]
         self.nodes: Collection[Document] = self.db[f"{prefix}.nodes"]
         self.cron: Collection[Document] = self.db[f"{prefix}.cron"]
+        self.metrics: Collection[Document] = self.db[f"{prefix}.metrics"]
         # candidate lists shared by claimers (claims.py): hints, so not journaled (a list lost
         # in a crash costs one scan)
         self.candidates: Collection[Document] = self.db.get_collection(

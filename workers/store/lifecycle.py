@@ -71,14 +71,23 @@ class LifecycleQueries(DependencyQueries):
 
     @translated
     def find_jobs(
-        self, *, type: str | None = None, status: str | None = None, limit: int = 50
+        self,
+        *,
+        type: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+        projection: Document | None = None,
     ) -> list[Document]:
         """Newest first (ids are ObjectIds: creation order): live jobs on the claim index,
-        finished ones on `finished`, merged."""
+        finished ones on `finished`, merged; `before` an id, for the next page."""
+        older: Document = {} if before is None else {"_id": {"$lt": before}}
         found = [
             doc
             for query, hint in self._find_queries(type, status)
-            for doc in self.jobs.find(query, sort=_NEWEST_FIRST, limit=limit, hint=hint)
+            for doc in self.jobs.find(
+                {**query, **older}, projection, sort=_NEWEST_FIRST, limit=limit, hint=hint
+            )
         ]
         return sorted(found, key=lambda doc: str(doc["_id"]), reverse=True)[:limit]
 

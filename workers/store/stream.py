@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import pymongo
 from pymongo.errors import OperationFailure, PyMongoError
@@ -60,6 +60,8 @@ class ReadyChange:
 class ReadyStream:
     """One change stream, resumable by its token after errors and server restarts."""
 
+    pipeline: ClassVar[list[Document]] = PIPELINE
+
     def __init__(self, url: str, database: str, collection: str, timeout: float) -> None:
         ms = int(timeout * 1000)
         self._client: pymongo.MongoClient[Document] = pymongo.MongoClient(
@@ -83,7 +85,7 @@ class ReadyStream:
         wait_ms = max(1, int(max_wait * 1000))
         try:
             self._stream = self._collection.watch(
-                PIPELINE, resume_after=self.resume_token, max_await_time_ms=wait_ms
+                self.pipeline, resume_after=self.resume_token, max_await_time_ms=wait_ms
             )
             return True
         except OperationFailure as exc:
@@ -92,7 +94,7 @@ class ReadyStream:
             if self.resume_token is None or exc.code not in _TOKEN_LOST:
                 raise
         self.resume_token = None
-        self._stream = self._collection.watch(PIPELINE, max_await_time_ms=wait_ms)
+        self._stream = self._collection.watch(self.pipeline, max_await_time_ms=wait_ms)
         return False
 
     @translated
@@ -120,6 +122,12 @@ class ReadyStream:
     def close(self) -> None:
         self.close_stream()
         self._client.close()
+
+
+class AnyChange(ReadyStream):
+    """Every change to a job (the dashboard's live updates): only its id is sent."""
+
+    pipeline: ClassVar[list[Document]] = [{"$project": {"operationType": 1, "documentKey": 1}}]
 
 
 def _run_at(event: Document) -> datetime | None:

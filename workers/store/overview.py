@@ -1,0 +1,66 @@
+"""Reads of the jobs collection for the dashboard and /metrics: counts, the oldest ready
+job, the jobs around one job. Read-only; each says which index serves it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from workers.record import READY
+from workers.store.base import Connection, Document, translated
+from workers.store.claims import CLAIM_INDEX
+from workers.store.dependencies import LINKS_INDEX
+from workers.store.stream import AnyChange
+
+# Counting reads (status, type) only, sorted as the claim index is: MongoDB answers it
+# from the index alone (a covered scan), never fetching a document.
+_COUNT_PIPELINE: list[Document] = [
+    {"$sort": {"status": 1, "type": 1}},
+    {"$project": {"_id": 0, "status": 1, "type": 1}},
+    {"$group": {"_id": {"status": "$status", "type": "$type"}, "n": {"$sum": 1}}},
+]
+_SUMMARY = {"_id": 1, "type": 1, "status": 1, "progress": 1, "created": 1, "finished": 1}
+
+
+class OverviewQueries(Connection):
+    @translated
+    def count_by_status_and_type(self) -> dict[tuple[str, str], int]:
+        """Every (status, type) and its number of jobs: one aggregation on the claim index."""
+        rows = self.jobs.aggregate(_COUNT_PIPELINE, hint=CLAIM_INDEX)
+        return {
+            (str(row["_id"].get("status")), str(row["_id"].get("type"))): int(row["n"])
+            for row in rows
+        }
+
+    @translated
+    def oldest_ready(self, now: datetime) -> Document | None:
+        """The ready job that has been due longest (the claim index's prefix, status)."""
+        return self.jobs.find_one(
+            {"status": READY, "run_at": {"$lte": now}},
+            {"type": 1, "run_at": 1},
+            sort=[("run_at", 1)],
+            hint=CLAIM_INDEX,
+        )
+
+    @translated
+    def jobs_by_id(self, ids: list[Any]) -> list[Document]:
+        return list(self.jobs.find({"_id": {"$in": ids}}, _SUMMARY))
+
+    @translated
+    def waiting_on(self, job_id: Any, limit: int = 100) -> list[Document]:
+        """The jobs still waiting for `job_id` to complete (the `links` index)."""
+        return list(self.jobs.find({"links": job_id}, _SUMMARY, hint=LINKS_INDEX, limit=limit))
+
+    def job_changes(self) -> AnyChange:
+        """A change stream of every job change, on its own connection (the live dashboard)."""
+        return AnyChange(self.url, self.db.name, self.jobs.name, self.timeout)
+
+    def overview_commands(self) -> dict[str, Document]:
+        """The commands above, for the explain tests."""
+        return {
+            "count": {"aggregate": self.jobs.name, "pipeline": _COUNT_PIPELINE,
+                      "hint": CLAIM_INDEX, "cursor": {}},
+            "oldest ready": {"find": self.jobs.name, "filter": {"status": READY},
+                             "sort": {"run_at": 1}, "hint": CLAIM_INDEX, "limit": 1},
+            "waiting on": {"find": self.jobs.name, "filter": {"links": "x"}, "hint": LINKS_INDEX},
+        }  # fmt: skip

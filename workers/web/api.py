@@ -1,0 +1,246 @@
+"""The HTTP API under /api: push, get, find, the lifecycle actions one job or many at a
+time, stats, nodes and cron. JSON in and out; errors are problem details (problems.py);
+the OpenAPI document is at /openapi.json."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers import lifecycle
+from workers.app import App
+from workers.record import ALLOWED, STATUSES
+from workers.web import views
+from workers.web.access import actor, booted, cached_counts, check_ownership, pusher, reader
+from workers.web.auth import Principal
+from workers.web.problems import Problem, not_found, responses
+
+Status = Enum("Status", {status: status for status in STATUSES}, type=str)  # type: ignore[misc]
+Action = Enum("Action", {action: action for action in ALLOWED}, type=str)  # type: ignore[misc]
+MAX_IDS = 1000
+_READ = responses(401, 403, 422, 503)
+_WRITE = responses(401, 403, 404, 409, 422, 503)
+
+router = APIRouter(prefix="/api", tags=["jobs"])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PushRequest(_Strict):
+    type: str = Field(min_length=1, description="a registered job class name")
+    params: dict[str, Any] = Field(default_factory=dict)
+    delay: float | None = Field(None, ge=0, description="seconds from now")
+    after: str | None = Field(None, description='ISO-8601 time or "in 5 minutes"')
+    priority: int | str | None = Field(
+        None, description="an int or low/normal/medium/high/critical"
+    )
+    retries: int | None = Field(None, ge=0)
+    timeout: float | None = Field(None, gt=0)
+    depends: list[str] | None = None
+    unique: str | None = Field(None, min_length=1)
+
+
+class Pushed(BaseModel):
+    id: str
+    existing: bool
+
+
+class JobSummary(BaseModel):
+    id: str
+    type: Any
+    status: Any
+    progress: float | None
+    attempts: int
+    owner: Any
+    created: Any
+    finished: Any
+
+
+class JobDetail(JobSummary):
+    model_config = ConfigDict(extra="allow")
+
+    params: Any
+    log: list[Any]
+    error: Any
+    result: Any
+    timeline: list[dict[str, str]]
+
+
+class JobPage(BaseModel):
+    jobs: list[JobSummary]
+    next: str | None = Field(description="pass as `before` for the next page")
+    searched: int | None = Field(description="jobs a text search examined")
+
+
+class ActionOptions(_Strict):
+    dependents: bool | None = Field(None, description="cancel, restart")
+    antecedents: bool | None = Field(None, description="cancel, restart")
+    retries: int | None = Field(None, ge=0, le=1000, description="restart")
+    delay: float | None = Field(None, ge=0, description="rerun: seconds from now")
+
+
+class BulkRequest(ActionOptions):
+    ids: list[str] = Field(min_length=1, max_length=MAX_IDS)
+
+
+class ActionDone(BaseModel):
+    action: str
+    id: str
+    status: str | None = Field(description="the job's status after the action (None: removed)")
+    created: str | None = Field(description="rerun: the new job's id")
+
+
+class BulkDone(BaseModel):
+    action: str
+    changed: list[str]
+    refused: dict[str, str | None] = Field(description="id -> its status (None: no such job)")
+    errors: dict[str, str]
+    created: dict[str, str]
+
+
+_OPTIONS = {
+    "cancel": {"dependents", "antecedents"},
+    "restart": {"antecedents", "dependents", "retries"},
+    "rerun": {"delay"},
+}
+
+App_ = Annotated[App, Depends(booted)]
+
+
+@router.post("/jobs", status_code=201, response_model=Pushed, responses=_WRITE)
+def push_job(body: PushRequest, app: App_, who: Annotated[Principal, Depends(pusher)]) -> Pushed:
+    """Push a job of a registered type; the caller is recorded as its owner."""
+    if body.type not in app.registry:
+        known = ", ".join(app.registry.types) or "none"
+        raise Problem(
+            422, "Invalid job", f"no job class is registered as {body.type!r} (known: {known})"
+        )
+    options = body.model_dump(exclude={"type", "params", "retries"}, exclude_none=True)
+    if body.retries is not None:
+        options["retry"] = body.retries
+    pushed = app.push_named(body.type, body.params, owner=who.name, **options)
+    return Pushed(id=str(pushed), existing=pushed.existing)
+
+
+@router.get("/jobs", response_model=JobPage, responses=_READ)
+def find_jobs(
+    app: App_,
+    _: Annotated[Principal, Depends(reader)],
+    type: Annotated[str | None, Query(min_length=1)] = None,
+    status: Status | None = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="text in id/type/params/error/log")
+    ] = None,
+    before: Annotated[
+        str | None, Query(min_length=1, description="the `next` of the last page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobPage:
+    """Newest first, one page at a time, on an index."""
+    page = views.find_page(
+        app, type=type, status=status.value if status else None, q=q, before=before, limit=limit
+    )
+    return JobPage(
+        jobs=[JobSummary(**job) for job in page.jobs], next=page.next, searched=page.searched
+    )
+
+
+JobId = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+@router.get("/jobs/{job_id}", response_model=JobDetail, responses=responses(401, 403, 404, 503))
+def get_job(job_id: JobId, app: App_, _: Annotated[Principal, Depends(reader)]) -> JobDetail:
+    doc = app.store.get_job(job_id)
+    if doc is None:
+        raise not_found(f"no job has the id {job_id}")
+    return JobDetail(**views.job_detail(doc), **views.related(app, doc))
+
+
+@router.post("/jobs/{job_id}/{action}", response_model=ActionDone, responses=_WRITE)
+def act_on_job(
+    job_id: JobId,
+    action: Action,
+    app: App_,
+    who: Annotated[Principal, Depends(actor)],
+    body: ActionOptions | None = None,
+) -> ActionDone:
+    """One job; 409 with the job's status and the allowed ones when its status refuses."""
+    name = action.value
+    options = _options(name, body)
+    check_ownership(app, who, [job_id])
+    job = lifecycle.get(app.store, job_id)
+    if job is None:
+        raise not_found(f"no job has the id {job_id}")
+    if name == "remove":
+        job.remove()
+        return ActionDone(action=name, id=job_id, status=None, created=None)
+    if name == "rerun":
+        clone = job.rerun(**options)
+        return ActionDone(action=name, id=job_id, status=job.status, created=clone.id)
+    changed = getattr(job, name)(**options)
+    return ActionDone(action=name, id=job_id, status=changed.status, created=None)
+
+
+@router.post("/actions/{action}", response_model=BulkDone, responses=_WRITE)
+def act_on_jobs(
+    action: Action, body: BulkRequest, app: App_, who: Annotated[Principal, Depends(actor)]
+) -> BulkDone:
+    """Many jobs: each changed or refused (with its status); a creator's request naming a job
+    it did not push is refused whole (403)."""
+    name = action.value
+    options = _options(name, ActionOptions(**body.model_dump(exclude={"ids"})))
+    check_ownership(app, who, body.ids)
+    result = lifecycle.act(app.store, name, body.ids, **options)
+    return BulkDone(
+        action=name,
+        changed=[str(i) for i in result.changed],
+        refused={str(k): v for k, v in result.refused.items()},
+        errors={str(k): str(v) for k, v in result.errors.items()},
+        created={str(k): str(v) for k, v in result.created.items()},
+    )
+
+
+def _options(action: str, body: ActionOptions | None) -> dict[str, Any]:
+    given = body.model_dump(exclude_none=True) if body else {}
+    wrong = sorted(set(given) - _OPTIONS.get(action, set()))
+    if wrong:
+        allowed = ", ".join(sorted(_OPTIONS.get(action, set()))) or "none"
+        raise Problem(
+            422, "Invalid request", f"{action} takes no {', '.join(wrong)} (it takes: {allowed})"
+        )
+    return given
+
+
+class Stats(BaseModel):
+    at: str
+    by_status: dict[str, int]
+    by_type: dict[str, dict[str, int]]
+    oldest_ready_seconds: float | None
+    oldest_ready_type: Any
+    throughput: list[dict[str, Any]] = Field(
+        description="completed and failed per minute, last hour"
+    )
+
+
+@router.get("/stats", response_model=Stats, responses=_READ, tags=["queue"])
+def stats(
+    app: App_,
+    _: Annotated[Principal, Depends(reader)],
+    counts: Annotated[dict[str, Any], Depends(cached_counts)],
+) -> Stats:
+    return Stats(**counts, throughput=views.throughput(app))
+
+
+@router.get("/nodes", response_model=list[dict[str, Any]], responses=_READ, tags=["queue"])
+def nodes(app: App_, _: Annotated[Principal, Depends(reader)]) -> list[dict[str, Any]]:
+    return views.nodes(app)
+
+
+@router.get("/cron", response_model=dict[str, Any], responses=_READ, tags=["queue"])
+def cron(app: App_, _: Annotated[Principal, Depends(reader)]) -> dict[str, Any]:
+    return views.cron(app)

@@ -1,0 +1,155 @@
+"""Who is asking, and what their role lets them do.
+
+The roles are jobCollection's, plus a read-only one:
+
+| role    | read (pages, GET API, /metrics) | push | lifecycle actions |
+|---------|------|------|-------------------|
+| admin   | yes  | yes  | on any job        |
+| manager | yes  | no   | on any job        |
+| creator | yes  | yes  | on the jobs it pushed (`owner`) |
+| worker  | no   | no   | no (reserved for remote workers) |
+| viewer  | yes  | no   | no                |
+
+Who is who, in this order: a `Bearer` API token (settings `web.tokens`, kept as
+SHA-256 digests and compared in constant time), the same token in the login
+cookie, then the host app's resolver (`workers.web.app(auth=...)`). With neither
+tokens nor a resolver configured, only a client on this machine is let in (as
+admin), and `workers web` refuses to listen anywhere else: deny by default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+import ipaddress
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from workers.settings import ROLES, TokenSettings
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+READERS = frozenset({"admin", "manager", "creator", "viewer"})
+PUSHERS = frozenset({"admin", "creator"})
+MANAGERS = frozenset({"admin", "manager"})  # may act on any job
+OWNERS = frozenset({"creator"})  # may act on its own jobs
+TOKEN_COOKIE = "workers_token"
+LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Someone the dashboard knows: a name (what `owner` records) and a role."""
+
+    name: str
+    role: str
+    via: str = "resolver"  # bearer, cookie, resolver or local
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown role {self.role!r}; roles are {', '.join(ROLES)}")
+
+    @property
+    def can_read(self) -> bool:
+        return self.role in READERS
+
+    @property
+    def can_push(self) -> bool:
+        return self.role in PUSHERS
+
+    @property
+    def can_act(self) -> bool:
+        return self.role in MANAGERS or self.role in OWNERS
+
+    def not_allowed_on(self, owners: dict[str, Any]) -> list[str]:
+        """The ids among `owners` (job id -> its owner) this principal may not act on."""
+        if self.role in MANAGERS:
+            return []
+        if self.role in OWNERS:
+            return [job_id for job_id, owner in owners.items() if owner != self.name]
+        return list(owners)
+
+
+Resolved = Principal | tuple[str, str] | None
+Resolver = Callable[["Request"], Resolved | Awaitable[Resolved]]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    """32 random bytes: long enough that a plain SHA-256 of it is safe to store."""
+    return "wk_" + secrets.token_urlsafe(32)
+
+
+_FORWARDED = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+def is_local(request: Request) -> bool:
+    """A client on this machine that no proxy forwarded (a proxy on localhost would make
+    every visitor look local)."""
+    if any(name in request.headers for name in _FORWARDED):
+        return False
+    host = request.client.host if request.client else None
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Authenticator:
+    def __init__(self, tokens: Sequence[TokenSettings], resolver: Resolver | None) -> None:
+        self._tokens = list(tokens)
+        self._resolver = resolver
+
+    @property
+    def configured(self) -> bool:
+        return bool(self._tokens) or self._resolver is not None
+
+    async def identify(self, request: Request) -> Principal | None:
+        """The principal of `request`, or None (unknown: 401, or 403 off this machine)."""
+        header = request.headers.get("authorization", "")
+        if header[:7].lower() == "bearer ":
+            return self.by_token(header[7:].strip(), "bearer")
+        cookie = request.cookies.get(TOKEN_COOKIE)
+        if cookie and (principal := self.by_token(cookie, "cookie")):
+            return principal
+        if self._resolver is not None:
+            return await self._resolve(request)
+        if not self.configured and is_local(request):
+            return Principal("local", "admin", "local")
+        return None
+
+    def by_token(self, token: str, via: str) -> Principal | None:
+        """Every digest is compared (in constant time), so the time taken says nothing."""
+        digest = hash_token(token)
+        found = None
+        for entry in self._tokens:
+            if hmac.compare_digest(digest, entry.sha256):
+                found = entry
+        return Principal(found.name, found.role, via) if found else None
+
+    async def _resolve(self, request: Request) -> Principal | None:
+        assert self._resolver is not None
+        resolved = self._resolver(request)
+        if inspect.isawaitable(resolved):
+            resolved = await resolved
+        if resolved is None or isinstance(resolved, Principal):
+            return resolved
+        if isinstance(resolved, tuple) and len(resolved) == 2:
+            name, role = resolved
+            return Principal(str(name), str(role), "resolver")
+        raise TypeError(
+            f"the auth resolver must return a Principal, (name, role) or None; got {resolved!r}"
+        )
+
+
+def owners_of(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    return {str(doc["_id"]): doc.get("owner") for doc in docs}

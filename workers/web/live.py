@@ -1,0 +1,86 @@
+"""Live updates: server-sent events at /events, driven by a change stream on the jobs.
+
+One feed per web app: a thread follows a change stream of every job change
+(where the server has change streams; else it reports a change every few
+seconds) and counts changes. Each /events connection sends a `change` event
+when the count moved, at most twice a second, and a `tick` every few seconds
+so heartbeat ages and waits move on the page too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+
+from workers.errors import StreamUnavailable, WorkersError
+from workers.store import AnyChange
+
+log = logging.getLogger(__name__)
+
+_FALLBACK_POLL = 3.0  # seconds between "changes" without change streams
+_MIN_GAP = 0.5  # seconds between two events on one connection
+_TICK = 5.0  # seconds between ticks on a quiet connection
+
+
+class Feed:
+    def __init__(self, open_stream: Callable[[], AnyChange]) -> None:
+        self._open = open_stream
+        self.version = 0
+        self._started = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        with self._lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._run, name="workers-web-feed", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        stream = None
+        while not self._stop.is_set():
+            try:
+                stream = stream or self._opened()
+                if stream is None:
+                    self._stop.wait(_FALLBACK_POLL)
+                    self.version += 1
+                    continue
+                if stream.next_change() is not None:
+                    self.version += 1
+            except WorkersError as exc:  # a lost connection: reopen (resuming) soon
+                log.debug("live feed interrupted: %s", exc)
+                self._stop.wait(1.0)
+                stream = None
+        if stream is not None:
+            stream.close()
+
+    def _opened(self) -> AnyChange | None:
+        stream = self._open()
+        try:
+            stream.open(max_wait=1.0)
+        except StreamUnavailable:
+            stream.close()
+            return None
+        return stream
+
+
+async def events(feed: Feed, disconnected: Callable[[], object]) -> AsyncIterator[str]:
+    feed.start()
+    seen, quiet = feed.version, 0.0
+    yield "retry: 2000\n\n"
+    while True:
+        await asyncio.sleep(_MIN_GAP)
+        if await disconnected():  # type: ignore[misc]
+            return
+        quiet += _MIN_GAP
+        if feed.version != seen:
+            seen, quiet = feed.version, 0.0
+            yield f"event: change\ndata: {seen}\n\n"
+        elif quiet >= _TICK:
+            quiet = 0.0
+            yield "event: tick\ndata: {}\n\n"

@@ -1,0 +1,122 @@
+"""/metrics in Prometheus' text format (prometheus_client), read from the database.
+
+- `workers_jobs{status,type}`: one aggregation, reused for `web.cache` seconds.
+- `workers_jobs_{completed,failed,retried,rescued}_total{type}` and the histograms
+  `workers_job_duration_seconds` and `workers_job_pickup_latency_seconds` by type: the
+  cluster-wide totals the heartbeats of every worker process add up in the `metrics`
+  collection (workers/metrics.py says how); any replica of the web app reports the same.
+- `workers_node_heartbeat_age_seconds{node,host}`, `workers_oldest_ready_job_age_seconds`,
+  `workers_cron_lag_seconds{schedule}` (how long the latest due tick has waited to be fired)
+  and `workers_cron_leader` (1 while a live leader holds the lease).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from workers.app import App
+from workers.metrics import COUNTERS, HISTOGRAMS
+from workers.web import views
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_HISTOGRAM_NAMES = {
+    "duration": ("workers_job_duration_seconds", "Job attempt run time"),
+    "pickup": ("workers_job_pickup_latency_seconds", "From due to started, by the database clock"),
+}
+
+
+class QueueCollector(Collector):
+    def __init__(self, app: App, counts: views.Cached) -> None:
+        self._app, self._counts = app, counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts.get()
+        jobs = GaugeMetricFamily(
+            "workers_jobs", "Jobs by status and type", labels=["status", "type"]
+        )
+        for job_type, statuses in counts["by_type"].items():
+            for status, n in statuses.items():
+                jobs.add_metric([status, job_type], n)
+        yield jobs
+        oldest = counts["oldest_ready_seconds"]
+        yield GaugeMetricFamily(
+            "workers_oldest_ready_job_age_seconds",
+            "How long the oldest due ready job has waited",
+            value=oldest or 0,
+        )
+        yield from self._totals()
+        yield from self._nodes()
+        yield from self._cron()
+
+    def _totals(self) -> Iterator[Metric]:
+        docs = self._app.store.type_metrics()
+        for name in COUNTERS:
+            family = CounterMetricFamily(
+                f"workers_jobs_{name}", f"Job attempts {name}", labels=["type"]
+            )
+            for doc in docs:
+                family.add_metric([str(doc.get("type"))], _number(doc, "c", name))
+            yield family
+        for key, bounds in HISTOGRAMS.items():
+            metric, help_text = _HISTOGRAM_NAMES[key]
+            histogram = HistogramMetricFamily(metric, help_text, labels=["type"])
+            for doc in docs:
+                hist = (doc.get("h") or {}).get(key) or {}
+                cumulative, buckets = 0.0, []
+                for i, bound in [*enumerate(bounds), (len(bounds), float("inf"))]:
+                    cumulative += float(hist.get(f"b{i}", 0))
+                    buckets.append((_le(bound), cumulative))
+                histogram.add_metric([str(doc.get("type"))], buckets, float(hist.get("sum", 0)))
+            yield histogram
+
+    def _nodes(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "workers_node_heartbeat_age_seconds",
+            "Seconds since the worker process last beat",
+            labels=["node", "host"],
+        )
+        for node in views.nodes(self._app):
+            family.add_metric([node["id"], str(node["host"])], node["heartbeat_age"] or 0)
+        yield family
+
+    def _cron(self) -> Iterator[Metric]:
+        state = views.cron(self._app)
+        lag = GaugeMetricFamily(
+            "workers_cron_lag_seconds",
+            "How long the latest due tick has waited to fire",
+            labels=["schedule"],
+        )
+        for schedule in state["schedules"]:
+            if schedule["lag_seconds"] is not None:
+                lag.add_metric([schedule["id"]], schedule["lag_seconds"])
+        yield lag
+        yield GaugeMetricFamily(
+            "workers_cron_leader",
+            "1 while a live cron leader holds the lease",
+            value=1 if state["leader"] else 0,
+        )
+
+
+def _number(doc: dict[str, Any], section: str, name: str) -> float:
+    value = (doc.get(section) or {}).get(name, 0)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def render(app: App, counts: views.Cached) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QueueCollector(app, counts))
+    return generate_latest(registry)

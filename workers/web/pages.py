@@ -1,0 +1,255 @@
+"""The dashboard's pages: overview, jobs, a job, nodes, cron, login; and the forms that act.
+
+Jinja2 escapes every value (params, logs and errors included). Every form that
+changes something carries the CSRF token and is checked again on the server;
+an action asks for confirmation on a page of its own, so it needs no script.
+A page asked for with `X-Fragment: 1` returns only its content: live.js swaps
+it in when the server reports a change (live.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from workers import lifecycle
+from workers.app import App
+from workers.record import ALLOWED, STATUSES
+from workers.version import __version__
+from workers.web import views
+from workers.web.access import (
+    booted,
+    cached_counts,
+    check_csrf,
+    check_ownership,
+    csrf_token,
+    principal,
+    reader,
+)
+from workers.web.auth import TOKEN_COOKIE, Principal
+from workers.web.problems import Problem, forbidden, not_found
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+router = APIRouter(include_in_schema=False)
+Reader = Annotated[Principal, Depends(reader)]
+App_ = Annotated[App, Depends(booted)]
+PAGE_SIZE = 50
+
+
+def base_path(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def render(request: Request, template: str, who: Principal | None, **context: Any) -> Response:
+    fragment = request.headers.get("x-fragment") == "1"
+    return templates.TemplateResponse(
+        request,
+        template,
+        {
+            "who": who,
+            "base": base_path(request),
+            "csrf": csrf_token(request),
+            "fragment": fragment,
+            "version": __version__,
+            "statuses": STATUSES,
+            "allowed": ALLOWED,
+            "local": who is not None and who.via == "local",
+            **context,
+        },
+    )
+
+
+def error_page(request: Request, problem: Problem) -> Response:
+    if problem.status == 401:
+        base = base_path(request)
+        path = request.url.path[len(base) :] if request.url.path.startswith(base) else "/"
+        target = base + "/login?" + urlencode({"next": path or "/"})
+        return RedirectResponse(target, status_code=303)
+    response = render(request, "error.html", None, problem=problem.body())
+    response.status_code = problem.status
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+def overview(
+    request: Request,
+    app: App_,
+    who: Reader,
+    counts: Annotated[dict[str, Any], Depends(cached_counts)],
+) -> Response:
+    series = views.throughput(app)
+    return render(
+        request,
+        "overview.html",
+        who,
+        page="overview",
+        counts=counts,
+        chart=chart(series),
+        series=series,
+    )
+
+
+def chart(series: list[dict[str, Any]], width: int = 720, height: int = 160) -> dict[str, Any]:
+    """Bars for an inline SVG: completed stacked under failed, per minute."""
+    top = max([s["completed"] + s["failed"] for s in series] + [1])
+    step = width / max(len(series), 1)
+    bars = []
+    for i, point in enumerate(series):
+        done_h = height * point["completed"] / top
+        fail_h = height * point["failed"] / top
+        bars.append(
+            {
+                "x": round(i * step, 1),
+                "w": round(step * 0.8, 1),
+                "minute": point["minute"],
+                "done_y": round(height - done_h, 1),
+                "done_h": round(done_h, 1),
+                "fail_y": round(height - done_h - fail_h, 1),
+                "fail_h": round(fail_h, 1),
+                "completed": point["completed"],
+                "failed": point["failed"],
+            }
+        )
+    return {"bars": bars, "width": width, "height": height, "top": top}
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs(
+    request: Request,
+    app: App_,
+    who: Reader,
+    type: str | None = None,
+    status: str | None = None,
+    q: str | None = None,
+    before: str | None = None,
+) -> Response:
+    status = status if status in STATUSES else None
+    type, q, before = type or None, (q or "").strip()[:200] or None, before or None
+    page = views.find_page(app, type=type, status=status, q=q, before=before, limit=PAGE_SIZE)
+    filters = {k: v for k, v in {"type": type, "status": status, "q": q}.items() if v}
+    next_url = "?" + urlencode({**filters, "before": page.next}) if page.next else None
+    return render(
+        request,
+        "jobs.html",
+        who,
+        page="jobs",
+        jobs=page.jobs,
+        filters=filters,
+        next_url=next_url,
+        searched=page.searched,
+        types=app.registry.types,
+        message=request.query_params.get("message"),
+    )
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job(request: Request, job_id: str, app: App_, who: Reader) -> Response:
+    doc = app.store.get_job(job_id)
+    if doc is None:
+        raise not_found(f"no job has the id {job_id}")
+    detail = views.job_detail(doc)
+    return render(
+        request,
+        "job.html",
+        who,
+        page="jobs",
+        job=detail,
+        related=views.related(app, doc),
+        message=request.query_params.get("message"),
+    )
+
+
+@router.get("/nodes", response_class=HTMLResponse)
+def nodes(request: Request, app: App_, who: Reader) -> Response:
+    return render(request, "nodes.html", who, page="nodes", nodes=views.nodes(app))
+
+
+@router.get("/cron", response_class=HTMLResponse)
+def cron(request: Request, app: App_, who: Reader) -> Response:
+    return render(request, "cron.html", who, page="cron", cron=views.cron(app))
+
+
+@router.post("/act", response_class=HTMLResponse)
+async def act(request: Request, app: App_) -> Response:
+    """An action on the jobs ticked (or one job): a confirmation page, then the action."""
+    who = await principal(request)
+    form = await request.form()
+    check_csrf(request, who, str(form.get("csrf", "")))
+    action = str(form.get("action", ""))
+    ids = [str(i) for i in form.getlist("ids") if str(i)]
+    back = str(form.get("back", "")) or base_path(request) + "/jobs"
+    if action not in ALLOWED:
+        raise Problem(422, "Invalid request", f"unknown action {action!r}")
+    if not ids:
+        return RedirectResponse(_with_message(back, "no job was selected"), status_code=303)
+    if not who.can_act:
+        raise forbidden(f"the {who.role} role cannot act on jobs", role=who.role)
+    check_ownership(app, who, ids)
+    if form.get("confirm") != "yes":
+        return render(request, "confirm.html", who, page="jobs", action=action, ids=ids, back=back)
+    result = lifecycle.act(app.store, action, ids)
+    parts = [f"{action}: {len(result.changed)} changed"]
+    if result.refused:
+        parts.append(
+            f"{len(result.refused)} refused ({action} needs {' or '.join(ALLOWED[action])})"
+        )
+    if result.errors:
+        parts.append(f"{len(result.errors)} failed: " + "; ".join(map(str, result.errors.values())))
+    if action == "remove" and back.rstrip("/").endswith(tuple(ids)):
+        back = base_path(request) + "/jobs"
+    return RedirectResponse(_with_message(back, ", ".join(parts)), status_code=303)
+
+
+def _with_message(url: str, message: str) -> str:
+    path = url.split("?", 1)[0]
+    return f"{path}?{urlencode({'message': message})}"
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str = "/") -> Response:
+    return render(request, "login.html", None, page="login", next=_local_path(next), failed=False)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(
+    request: Request,
+    token: Annotated[str, Form()],
+    csrf: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    """Keep a valid API token in an HttpOnly, SameSite=Strict cookie."""
+    check_csrf(request, Principal("anonymous", "viewer", "form"), csrf)
+    found = request.app.state.auth.by_token(token.strip(), "cookie")
+    if found is None:
+        response = render(
+            request, "login.html", None, page="login", next=_local_path(next), failed=True
+        )
+        response.status_code = 401
+        return response
+    response = RedirectResponse(base_path(request) + _local_path(next), status_code=303)
+    response.set_cookie(
+        TOKEN_COOKIE,
+        token.strip(),
+        httponly=True,
+        samesite="strict",
+        path=base_path(request) or "/",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    check_csrf(request, Principal("anonymous", "viewer", "form"), csrf)
+    response = RedirectResponse(base_path(request) + "/login", status_code=303)
+    response.delete_cookie(TOKEN_COOKIE, path=base_path(request) or "/")
+    return response
+
+
+def _local_path(target: str) -> str:
+    """Only a path of this site (no open redirect to another host)."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"

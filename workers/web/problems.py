@@ -1,0 +1,152 @@
+"""Errors as RFC 9457 problem details (`application/problem+json`) for the API, and as a
+page for people. Every refusal the web layer makes is a `Problem`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from workers.errors import (
+    DatabaseUnavailable,
+    JobNotFound,
+    PushError,
+    TransitionRefused,
+    WorkersError,
+)
+
+PROBLEM_TYPE = "application/problem+json"
+_BASE = "https://workers.dev/problems/"  # stable identifiers; not fetched by anything
+
+
+class ProblemModel(BaseModel):
+    """RFC 9457 problem details; a refused transition adds `job`, `job_status` (None: no such
+    job) and `allowed` (the statuses the action needs)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.extra = status, title, detail, extra
+
+    def body(self) -> dict[str, Any]:
+        slug = self.title.lower().replace(" ", "-")
+        return {
+            "type": _BASE + slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+
+
+def unauthorized(
+    detail: str = "no valid credentials: send an API token (Bearer) or log in",
+) -> Problem:
+    return Problem(401, "Unauthorized", detail)
+
+
+def forbidden(detail: str, **extra: Any) -> Problem:
+    return Problem(403, "Forbidden", detail, **extra)
+
+
+def not_found(detail: str) -> Problem:
+    return Problem(404, "Not found", detail)
+
+
+def from_workers_error(exc: WorkersError) -> Problem:
+    """The lifecycle's errors, as the API reports them."""
+    if isinstance(exc, TransitionRefused):
+        return Problem(
+            409,
+            "Transition refused",
+            str(exc),
+            job=str(exc.job_id),
+            job_status=exc.status,
+            allowed=list(exc.allowed),
+        )
+    if isinstance(exc, JobNotFound):
+        return not_found(str(exc))
+    if isinstance(exc, PushError):
+        return Problem(422, "Invalid job", str(exc))
+    if isinstance(exc, DatabaseUnavailable):
+        return Problem(503, "Database unavailable", str(exc))
+    return Problem(400, "Request failed", str(exc))
+
+
+#: the documented error responses of every API operation
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {
+            "model": ProblemModel,
+            "content": {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemModel"}}},
+            "description": _DESCRIPTIONS[status],
+        }
+        for status in statuses
+    }
+
+
+_DESCRIPTIONS = {
+    400: "The request cannot be done",
+    401: "No valid credentials",
+    403: "The role does not allow it, or a CSRF token is missing",
+    404: "No job has that id",
+    409: "The job's status does not allow the action",
+    422: "The request or the job is invalid",
+    503: "The database is unavailable",
+}
+
+
+def problem_response(request: Request, problem: Problem) -> Response:
+    """JSON for the API and machines; a page for a browser asking for HTML."""
+    wants_html = "text/html" in request.headers.get("accept", "")
+    if wants_html and not request.url.path.startswith(_api_prefix(request)):
+        from workers.web.pages import error_page  # pages import this module
+
+        return error_page(request, problem)
+    headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
+    return JSONResponse(problem.body(), problem.status, headers=headers, media_type=PROBLEM_TYPE)
+
+
+def _api_prefix(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/") + "/api"
+
+
+def install(app: FastAPI) -> None:
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Problem)
+        return problem_response(request, exc)
+
+    async def on_workers_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, WorkersError)
+        return problem_response(request, from_workers_error(exc))
+
+    async def on_invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {"where": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+            for error in exc.errors()
+        ]
+        detail = "; ".join(f"{e['where']}: {e['message']}" for e in errors)
+        return problem_response(request, Problem(422, "Invalid request", detail, errors=errors))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
+        return problem_response(request, Problem(exc.status_code, title, str(exc.detail)))
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(WorkersError, on_workers_error)
+    app.add_exception_handler(RequestValidationError, on_invalid)
+    app.add_exception_handler(StarletteHTTPException, on_http)

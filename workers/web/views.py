@@ -1,0 +1,279 @@
+"""What the pages and the API show, as plain JSON-ready values: jobs, the overview, nodes,
+cron. Both the HTML and the JSON are rendered from these, so they cannot disagree."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from workers.app import App
+from workers.cron import iso
+from workers.record import FOLLOWUPS, STATUSES
+
+SEARCH_WINDOW = 2000  # documents a text search examines per page, newest first
+_SEARCH_CHUNK = 200
+
+
+def plain(value: Any) -> Any:
+    """A stored value as JSON: times as ISO-8601, other BSON types (ObjectId, bytes,
+    Decimal128) as their text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return str(value)
+
+
+def job_summary(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(doc["_id"]),
+        "type": plain(doc.get("type")),
+        "status": plain(doc.get("status")),
+        "progress": _percent(doc.get("progress")),
+        "attempts": doc.get("attempts") if isinstance(doc.get("attempts"), int) else 0,
+        "owner": plain(doc.get("owner")),
+        "created": plain(doc.get("created")),
+        "finished": plain(doc.get("finished")),
+    }
+
+
+def job_detail(doc: dict[str, Any]) -> dict[str, Any]:
+    links = _list(doc.get("links"))
+    return {
+        **job_summary(doc),
+        "params": plain(doc.get("params") or {}),
+        "priority": plain(doc.get("priority")),
+        "retries": plain(doc.get("retries")),
+        "run_at": plain(doc.get("run_at")),
+        "started": plain(doc.get("started")),
+        "updated": plain(doc.get("updated")),
+        "log": plain(_list(doc.get("log"))),
+        "result": plain(doc.get("result")),
+        "error": plain(doc.get("error")),
+        "depends": plain(doc.get("depends") or []),
+        "pending": [plain(link) for link in links if link != FOLLOWUPS],
+        "unique": plain(doc.get("unique")),
+        "repeats_left": plain(doc.get("repeats_left")),
+        "last_action": plain(doc.get("last_action")),
+        "timeline": timeline(doc),
+    }
+
+
+def _percent(progress: Any) -> float | None:
+    if isinstance(progress, dict) and isinstance(progress.get("percent"), int | float):
+        return float(progress["percent"])
+    return None
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def timeline(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The job's moments, oldest first: pushed, due, started, log entries, finished."""
+    moments = [
+        ("pushed", doc.get("created")),
+        ("due", doc.get("run_at")),
+        ("started", doc.get("started")),
+        (doc.get("status"), doc.get("finished")),
+    ]
+    events = [(at, str(name)) for name, at in moments if isinstance(at, datetime)]
+    for entry in _list(doc.get("log")):
+        if isinstance(entry, dict) and isinstance(entry.get("time"), datetime):
+            events.append((entry["time"], f"log: {entry.get('message', '')}"))
+    events.sort(key=lambda event: event[0])
+    return [{"event": name, "at": iso(at)} for at, name in events]
+
+
+@dataclass
+class Page:
+    jobs: list[dict[str, Any]]
+    next: str | None  # the `before` of the next page
+    searched: int | None = None  # documents a text search examined
+
+
+def find_page(
+    app: App,
+    *,
+    type: str | None,
+    status: str | None,
+    q: str | None,
+    before: str | None,
+    limit: int,
+) -> Page:
+    """Newest first, by index (see store/lifecycle.find_jobs). A text filter (`q`: part of
+    the id, type, params, error or log) examines at most SEARCH_WINDOW jobs per page."""
+    if not q:
+        docs = app.store.find_jobs(type=type, status=status, limit=limit + 1, before=before)
+        more = len(docs) > limit
+        return Page(
+            [job_summary(d) for d in docs[:limit]], str(docs[limit - 1]["_id"]) if more else None
+        )
+    found: list[dict[str, Any]] = []
+    examined, cursor = 0, before
+    while examined < SEARCH_WINDOW and len(found) <= limit:
+        docs = app.store.find_jobs(type=type, status=status, limit=_SEARCH_CHUNK, before=cursor)
+        for doc in docs:
+            examined += 1
+            cursor = str(doc["_id"])
+            if _matches(doc, q.lower()):
+                found.append(doc)
+                if len(found) > limit:
+                    break
+        if len(docs) < _SEARCH_CHUNK:
+            cursor = None if len(found) <= limit else cursor
+            break
+    more = len(found) > limit
+    next_before = str(found[limit - 1]["_id"]) if more else cursor
+    return Page([job_summary(d) for d in found[:limit]], next_before, examined)
+
+
+def _matches(doc: dict[str, Any], needle: str) -> bool:
+    fields = (doc.get("_id"), doc.get("type"), doc.get("params"), doc.get("error"), doc.get("log"))
+    return any(needle in json.dumps(plain(value), default=str).lower() for value in fields)
+
+
+def related(app: App, doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The jobs this one depends on, and the jobs still waiting for it."""
+    depends = doc.get("depends") if isinstance(doc.get("depends"), list) else []
+    antecedents = app.store.jobs_by_id(list(depends)) if depends else []
+    return {
+        "antecedents": [job_summary(d) for d in antecedents],
+        "waiting": [job_summary(d) for d in app.store.waiting_on(doc["_id"])],
+    }
+
+
+class Cached:
+    """A value recomputed at most every `seconds` (the counts behind the overview and
+    /metrics: one aggregation per period however many people and scrapers look)."""
+
+    def __init__(self, compute: Callable[[], Any], seconds: float) -> None:
+        self._compute, self._seconds = compute, seconds
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self._at = -float("inf")
+
+    def get(self) -> Any:
+        with self._lock:
+            if time.monotonic() - self._at >= self._seconds:
+                self._value, self._at = self._compute(), time.monotonic()
+            return self._value
+
+
+def counts(app: App) -> dict[str, Any]:
+    """Jobs by (status, type), totals by status, and the oldest ready job's wait."""
+    now = app.store.now()
+    by_pair = app.store.count_by_status_and_type()
+    oldest = app.store.oldest_ready(now)
+    totals = dict.fromkeys(STATUSES, 0)
+    by_type: dict[str, dict[str, int]] = {}
+    for (status, job_type), n in sorted(by_pair.items()):
+        totals[status] = totals.get(status, 0) + n
+        by_type.setdefault(job_type, dict.fromkeys(STATUSES, 0))[status] = n
+    wait = (now - oldest["run_at"]).total_seconds() if oldest else None
+    return {
+        "at": iso(now),
+        "by_status": totals,
+        "by_type": by_type,
+        "oldest_ready_seconds": wait,
+        "oldest_ready_type": oldest and oldest.get("type"),
+    }
+
+
+def throughput(app: App, minutes: int = 60) -> list[dict[str, Any]]:
+    """Jobs completed and failed per minute over the last `minutes` (metrics collection)."""
+    now = app.store.now().replace(second=0, microsecond=0)
+    since = now - timedelta(minutes=minutes - 1)
+    found = {doc["at"].replace(tzinfo=now.tzinfo): doc for doc in app.store.minutes_since(since)}
+    series = []
+    for step in range(minutes):
+        minute = since + timedelta(minutes=step)
+        doc = found.get(minute, {})
+        series.append(
+            {
+                "minute": iso(minute),
+                "completed": int(doc.get("completed", 0)),
+                "failed": int(doc.get("failed", 0)),
+            }
+        )
+    return series
+
+
+def nodes(app: App) -> list[dict[str, Any]]:
+    """The worker processes; one silent longer than a lease is marked so."""
+    now, lease = app.store.now(), app.settings.workers.queue.lease
+    shown = []
+    for node in app.store.list_nodes():
+        last = node.get("last_beat")
+        age = (now - last).total_seconds() if isinstance(last, datetime) else None
+        running = _list(node.get("running"))
+        shown.append(
+            {
+                "id": str(node["_id"]),
+                "host": plain(node.get("host")),
+                "pid": plain(node.get("pid")),
+                "threads": plain(node.get("threads")),
+                "running": [plain(r) for r in running],
+                "version": plain(node.get("version")),
+                "state": plain(node.get("state")),
+                "started": plain(node.get("started")),
+                "last_beat": plain(last),
+                "heartbeat_age": age,
+                "silent": age is None or age > lease,
+            }
+        )
+    return shown
+
+
+def cron(app: App) -> dict[str, Any]:
+    """The schedules (next tick, last tick handled, lag) and the leader."""
+    now = app.store.now()
+    leader = app.store.leader()
+    handled = app.store.schedule_states()
+    schedules = []
+    for schedule in app.registry.schedules:
+        last = handled.get(schedule.id)
+        due = schedule.recent_ticks(now - timedelta(days=366), now, 1)
+        latest_due = due[-1] if due else None
+        lag = None  # a schedule no leader has handled yet has no lag to speak of
+        if last is not None:
+            behind = latest_due is not None and last < latest_due
+            lag = (now - latest_due).total_seconds() if behind and latest_due else 0.0
+        schedules.append(
+            {
+                "id": schedule.id,
+                "type": schedule.job_type,
+                "expression": schedule.expression,
+                "params": plain(schedule.params),
+                "timezone": schedule.timezone,
+                "missed": schedule.missed,
+                "next": iso(schedule.next_after(now)),
+                "last": iso(last) if last else None,
+                "lag_seconds": lag,
+            }
+        )
+    live = (
+        leader is not None
+        and isinstance(leader.get("expires"), datetime)
+        and leader["expires"] > now
+    )
+    return {
+        "leader": {
+            "owner": leader["owner"],
+            "since": plain(leader.get("since")),
+            "expires": plain(leader.get("expires")),
+        }
+        if live and leader
+        else None,
+        "disabled": app.settings.workers.cron.disable,
+        "schedules": schedules,
+    }
