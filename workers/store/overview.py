@@ -19,7 +19,16 @@ _COUNT_PIPELINE: list[Document] = [
     {"$project": {"_id": 0, "status": 1, "type": 1}},
     {"$group": {"_id": {"status": "$status", "type": "$type"}, "n": {"$sum": 1}}},
 ]
-_SUMMARY = {"_id": 1, "type": 1, "status": 1, "progress": 1, "created": 1, "finished": 1}
+_SUMMARY = {
+    "_id": 1,
+    "type": 1,
+    "status": 1,
+    "progress": 1,
+    "attempts": 1,
+    "owner": 1,
+    "created": 1,
+    "finished": 1,
+}
 
 
 class OverviewQueries(Connection):

@@ -80,9 +80,8 @@ def check_ownership(app: App, who: Principal, ids: list[str]) -> None:
     """A creator acts only on the jobs it pushed: 403 naming the others, and nothing done."""
     if who.role not in ("creator",):
         return
-    owners: dict[str, Any] = dict.fromkeys(ids)
-    owners.update(owners_of(app.store.jobs_by_id(list(ids))))
-    denied = who.not_allowed_on(owners)
+    # an id no job has is nobody's: the action reports it as refused (no such job)
+    denied = who.not_allowed_on(owners_of(app.store.jobs_by_id(list(ids))))
     if denied:
         raise forbidden(
             f"{who.name} ({who.role}) may only act on jobs it pushed; not on {', '.join(denied)}",
