@@ -64,12 +64,17 @@ class OverviewQueries(Connection):
         """A change stream of every job change, on its own connection (the live dashboard)."""
         return AnyChange(self.url, self.db.name, self.jobs.name, self.timeout)
 
-    def overview_commands(self) -> dict[str, Document]:
-        """The commands above, for the explain tests."""
-        return {
-            "count": {"aggregate": self.jobs.name, "pipeline": _COUNT_PIPELINE,
-                      "hint": CLAIM_INDEX, "cursor": {}},
-            "oldest ready": {"find": self.jobs.name, "filter": {"status": READY},
+    def overview_queries(self) -> dict[str, tuple[Document, Document]]:
+        """The queries above and a next page of find, as (command, plan): the explain tests."""
+        finds: dict[str, Document] = {
+            "oldest ready": {"filter": {"status": READY, "run_at": {"$lte": self.now()}},
                              "sort": {"run_at": 1}, "hint": CLAIM_INDEX, "limit": 1},
-            "waiting on": {"find": self.jobs.name, "filter": {"links": "x"}, "hint": LINKS_INDEX},
+            "waiting on": {"filter": {"links": "x"}, "hint": LINKS_INDEX, "limit": 100},
+            "next page of ready jobs": {"filter": {"status": READY, "_id": {"$lt": "f" * 24}},
+                                        "sort": {"_id": -1}, "hint": CLAIM_INDEX, "limit": 51},
         }  # fmt: skip
+        plans = {name: self.explain_find(command) for name, command in finds.items()}
+        count = {"aggregate": self.jobs.name, "pipeline": _COUNT_PIPELINE, "hint": CLAIM_INDEX,
+                 "cursor": {}}  # fmt: skip
+        plans["count by status and type"] = (count, self._explain(count))
+        return plans

@@ -242,12 +242,9 @@ def cron(app: App) -> dict[str, Any]:
     schedules = []
     for schedule in app.registry.schedules:
         last = handled.get(schedule.id)
-        due = schedule.recent_ticks(now - timedelta(days=366), now, 1)
-        latest_due = due[-1] if due else None
-        lag = None  # a schedule no leader has handled yet has no lag to speak of
-        if last is not None:
-            behind = latest_due is not None and last < latest_due
-            lag = (now - latest_due).total_seconds() if behind and latest_due else 0.0
+        # how long the oldest tick not yet fired has been due; a schedule no leader has
+        # handled yet has no lag to speak of
+        lag = None if last is None else max((now - schedule.next_after(last)).total_seconds(), 0.0)
         schedules.append(
             {
                 "id": schedule.id,
