@@ -46,6 +46,13 @@ def test_delays_people_write_are_understood(
         ({"repeat": {"every": 3}}, "unknown repeat option"),
         ({"depends": "abc"}, "depends must be a list of job ids"),
         ({"unique": ""}, "unique must be a non-empty string"),
+        ({"delay": 2.5e11}, "delay=250000000000.0 is more than a century from now"),
+        ({"after": "in 9000000 weeks"}, "after='in 9000000 weeks' is more than a century"),
+        ({"priority": 2**63}, "priority must be an int or one of"),
+        ({"retry": 2**63}, "retry.retries must be an int >= 0"),
+        ({"retry": {"wait": 1e12}}, "retry.wait must be a number of seconds from 0 to a century"),
+        ({"repeat": {"repeats": 2**64}}, "repeat.repeats must be an int >= 0"),
+        ({"repeat": {"wait": 1e12}}, "repeat.wait must be seconds from 0 to a century"),
     ],
 )
 def test_unparseable_options_are_refused_quoting_the_text(

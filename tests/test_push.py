@@ -113,6 +113,8 @@ def test_params_that_are_not_bson_are_refused_naming_the_key_and_write_nothing(a
         Job.push(RecordJob(ok=1, nested={"when": dt.date(2026, 1, 1)}))
     with pytest.raises(PushError, match=r"RecordJob params are not BSON-encodable: items\.1"):
         Job.push(RecordJob(items=[1, object()]))
+    with pytest.raises(PushError, match=r"not BSON-encodable: big\.0: .*8-byte ints"):
+        Job.push(RecordJob(big=[2**63]))
     # and each refusal says how to store it instead
     with pytest.raises(PushError, match=r"instead of a date"):
         Job.push(RecordJob(ok=1, nested={"when": dt.date(2026, 1, 1)}))

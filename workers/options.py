@@ -82,12 +82,25 @@ def parse_when(
             f"push: delay must be a number of seconds >= 0 or a timedelta, got {delay!r}"
         )
     if after is None:
-        return float(delay or 0), None
+        return _bounded(float(delay or 0), f"delay={delay!r}"), None
     if isinstance(after, datetime):
         return 0.0, as_utc(after)
     if isinstance(after, str):
-        return _parse_after_text(after)
+        seconds, moment = _parse_after_text(after)
+        return _bounded(seconds, f"after={after!r}"), moment
     raise PushError(f"push: after must be a datetime or a string, got {after!r}")
+
+
+_INT64 = 2**63 - 1  # what BSON stores as an integer
+MAX_DELAY = 100 * 365.25 * 86400  # a century: later than that is a mistake, and overflows dates
+
+
+def _bounded(seconds: float, given: str) -> float:
+    if seconds > MAX_DELAY:
+        raise PushError(
+            f"push: {given} is more than a century from now (at most {MAX_DELAY:.0f} s)"
+        )
+    return seconds
 
 
 def _parse_after_text(text: str) -> tuple[float, datetime | None]:
@@ -115,7 +128,7 @@ def parse_priority(priority: int | str | None) -> int:
         return PRIORITIES["normal"]
     if isinstance(priority, str) and priority in PRIORITIES:
         return PRIORITIES[priority]
-    if isinstance(priority, int) and not isinstance(priority, bool):
+    if isinstance(priority, int) and not isinstance(priority, bool) and abs(priority) <= _INT64:
         return priority
     names = ", ".join(PRIORITIES)
     raise PushError(f"push: priority must be an int or one of {names}; got {priority!r}")
@@ -137,10 +150,12 @@ def parse_retry(retry: int | Mapping[str, Any] | None, defaults: RetryPolicy) ->
     wait = retry.get("wait", defaults.wait)
     backoff = retry.get("backoff", defaults.backoff)
     jitter = retry.get("jitter", defaults.jitter)
-    if not (isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0):
+    if not (isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= _INT64):
         raise PushError(f"push: retry.retries must be an int >= 0, got {retries!r}")
-    if not is_number(wait, minimum=0):
-        raise PushError(f"push: retry.wait must be a number of seconds >= 0, got {wait!r}")
+    if not (is_number(wait, minimum=0) and wait <= MAX_DELAY):
+        raise PushError(
+            f"push: retry.wait must be a number of seconds from 0 to a century, got {wait!r}"
+        )
     if backoff not in BACKOFFS:
         raise PushError(f"push: retry.backoff must be one of {BACKOFFS}, got {backoff!r}")
     if not (is_number(jitter, minimum=0) and jitter <= 1):
@@ -177,10 +192,10 @@ def parse_repeat(repeat: Mapping[str, Any] | None) -> Repeat | None:
     forever = repeats == FOREVER
     if not forever and not (isinstance(repeats, int) and not isinstance(repeats, bool)):
         raise PushError(f"push: repeat.repeats must be an int >= 0 or 'forever', got {repeats!r}")
-    if not forever and repeats < 0:
+    if not forever and not 0 <= repeats <= _INT64:
         raise PushError(f"push: repeat.repeats must be an int >= 0 or 'forever', got {repeats!r}")
-    if not is_number(wait, minimum=0):
-        raise PushError(f"push: repeat.wait must be seconds >= 0, got {wait!r}")
+    if not (is_number(wait, minimum=0) and wait <= MAX_DELAY):
+        raise PushError(f"push: repeat.wait must be seconds from 0 to a century, got {wait!r}")
     return Repeat(repeats="forever" if forever else int(repeats), wait=float(wait))
 
 

@@ -109,7 +109,7 @@ class DependencyQueries(ClaimQueries):
         left to the caller, whose key it is)."""
         try:
             self.jobs.insert_one(document)
-        except bson.errors.InvalidDocument as exc:  # raised while encoding: nothing was sent
+        except (bson.errors.InvalidDocument, OverflowError) as exc:  # encoding: nothing was sent
             raise PushError(f"the job document cannot be encoded as BSON: {exc}") from exc
         except DocumentTooLarge as exc:
             raise PushError(f"the job document is too large for MongoDB: {exc}") from exc

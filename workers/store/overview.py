@@ -73,7 +73,13 @@ class OverviewQueries(Connection):
             "next page of ready jobs": {"filter": {"status": READY, "_id": {"$lt": "f" * 24}},
                                         "sort": {"_id": -1}, "hint": CLAIM_INDEX, "limit": 51},
         }  # fmt: skip
-        plans = {name: self.explain_find(command) for name, command in finds.items()}
+        plans = {
+            name: (
+                {"find": self.jobs.name, **command},
+                self._explain({"find": self.jobs.name, **command}),
+            )
+            for name, command in finds.items()
+        }
         count = {"aggregate": self.jobs.name, "pipeline": _COUNT_PIPELINE, "hint": CLAIM_INDEX,
                  "cursor": {}}  # fmt: skip
         plans["count by status and type"] = (count, self._explain(count))

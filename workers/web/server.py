@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
@@ -52,7 +52,23 @@ def create_app(
     web.include_router(pages.router)
     web.mount("/static", StaticFiles(directory=_STATIC), name="static")
     _add_streams(web)
+    _document_job_types(web, get_app)
     return web
+
+
+def _document_job_types(web: FastAPI, get_app: Callable[[], App]) -> None:
+    """The OpenAPI document lists the registered job types as the values `type` may take."""
+    generate = web.openapi
+
+    def openapi() -> dict[str, Any]:
+        if web.openapi_schema is None:
+            schema = generate()
+            types = get_app().registry.types
+            if types:
+                schema["components"]["schemas"]["PushRequest"]["properties"]["type"]["enum"] = types
+        return web.openapi_schema or {}
+
+    web.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_streams(web: FastAPI) -> None:
