@@ -31,6 +31,8 @@ class Feed:
         self._started = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.following = threading.Event()  # set while a change stream is open
+        self.polling = False  # the server has no change streams
 
     def start(self) -> None:
         with self._lock:
@@ -45,7 +47,7 @@ class Feed:
         stream = None
         while not self._stop.is_set():
             try:
-                stream = stream or self._opened()
+                stream = stream or (None if self.polling else self._opened())
                 if stream is None:
                     self._stop.wait(_FALLBACK_POLL)
                     self.version += 1
@@ -54,6 +56,7 @@ class Feed:
                     self.version += 1
             except WorkersError as exc:  # a lost connection: reopen (resuming) soon
                 log.debug("live feed interrupted: %s", exc)
+                self.following.clear()
                 self._stop.wait(1.0)
                 stream = None
         if stream is not None:
@@ -65,7 +68,10 @@ class Feed:
             stream.open(max_wait=1.0)
         except StreamUnavailable:
             stream.close()
+            self.polling = True
+            log.info("no change streams on this server: the dashboard refreshes every few s")
             return None
+        self.following.set()
         return stream
 
 
