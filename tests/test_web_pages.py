@@ -56,11 +56,11 @@ def test_every_page_renders_what_the_queue_holds(browser: TestClient, web_app: A
 def test_params_logs_and_errors_are_escaped(browser: TestClient, web_app: App) -> None:
     evil = "<script>alert(1)</script>"
     job_id = str(web_app.push_named("RecordJob", {"name": evil}))
+    error = {"message": evil, "type": "ValueError", "traceback": evil, "attempt": 1}
+    log = [{"level": "danger", "message": evil}]
     web_app.store.jobs.update_one(
-        {"_id": job_id},
-        {"$set": {"status": "failed", "log": [{"level": "danger", "message": evil}],
-                  "error": {"message": evil, "type": "ValueError", "traceback": evil, "attempt": 1}}},
-    )  # fmt: skip
+        {"_id": job_id}, {"$set": {"status": "failed", "log": log, "error": error}}
+    )
 
     page = browser.get(f"/jobs/{job_id}").text
     found = browser.get("/jobs", params={"q": "alert"}).text

@@ -16,10 +16,11 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from workers import lifecycle
 from workers.app import App
-from workers.record import ALLOWED, STATUSES
+from workers.record import ALLOWED, STATUSES, ActionResult
 from workers.version import __version__
 from workers.web import views
 from workers.web.access import (
@@ -189,10 +190,18 @@ async def act(request: Request, app: App_) -> Response:
         return RedirectResponse(_with_message(back, "no job was selected"), status_code=303)
     if not who.can_act:
         raise forbidden(f"the {who.role} role cannot act on jobs", role=who.role)
-    check_ownership(app, who, ids)
+    await run_in_threadpool(check_ownership, app, who, ids)  # pymongo blocks: not on the loop
     if form.get("confirm") != "yes":
         return render(request, "confirm.html", who, page="jobs", action=action, ids=ids, back=back)
-    result = lifecycle.act(app.store, action, ids)
+    result = await run_in_threadpool(lifecycle.act, app.store, action, ids)
+    if action == "remove" and back.rstrip("/").endswith(tuple(ids)):
+        back = base_path(request) + "/jobs"
+    return RedirectResponse(_with_message(back, _summary(result)), status_code=303)
+
+
+def _summary(result: ActionResult) -> str:
+    """What an action did, for the message on the page it returns to."""
+    action = result.action
     parts = [f"{action}: {len(result.changed)} changed"]
     if result.refused:
         parts.append(
@@ -200,9 +209,7 @@ async def act(request: Request, app: App_) -> Response:
         )
     if result.errors:
         parts.append(f"{len(result.errors)} failed: " + "; ".join(map(str, result.errors.values())))
-    if action == "remove" and back.rstrip("/").endswith(tuple(ids)):
-        back = base_path(request) + "/jobs"
-    return RedirectResponse(_with_message(back, ", ".join(parts)), status_code=303)
+    return ", ".join(parts)
 
 
 def _with_message(url: str, message: str) -> str:

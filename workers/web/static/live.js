@@ -34,9 +34,17 @@
       .then(function () { busy = false; if (again) { again = false; refresh(); } });
   }
 
-  var source = new EventSource(base + "/events");
-  source.addEventListener("change", refresh);
-  source.addEventListener("tick", refresh);
-  source.onopen = function () { if (state) state.textContent = "live"; };
-  source.onerror = function () { if (state) state.textContent = "reconnecting…"; };
+  // A browser keeps six connections per server: close the stream when the page goes (or
+  // into the back-forward cache) so that pages left behind do not hold them.
+  var source = null;
+  function follow() {
+    source = new EventSource(base + "/events");
+    source.addEventListener("change", refresh);
+    source.addEventListener("tick", refresh);
+    source.onopen = function () { if (state) state.textContent = "live"; };
+    source.onerror = function () { if (state) state.textContent = "reconnecting…"; };
+  }
+  window.addEventListener("pagehide", function () { if (source) { source.close(); source = null; } });
+  window.addEventListener("pageshow", function (event) { if (event.persisted) { follow(); refresh(); } });
+  follow();
 })();
