@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint setup clean stop-db bench
+.PHONY: run test lint setup browser screenshots clean stop-db bench
 
 $(STAMP):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -18,19 +18,33 @@ $(STAMP):
 
 setup: $(STAMP)
 
-# The example app on the embedded default: push a few jobs (web mode), then run them
-# (headless mode: 2 processes x 10 threads under supervisord). Ctrl-C stops it.
+# The example app on the embedded default: push a few jobs (web mode), serve the dashboard
+# at http://127.0.0.1:8181/ and run the jobs (headless mode: 2 processes x 10 threads under
+# supervisord). Ctrl-C stops both.
 run: $(STAMP)
 	$(BIN)/python -m app_jobs
-	$(BIN)/python -m app_jobs --headless
+	@$(BIN)/python -m app_jobs web & web=$$!; trap 'kill $$web 2>/dev/null; wait $$web' EXIT; \
+	  $(BIN)/python -m app_jobs --headless
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
+
+# The dashboard's browser tests drive Debian's chromium through chromedriver (browsers cannot
+# be downloaded here): installed with apt when missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; fi; }
+
+# The screenshots in docs/screenshots, taken by the browser tests.
+screenshots: $(STAMP) browser
+	WORKERS_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_web_browser.py
 
 # The benchmark (not part of the tests): every figure the median of 3 runs, Celery beside us on
 # the same server, about 45 minutes (15 without Celery: `python -m bench`); `make bench ARGS=--quick` for one run at backlog 1,000.

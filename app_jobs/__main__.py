@@ -16,7 +16,7 @@ from workers.cli import main
 
 
 def push_examples(app: App) -> int:
-    """Until the dashboard gives the example a web server, its web mode pushes a few jobs."""
+    """The example's web mode: push a few jobs to watch run."""
     database().projects.update_one(
         {"_id": "demo"},
         {"$set": {"name": "Demo project", "cohorts": ["2026-09", "2026-10", "2026-11"]}},
@@ -30,9 +30,9 @@ def push_examples(app: App) -> int:
         Job.push(LoadRetentionJob(project_id="demo"), delay=5),
     ]
     print(f"pushed {len(ids)} example jobs: {', '.join(ids)}")
-    print("run them with: python -m app_jobs --headless (make run does); meanwhile, in another")
-    print("terminal, .venv/bin/workers status lists jobs by status and the live worker processes,")
-    print(".venv/bin/workers cron the schedules and the leader; Ctrl-C stops the workers")
+    print("run them with: python -m app_jobs --headless, and watch them on the dashboard,")
+    print("python -m app_jobs web (make run does both: open http://127.0.0.1:8181/); or in a")
+    print("terminal: .venv/bin/workers status, .venv/bin/workers cron; Ctrl-C stops them")
     return 0
 
 

@@ -203,6 +203,7 @@ def test_a_person_watches_jobs_run_and_steers_them(site: Site) -> None:
     site.shot("jobs")
     site.open("/")
     site.wait_text("#totals", "completed")
+    site.wait_text("figcaption", "1 completed")  # the worker's counts, through its heartbeat
     site.shot("overview")
 
 
