@@ -3,6 +3,8 @@ processes without a write per job, summed across processes; every query on an in
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import workers
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 from tests.plans import assert_on_index
 from tests.web_support import bearer, client_for, token_settings
 from workers import Job
@@ -160,3 +162,21 @@ def test_every_overview_query_runs_on_an_index(app: App) -> None:
             assert "COLLSCAN" not in str(plan), f"{name}: collection scan"
             continue
         assert_on_index(name, command, plan, expected[name], explain)
+
+
+def test_the_grafana_dashboard_queries_only_metrics_that_exist(metrics_app: App) -> None:
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bworkers_[a-z_]+", target["expr"])
+    }
+    text = client_for(metrics_app, headers=bearer("viewer")).get("/metrics").text
+    served = {family.name for family in text_string_to_metric_families(text)}
+    served |= {name for (name, _) in samples(text)}
+    served |= {f"{name}_total" for name in served}  # counters: the family drops `_total`
+    served |= {f"{name}_bucket" for name in served}  # histograms: likewise `_bucket`
+
+    assert len(queried) >= 9
+    assert queried <= served, f"the dashboard queries {sorted(queried - served)}"
