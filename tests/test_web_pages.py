@@ -4,13 +4,16 @@ lists page by index, a fragment is the content alone, and the live feed follows 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 import workers
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for, workers_command, workers_env
 from tests.web_support import bearer, client_for, token_settings
 from workers.app import App
 from workers.settings import Settings
@@ -138,3 +141,63 @@ def test_each_connection_hears_of_a_change(web_app: App) -> None:
     finally:
         feed.stop()
     assert heard[0] == "retry: 2000\n\n" and heard[1].startswith("event: change\n")
+
+
+def test_mounted_in_a_host_app_every_link_and_redirect_keeps_the_prefix(web_app: App) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Mount
+
+    import workers.web
+
+    def login(request: Request) -> tuple[str, str] | None:  # the host app's own session
+        user = request.headers.get("x-user")
+        return (user, "admin") if user else None
+
+    host = Starlette(routes=[Mount("/workers", app=workers.web.app(auth=login))])
+    client = TestClient(host, headers=HTML, follow_redirects=False)
+    job_id = str(web_app.push_named("RecordJob", {}))
+
+    anonymous = client.get("/workers/jobs")
+    page = client.get(f"/workers/jobs/{job_id}", headers={"x-user": "ada"})
+    style = client.get("/workers/static/app.css")
+    csrf = client.cookies["workers_csrf"]  # set on the first response, for /workers only
+    form = {"action": "pause", "ids": job_id, "csrf": csrf, "confirm": "yes"}
+    done = client.post("/workers/act", data=form, headers={"x-user": "ada"})
+
+    assert anonymous.status_code == 303 and "Path=/workers" in anonymous.headers["set-cookie"]
+    assert anonymous.headers["location"].startswith("/workers/login?next=")
+    assert 'href="/workers/jobs"' in page.text and "/workers/static/app.css" in page.text
+    assert 'action="/workers/act"' in page.text and 'data-base="/workers"' in page.text
+    assert style.status_code == 200
+    assert done.status_code == 303 and done.headers["location"].startswith("/workers/jobs")
+    assert web_app.store.get_job(job_id)["status"] == "paused"  # type: ignore[index]
+
+
+def test_workers_web_behind_a_proxy_at_a_prefix_links_under_it(
+    settings_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    port = free_port()
+    path = settings_file(web__tokens=token_settings())
+    command = workers_command("web", "--settings", str(path), "--port", str(port),
+                              "--root-path", "/workers")  # fmt: skip
+    server = subprocess.Popen(command, cwd=tmp_path, env=workers_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/jobs"  # as the proxy forwards /workers/jobs
+        page = wait_for(lambda: _fetch(url, bearer("viewer")), timeout=60, what="workers web")
+    finally:
+        server.terminate()
+        said, _ = server.communicate(timeout=30)
+
+    assert 'href="/workers/jobs"' in page and 'href="/workers/static/app.css"' in page
+    assert f"http://127.0.0.1:{port}/workers/" in said
+
+
+def _fetch(url: str, headers: dict[str, str]) -> str | None:
+    request = urllib.request.Request(url, headers={**headers, **HTML})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:  # not listening yet
+        return None

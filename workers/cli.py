@@ -71,6 +71,11 @@ def parser(prog: str = "workers") -> argparse.ArgumentParser:
     web = add("web", help="serve the dashboard, the HTTP API and /metrics")
     web.add_argument("--host", help="address to listen on (default: web.host, 127.0.0.1)")
     web.add_argument("--port", type=int, help="port (default: web.port, 8181)")
+    web.add_argument(
+        "--root-path",
+        default="",
+        help="the path prefix a reverse proxy serves it under (/workers), for its links",
+    )
     token = add("token", help="make an API token and print the settings entry that admits it")
     token.add_argument("--name", required=True, help="who uses it (a creator's jobs are its own)")
     token.add_argument("--role", required=True, choices=settings_module.ROLES)
@@ -112,7 +117,7 @@ def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
     if args.command in ("jobs", "push"):
         return commands_module.run(args, settings)
     if args.command == "web":
-        return _serve(settings, args.host, args.port)
+        return _serve(settings, args.host, args.port, args.root_path)
     if args.command == "token":
         return _token(args.name, args.role)
     if settings.mode == "headless":
@@ -197,14 +202,14 @@ def _report(app: app_module.App) -> int:
     return 0
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+def _serve(settings: Settings, host: str | None, port: int | None, root_path: str) -> int:
     try:
         from workers.web.server import run
     except ImportError as exc:
         raise WorkersError(
             f"workers web needs the web extra ({exc.name} is missing): pip install 'workers[web]'"
         ) from None
-    return run(settings, host, port)
+    return run(settings, host, port, root_path)
 
 
 def _token(name: str, role: str) -> int:

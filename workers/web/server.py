@@ -87,7 +87,9 @@ def _add_streams(web: FastAPI) -> None:
         )
 
 
-def run(settings: Settings, host: str | None = None, port: int | None = None) -> int:
+def run(
+    settings: Settings, host: str | None = None, port: int | None = None, root_path: str = ""
+) -> int:
     """`workers web`: boot, then serve until Ctrl-C. With no tokens configured it listens on
     this machine only, and says so."""
     host = host or settings.web.host
@@ -103,9 +105,11 @@ def run(settings: Settings, host: str | None = None, port: int | None = None) ->
             "workers web: no authentication configured: anyone on this machine is admin; "
             "listening on this machine only"
         )
-    print(f"workers web: the dashboard is at http://{host}:{port}/ (API: /api/docs, /metrics)")
+    where = f"http://{host}:{port}{root_path.rstrip('/')}"
+    print(f"workers web: the dashboard is at {where}/ (API: /api/docs, /metrics)")
     try:
-        uvicorn.run(create_app(booted_app=booted_app), host=host, port=port, log_level="warning")
+        web = create_app(booted_app=booted_app)
+        uvicorn.run(web, host=host, port=port, root_path=root_path, log_level="warning")
     finally:
         app_module.shutdown()
     return 0
