@@ -54,25 +54,25 @@ async def principal(request: Request) -> Principal:
 
 
 async def reader(request: Request) -> Principal:
-    who = await principal(request)
-    if not who.can_read:
-        raise forbidden(f"the {who.role} role cannot use the dashboard or the API", role=who.role)
-    return who
+    return await _may(request, "can_read", "use the dashboard or the API", writes=False)
 
 
 async def pusher(request: Request) -> Principal:
-    who = await principal(request)
-    if not who.can_push:
-        raise forbidden(f"the {who.role} role cannot push jobs", role=who.role)
-    check_csrf(request, who)
-    return who
+    return await _may(request, "can_push", "push jobs", writes=True)
 
 
 async def actor(request: Request) -> Principal:
+    return await _may(request, "can_act", "act on jobs", writes=True)
+
+
+async def _may(request: Request, permission: str, doing: str, *, writes: bool) -> Principal:
+    """The principal if its role has `permission` (403 naming the role if not); a request
+    that changes something must also carry the CSRF token."""
     who = await principal(request)
-    if not who.can_act:
-        raise forbidden(f"the {who.role} role cannot act on jobs", role=who.role)
-    check_csrf(request, who)
+    if not getattr(who, permission):
+        raise forbidden(f"the {who.role} role cannot {doing}", role=who.role)
+    if writes:
+        check_csrf(request, who)
     return who
 
 
