@@ -10,10 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+import workers.web.views as views
 from workers import lifecycle
 from workers.app import App
 from workers.record import ALLOWED, STATUSES
-from workers.web import views
 from workers.web.access import actor, booted, cached_counts, check_ownership, pusher, reader
 from workers.web.auth import Principal
 from workers.web.problems import Problem, not_found, responses

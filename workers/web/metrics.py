@@ -24,9 +24,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+import workers.web.views as views
 from workers.app import App
 from workers.metrics import COUNTERS, HISTOGRAMS
-from workers.web import views
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _HISTOGRAM_NAMES = {

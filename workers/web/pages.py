@@ -18,11 +18,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
+import workers.web.views as views
 from workers import lifecycle
 from workers.app import App
 from workers.record import ALLOWED, STATUSES, ActionResult
 from workers.version import __version__
-from workers.web import views
 from workers.web.access import (
     booted,
     cached_counts,

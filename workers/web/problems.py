@@ -3,6 +3,7 @@ page for people. Every refusal the web layer makes is a `Problem`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -108,13 +109,16 @@ _DESCRIPTIONS = {
 }
 
 
-def problem_response(request: Request, problem: Problem) -> Response:
-    """JSON for the API and machines; a page for a browser asking for HTML."""
-    wants_html = "text/html" in request.headers.get("accept", "")
-    if wants_html and not request.url.path.startswith(_api_prefix(request)):
-        from workers.web.pages import error_page  # pages import this module
+ErrorPage = Callable[[Request, "Problem"], Response]
 
-        return error_page(request, problem)
+
+def problem_response(request: Request, problem: Problem) -> Response:
+    """JSON for the API and machines; a page for a browser asking for HTML (the pages
+    module's, which `install` was given: the pages depend on this module, not back)."""
+    wants_html = "text/html" in request.headers.get("accept", "")
+    page: ErrorPage | None = getattr(request.app.state, "error_page", None)
+    if page and wants_html and not request.url.path.startswith(_api_prefix(request)):
+        return page(request, problem)
     headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
     return JSONResponse(problem.body(), problem.status, headers=headers, media_type=PROBLEM_TYPE)
 
@@ -123,7 +127,9 @@ def _api_prefix(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/") + "/api"
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, error_page: ErrorPage) -> None:
+    app.state.error_page = error_page
+
     async def on_problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, Problem)
         return problem_response(request, exc)

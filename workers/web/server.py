@@ -11,12 +11,15 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
+import workers.web.api as api
+import workers.web.pages as pages
+import workers.web.problems as problems
+import workers.web.views as views
 from workers import app as app_module
 from workers.app import App
 from workers.errors import SettingsError
 from workers.settings import Settings
 from workers.version import __version__
-from workers.web import api, pages, problems, views
 from workers.web.access import CsrfCookie, booted, reader
 from workers.web.auth import LOCAL_HOSTS, Authenticator, Principal, Resolver
 from workers.web.live import Feed, events
@@ -46,7 +49,7 @@ def create_app(
     web.state.auth = Authenticator(settings.web.tokens, auth)
     web.state.counts = views.Cached(lambda: views.counts(get_app()), settings.web.cache)
     web.state.feed = Feed(lambda: get_app().store.job_changes())
-    problems.install(web)
+    problems.install(web, pages.error_page)
     web.add_middleware(CsrfCookie)
     web.include_router(api.router)
     web.include_router(pages.router)
