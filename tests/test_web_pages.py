@@ -110,7 +110,7 @@ def test_an_action_from_the_job_page_asks_then_acts(browser: TestClient, web_app
 
 
 def test_the_live_feed_follows_job_changes_through_a_change_stream(web_app: App) -> None:
-    feed = Feed(web_app.store.job_changes)
+    feed = Feed(lambda: web_app)
     feed.start()
     try:
         assert feed.following.wait(timeout=15), "the change stream did not open"
@@ -122,7 +122,7 @@ def test_the_live_feed_follows_job_changes_through_a_change_stream(web_app: App)
 
 
 def test_each_connection_hears_of_a_change(web_app: App) -> None:
-    feed = Feed(web_app.store.job_changes)
+    feed = Feed(lambda: web_app)
 
     async def first_events() -> list[str]:
         heard: list[str] = []

@@ -20,6 +20,7 @@ from workers import settings as settings_module
 from workers.errors import DatabaseUnavailable, PushError
 from workers.job import Job
 from workers.lifecycle import Pushed
+from workers.metrics import Tally
 from workers.options import parse_options
 from workers.record import RetryPolicy, new_document
 from workers.registry import Registry
@@ -47,6 +48,8 @@ class App:
         self.store = store
         self.registry = jobs
         self.server = server
+        self.closed = False
+        self.tally = Tally()  # this app's attempts, for /metrics; its workers' heartbeat writes it
 
     @property
     def retry_defaults(self) -> RetryPolicy:
@@ -148,6 +151,7 @@ class App:
         return cls.__name__
 
     def close(self) -> None:
+        self.closed = True  # what outlives it (the dashboard's feed) stops on this
         self.store.close()
         if self.server is not None:
             self.server.release()

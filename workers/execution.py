@@ -28,7 +28,7 @@ from workers.errors import (
     WorkersError,
 )
 from workers.job import Attempt, Job, JobHandle, was_cancelled
-from workers.metrics import TALLY
+from workers.metrics import Tally
 from workers.record import TEXT_LIMIT, JobRecord, clipped, error_document
 from workers.retrying import Backoff
 from workers.store import bson_problem
@@ -234,7 +234,7 @@ def record_timeout(app: App, held: Held) -> None:
         )
         return
     outcome = "failed" if retry_in is None else "will retry"
-    _count(held, record, outcome)
+    _count(app.tally, held, record, outcome)
     log.warning("job timed out", extra={"action": "job_timeout", "outcome": outcome, **extra})
 
 
@@ -328,7 +328,7 @@ def _record_outcome(
         )
         lost.__cause__ = error
         return lost
-    _count(held, record, outcome)
+    _count(app.tally, held, record, outcome)
     if error is None:
         log.info("job completed", extra={"action": "job_completed", **extra})
     else:
@@ -342,12 +342,12 @@ def _record_outcome(
     return error
 
 
-def _count(held: Held, record: JobRecord, outcome: str) -> None:
-    """Add the recorded attempt to this process's tally (metrics.py): memory only."""
+def _count(tally: Tally, held: Held, record: JobRecord, outcome: str) -> None:
+    """Add the recorded attempt to the app's tally (metrics.py): memory only."""
     started = held.started
     duration = None if started is None else time.monotonic() - started
-    TALLY.outcome(record.type, "retried" if outcome == "will retry" else outcome, duration)
-    TALLY.picked_up(record.type, held.doc.get("run_at"), held.doc.get("started"))
+    tally.outcome(record.type, "retried" if outcome == "will retry" else outcome, duration)
+    tally.picked_up(record.type, held.doc.get("run_at"), held.doc.get("started"))
 
 
 def _persist_failure(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workers.errors import WorkersError
-from workers.metrics import TALLY
+from workers.metrics import Tally
 from workers.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,10 @@ class Heartbeat:
         held: Callable[[], dict[Any, str]],
         on_lost: Callable[[list[Any]], None],
         node_info: Callable[[], dict[str, Any]],
+        tally: Tally,
     ) -> None:
         self.store = store
+        self.tally = tally
         self.owner = owner
         self.lease = lease
         self.interval = lease / 3
@@ -95,18 +97,18 @@ class Heartbeat:
     def _flush_metrics(self) -> None:
         """Add this process's counts since the last beat to the cluster's totals; a failed
         write puts them back for the next beat."""
-        by_type, minute = TALLY.drain()
+        by_type, minute = self.tally.drain()
         if not (by_type or minute):
             return
         try:
             self.store.add_metrics(by_type, minute, self.store.now())
         except WorkersError:
-            TALLY.restore(by_type, minute)
+            self.tally.restore(by_type, minute)
             raise
 
     def _rescue(self) -> None:
         for doc in self.store.rescue_expired():
-            TALLY.rescued(str(doc.get("type")))
+            self.tally.rescued(str(doc.get("type")))
             log.warning(
                 "rescued a job whose worker stopped renewing its lease",
                 extra={

@@ -122,7 +122,3 @@ def _add_back(tally: TypeTally, inc: dict[str, float]) -> None:
             hist.count += int(value)
         else:
             hist.buckets[int(part[1:])] += int(value)
-
-
-#: the tally of this process (worker threads add to it, the heartbeat flushes it)
-TALLY = Tally()

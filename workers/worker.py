@@ -105,6 +105,7 @@ class Worker:
             self.held_tokens,
             self.lose,
             self.node_info,
+            app.tally,
         )
         types = self.profile.types
         self._claimer = Claimer(self.store, self.owner, types, self.queue_settings.lease)

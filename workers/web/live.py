@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 
+from workers.app import App
 from workers.errors import StreamUnavailable, WorkersError
 from workers.store import AnyChange
 
@@ -25,8 +26,11 @@ _TICK = 5.0  # seconds between ticks on a quiet connection
 
 
 class Feed:
-    def __init__(self, open_stream: Callable[[], AnyChange]) -> None:
-        self._open = open_stream
+    """Follows the jobs of the app `get_app()` returns when the first page listens, until
+    `stop()` (the web app's shutdown) or until that app is closed: never beyond it."""
+
+    def __init__(self, get_app: Callable[[], App]) -> None:
+        self._get_app = get_app
         self.version = 0
         self._started = False
         self._lock = threading.Lock()
@@ -44,10 +48,10 @@ class Feed:
         self._stop.set()
 
     def _run(self) -> None:
-        stream = None
-        while not self._stop.is_set():
+        app, stream = self._get_app(), None
+        while not self._stop.is_set() and not app.closed:
             try:
-                stream = stream or (None if self.polling else self._opened())
+                stream = stream or (None if self.polling else self._opened(app))
                 if stream is None:
                     self._stop.wait(_FALLBACK_POLL)
                     self.version += 1
@@ -59,11 +63,12 @@ class Feed:
                 self.following.clear()
                 self._stop.wait(1.0)
                 stream = None
+        self.following.clear()
         if stream is not None:
             stream.close()
 
-    def _opened(self) -> AnyChange | None:
-        stream = self._open()
+    def _opened(self, app: App) -> AnyChange | None:
+        stream = app.store.job_changes()
         try:
             stream.open(max_wait=1.0)
         except StreamUnavailable:

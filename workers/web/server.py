@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,7 +39,15 @@ def create_app(
     (`workers.boot()`, or the settings lookup on first use)."""
     get_app: Callable[[], App] = (lambda: booted_app) if booted_app else app_module.current
     settings = settings or (booted_app.settings if booted_app else get_app().settings)
+    feed = Feed(get_app)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        feed.stop()  # served by uvicorn (`workers web`): the feed ends with the server
+
     web = FastAPI(
+        lifespan=lifespan,
         title="workers",
         version=__version__,
         summary="See and steer the job queue",
@@ -48,7 +57,7 @@ def create_app(
     web.state.booted = get_app
     web.state.auth = Authenticator(settings.web.tokens, auth)
     web.state.counts = views.Cached(lambda: views.counts(get_app()), settings.web.cache)
-    web.state.feed = Feed(lambda: get_app().store.job_changes())
+    web.state.feed = feed
     problems.install(web, pages.error_page)
     web.add_middleware(CsrfCookie)
     web.include_router(api.router)
