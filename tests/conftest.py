@@ -44,7 +44,7 @@ def start_server(port: int, storage: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for(lambda: _listening(port), timeout=30, what=f"the test server on port {port}")
+    wait_for(lambda: listening(port), timeout=30, what=f"the test server on port {port}")
     return process
 
 
@@ -57,7 +57,7 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), 0.5):
             return True

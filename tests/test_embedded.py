@@ -6,13 +6,22 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pymongo
 
-from tests.conftest import run_command, run_workers, wait_for
+from tests.conftest import (
+    free_port,
+    listening,
+    run_command,
+    run_workers,
+    wait_for,
+    workers_command,
+    workers_env,
+)
 from tests.headless_node import HeadlessNode, alive, descendants, supervisord_of
 from workers import embedded
 
@@ -184,3 +193,24 @@ def test_the_embedded_server_outlives_workers_handing_jobs_back_after_supervisor
         server.release()
     assert doc is not None and doc["status"] == "ready", doc and doc["status"]
     assert doc["log"][-1]["message"].startswith("handed back by")
+
+
+def test_workers_web_stopped_by_sigterm_stops_the_server_it_started(tmp_path: Path) -> None:
+    state_file = tmp_path / ".workers" / "db" / "server.json"
+    port = free_port()
+    command = workers_command("web", "--port", str(port))
+    web = subprocess.Popen(command, cwd=tmp_path, env=workers_env(), stdout=subprocess.PIPE)
+    try:
+        state = wait_for(
+            lambda: (state := read_json(state_file)) and "pid" in state and state,
+            timeout=60,
+            what="the embedded server to start",
+        )
+        wait_for(lambda: listening(port), timeout=60, what="workers web to listen")
+        web.send_signal(signal.SIGTERM)
+        assert web.wait(timeout=30) == 0
+    finally:
+        web.kill()
+        web.communicate()
+    assert "pid" not in read_json(state_file)
+    assert not alive(state["pid"])

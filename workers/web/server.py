@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -119,9 +120,19 @@ def run(
         )
     where = f"http://{host}:{port}{root_path.rstrip('/')}"
     print(f"workers web: the dashboard is at {where}/ (API: /api/docs, /metrics)")
+    # uvicorn stops on SIGTERM, then raises it again once it has stopped: with the default
+    # handler that kills the process before `finally` releases the embedded server
+    previous = signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         web = create_app(booted_app=booted_app)
         uvicorn.run(web, host=host, port=port, root_path=root_path, log_level="warning")
+    except SystemExit as stop:
+        return int(stop.code or 0)
     finally:
         app_module.shutdown()
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _exit_quietly(signum: int, _: object) -> None:
+    raise SystemExit(0)
