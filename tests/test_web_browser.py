@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,23 @@ pytestmark = pytest.mark.skipif(
 SHOTS = os.environ.get("WORKERS_SCREENSHOTS")
 
 
+def swapped(action: Callable[[], Any]) -> Any:
+    """`action` on an element, again if live.js swapped the page's content in between (the
+    element found is gone before it is read or clicked: nothing was done)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    for _ in range(50):
+        try:
+            return action()
+        except StaleElementReferenceException:
+            pass
+        except WebDriverException as exc:
+            if "does not belong to the document" not in str(exc):
+                raise
+        time.sleep(0.1)
+    return action()
+
+
 class Site:
     """The server, the worker and the browser of one test module."""
 
@@ -47,13 +65,15 @@ class Site:
         self.driver.get(self.url + path)
 
     def text(self, css: str) -> str:
-        return str(self.driver.find_element("css selector", css).text)
+        return str(swapped(lambda: self.driver.find_element("css selector", css).text))
 
     def wait_text(self, css: str, expected: str, timeout: float = 20) -> None:
+        from selenium.common.exceptions import NoSuchElementException
+
         def shows() -> bool:
             try:
                 return expected in self.text(css)
-            except Exception:  # the element is being swapped by live.js: look again
+            except NoSuchElementException:  # not on the page yet
                 return False
 
         wait_for(shows, timeout=timeout, what=f"{expected!r} in {css}", every=0.1)
@@ -64,7 +84,7 @@ class Site:
         from selenium.webdriver.support.wait import WebDriverWait
 
         page = self.driver.find_element("tag name", "html")
-        self.driver.find_element("css selector", css).click()
+        swapped(lambda: self.driver.find_element("css selector", css).click())
         WebDriverWait(self.driver, 20).until(staleness_of(page))
         wait_for(
             lambda: self.driver.execute_script("return document.readyState") == "complete",

@@ -201,3 +201,16 @@ def _fetch(url: str, headers: dict[str, str]) -> str | None:
             return str(response.read().decode())
     except OSError:  # not listening yet
         return None
+
+
+def test_the_live_feed_ends_with_the_app_it_follows(make_settings: Callable[..., Settings]) -> None:
+    booted = workers.boot(settings=make_settings(jobs=["tests.jobs"]))
+    feed = Feed(lambda: booted)
+    feed.start()
+    try:
+        assert feed.following.wait(timeout=15), "the change stream did not open"
+    finally:
+        workers.shutdown()
+
+    wait_for(lambda: not feed.running, timeout=15, what="the feed thread to end")
+    assert not feed.following.is_set()

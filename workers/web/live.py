@@ -33,6 +33,7 @@ class Feed:
         self._get_app = get_app
         self.version = 0
         self._started = False
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.following = threading.Event()  # set while a change stream is open
@@ -42,7 +43,14 @@ class Feed:
         with self._lock:
             if not self._started:
                 self._started = True
-                threading.Thread(target=self._run, name="workers-web-feed", daemon=True).start()
+                self._thread = threading.Thread(
+                    target=self._run, name="workers-web-feed", daemon=True
+                )
+                self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         self._stop.set()
