@@ -32,7 +32,6 @@ class Feed:
     def __init__(self, get_app: Callable[[], App]) -> None:
         self._get_app = get_app
         self.version = 0
-        self._started = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -41,8 +40,7 @@ class Feed:
 
     def start(self) -> None:
         with self._lock:
-            if not self._started:
-                self._started = True
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="workers-web-feed", daemon=True
                 )
