@@ -75,7 +75,13 @@ def test_rescue_never_takes_a_live_lease_even_from_a_node_whose_clock_runs_ahead
 
 @pytest.mark.parametrize(
     ("query", "index"),
-    [("rescue", "rescue"), ("renew / release", "_id_"), ("outcome write", "_id_")],
+    [
+        ("rescue", "rescue"),
+        ("renew / release", "_id_"),
+        ("outcome write", "_id_"),
+        ("completions together", "_id_"),
+        ("completions read-back", "_id_"),
+    ],
 )
 def test_lease_and_outcome_queries_are_index_scans(app: App, query: str, index: str) -> None:
     for _ in range(5):

@@ -17,6 +17,7 @@ from typing import Any
 from workers import embedded, registry
 from workers import job as job_module
 from workers import settings as settings_module
+from workers.completions import Completions
 from workers.errors import DatabaseUnavailable, PushError
 from workers.job import Job
 from workers.lifecycle import Pushed
@@ -50,6 +51,7 @@ class App:
         self.server = server
         self.closed = False
         self.tally = Tally()  # this app's attempts, for /metrics; its workers' heartbeat writes it
+        self.completions = Completions(store)  # its job threads' completions, written together
 
     @property
     def retry_defaults(self) -> RetryPolicy:

@@ -303,7 +303,7 @@ def _record_outcome(
     outcome = "completed"
     written: bool | WorkersError = False
     if error is None:
-        written = _persist(held, lambda: app.store.complete(record.id, owner, result))
+        written = _persist(held, lambda: app.completions.complete(record.id, owner, result))
         if isinstance(written, WorkersError):  # the result itself cannot be stored (too large)
             error = written
     if error is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from workers.store.base import Document, bson_problem, new_id, translated
 from workers.store.claims import CLAIM_INDEX
 from workers.store.cron import CronQueries
-from workers.store.jobs import LOST_MESSAGE, RESCUE_INDEX, UNIQUE_INDEX, JobQueries
+from workers.store.jobs import LOST_MESSAGE, RESCUE_INDEX, UNIQUE_INDEX, Completion, JobQueries
 from workers.store.metrics import MetricsQueries
 from workers.store.nodes import NodeQueries
 from workers.store.overview import OverviewQueries
@@ -33,6 +33,7 @@ __all__ = [
     "RESCUE_INDEX",
     "UNIQUE_INDEX",
     "AnyChange",
+    "Completion",
     "Document",
     "ReadyChange",
     "ReadyStream",

@@ -12,10 +12,13 @@ bad document cannot make the write that resolves it fail.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import bson
+from pymongo import UpdateMany
 from pymongo.errors import (
     BulkWriteError,
     DocumentTooLarge,
@@ -23,7 +26,7 @@ from pymongo.errors import (
     OperationFailure,
 )
 
-from workers.errors import PushError, WorkersError
+from workers.errors import DatabaseUnavailable, PushError, WorkersError
 from workers.record import COMPLETED, FAILED, FOLLOWUPS, READY, RUNNING, error_document
 from workers.store.base import (
     Document,
@@ -41,6 +44,7 @@ UNIQUE_INDEX = "unique_key"
 RESCUE_KEYS = [("status", 1), ("lease_expires", 1)]
 _RESCUE_BATCH = 500
 _CLOCK_MARGIN = timedelta(seconds=1)
+_SHARED_RESULT_LIMIT = 64 * 1024
 LOST_MESSAGE = "lost: worker died"
 
 
@@ -109,16 +113,71 @@ class JobQueries(LifecycleQueries):
         The job's log records which attempt completed it, and where, in the same write.
         A job with follow-ups (dependents, a repeat) has them settled next.
         """
+        return self._finish(job_id, owner, self._completed(owner, {"$literal": result}))
+
+    @translated
+    def complete_many(self, done: Sequence[Completion]) -> list[bool | WorkersError]:
+        """Complete several running jobs, in one request when they can share it. The answer
+        for each, in order: True (written), False (no longer held under its token) or the
+        error the server refused that job's write with. What the shared write does not
+        take (a job with follow-ups, a large result, one no longer held, one the server
+        refused) goes through `complete` alone, which settles follow-ups and refuses what
+        is not ours. An outage raises DatabaseUnavailable: a retry finds what was written
+        by its token."""
+        shared = [one for one in done if not _large(one.result)]
+        written = self._complete_together(shared) if shared else set()
+        return [True if (one.job_id, one.token) in written else self._complete_alone(one)
+                for one in done]  # fmt: skip
+
+    def _complete_alone(self, one: Completion) -> bool | WorkersError:
+        try:
+            return self.complete(one.job_id, one.token, one.result)
+        except DatabaseUnavailable:
+            raise
+        except WorkersError as exc:
+            return exc
+
+    def _complete_together(self, done: list[Completion]) -> set[tuple[Any, Any]]:
+        """One `update_many` by `_id` per claim token, all in one request on the `_id` index,
+        each conditional on the token as `complete` is, and only for jobs without
+        follow-ups. Returns the (id, token) pairs written: all of them when all matched,
+        else those read back with their token in `finished_by` (tokens are unique per
+        claim: exact), also after the server refused some writes (the others apply)."""
+        groups: dict[str, list[Completion]] = {}
+        for one in done:
+            groups.setdefault(one.token, []).append(one)
+        updates = [
+            UpdateMany(
+                _held_together(token, group), [{"$set": self._completed_together(token, group)}]
+            )
+            for token, group in groups.items()
+        ]
+        with contextlib.suppress(BulkWriteError):
+            if self.jobs.bulk_write(updates, ordered=False).matched_count == len(done):
+                return {(one.job_id, one.token) for one in done}
+        found = self.jobs.find({"_id": {"$in": [one.job_id for one in done]}}, {"finished_by": 1})
+        return {(doc["_id"], doc.get("finished_by")) for doc in found}
+
+    def _completed_together(self, token: str, group: list[Completion]) -> Document:
+        return {
+            **self._completed(token, _results_by_id(group)),
+            "finished_by": token,
+            "lease_owner": None,
+            "lease_expires": None,
+            "updated": "$$NOW",
+        }
+
+    def _completed(self, owner: str, result: Any) -> Document:
+        """The changes that complete a job held under `owner`, `result` an expression."""
         message = {"$concat": ["attempt ", {"$toString": number("$attempts")},
                                f" completed by {owner}"]}  # fmt: skip
         entry = {"level": "info", "message": message}
-        changes = {
+        return {
             "status": COMPLETED,
-            "result": {"$literal": result},
+            "result": result,
             **self.finished(COMPLETED),
             "log": appended("$log", entry, literal=False),
         }
-        return self._finish(job_id, owner, changes)
 
     @translated
     def fail(self, job_id: str, owner: str, error: Document, retry_in: float | None) -> bool:
@@ -138,7 +197,9 @@ class JobQueries(LifecycleQueries):
     def _finish(self, job_id: str, owner: str, changes: Document) -> bool:
         """The finishing write, first for a job without follow-ups (the common case: one
         write); if that misses, for one with them, which are then settled (a settle cut
-        short is finished by the sweep: `settle_finished`)."""
+        short is finished by the sweep: `settle_finished`). `finished_by` keeps the token
+        of the attempt that finished the job."""
+        changes = {**changes, "finished_by": owner}
         plain = {"links": {"$ne": FOLLOWUPS}}
         if self._owned_update(job_id, owner, changes, release=True, also=plain):
             return True
@@ -285,9 +346,14 @@ class JobQueries(LifecycleQueries):
     def lease_queries(self) -> dict[str, tuple[Document, Document]]:
         """The heartbeat's and the outcome writes' queries, as (find command, plan)."""
         held = {"explain-a": "token-1", "explain-b": "token-2"}
+        shared = [Completion(job_id, "token-1", None) for job_id in held]
         return {
             "renew / release": self.explain_find({"filter": _held_filter(held)}),
             "outcome write": self.explain_find({"filter": _owned("explain-a", "token-1")}),
+            "completions together": self.explain_find(
+                {"filter": _held_together("token-1", shared)}
+            ),
+            "completions read-back": self.explain_find({"filter": {"_id": {"$in": list(held)}}}),
             "rescue": self.explain_find({"filter": self._expired_query(), "hint": RESCUE_INDEX}),
         }
 
@@ -301,6 +367,43 @@ class JobQueries(LifecycleQueries):
     def count_by_status(self) -> dict[str, int]:
         pipeline = [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]
         return {row["_id"]: row["n"] for row in self.jobs.aggregate(pipeline)}
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A job's attempt that returned: its id, claim token and result."""
+
+    job_id: Any
+    token: str
+    result: Any
+
+
+def _held_together(token: str, group: list[Completion]) -> Document:
+    """The jobs of `group` still held under `token`, without follow-ups, by `_id`."""
+    ids = [one.job_id for one in group]
+    return {
+        "_id": {"$in": ids},
+        "status": RUNNING,
+        "lease_owner": token,
+        "links": {"$ne": FOLLOWUPS},
+    }
+
+
+def _large(result: Any) -> bool:
+    """Too large to share a request with others' (each may be up to 16 MB): written alone."""
+    return result is not None and len(bson.encode({"r": result})) > _SHARED_RESULT_LIMIT
+
+
+def _results_by_id(group: list[Completion]) -> Any:
+    """The result expression of an update over `group`: each job its own result (one
+    literal when they are all None, as for most jobs)."""
+    if all(one.result is None for one in group):
+        return {"$literal": None}
+    branches = [
+        {"case": {"$eq": ["$_id", {"$literal": one.job_id}]}, "then": {"$literal": one.result}}
+        for one in group
+    ]
+    return {"$switch": {"branches": branches, "default": None}}
 
 
 def _owned(job_id: Any, token: str) -> Document:

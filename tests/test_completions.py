@@ -1,0 +1,155 @@
+"""Completions that happen together are written together (one request), and each job's
+answer stays its own: written, refused because the job is no longer held under the
+token, or the server's refusal of that one job's write."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import bson
+import pytest
+from pymongo import monitoring
+
+from tests.conftest import wait_for
+from tests.jobs import RecordJob
+from tests.test_bounded import MAX_BSON
+from workers import Job
+from workers.app import App
+from workers.errors import WorkersError
+from workers.store import Completion
+
+
+class Writes(monitoring.CommandListener):
+    """The `update` commands sent to the jobs collection, from any thread."""
+
+    def __init__(self) -> None:
+        self.updates: list[dict[str, Any]] = []
+        self.collection = ""
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "update" and event.command.get("update") == self.collection:
+            self.updates.append(event.command)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def writes() -> Writes:
+    listener = Writes()
+    monitoring.register(listener)  # before any client of this module's tests is made
+    return listener
+
+
+def claimed(app: App, token: str, count: int) -> list[Any]:
+    ids = [Job.push(RecordJob(n=n)) for n in range(count)]
+    taken = app.store.claim(token, app.registry.types, 60, count)
+    assert sorted(doc["_id"] for doc in taken) == sorted(ids)
+    return ids
+
+
+def stored(app: App, ids: list[Any]) -> list[dict[str, Any]]:
+    docs = {doc["_id"]: doc for doc in app.store.jobs.find({"_id": {"$in": ids}})}
+    return [docs[job_id] for job_id in ids]
+
+
+def test_jobs_of_two_claims_are_completed_in_one_request_each_with_its_own_result(
+    app: App, writes: Writes
+) -> None:
+    first, second = claimed(app, "node#1", 3), claimed(app, "node#2", 2)
+    writes.collection, writes.updates = app.store.jobs.name, []
+    done = [Completion(job_id, "node#1", {"n": n}) for n, job_id in enumerate(first)]
+    done += [Completion(job_id, "node#2", None) for job_id in second]
+    assert app.store.complete_many(done) == [True] * 5
+    assert len(writes.updates) == 1, writes.updates
+    assert len(writes.updates[0]["updates"]) == 2  # one update_many per claim token
+    docs = stored(app, first + second)
+    assert [doc["status"] for doc in docs] == ["completed"] * 5
+    assert [doc["result"] for doc in docs] == [{"n": 0}, {"n": 1}, {"n": 2}, None, None]
+    assert [doc["finished_by"] for doc in docs] == ["node#1"] * 3 + ["node#2"] * 2
+    assert all(doc["lease_owner"] is None and doc["finished"] for doc in docs)
+    assert docs[0]["log"][-1]["message"] == "attempt 1 completed by node#1"
+
+
+def test_each_job_gets_its_own_answer_when_they_do_not_all_match(app: App) -> None:
+    # Given four held jobs: one taken over by another attempt, one with a dependent, one
+    # with a result too large to share a request, and one plain
+    taken_over, with_dependent, large, plain = claimed(app, "node#1", 4)
+    app.store.jobs.update_one({"_id": taken_over}, {"$set": {"lease_owner": "other#9"}})
+    dependent = Job.push(RecordJob(n=99), depends=[with_dependent])
+    big = "x" * 100_000
+    done = [
+        Completion(taken_over, "node#1", 1),
+        Completion(with_dependent, "node#1", 2),
+        Completion(large, "node#1", big),
+        Completion(plain, "node#1", 4),
+        Completion(plain, "stale#0", 5),  # an older attempt of the same job: refused
+    ]
+    # When they are completed together
+    answers = app.store.complete_many(done)
+    # Then each answer is the job's own, and so is what was stored
+    assert answers == [False, True, True, True, False]
+    docs = stored(app, [taken_over, with_dependent, large, plain])
+    assert [doc["status"] for doc in docs] == ["running", "completed", "completed", "completed"]
+    assert docs[0]["lease_owner"] == "other#9" and docs[0]["result"] is None
+    assert [doc["result"] for doc in docs[1:]] == [2, big, 4]
+    assert app.store.get_job(dependent)["status"] == "ready"  # released by the settle
+
+
+def test_a_job_the_server_refuses_to_complete_does_not_take_the_others_with_it(app: App) -> None:
+    # Given three held jobs, the second a document so near the size limit that a 50 KB
+    # result (small enough to share the request) cannot be stored in it
+    ids = claimed(app, "node#1", 3)
+    size = len(bson.encode(app.store.get_job(ids[1])))
+    padding = "p" * (MAX_BSON - size - 20_000)
+    app.store.jobs.update_one({"_id": ids[1]}, {"$set": {"padding": padding}})
+    # When all three are completed together
+    answers = app.store.complete_many([Completion(i, "node#1", "r" * 50_000) for i in ids])
+    # Then the other two are completed and the refusal is that job's alone
+    assert answers[0] is True and answers[2] is True
+    assert isinstance(answers[1], WorkersError), answers
+    docs = stored(app, ids)
+    assert [doc["status"] for doc in docs] == ["completed", "running", "completed"]
+
+
+def test_threads_completing_while_a_write_is_in_flight_are_written_together(
+    app: App, writes: Writes
+) -> None:
+    ids = claimed(app, "node#1", 5)
+    completions = app.completions
+    answers: dict[Any, bool] = {}
+
+    def complete(job_id: Any) -> None:
+        answers[job_id] = completions.complete(job_id, "node#1", job_id)
+
+    # Given a completion write in flight (its writer holds the turn)
+    with completions._cond:
+        held = completions._take_waiting()
+    assert held == []
+    writes.collection, writes.updates = app.store.jobs.name, []
+    # When five threads complete meanwhile
+    threads = [threading.Thread(target=complete, args=(job_id,)) for job_id in ids]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(completions._waiting) == 5, timeout=10, what="five waiting")
+    completions._write(held)  # the write in flight returns
+    for thread in threads:
+        thread.join(timeout=30)
+    # Then the first of them to wake writes all five in one request
+    assert answers == {job_id: True for job_id in ids}
+    assert len(writes.updates) == 1, writes.updates
+    assert [doc["result"] for doc in stored(app, ids)] == ids
+
+
+def test_a_retried_completion_finds_its_own_earlier_write(app: App) -> None:
+    """What makes a retry after an outage exact: the shared write (an update_many, which the
+    driver does not retry itself) may have applied before the connection dropped."""
+    ids = claimed(app, "node#1", 2)
+    done = [Completion(job_id, "node#1", None) for job_id in ids]
+    assert app.store.complete_many(done) == [True, True]
+    assert app.store.complete_many(done) == [True, True]
+    assert app.store.complete_many([Completion(ids[0], "node#2", None)]) == [False]
