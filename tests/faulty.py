@@ -58,3 +58,24 @@ def count_candidate_scans(store: Any) -> dict[str, int]:
 
     store.jobs = FaultyCollection(store.jobs, count, AssertionError)
     return scans
+
+
+def count_claim_picks(store: Any) -> dict[str, int]:
+    """Wrap `store.jobs` so that every claim write is counted in the returned `{"asked": ids
+    it named, "got": jobs it took}`: a pick that found jobs already taken shows as less."""
+    picks = {"asked": 0, "got": 0}
+    real = store.jobs
+
+    class Counted:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def update_many(self, query: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            result = real.update_many(query, *args, **kwargs)
+            if query.get("status") == "ready" and "$in" in query.get("_id", {}):
+                picks["asked"] += len(query["_id"]["$in"])
+                picks["got"] += result.matched_count
+            return result
+
+    store.jobs = Counted()
+    return picks

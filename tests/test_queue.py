@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from tests.faulty import FaultyCollection, count_candidate_scans
+from tests.faulty import FaultyCollection, count_candidate_scans, count_claim_picks
 from tests.jobs import FailJob, RecordJob
 from tests.plans import assert_on_index, index_scans, plan_stages
 from workers import Job
 from workers.app import App
-from workers.store.claims import SPARE_SECONDS, Spare
+from workers.store import claims
+from workers.store.claims import _SHARE, SPARE_SECONDS, Spare
 
 
 @pytest.mark.parametrize(
@@ -156,7 +157,7 @@ def test_a_failed_attempt_is_retried_after_the_wait_by_the_server_clock(app: App
 
 
 def test_a_claimer_of_another_process_takes_the_rest_of_a_scan_without_scanning(app: App) -> None:
-    ids = [Job.push(RecordJob(n=n)) for n in range(12)]
+    ids = [Job.push(RecordJob(n=n)) for n in range(3 + _SHARE + 5)]  # more than a spare keeps
     scans, types = count_candidate_scans(app.store), app.registry.types
     # Given one claimer that scanned and took 3
     first = [d["_id"] for d in app.store.claim("one#1", types, 5, 3, Spare())]
@@ -165,6 +166,27 @@ def test_a_claimer_of_another_process_takes_the_rest_of_a_scan_without_scanning(
     # Then it took 3 others from the published list, and nobody scanned again
     assert scans["n"] == 1
     assert len(second) == 3 and not set(first) & set(second) and set(second) <= set(ids)
+
+
+def test_claimers_sharing_a_scan_hold_disjoint_shares_and_never_pick_the_same_job(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(claims, "SPARE_SECONDS", 60.0)  # a slow machine must not age the list
+    ids = [Job.push(RecordJob(n=n)) for n in range(4 * _SHARE)]
+    scans, types = count_candidate_scans(app.store), app.registry.types
+    spares = {"one": Spare(), "two": Spare(backlog=True)}
+    picks = count_claim_picks(app.store)
+    # When two claimers of different processes take turns, 3 jobs a claim, for about two
+    # shares each (the queue holds four)
+    got: list[Any] = []
+    for turn in range(22):
+        name = "one" if turn % 2 == 0 else "two"
+        got += [d["_id"] for d in app.store.claim(f"{name}#{turn}", types, 5, 3, spares[name])]
+    # Then every claim was whole and took jobs no other claim took, all from one scan, and
+    # no pick found a job already taken
+    assert len(got) == len(set(got)) == 66 and set(got) <= set(ids)
+    assert scans["n"] == 1
+    assert picks["asked"] == picks["got"], picks
 
 
 def test_a_stale_shared_list_is_not_used(app: App, db: Any) -> None:

@@ -12,19 +12,20 @@ status and type keep the scan to this node's types (a foreign backlog costs
 nothing), then priority and run_at give the order. The batch write and the
 read-back go by `_id`.
 
-The scan is shared: a claimer that scans publishes the candidates it did not
-take in `<prefix>.candidates` (one document per set of types, by `_id`), and
-a claimer of another process whose own spare ran dry adopts that list while
-it is fresh instead of scanning. The list is only a hint (every take is still
-conditional on `status: ready`), so scans cost the cluster about one per
-`SPARE_SECONDS` however many processes claim, not one per process.
+The scan is shared: a claimer that scans keeps a share of the candidates it did
+not take (its spare) and publishes the rest in `<prefix>.candidates` (one
+document per set of types, by `_id`); a claimer whose spare ran dry takes its
+next share from that list in one atomic write (the share leaves the list), so
+no two claimers hold the same candidates and their picks do not collide. The
+list is only a hint (every take is still conditional on `status: ready`), so
+scans cost the cluster about one per `SPARE_SECONDS` (or per `_MAX_CANDIDATES`
+jobs) however many processes claim, not one per process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import random
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,15 +42,15 @@ CLAIM_INDEX = "claim_queue"
 CLAIM_KEYS = [("status", 1), ("type", 1), ("priority", 1), ("run_at", 1)]
 CLAIM_SORT = [("priority", 1), ("run_at", 1)]
 LEGACY_CLAIM_INDEX = "claim"  # (status, priority, run_at), before `type` joined the index
-# Candidates read per slot: a claimer that loses the head to another process takes the
-# next candidates with one more write by _id, instead of paying for another scan.
-_SPREAD = 32
+# A scan reads this many candidates (on SecantusDB a scan costs the same whatever its
+# limit: it reads every ready job; on MongoDB this is a short index range).
 _MAX_CANDIDATES = 256
+# Candidates a claimer takes from the shared list at a time, at least one claim's worth.
+_SHARE = 32
 # How long the rest of a scan may be claimed from without scanning again. A job pushed
 # meanwhile with a better priority waits at most this long behind the older candidates.
 SPARE_SECONDS = 1.0
 _SPARE_MISSES = 2  # picks in a row that found every job taken: the spare is stale
-_CONTESTED_SECONDS = 5.0  # after a lost pick, pick at random (not in queue order) this long
 _END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 _TURN_MAX = 0.2  # the longest a claimer waits for another's scan (the wait is told by it)
 
@@ -69,21 +70,18 @@ _TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError", "NoWrit
 
 @dataclass
 class Spare:
-    """The candidates a claimer's last scan found and did not try yet: its next claim tries
-    them first, by `_id`, and so pays for one scan per several batches, not one per batch
-    (on a server whose scan reads every ready job, the scan is most of a claim's cost)."""
+    """The candidates a claimer holds and did not try yet: its next claims try them first,
+    by `_id`, and so pay for one scan per several batches, not one per batch (on a server
+    whose scan reads every ready job, the scan is most of a claim's cost). What a spare
+    holds no other claimer holds: each share leaves the shared list as it is taken."""
 
     ids: list[Any] = field(default_factory=list)
     until: float = 0.0
     misses: int = 0
-    contested_until: float = 0.0
-    generation: str | None = None  # the shared list these came from (or were published as)
     backlog: bool = False  # the last scan found more than was taken: worth sharing
 
     def take(self, count: int) -> list[Any]:
-        """The next `count` in the spare's order: queue order for a lone claimer; once
-        another claimer has been met here, from a random place onwards, so that claimers
-        sharing a list work apart from each other and meet only where their runs touch."""
+        """The next `count`, in queue order."""
         if time.monotonic() > self.until or self.misses >= _SPARE_MISSES:
             self.ids = []
         taken = self.ids[:count]
@@ -91,28 +89,12 @@ class Spare:
         return taken
 
     def taken(self, picked: int, got: int) -> None:
-        """How a pick went: a short one means another claimer works here: move away."""
-        if got < picked:
-            self.contested_until = time.monotonic() + _CONTESTED_SECONDS
-            self._move_away()
         self.misses = 0 if got else self.misses + 1
 
-    def keep(self, ids: list[Any], generation: str | None, age: float = 0.0) -> None:
-        self.ids, self.misses, self.generation, self.backlog = ids, 0, generation, bool(ids)
+    def keep(self, ids: list[Any], age: float = 0.0, *, backlog: bool = True) -> None:
+        """Hold `ids` until SPARE_SECONDS after the scan that found them (`age` ago)."""
+        self.ids, self.misses, self.backlog = ids, 0, backlog
         self.until = time.monotonic() + SPARE_SECONDS - age
-        if time.monotonic() < self.contested_until:
-            self._move_away()
-
-    def adopt(self, ids: list[Any], generation: str, age: float) -> None:
-        """Another claimer's scan: it works the same list from its front."""
-        self.contested_until = time.monotonic() + _CONTESTED_SECONDS
-        self.keep(ids, generation, age)
-
-    def _move_away(self) -> None:
-        """Start the rest of the list at a random place (the order among equal priorities)."""
-        if self.ids:
-            at = random.randrange(len(self.ids))
-            self.ids = self.ids[at:] + self.ids[:at]
 
 
 class ClaimQueries(Connection):
@@ -141,11 +123,12 @@ class ClaimQueries(Connection):
         if spare is not None:
             claimed += self._from_spare(token, spare, now, lease, limit, tried)
             # an idle queue has nothing to share: its claimers scan at once (pickup latency)
-            if len(claimed) < limit and spare.backlog and self._adopt_shared(types, spare, now):
+            if len(claimed) < limit and spare.backlog:
+                self._share(types, spare, now, max(_SHARE, limit - len(claimed)))
                 claimed += self._from_spare(token, spare, now, lease, limit - len(claimed), tried)
         if len(claimed) < limit:
             began = time.monotonic()
-            candidates = self._candidates(types, now, limit)
+            candidates = self._candidates(types, now)
             took = time.monotonic() - began
             while len(claimed) < limit and (batch := candidates[: limit - len(claimed)]):
                 candidates = candidates[len(batch) :]
@@ -153,8 +136,9 @@ class ClaimQueries(Connection):
                 claimed += self._take_or_interrupt(token, ids, now, lease, tried)
             if spare is not None:
                 rest = _same_priority(candidates, claimed)
-                spare.keep(rest, token)
-                self._publish(types, rest, token, took)
+                kept = rest[: max(_SHARE, limit)]
+                spare.keep(kept, backlog=bool(rest))
+                self._publish(types, rest[len(kept) :], took)
         return claimed
 
     @translated
@@ -184,34 +168,39 @@ class ClaimQueries(Connection):
             claimed += got
         return claimed
 
-    def _adopt_shared(self, types: list[str], spare: Spare, now: datetime) -> bool:
-        """Take over the candidate list another claimer published, if it is fresh and not
-        the one this spare already worked through; if another claimer is scanning right
-        now, wait for its list (once, at most `_TURN_MAX` s) rather than scan beside it.
-        False: this claimer scans (and holds the turn). All by `_id` (IDHACK)."""
+    def _share(self, types: list[str], spare: Spare, now: datetime, count: int) -> None:
+        """Move the next `count` candidates of the shared list into `spare`, if the list is
+        fresh. If it is used up and another claimer is scanning right now, wait for its
+        list (once, at most `_TURN_MAX` s) rather than scan beside it; else take the turn
+        to scan. All by `_id` (IDHACK)."""
         try:
-            doc = self.candidates.find_one({"_id": _list_key(types)})
-            if self._adopt(doc, spare):
-                return True
+            doc = self._take_share(types, now, count)
+            if self._adopt(doc, spare, now, count):
+                return
             scanning = doc.get("scanning_until") if doc else None
             if not isinstance(scanning, datetime) or scanning <= now:
                 self._take_turn(types, doc, now)
-                return False
+                return
             time.sleep(min((scanning - now).total_seconds(), _TURN_MAX))
-            return self._adopt(self.candidates.find_one({"_id": _list_key(types)}), spare)
+            now = self.now()
+            self._adopt(self._take_share(types, now, count), spare, now, count)
         except PyMongoError:
-            return False  # a hint: without it, scan
+            return  # a hint: without it, scan
 
-    def _adopt(self, doc: Document | None, spare: Spare) -> bool:
-        if doc is None or doc.get("generation") == spare.generation:
+    def _take_share(self, types: list[str], now: datetime, count: int) -> Document | None:
+        """The shared list as it was, after one atomic write that removed its first `count`
+        ids if it is fresh: a share goes to one claimer only."""
+        fresh = {"$and": [{"$isArray": "$ids"}, {"$gt": [{"$toLong": "$scanned"}, _cutoff(now)]}]}
+        rest = {"$slice": ["$ids", count, _MAX_CANDIDATES]}
+        share = [{"$set": {"ids": {"$cond": [fresh, rest, "$ids"]}}}]
+        return self.candidates.find_one_and_update({"_id": _list_key(types)}, share)
+
+    def _adopt(self, doc: Document | None, spare: Spare, now: datetime, count: int) -> bool:
+        """Keep the share `_take_share` took, judged fresh exactly as the server judged it."""
+        ids = doc.get("ids") if doc else None
+        if doc is None or not _fresh(doc, now) or not isinstance(ids, list) or not ids:
             return False
-        scanned, ids = doc.get("scanned"), doc.get("ids")
-        if not isinstance(scanned, datetime) or not isinstance(ids, list) or not ids:
-            return False
-        age = (self.now() - scanned).total_seconds()
-        if not 0 <= age < SPARE_SECONDS:  # stale, or from the future (a clock jump)
-            return False
-        spare.adopt(ids, str(doc.get("generation")), age)
+        spare.keep(ids[:count], max(0.0, (now - doc["scanned"]).total_seconds()))
         return True
 
     def _take_turn(self, types: list[str], doc: Document | None, now: datetime) -> None:
@@ -227,10 +216,10 @@ class ClaimQueries(Connection):
             {"_id": _list_key(types), **free}, {"$set": {"scanning_until": until}}
         )
 
-    def _publish(self, types: list[str], ids: list[Any], generation: str, took: float) -> None:
-        """Offer the rest of a scan to the other claimers of these types (best effort), and
-        end this claimer's turn."""
-        fields: Document = {"ids": ids, "generation": generation, "scan_seconds": took}
+    def _publish(self, types: list[str], ids: list[Any], took: float) -> None:
+        """Offer the rest of a scan to the claimers of these types (best effort), and end
+        this claimer's turn."""
+        fields: Document = {"ids": ids, "scan_seconds": took}
         stamped = {"$currentDate": {"scanned": True}}
         update = {"$set": fields, "$unset": {"scanning_until": ""}, **stamped}
         with contextlib.suppress(PyMongoError):  # the others scan for themselves
@@ -259,13 +248,13 @@ class ClaimQueries(Connection):
     def _held_under(self, token: str, ids: list[Any]) -> list[Document]:
         return _in_order(list(self.jobs.find(_held_by(ids, token))), ids)
 
-    def _candidates(self, types: list[str], now: datetime, limit: int) -> list[Document]:
+    def _candidates(self, types: list[str], now: datetime) -> list[Document]:
         found = self.jobs.find(
             self._due_query(types, now),
             {"_id": 1, "priority": 1},
             sort=CLAIM_SORT,
             hint=CLAIM_INDEX,
-            limit=min(limit * _SPREAD, _MAX_CANDIDATES),
+            limit=_MAX_CANDIDATES,
         )
         return list(found)
 
@@ -409,6 +398,17 @@ def _list_key(types: list[str]) -> str:
     """One shared candidate list per set of types: claimers of other sets cannot use it."""
     digest = hashlib.sha256("\0".join(sorted(types)).encode()).hexdigest()[:24]
     return f"types:{digest}"
+
+
+def _cutoff(now: datetime) -> int:
+    """A list scanned after this (milliseconds since the epoch) is fresh at `now`."""
+    return int(now.timestamp() * 1000) - int(SPARE_SECONDS * 1000)
+
+
+def _fresh(doc: Document, now: datetime) -> bool:
+    """The freshness test of `_take_share`, on the list as it was: the same verdict."""
+    scanned = doc.get("scanned")
+    return isinstance(scanned, datetime) and int(scanned.timestamp() * 1000) > _cutoff(now)
 
 
 def _still_ready(ids: list[Any], now: datetime, types: list[str] | None = None) -> Document:
