@@ -64,8 +64,13 @@ def run(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]
         for processes, threads in CONFIGS:
             drain = functools.partial(measure.throughput, url, processes, threads, backlog, window)
             figures[f"{processes}x{threads}@{backlog}"] = drain
+            raw = functools.partial(measure.raw_concurrent, url, processes, threads)
+            figures[f"raw {processes}x{threads}@{backlog}"] = raw
         rates = interleaved(runs, figures)
         results["ceilings"][f"claim@{backlog}"] = rates.pop("ceiling")
+        results.setdefault("concurrency", {}).update(
+            {key.removeprefix("raw "): rates.pop(key) for key in list(rates) if key[:4] == "raw "}
+        )
         results["throughput"].update(rates)
     for streams in (True, False):
         step(f"pickup {'with' if streams else 'without'} change streams")
@@ -101,6 +106,7 @@ def table(results: dict[str, Any]) -> str:
     lines.append(f"Job.push_many                         {push['push_many']:9.0f}   "
                  f"{push['push_many'] / ceilings['insert_many']:5.2f}x insert_many")  # fmt: skip
     lines += drain_lines("drain ", results["throughput"], ceilings)
+    lines += scaling_lines(results)
     for mode, p in results["pickup"].items():
         lines.append(
             f"pickup ({mode:8}) ms               p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  "
@@ -130,6 +136,23 @@ def drain_lines(label: str, throughput: dict[str, float], ceilings: dict[str, fl
         lines.append(
             f"{label + config:11} backlog {backlog:>5}           {rate:9.1f}   "
             f"{rate / ceiling:5.2f}x raw claim ({ceiling:.1f}/s)"
+        )
+    return lines
+
+
+def scaling_lines(results: dict[str, Any]) -> list[str]:
+    """How throughput moves from 1 x 4 to p x t: ours, and the server's own (disjoint raw
+    batches at the same concurrency), so a slowdown the engine imposes is told apart."""
+    lines = []
+    ours, raw = results["throughput"], results.get("concurrency", {})
+    for key in raw:
+        config, backlog = key.split("@")
+        base = f"1x4@{backlog}"
+        if key == base or base not in raw:
+            continue
+        lines.append(
+            f"{config:5} ÷ 1x4, backlog {backlog:>5}: ours {ours[key] / ours[base]:4.2f}  "
+            f"server alone {raw[key] / raw[base]:4.2f} ({raw[key]:.0f} vs {raw[base]:.0f} jobs/s)"
         )
     return lines
 

@@ -10,13 +10,15 @@ from typing import Any
 import bson
 import pytest
 from pymongo import monitoring
+from pymongo.errors import AutoReconnect
 
 from tests.conftest import wait_for
+from tests.faulty import FaultyCollection
 from tests.jobs import RecordJob
 from tests.test_bounded import MAX_BSON
 from workers import Job
 from workers.app import App
-from workers.errors import WorkersError
+from workers.errors import DatabaseUnavailable, WorkersError
 from workers.store import Completion
 
 
@@ -153,3 +155,22 @@ def test_a_retried_completion_finds_its_own_earlier_write(app: App) -> None:
     assert app.store.complete_many(done) == [True, True]
     assert app.store.complete_many(done) == [True, True]
     assert app.store.complete_many([Completion(ids[0], "node#2", None)]) == [False]
+
+
+def test_a_shared_write_whose_reply_was_lost_is_found_written_by_the_retry(app: App) -> None:
+    (job_id,) = claimed(app, "node#1", 1)
+    lost = {"left": 1}
+
+    def lose_the_first_reply(name: str, args: tuple[Any, ...], _: Any) -> str | None:
+        if name != "bulk_write" or not lost["left"]:
+            return None
+        lost["left"] -= 1
+        return "after"  # the server applied it; the reply never came
+
+    app.store.jobs = FaultyCollection(  # type: ignore[assignment]
+        app.store.jobs, lose_the_first_reply, lambda: AutoReconnect("injected: reply lost")
+    )
+    with pytest.raises(DatabaseUnavailable):
+        app.completions.complete(job_id, "node#1", "done")
+    assert app.completions.complete(job_id, "node#1", "done") is True  # as the outcome retry
+    assert stored(app, [job_id])[0]["result"] == "done"
