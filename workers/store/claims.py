@@ -88,7 +88,8 @@ class Spare:
         del self.ids[:count]
         return taken
 
-    def taken(self, picked: int, got: int) -> None:
+    def taken(self, got: int) -> None:
+        """How a pick went: one that found every job taken counts toward a stale spare."""
         self.misses = 0 if got else self.misses + 1
 
     def keep(self, ids: list[Any], age: float = 0.0, *, backlog: bool = True) -> None:
@@ -164,7 +165,7 @@ class ClaimQueries(Connection):
         claimed: list[Document] = []
         while len(claimed) < limit and (ids := spare.take(limit - len(claimed))):
             got = self._take_or_interrupt(token, ids, now, lease, tried)
-            spare.taken(len(ids), len(got))
+            spare.taken(len(got))
             claimed += got
         return claimed
 
