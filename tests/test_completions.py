@@ -174,3 +174,31 @@ def test_a_shared_write_whose_reply_was_lost_is_found_written_by_the_retry(app: 
         app.completions.complete(job_id, "node#1", "done")
     assert app.completions.complete(job_id, "node#1", "done") is True  # as the outcome retry
     assert stored(app, [job_id])[0]["result"] == "done"
+
+
+def test_a_job_whose_id_is_a_document_is_completed_alone(app: App) -> None:
+    (plain,) = claimed(app, "node#1", 1)
+    template = app.store.jobs.find_one({"_id": plain})
+    odd = {"a": 1}
+    app.store.jobs.insert_one({**template, "_id": odd})  # a damaged document, running for us
+    done = [Completion(odd, "node#1", None), Completion(plain, "node#1", None)]
+    assert app.store.complete_many(done) == [True, True]
+    assert app.store.jobs.find_one({"_id": odd})["status"] == "completed"
+
+
+def test_an_unexpected_error_in_a_shared_write_still_hands_the_turn_on(app: App) -> None:
+    first, second = claimed(app, "node#1", 2)
+    broken = {"left": 1}
+
+    def break_once(name: str, args: tuple[Any, ...], _: Any) -> str | None:
+        if name != "bulk_write" or not broken["left"]:
+            return None
+        broken["left"] -= 1
+        return "before"
+
+    real = app.store.jobs
+    app.store.jobs = FaultyCollection(real, break_once, lambda: RuntimeError("a bug"))  # type: ignore[assignment]
+    with pytest.raises(RuntimeError):
+        app.completions.complete(first, "node#1", None)
+    # a writer left holding the turn would make this wait for ever
+    assert app.completions.complete(second, "node#1", None) is True

@@ -57,12 +57,17 @@ class Completions:
         return batch
 
     def _write(self, batch: list[_Entry]) -> None:
+        """Write the batch; whatever happens, every thread of it gets an answer and the next
+        writer its turn (a bug here must not leave the others waiting for ever)."""
+        unanswered = WorkersError("the shared completion write failed unexpectedly")
+        answers: list[bool | WorkersError] = [unanswered] * len(batch)
         try:
             answers = self.store.complete_many([one.completion for one in batch])
         except WorkersError as exc:  # an outage: each thread retries its own
             answers = [exc] * len(batch)
-        with self._cond:
-            for one, answer in zip(batch, answers, strict=True):
-                one.answer, one.done = answer, True
-            self._writing = False
-            self._cond.notify_all()
+        finally:
+            with self._cond:
+                for one, answer in zip(batch, answers, strict=True):
+                    one.answer, one.done = answer, True
+                self._writing = False
+                self._cond.notify_all()

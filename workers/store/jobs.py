@@ -124,10 +124,13 @@ class JobQueries(LifecycleQueries):
         refused) goes through `complete` alone, which settles follow-ups and refuses what
         is not ours. An outage raises DatabaseUnavailable: a retry finds what was written
         by its token."""
-        shared = [one for one in done if not _large(one.result)]
+        shared = [one for one in done if _hashable(one.job_id) and not _large(one.result)]
         written = self._complete_together(shared) if shared else set()
-        return [True if (one.job_id, one.token) in written else self._complete_alone(one)
-                for one in done]  # fmt: skip
+        return [
+            True if _hashable(one.job_id) and (one.job_id, one.token) in written
+            else self._complete_alone(one)
+            for one in done
+        ]  # fmt: skip
 
     def _complete_alone(self, one: Completion) -> bool | WorkersError:
         try:
@@ -387,6 +390,15 @@ def _held_together(token: str, group: list[Completion]) -> Document:
         "lease_owner": token,
         "links": {"$ne": FOLLOWUPS},
     }
+
+
+def _hashable(job_id: Any) -> bool:
+    """A damaged document's `_id` may be a document: such a job is completed alone."""
+    try:
+        hash(job_id)
+    except TypeError:
+        return False
+    return True
 
 
 def _large(result: Any) -> bool:
