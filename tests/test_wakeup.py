@@ -146,3 +146,27 @@ def test_an_idle_worker_claims_the_job_the_stream_reported_without_a_scan(idle_a
         doc = wait_for(lambda: finished(idle_app, job_id), timeout=SOON, what="the job")
     assert doc["status"] == "completed"
     assert scans["n"] == 0, "the stream named the job: it should have been claimed by _id"
+
+
+def test_wakes_by_the_stream_do_not_read_the_next_due_time_again(idle_app: App, db: Any) -> None:
+    """A healthy stream reports the jobs that become ready later itself: after a claim by
+    woken ids the claimer keeps its last answer instead of one read per wake-up."""
+    with running(idle_app) as worker:
+        wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+        first = Job.push(RecordJob(n=0))
+        wait_for(lambda: finished(idle_app, first), timeout=SOON, what="the first job")
+        real, reads = idle_app.store.next_due, {"n": 0}
+
+        def counted(types: list[str]) -> Any:
+            reads["n"] += 1
+            return real(types)
+
+        idle_app.store.next_due = counted  # type: ignore[method-assign]
+        for n in range(1, 4):
+            job_id = Job.push(RecordJob(n=n))
+            wait_for(lambda j=job_id: finished(idle_app, j), timeout=SOON, what="a job")
+        # and a delayed job pushed now still wakes it at its run_at (its event says when)
+        later = Job.push(RecordJob(n=9), delay=1.5)
+        doc = wait_for(lambda: finished(idle_app, later), timeout=SOON, what="the delayed job")
+    assert reads["n"] <= 2, f"{reads['n']} reads of the next due time for 3 woken claims"
+    assert db.executions.find_one({"job_id": later})["server_time"] >= doc["run_at"]

@@ -58,10 +58,10 @@ class Claimer:
         )
         return docs
 
-    def next_due(self) -> datetime | None:
-        """When the next delayed job of our types is due; None if none, or unknown now."""
+    def next_due(self) -> tuple[bool, datetime | None]:
+        """(known, when the next delayed job of our types is due: None if none)."""
         try:
-            return self.store.next_due(self.types)
+            return True, self.store.next_due(self.types)
         except WorkersError as exc:
             log.debug("could not read the next due time: %s", exc)
-            return None
+            return False, None
