@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from pymongo import monitoring
 
+from tests.commands import StartedListener, registered
 from tests.jobs import RecordJob
 from workers import Job
 from workers.app import App
@@ -17,7 +18,7 @@ from workers.store.dependencies import BATCH
 COUNT = 1_000
 
 
-class Commands(monitoring.CommandListener):
+class Commands(StartedListener):
     """Counts the commands this thread sends to the jobs collection."""
 
     def __init__(self) -> None:
@@ -28,18 +29,10 @@ class Commands(monitoring.CommandListener):
         if threading.get_ident() == self.thread and event.command_name not in ("hello", "ismaster"):
             self.names.append(event.command_name)
 
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
 
 @pytest.fixture(scope="module")
 def listener() -> Commands:
-    commands = Commands()
-    monitoring.register(commands)  # before any client of this module's tests is made
-    return commands
+    return registered(Commands())
 
 
 @pytest.fixture

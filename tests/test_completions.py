@@ -12,6 +12,7 @@ import pytest
 from pymongo import monitoring
 from pymongo.errors import AutoReconnect
 
+from tests.commands import StartedListener, registered
 from tests.conftest import wait_for
 from tests.faulty import FaultyCollection
 from tests.jobs import RecordJob
@@ -22,7 +23,7 @@ from workers.errors import DatabaseUnavailable, WorkersError
 from workers.store import Completion
 
 
-class Writes(monitoring.CommandListener):
+class Writes(StartedListener):
     """The `update` commands sent to the jobs collection, from any thread."""
 
     def __init__(self) -> None:
@@ -33,18 +34,10 @@ class Writes(monitoring.CommandListener):
         if event.command_name == "update" and event.command.get("update") == self.collection:
             self.updates.append(event.command)
 
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
 
 @pytest.fixture(scope="module")
 def writes() -> Writes:
-    listener = Writes()
-    monitoring.register(listener)  # before any client of this module's tests is made
-    return listener
+    return registered(Writes())
 
 
 def claimed(app: App, token: str, count: int) -> list[Any]:

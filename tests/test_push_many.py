@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from pymongo import monitoring
 
+from tests.commands import StartedListener
 from tests.jobs import RecordJob
 from workers import Job, PushError
 from workers.app import App
 
 
-class CommandLog(monitoring.CommandListener):
+class CommandLog(StartedListener):
     """The commands this thread sends while `recording` (other threads are ignored)."""
 
     def __init__(self) -> None:
@@ -23,12 +24,6 @@ class CommandLog(monitoring.CommandListener):
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if threading.get_ident() == self.thread:
             self.commands.append(event.command_name)
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 COMMANDS = CommandLog()

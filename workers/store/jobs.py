@@ -126,8 +126,9 @@ class JobQueries(LifecycleQueries):
         by its token."""
         shared = [one for one in done if _hashable(one.job_id) and not _large(one.result)]
         written = self._complete_together(shared) if shared else set()
+        together = {id(one) for one in shared}
         return [
-            True if _hashable(one.job_id) and (one.job_id, one.token) in written
+            True if id(one) in together and (one.job_id, one.token) in written
             else self._complete_alone(one)
             for one in done
         ]  # fmt: skip
@@ -162,13 +163,8 @@ class JobQueries(LifecycleQueries):
         return {(doc["_id"], doc.get("finished_by")) for doc in found}
 
     def _completed_together(self, token: str, group: list[Completion]) -> Document:
-        return {
-            **self._completed(token, _results_by_id(group)),
-            "finished_by": token,
-            "lease_owner": None,
-            "lease_expires": None,
-            "updated": "$$NOW",
-        }
+        changes = {**self._completed(token, _results_by_id(group)), "finished_by": token}
+        return {**_released(changes), "updated": "$$NOW"}
 
     def _completed(self, owner: str, result: Any) -> Document:
         """The changes that complete a job held under `owner`, `result` an expression."""
@@ -259,7 +255,7 @@ class JobQueries(LifecycleQueries):
         Matched, not modified, decides: rewriting an equal value is still ours.
         """
         if release:
-            changes = {**changes, "lease_owner": None, "lease_expires": None}
+            changes = _released(changes)
         result = self.jobs.update_one(
             {**_owned(job_id, owner), **(also or {})}, [{"$set": {**changes, "updated": "$$NOW"}}]
         )
@@ -390,6 +386,11 @@ def _held_together(token: str, group: list[Completion]) -> Document:
         "lease_owner": token,
         "links": {"$ne": FOLLOWUPS},
     }
+
+
+def _released(changes: Document) -> Document:
+    """`changes` that also give up the lease: what every finishing write sets."""
+    return {**changes, "lease_owner": None, "lease_expires": None}
 
 
 def _hashable(job_id: Any) -> bool:
