@@ -79,15 +79,17 @@ class Site:
         wait_for(shows, timeout=timeout, what=f"{expected!r} in {css}", every=0.1)
 
     def click(self, css: str) -> None:
-        """Click something that loads a page, and wait until the new page is there."""
-        from selenium.webdriver.support.expected_conditions import staleness_of
-        from selenium.webdriver.support.wait import WebDriverWait
+        """Click something that loads a page, and wait until the new page is there.
 
-        page = self.driver.find_element("tag name", "html")
+        The old page is marked on its `window`, which only a navigation replaces: live.js
+        swapping the content keeps it, and no element reference can go stale under us
+        (chromium reports some stale elements as "does not belong to the document")."""
+        self.driver.execute_script("window.__before_click = true")
         swapped(lambda: self.driver.find_element("css selector", css).click())
-        WebDriverWait(self.driver, 20).until(staleness_of(page))
         wait_for(
-            lambda: self.driver.execute_script("return document.readyState") == "complete",
+            lambda: self.driver.execute_script(
+                "return window.__before_click === undefined && document.readyState === 'complete'"
+            ),
             timeout=20,
             what="the page after clicking " + css,
             every=0.05,
