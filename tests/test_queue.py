@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.faulty import FaultyCollection, count_candidate_scans, count_claim_picks
+from tests.faulty import count_candidate_scans, count_claim_picks
 from tests.jobs import FailJob, RecordJob
 from tests.plans import assert_on_index, index_scans, plan_stages
 from workers import Job
@@ -162,7 +162,7 @@ def test_a_claimer_of_another_process_takes_the_rest_of_a_scan_without_scanning(
     # Given one claimer that scanned and took 3
     first = [d["_id"] for d in app.store.claim("one#1", types, 5, 3, Spare())]
     # When a claimer of another process that has seen a backlog too claims
-    second = [d["_id"] for d in app.store.claim("two#1", types, 5, 3, Spare(backlog=True))]
+    second = [d["_id"] for d in app.store.claim("two#1", types, 5, 3, Spare())]
     # Then it took 3 others from the published list, and nobody scanned again
     assert scans["n"] == 1
     assert len(second) == 3 and not set(first) & set(second) and set(second) <= set(ids)
@@ -174,7 +174,7 @@ def test_claimers_sharing_a_scan_hold_disjoint_shares_and_never_pick_the_same_jo
     monkeypatch.setattr(claims, "SPARE_SECONDS", 60.0)  # a slow machine must not age the list
     ids = [Job.push(RecordJob(n=n)) for n in range(4 * _SHARE)]
     scans, types = count_candidate_scans(app.store), app.registry.types
-    spares = {"one": Spare(), "two": Spare(backlog=True)}
+    spares = {"one": Spare(), "two": Spare()}
     picks = count_claim_picks(app.store)
     # When two claimers of different processes take turns, 3 jobs a claim, for about two
     # shares each (the queue holds four)
@@ -196,7 +196,7 @@ def test_a_stale_shared_list_is_not_used(app: App, db: Any) -> None:
     app.store.claim("one#1", types, 5, 3, Spare())
     old = app.store.now() - timedelta(seconds=SPARE_SECONDS + 1)
     db[app.store.candidates.name].update_many({}, {"$set": {"scanned": old}})
-    app.store.claim("two#1", types, 5, 3, Spare(backlog=True))
+    app.store.claim("two#1", types, 5, 3, Spare())
     assert scans["n"] == 2, "a list older than SPARE_SECONDS must not be claimed from"
 
 
@@ -213,7 +213,7 @@ def test_a_claimer_waits_a_bounded_time_for_another_scanning_then_scans_itself(
         {}, {"$set": {"scanning_until": busy, "generation": "gone", "ids": []}}
     )
     # Then a claimer whose spare is dry still claims, by a scan of its own
-    claimed = app.store.claim("two#1", types, 5, 3, Spare(backlog=True))
+    claimed = app.store.claim("two#1", types, 5, 3, Spare())
     assert len(claimed) == 3 and scans["n"] == 2
 
 
@@ -229,19 +229,60 @@ def test_the_shared_candidate_list_is_read_by_id(app: App, db: Any) -> None:
     assert "COLLSCAN" not in stages, stages
 
 
-def test_a_claimer_that_saw_no_backlog_scans_without_looking_for_a_shared_list(app: App) -> None:
-    for n in range(12):
+def test_claimers_woken_together_scan_once_the_later_waiting_for_the_first_ones_list(
+    app: App, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [Job.push(RecordJob(n=n)) for n in range(3 * _SHARE)]
+    scans, types = count_candidate_scans(app.store), app.registry.types
+    turns: list[Any] = []
+    holder = {"_id": {"$regex": "^types:"}}
+
+    def holder_publishes(seconds: float) -> None:
+        """The first claimer's scan ends while the second waits: it claims and publishes."""
+        turns.append(seconds)
+        monkeypatch.undo()  # only the first wait is the holder's moment
+        db[app.store.candidates.name].update_one(holder, {"$unset": {"scanning_until": ""}})
+        first.extend(d["_id"] for d in app.store.claim("one#1", types, 5, 3, Spare()))
+
+    # Given a claimer of another process holds the turn to scan (it was woken first)
+    db[app.store.candidates.name].insert_one(
+        {"_id": claims._list_key(types), "scanning_until": app.store.now() + timedelta(seconds=30)}
+    )
+    first: list[Any] = []
+    monkeypatch.setattr(claims.time, "sleep", holder_publishes)
+    # When a second claimer, new and woken by the clock too, claims
+    second = [d["_id"] for d in app.store.claim("two#1", types, 5, 3, Spare())]
+    # Then it waited for the holder's list and took from it, without a scan of its own
+    assert len(turns) == 1, "it should have waited for the holder once"
+    assert 0 < turns[0] <= claims._TURN_MAX
+    assert scans["n"] == 1, "only the holder scans"
+    assert len(first) == len(second) == 3 and not set(first) & set(second)
+    assert set(first + second) <= set(ids)
+
+
+def test_of_claimers_that_find_the_list_used_up_one_takes_the_turn_to_scan(
+    app: App, db: Any
+) -> None:
+    for n in range(4):
         Job.push(RecordJob(n=n))
-    app.store.claim("one#1", app.registry.types, 5, 3, Spare())
-    reads = {"n": 0}
-
-    def count(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        reads["n"] += 1
-        return None
-
-    app.store.candidates = FaultyCollection(app.store.candidates, count, AssertionError)  # type: ignore[assignment]
-    app.store.claim("two#1", app.registry.types, 5, 3, Spare())  # an idle claimer, just woken
-    assert reads["n"] == 1, "only its own publish: no read of the list, no turn taken"
+    types, now = app.registry.types, app.store.now()
+    # Given no list yet: the first look creates it, with that claimer's turn
+    assert app.store._take_share(types, now, 3) is None
+    (doc,) = db[app.store.candidates.name].find()
+    assert claims._turn_was_free(None, now)
+    held = doc["scanning_until"]
+    assert timedelta(seconds=claims._TURN_MIN) <= held - now <= timedelta(seconds=claims._TURN_MAX)
+    # When another looks while that turn is held, the turn stays the first one's
+    seen = app.store._take_share(types, now, 3)
+    assert not claims._turn_was_free(seen, now) and claims._turn_left(seen, now) > 0
+    assert db[app.store.candidates.name].find_one()["scanning_until"] == held
+    # And once the holder published an empty list (it took every job), the next look takes
+    # the turn: a used-up list means scan
+    app.store._publish(types, [], 0.05)
+    later = app.store.now()
+    seen = app.store._take_share(types, later, 3)
+    assert seen is not None and "scanning_until" not in seen and claims._turn_was_free(seen, later)
+    assert db[app.store.candidates.name].find_one()["scanning_until"] > later
 
 
 def test_a_claim_by_woken_ids_takes_only_those_still_ready_and_of_our_types(

@@ -52,7 +52,9 @@ _SHARE = 32
 SPARE_SECONDS = 1.0
 _SPARE_MISSES = 2  # picks in a row that found every job taken: the spare is stale
 _END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
-_TURN_MAX = 0.2  # the longest a claimer waits for another's scan (the wait is told by it)
+# A scanning turn lasts twice the last scan, within these bounds (seconds): a claimer that
+# found the list used up waits for the holder's list at most that long, then scans itself.
+_TURN_MIN, _TURN_MAX = 0.1, 1.0
 
 # Errors that say nothing about the document being written: the server is stepping
 # down, shutting down, timed out or conflicted. A claim that fails with one of them
@@ -78,7 +80,6 @@ class Spare:
     ids: list[Any] = field(default_factory=list)
     until: float = 0.0
     misses: int = 0
-    backlog: bool = False  # the last scan found more than was taken: worth sharing
 
     def take(self, count: int) -> list[Any]:
         """The next `count`, in queue order."""
@@ -92,9 +93,9 @@ class Spare:
         """How a pick went: one that found every job taken counts toward a stale spare."""
         self.misses = 0 if got else self.misses + 1
 
-    def keep(self, ids: list[Any], age: float = 0.0, *, backlog: bool = True) -> None:
+    def keep(self, ids: list[Any], age: float = 0.0) -> None:
         """Hold `ids` until SPARE_SECONDS after the scan that found them (`age` ago)."""
-        self.ids, self.misses, self.backlog = ids, 0, backlog
+        self.ids, self.misses = ids, 0
         self.until = time.monotonic() + SPARE_SECONDS - age
 
 
@@ -123,8 +124,7 @@ class ClaimQueries(Connection):
         claimed: list[Document] = []
         if spare is not None:
             claimed += self._from_spare(token, spare, now, lease, limit, tried)
-            # an idle queue has nothing to share: its claimers scan at once (pickup latency)
-            if len(claimed) < limit and spare.backlog:
+            if len(claimed) < limit:
                 self._share(types, spare, now, max(_SHARE, limit - len(claimed)))
                 claimed += self._from_spare(token, spare, now, lease, limit - len(claimed), tried)
         if len(claimed) < limit:
@@ -138,7 +138,7 @@ class ClaimQueries(Connection):
             if spare is not None:
                 rest = _same_priority(candidates, claimed)
                 kept = rest[: max(_SHARE, limit)]
-                spare.keep(kept, backlog=bool(rest))
+                spare.keep(kept)
                 self._publish(types, rest[len(kept) :], took)
         return claimed
 
@@ -171,30 +171,47 @@ class ClaimQueries(Connection):
 
     def _share(self, types: list[str], spare: Spare, now: datetime, count: int) -> None:
         """Move the next `count` candidates of the shared list into `spare`, if the list is
-        fresh. If it is used up and another claimer is scanning right now, wait for its
-        list (once, at most `_TURN_MAX` s) rather than scan beside it; else take the turn
-        to scan. All by `_id` (IDHACK)."""
+        fresh; if it is used up, take the turn to scan, or, when another claimer holds it,
+        wait for its list (looking again every third of a scan, at most `_TURN_MAX` s in
+        all) rather than scan beside it. Claimers woken together by the clock so scan once,
+        not once each. All by `_id` (IDHACK); on any error, scan (the list is a hint)."""
+        deadline = time.monotonic() + _TURN_MAX
         try:
-            doc = self._take_share(types, now, count)
-            if self._adopt(doc, spare, now, count):
-                return
-            scanning = doc.get("scanning_until") if doc else None
-            if not isinstance(scanning, datetime) or scanning <= now:
-                self._take_turn(types, doc, now)
-                return
-            time.sleep(min((scanning - now).total_seconds(), _TURN_MAX))
-            now = self.now()
-            self._adopt(self._take_share(types, now, count), spare, now, count)
+            while True:
+                doc = self._take_share(types, now, count)
+                if self._adopt(doc, spare, now, count) or _turn_was_free(doc, now):
+                    return  # a share, or this claimer's turn to scan
+                wait = min(_turn_left(doc, now), deadline - time.monotonic(), _look_every(doc))
+                if wait <= 0:
+                    return  # the holder is late: scan beside it
+                time.sleep(wait)
+                now = self.now()
         except PyMongoError:
-            return  # a hint: without it, scan
+            return
 
     def _take_share(self, types: list[str], now: datetime, count: int) -> Document | None:
         """The shared list as it was, after one atomic write that removed its first `count`
-        ids if it is fresh: a share goes to one claimer only."""
+        ids if it is fresh (a share goes to one claimer only), or else, when it had no ids
+        left and no turn was held, made this claimer the one scanning (a turn of twice the
+        last scan). The caller judges what it got from the list as it was, exactly as the
+        server did (`_adopt`, `_turn_was_free`)."""
+        at = _millis(now)
         fresh = {"$and": [{"$isArray": "$ids"}, {"$gt": [{"$toLong": "$scanned"}, _cutoff(now)]}]}
-        rest = {"$slice": ["$ids", count, _MAX_CANDIDATES]}
-        share = [{"$set": {"ids": {"$cond": [fresh, rest, "$ids"]}}}]
-        return self.candidates.find_one_and_update({"_id": _list_key(types)}, share)
+        ids = {"$cond": [{"$isArray": "$ids"}, "$ids", []]}
+        has_ids = {"$and": [fresh, {"$gt": [{"$size": ids}, 0]}]}
+        free = {"$lte": [{"$toLong": "$scanning_until"}, at]}  # a missing turn is null: free
+        scan_ms = {"$multiply": [{"$ifNull": ["$scan_seconds", _TURN_MAX]}, 2000]}
+        turn_ms = {"$min": [_TURN_MAX * 1000, {"$max": [_TURN_MIN * 1000, scan_ms]}]}
+        until = {"$toDate": {"$add": [at, {"$toLong": turn_ms}]}}
+        share = {
+            "ids": {"$cond": [fresh, {"$slice": ["$ids", count, _MAX_CANDIDATES]}, "$ids"]},
+            "scanning_until": {
+                "$cond": [{"$and": [{"$not": [has_ids]}, free]}, until, "$scanning_until"]
+            },
+        }
+        return self.candidates.find_one_and_update(
+            {"_id": _list_key(types)}, [{"$set": share}], upsert=True
+        )
 
     def _adopt(self, doc: Document | None, spare: Spare, now: datetime, count: int) -> bool:
         """Keep the share `_take_share` took, judged fresh exactly as the server judged it."""
@@ -203,19 +220,6 @@ class ClaimQueries(Connection):
             return False
         spare.keep(ids[:count], max(0.0, (now - doc["scanned"]).total_seconds()))
         return True
-
-    def _take_turn(self, types: list[str], doc: Document | None, now: datetime) -> None:
-        """Say that this claimer is scanning, for about twice its last scan's duration. The
-        filter repeats that no turn is held: of claimers that ran dry together, one scans."""
-        if doc is None:
-            return  # the first scan of these types: nobody to tell yet
-        last = doc.get("scan_seconds")
-        seconds = min(_TURN_MAX, 2 * last) if isinstance(last, float) else _TURN_MAX
-        free = {"$or": [{"scanning_until": {"$lte": now}}, {"scanning_until": None}]}
-        until = now + timedelta(seconds=max(0.02, seconds))
-        self.candidates.update_one(
-            {"_id": _list_key(types), **free}, {"$set": {"scanning_until": until}}
-        )
 
     def _publish(self, types: list[str], ids: list[Any], took: float) -> None:
         """Offer the rest of a scan to the claimers of these types (best effort), and end
@@ -256,6 +260,7 @@ class ClaimQueries(Connection):
             sort=CLAIM_SORT,
             hint=CLAIM_INDEX,
             limit=_MAX_CANDIDATES,
+            batch_size=_MAX_CANDIDATES,  # one reply, no getMore
         )
         return list(found)
 
@@ -401,15 +406,40 @@ def _list_key(types: list[str]) -> str:
     return f"types:{digest}"
 
 
+def _millis(moment: datetime) -> int:
+    """Milliseconds since the epoch: BSON dates are compared as these (`$toLong`)."""
+    return int(moment.timestamp() * 1000)
+
+
 def _cutoff(now: datetime) -> int:
     """A list scanned after this (milliseconds since the epoch) is fresh at `now`."""
-    return int(now.timestamp() * 1000) - int(SPARE_SECONDS * 1000)
+    return _millis(now) - int(SPARE_SECONDS * 1000)
+
+
+def _turn_was_free(doc: Document | None, now: datetime) -> bool:
+    """Whether `_take_share` made this claimer the one scanning: the list as it was had no
+    share to give (the caller's `_adopt` said so) and no turn held at `now`. No list yet:
+    the upsert created it with this claimer's turn."""
+    scanning = doc.get("scanning_until") if doc else None
+    return not isinstance(scanning, datetime) or _millis(scanning) <= _millis(now)
+
+
+def _turn_left(doc: Document | None, now: datetime) -> float:
+    """Seconds until the turn another claimer holds runs out."""
+    scanning = doc.get("scanning_until") if doc else None
+    return (_millis(scanning) - _millis(now)) / 1000 if isinstance(scanning, datetime) else 0.0
+
+
+def _look_every(doc: Document | None) -> float:
+    """While another claimer scans, look for its list every third of its last scan."""
+    last = doc.get("scan_seconds") if doc else None
+    return max(0.02, last / 3) if isinstance(last, float) else _TURN_MIN
 
 
 def _fresh(doc: Document, now: datetime) -> bool:
     """The freshness test of `_take_share`, on the list as it was: the same verdict."""
     scanned = doc.get("scanned")
-    return isinstance(scanned, datetime) and int(scanned.timestamp() * 1000) > _cutoff(now)
+    return isinstance(scanned, datetime) and _millis(scanned) > _cutoff(now)
 
 
 def _still_ready(ids: list[Any], now: datetime, types: list[str] | None = None) -> Document:
