@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.faulty import count_candidate_scans, count_claim_picks
+from tests.faulty import FaultyCollection, count_candidate_scans, count_claim_picks
 from tests.jobs import FailJob, RecordJob
 from tests.plans import assert_on_index, index_scans, plan_stages
 from workers import Job
@@ -200,6 +200,26 @@ def test_a_stale_shared_list_is_not_used(app: App, db: Any) -> None:
     assert scans["n"] == 2, "a list older than SPARE_SECONDS must not be claimed from"
 
 
+@pytest.mark.parametrize(("age", "scans_expected"), [(1.5, 1), (3.0, 2)])
+def test_the_list_of_a_slow_scan_lives_scans_apart_times_that_scan(
+    app: App, db: Any, age: float, scans_expected: int
+) -> None:
+    for n in range(3 + _SHARE + 5):  # more than the first claimer's spare keeps
+        Job.push(RecordJob(n=n))
+    scans, types = count_candidate_scans(app.store), app.registry.types
+    app.store.claim("one#1", types, 5, 3, Spare())
+    # Given the list came from a scan that took 0.5 s (a large backlog on a slow server):
+    # it lives 5 x 0.5 = 2.5 s, not SPARE_SECONDS
+    scanned = app.store.now() - timedelta(seconds=age)
+    db[app.store.candidates.name].update_many(
+        {}, {"$set": {"scanned": scanned, "scan_seconds": 0.5}}
+    )
+    assert claims._lifetime(0.5) == 0.5 * claims.SCANS_APART > SPARE_SECONDS
+    # When another claimer claims, it takes from the list while it lives, and scans after
+    claimed = app.store.claim("two#1", types, 5, 3, Spare())
+    assert len(claimed) == 3 and scans["n"] == scans_expected
+
+
 def test_a_claimer_waits_a_bounded_time_for_another_scanning_then_scans_itself(
     app: App, db: Any
 ) -> None:
@@ -258,6 +278,25 @@ def test_claimers_woken_together_scan_once_the_later_waiting_for_the_first_ones_
     assert scans["n"] == 1, "only the holder scans"
     assert len(first) == len(second) == 3 and not set(first) & set(second)
     assert set(first + second) <= set(ids)
+
+
+def test_a_scanning_claimer_publishes_the_shared_list_before_its_own_claim_write(
+    app: App, db: Any
+) -> None:
+    ids = [Job.push(RecordJob(n=n)) for n in range(3 + _SHARE + 5)]
+    published: list[list[Any]] = []
+
+    def look(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if name == "update_many":  # the claim write
+            published.extend(doc.get("ids", []) for doc in db[app.store.candidates.name].find())
+        return None
+
+    app.store.jobs = FaultyCollection(app.store.jobs, look, AssertionError)  # type: ignore[assignment]
+    claimed = [d["_id"] for d in app.store.claim("one#1", app.registry.types, 5, 3, Spare())]
+    # The 5 beyond this claim and its spare were offered before the claim was written, so
+    # claimers waiting for this scan need not wait for its claim too
+    assert published and published[0] == ids[3 + _SHARE :]
+    assert claimed == ids[:3]
 
 
 def test_of_claimers_that_find_the_list_used_up_one_takes_the_turn_to_scan(

@@ -19,7 +19,8 @@ next share from that list in one atomic write (the share leaves the list), so
 no two claimers hold the same candidates and their picks do not collide. The
 list is only a hint (every take is still conditional on `status: ready`), so
 scans cost the cluster about one per `SPARE_SECONDS` (or per `_MAX_CANDIDATES`
-jobs) however many processes claim, not one per process.
+jobs, or per `SCANS_APART` scan durations where scans are slow) however many
+processes claim, not one per process.
 """
 
 from __future__ import annotations
@@ -47,9 +48,13 @@ LEGACY_CLAIM_INDEX = "claim"  # (status, priority, run_at), before `type` joined
 _MAX_CANDIDATES = 256
 # Candidates a claimer takes from the shared list at a time, at least one claim's worth.
 _SHARE = 32
-# How long the rest of a scan may be claimed from without scanning again. A job pushed
-# meanwhile with a better priority waits at most this long behind the older candidates.
+# How long the rest of a scan may be claimed from without scanning again: SPARE_SECONDS,
+# or SCANS_APART times the scan's own duration where scans are slow (this server at a
+# large backlog), so that scanning takes at most about a sixth of the claimers' time. A
+# job pushed meanwhile with a better priority waits at most this long behind the older
+# candidates (1 s on MongoDB, whose scans take milliseconds).
 SPARE_SECONDS = 1.0
+SCANS_APART = 5
 _SPARE_MISSES = 2  # picks in a row that found every job taken: the spare is stale
 _END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 # A scanning turn lasts twice the last scan, within these bounds (seconds): a claimer that
@@ -93,10 +98,10 @@ class Spare:
         """How a pick went: one that found every job taken counts toward a stale spare."""
         self.misses = 0 if got else self.misses + 1
 
-    def keep(self, ids: list[Any], age: float = 0.0) -> None:
-        """Hold `ids` until SPARE_SECONDS after the scan that found them (`age` ago)."""
+    def keep(self, ids: list[Any], age: float = 0.0, scan_seconds: float = 0.0) -> None:
+        """Hold `ids` for the life of the scan that found them (`age` ago, in `scan_seconds`)."""
         self.ids, self.misses = ids, 0
-        self.until = time.monotonic() + SPARE_SECONDS - age
+        self.until = time.monotonic() + _lifetime(scan_seconds) - age
 
 
 class ClaimQueries(Connection):
@@ -131,15 +136,33 @@ class ClaimQueries(Connection):
             began = time.monotonic()
             candidates = self._candidates(types, now)
             took = time.monotonic() - began
-            while len(claimed) < limit and (batch := candidates[: limit - len(claimed)]):
-                candidates = candidates[len(batch) :]
-                ids = [doc["_id"] for doc in batch]
-                claimed += self._take_or_interrupt(token, ids, now, lease, tried)
-            if spare is not None:
-                rest = _same_priority(candidates, claimed)
-                kept = rest[: max(_SHARE, limit)]
-                spare.keep(kept)
-                self._publish(types, rest[len(kept) :], took)
+            if spare is None:
+                claimed += self._take_in_turn(
+                    token, candidates, now, lease, limit - len(claimed), tried
+                )
+            else:
+                mine, kept, shared = _split(candidates, limit - len(claimed))
+                self._publish(types, shared, took)  # the waiting take theirs while we claim
+                spare.keep(kept, scan_seconds=took)
+                claimed += self._take_or_interrupt(token, mine, now, lease, tried)
+                claimed += self._from_spare(token, spare, now, lease, limit - len(claimed), tried)
+        return claimed
+
+    def _take_in_turn(
+        self,
+        token: str,
+        candidates: list[Document],
+        now: datetime,
+        lease: float,
+        limit: int,
+        tried: list[Any],
+    ) -> list[Document]:
+        """Claim from the scan's candidates in queue order until `limit` are taken."""
+        claimed: list[Document] = []
+        while len(claimed) < limit and (batch := candidates[: limit - len(claimed)]):
+            candidates = candidates[len(batch) :]
+            ids = [doc["_id"] for doc in batch]
+            claimed += self._take_or_interrupt(token, ids, now, lease, tried)
         return claimed
 
     @translated
@@ -196,7 +219,9 @@ class ClaimQueries(Connection):
         last scan). The caller judges what it got from the list as it was, exactly as the
         server did (`_adopt`, `_turn_was_free`)."""
         at = _millis(now)
-        fresh = {"$and": [{"$isArray": "$ids"}, {"$gt": [{"$toLong": "$scanned"}, _cutoff(now)]}]}
+        life_ms = {"$max": [SPARE_SECONDS * 1000, {"$multiply": ["$scan_seconds", _APART_MS]}]}
+        fresh_until = {"$add": [{"$toLong": "$scanned"}, life_ms]}
+        fresh = {"$and": [{"$isArray": "$ids"}, {"$gt": [fresh_until, at]}]}
         ids = {"$cond": [{"$isArray": "$ids"}, "$ids", []]}
         has_ids = {"$and": [fresh, {"$gt": [{"$size": ids}, 0]}]}
         free = {"$lte": [{"$toLong": "$scanning_until"}, at]}  # a missing turn is null: free
@@ -218,7 +243,8 @@ class ClaimQueries(Connection):
         ids = doc.get("ids") if doc else None
         if doc is None or not _fresh(doc, now) or not isinstance(ids, list) or not ids:
             return False
-        spare.keep(ids[:count], max(0.0, (now - doc["scanned"]).total_seconds()))
+        age = max(0.0, (now - doc["scanned"]).total_seconds())
+        spare.keep(ids[:count], age, _scan_seconds(doc))
         return True
 
     def _publish(self, types: list[str], ids: list[Any], took: float) -> None:
@@ -239,6 +265,8 @@ class ClaimQueries(Connection):
         tried: list[Any],
         types: list[str] | None = None,
     ) -> list[Document]:
+        if not ids:
+            return []
         tried += ids
         try:
             return self._take(token, ids, now, lease, types)
@@ -411,9 +439,17 @@ def _millis(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _cutoff(now: datetime) -> int:
-    """A list scanned after this (milliseconds since the epoch) is fresh at `now`."""
-    return _millis(now) - int(SPARE_SECONDS * 1000)
+_APART_MS = SCANS_APART * 1000
+
+
+def _lifetime(scan_seconds: float) -> float:
+    """Seconds a scan's candidates may be claimed from (see SPARE_SECONDS)."""
+    return max(SPARE_SECONDS, SCANS_APART * scan_seconds)
+
+
+def _scan_seconds(doc: Document) -> float:
+    last = doc.get("scan_seconds")
+    return float(last) if isinstance(last, int | float) and not isinstance(last, bool) else 0.0
 
 
 def _turn_was_free(doc: Document | None, now: datetime) -> bool:
@@ -439,7 +475,10 @@ def _look_every(doc: Document | None) -> float:
 def _fresh(doc: Document, now: datetime) -> bool:
     """The freshness test of `_take_share`, on the list as it was: the same verdict."""
     scanned = doc.get("scanned")
-    return isinstance(scanned, datetime) and _millis(scanned) > _cutoff(now)
+    if not isinstance(scanned, datetime):
+        return False
+    life_ms = max(SPARE_SECONDS * 1000, _scan_seconds(doc) * _APART_MS)  # as the server does
+    return _millis(scanned) + life_ms > _millis(now)
 
 
 def _still_ready(ids: list[Any], now: datetime, types: list[str] | None = None) -> Document:
@@ -469,10 +508,21 @@ def _about_a_document(exc: OperationFailure) -> bool:
     return not any(exc.has_error_label(label) for label in _TRANSIENT_LABELS)
 
 
+def _split(candidates: list[Document], count: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """A scan's ids as (this claim's, this claimer's spare, the shared list's), split before
+    the claim so that the shared list is published at once: claimers waiting for this
+    scan take their shares while this one claims. The spare fills the claim when some of
+    its first picks were taken meanwhile."""
+    mine = candidates[:count]
+    rest = _same_priority(candidates[count:], mine)
+    kept = max(_SHARE, count)
+    return [doc["_id"] for doc in mine], rest[:kept], rest[kept:]
+
+
 def _same_priority(candidates: list[Document], claimed: list[Document]) -> list[Any]:
-    """The candidates a spare may keep: those of the priority just claimed. Picking among
+    """The candidates a spare may keep: those of the priority of the last one claimed. Picking among
     equals bends only the run_at order; a worse priority never jumps the queue by a spare
-    (a better one pushed after the scan waits at most SPARE_SECONDS)."""
+    (a better one pushed after the scan waits at most a scan's lifetime, see SPARE_SECONDS)."""
     if not claimed:
         return []
     priority = claimed[-1].get("priority")
