@@ -4,6 +4,7 @@ token, or the server's refusal of that one job's write."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
@@ -15,12 +16,13 @@ from pymongo.errors import AutoReconnect
 from tests.commands import StartedListener, registered
 from tests.conftest import wait_for
 from tests.faulty import FaultyCollection
-from tests.jobs import RecordJob
+from tests.jobs import FailJob, RecordJob
 from tests.test_bounded import MAX_BSON
-from workers import Job
+from workers import Job, completions
 from workers.app import App
 from workers.errors import DatabaseUnavailable, WorkersError
 from workers.store import Completion
+from workers.worker import Profile, Worker
 
 
 class Writes(StartedListener):
@@ -123,7 +125,7 @@ def test_threads_completing_while_a_write_is_in_flight_are_written_together(
 
     # Given a completion write in flight (its writer holds the turn)
     with completions._cond:
-        held = completions._take_waiting()
+        held = completions._gather()
     assert held == []
     writes.collection, writes.updates = app.store.jobs.name, []
     # When five threads complete meanwhile
@@ -195,3 +197,100 @@ def test_an_unexpected_error_in_a_shared_write_still_hands_the_turn_on(app: App)
         app.completions.complete(first, "node#1", None)
     # a writer left holding the turn would make this wait for ever
     assert app.completions.complete(second, "node#1", None) is True
+
+
+@pytest.fixture
+def patient(app: App, monkeypatch: pytest.MonkeyPatch) -> completions.Completions:
+    """The app's completions with a writer that waits for siblings as long as it takes (60 s),
+    so what is tested is whom it waits for, not this machine's speed."""
+    monkeypatch.setattr(completions, "_GATHER_MAX", 60.0)
+    app.completions._last_write = 120.0
+    return app.completions
+
+
+def completing(done: completions.Completions, token: str, job_id: Any) -> threading.Thread:
+    thread = threading.Thread(target=done.complete, args=(job_id, token, None), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_writer_waits_for_the_jobs_of_its_claim_still_running_and_writes_them_at_once(
+    app: App, writes: Writes, patient: completions.Completions
+) -> None:
+    ids = claimed(app, "node#1", 4)
+    patient.expect("node#1", ids)  # as the worker does when it hands the claim over
+    writes.collection, writes.updates = app.store.jobs.name, []
+    # When the four finish one after another
+    threads = []
+    for arrived, job_id in enumerate(ids, start=1):
+        threads.append(completing(patient, "node#1", job_id))
+        if arrived < len(ids):
+            wait_for(lambda n=arrived: len(patient._waiting) == n, timeout=10, what="arrived")
+    for thread in threads:
+        thread.join(timeout=20)
+    # Then the first waited for the other three, and one request wrote all four (without
+    # the wait the first is written alone, and the rest after it)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(writes.updates) == 1, writes.updates
+    assert [doc["status"] for doc in stored(app, ids)] == ["completed"] * 4
+
+
+def test_a_writer_stops_waiting_for_a_sibling_that_settled_otherwise(
+    app: App, writes: Writes, patient: completions.Completions
+) -> None:
+    done, failed = claimed(app, "node#1", 2)
+    patient.expect("node#1", [done, failed])
+    writer = completing(patient, "node#1", done)
+    wait_for(lambda: len(patient._waiting) == 1, timeout=10, what="the first waiting")
+    # When its sibling's attempt ends without a completion (it failed, or was abandoned)
+    patient.settle("node#1", failed)
+    # Then the writer writes at once instead of waiting out its bound (60 s here)
+    writer.join(timeout=20)
+    assert not writer.is_alive()
+    assert stored(app, [done])[0]["status"] == "completed"
+    assert patient._running == {}, "nothing is left behind"
+
+
+def test_a_completion_without_siblings_running_is_written_without_waiting(
+    app: App, patient: completions.Completions
+) -> None:
+    (alone,) = claimed(app, "node#1", 1)
+    patient.expect("node#1", [alone])
+    patient.expect("node#2", [{"damaged": "an _id that is a document"}])  # never waited for
+    writer = completing(patient, "node#1", alone)
+    writer.join(timeout=20)
+    assert not writer.is_alive() and stored(app, [alone])[0]["status"] == "completed"
+
+
+def test_a_worker_writes_a_claim_that_finishes_together_in_one_request_and_settles_failures(
+    app: App, writes: Writes, patient: completions.Completions
+) -> None:
+    # Given four jobs due at once, one of which fails, and a worker of four threads
+    ok = [Job.push(RecordJob(n=n)) for n in range(3)]
+    bad = Job.push(FailJob(message="no"), retry={"retries": 0})
+    writes.collection, writes.updates = app.store.jobs.name, []
+    profile = dataclasses.replace(Profile.headless(app), threads=4)
+    worker = Worker(app, profile=profile)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        # Then the three completions went out in one request as soon as the failure was
+        # settled (a writer still waiting for it would hold them for 60 s)
+        wait_for(
+            lambda: (
+                [d["status"] for d in stored(app, [*ok, bad])] == ["completed"] * 3 + ["failed"]
+            ),
+            timeout=20,
+            what="all four outcomes",
+        )
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    completed = [
+        one["q"]["_id"]["$in"]
+        for command in writes.updates
+        for one in command["updates"]
+        if isinstance(one["u"], list) and one["u"][0]["$set"].get("status") == "completed"
+    ]
+    assert [sorted(ids) for ids in completed] == [sorted(ok)], completed
+    assert patient._running == {}, "every attempt of the claim settled"

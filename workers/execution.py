@@ -307,6 +307,7 @@ def _record_outcome(
         if isinstance(written, WorkersError):  # the result itself cannot be stored (too large)
             error = written
     if error is not None:
+        app.completions.settle(owner, record.id)  # no completion will come from this one
         fatal = isinstance(error, JobFailed) and error.fatal
         retry_in = None if fatal else record.retry_in()
         outcome = "failed" if retry_in is None else "will retry"

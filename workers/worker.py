@@ -277,6 +277,9 @@ class Worker:
         abandoned first: the old attempt's writes are refused by its token, and it is not
         run twice from here."""
         cargo: list[Held] = []
+        for token in {str(doc["lease_owner"]) for doc in docs}:  # before any can finish
+            ids = [doc["_id"] for doc in docs if str(doc["lease_owner"]) == token]
+            self.app.completions.expect(token, ids)
         with self._cond:
             for doc in docs:
                 held = Held(doc, token=str(doc["lease_owner"]))
@@ -314,6 +317,8 @@ class Worker:
                 self._done(taken)
 
     def _done(self, taken: list[Held]) -> None:
+        for held in taken:  # a writer stops waiting for these (failed, abandoned, over)
+            self.app.completions.settle(held.token, held.job_id)
         with self._cond:
             for held in taken:
                 held.done.set()
