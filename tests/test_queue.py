@@ -317,11 +317,39 @@ def test_of_claimers_that_find_the_list_used_up_one_takes_the_turn_to_scan(
     assert db[app.store.candidates.name].find_one()["scanning_until"] == held
     # And once the holder published an empty list (it took every job), the next look takes
     # the turn: a used-up list means scan
-    app.store._publish(types, [], 0.05)
+    app.store._publish(types, [], 0.05, [])
     later = app.store.now()
     seen = app.store._take_share(types, later, 3)
     assert seen is not None and "scanning_until" not in seen and claims._turn_was_free(seen, later)
     assert db[app.store.candidates.name].find_one()["scanning_until"] > later
+
+
+@pytest.mark.parametrize("list_age", [0.0, 120.0], ids=["list alive", "list expired"])
+def test_a_claimer_that_scans_after_a_used_up_list_leaves_out_what_live_spares_hold(
+    app: App, db: Any, monkeypatch: pytest.MonkeyPatch, list_age: float
+) -> None:
+    monkeypatch.setattr(claims, "SPARE_SECONDS", 60.0)  # a slow machine must not age the list
+    ids = [Job.push(RecordJob(n=n)) for n in range(1 + _SHARE + 7)]
+    types = app.registry.types
+    # Given one claimer scanned: it took the first job and keeps the next _SHARE in its spare,
+    # and a second claimer took the 7 others of the scan as its share, claiming one
+    one = [d["_id"] for d in app.store.claim("one#1", types, 5, 1, Spare())]
+    two = [d["_id"] for d in app.store.claim("two#1", types, 5, 1, Spare())]
+    assert one == ids[:1] and two == ids[1 + _SHARE : 2 + _SHARE]
+    (listed,) = db[app.store.candidates.name].find()
+    assert listed["ids"] == [] and listed["out"] == ids
+    ids += [Job.push(RecordJob(n=n)) for n in range(5)]  # pushed after that scan
+    if list_age:  # the list, and so every spare taken from it, outlived its life
+        old = app.store.now() - timedelta(seconds=list_age)
+        db[app.store.candidates.name].update_many({}, {"$set": {"scanned": old}})
+    # When a third claimer finds the list used up and scans
+    three = [d["_id"] for d in app.store.claim("three#1", types, 5, 2, Spare())]
+    # Then, while those spares live, it picks past what they hold (picking it would only
+    # collide with its holders), and once they are dead it picks the queue's head again
+    if list_age:
+        assert three == ids[1:3]
+    else:
+        assert three == ids[1 + _SHARE + 7 : 1 + _SHARE + 9]
 
 
 def test_a_claim_by_woken_ids_takes_only_those_still_ready_and_of_our_types(

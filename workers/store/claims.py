@@ -16,11 +16,14 @@ The scan is shared: a claimer that scans keeps a share of the candidates it did
 not take (its spare) and publishes the rest in `<prefix>.candidates` (one
 document per set of types, by `_id`); a claimer whose spare ran dry takes its
 next share from that list in one atomic write (the share leaves the list), so
-no two claimers hold the same candidates and their picks do not collide. The
-list is only a hint (every take is still conditional on `status: ready`), so
-scans cost the cluster about one per `SPARE_SECONDS` (or per `_MAX_CANDIDATES`
-jobs, or per `SCANS_APART` scan durations where scans are slow) however many
-processes claim, not one per process.
+no two claimers hold the same candidates and their picks do not collide. The list
+also records the ids it handed out (`out`, the scanner's own share included): the
+claimer that scans when the list is used up leaves those out while their spares
+live, since they are still ready and head the queue, and picking them would only
+collide with their holders. The list is only a hint (every take is still
+conditional on `status: ready`), so scans cost the cluster about one per
+`SPARE_SECONDS` (or per `_MAX_CANDIDATES` jobs, or per `SCANS_APART` scan
+durations where scans are slow) however many processes claim, not one per process.
 """
 
 from __future__ import annotations
@@ -127,14 +130,15 @@ class ClaimQueries(Connection):
         now = self.now()
         tried: list[Any] = []
         claimed: list[Document] = []
+        held: list[Any] = []  # ids that live spares of other claimers hold
         if spare is not None:
             claimed += self._from_spare(token, spare, now, lease, limit, tried)
             if len(claimed) < limit:
-                self._share(types, spare, now, max(_SHARE, limit - len(claimed)))
+                held = self._share(types, spare, now, max(_SHARE, limit - len(claimed)))
                 claimed += self._from_spare(token, spare, now, lease, limit - len(claimed), tried)
         if len(claimed) < limit:
             began = time.monotonic()
-            candidates = self._candidates(types, now)
+            candidates = _unheld(self._candidates(types, now, len(held)), held)
             took = time.monotonic() - began
             if spare is None:
                 claimed += self._take_in_turn(
@@ -142,7 +146,7 @@ class ClaimQueries(Connection):
                 )
             else:
                 mine, kept, shared = _split(candidates, limit - len(claimed))
-                self._publish(types, shared, took)  # the waiting take theirs while we claim
+                self._publish(types, shared, took, mine + kept)  # theirs, while we claim
                 spare.keep(kept, scan_seconds=took)
                 claimed += self._take_or_interrupt(token, mine, now, lease, tried)
                 claimed += self._from_spare(token, spare, now, lease, limit - len(claimed), tried)
@@ -192,32 +196,39 @@ class ClaimQueries(Connection):
             claimed += got
         return claimed
 
-    def _share(self, types: list[str], spare: Spare, now: datetime, count: int) -> None:
+    def _share(self, types: list[str], spare: Spare, now: datetime, count: int) -> list[Any]:
         """Move the next `count` candidates of the shared list into `spare`, if the list is
         fresh; if it is used up, take the turn to scan, or, when another claimer holds it,
         wait for its list (looking again every third of a scan, at most `_TURN_MAX` s in
         all) rather than scan beside it. Claimers woken together by the clock so scan once,
-        not once each. All by `_id` (IDHACK); on any error, scan (the list is a hint)."""
+        not once each. All by `_id` (IDHACK); on any error, scan (the list is a hint).
+
+        Returns, with the turn, the ids the used-up list handed out that live spares still
+        hold: they are still ready, so they head the next scan, and picking them would
+        only collide with their holders."""
         deadline = time.monotonic() + _TURN_MAX
         try:
             while True:
                 doc = self._take_share(types, now, count)
-                if self._adopt(doc, spare, now, count) or _turn_was_free(doc, now):
-                    return  # a share, or this claimer's turn to scan
+                if self._adopt(doc, spare, now, count):
+                    return []
+                if _turn_was_free(doc, now):
+                    return _held_out(doc, now)
                 wait = min(_turn_left(doc, now), deadline - time.monotonic(), _look_every(doc))
                 if wait <= 0:
-                    return  # the holder is late: scan beside it
+                    return []  # the holder is late: scan beside it
                 time.sleep(wait)
                 now = self.now()
         except PyMongoError:
-            return
+            return []
 
     def _take_share(self, types: list[str], now: datetime, count: int) -> Document | None:
         """The shared list as it was, after one atomic write that removed its first `count`
         ids if it is fresh (a share goes to one claimer only), or else, when it had no ids
         left and no turn was held, made this claimer the one scanning (a turn of twice the
-        last scan). The caller judges what it got from the list as it was, exactly as the
-        server did (`_adopt`, `_turn_was_free`)."""
+        last scan). A share's ids join `out`, the ids live spares hold. The caller judges
+        what it got from the list as it was, exactly as the server did (`_adopt`,
+        `_turn_was_free`, `_held_out`)."""
         at = _millis(now)
         life_ms = {"$max": [SPARE_SECONDS * 1000, {"$multiply": ["$scan_seconds", _APART_MS]}]}
         fresh_until = {"$add": [{"$toLong": "$scanned"}, life_ms]}
@@ -228,8 +239,10 @@ class ClaimQueries(Connection):
         scan_ms = {"$multiply": [{"$ifNull": ["$scan_seconds", _TURN_MAX]}, 2000]}
         turn_ms = {"$min": [_TURN_MAX * 1000, {"$max": [_TURN_MIN * 1000, scan_ms]}]}
         until = {"$toDate": {"$add": [at, {"$toLong": turn_ms}]}}
+        handed = {"$concatArrays": [{"$ifNull": ["$out", []]}, {"$slice": [ids, count]}]}
         share = {
             "ids": {"$cond": [fresh, {"$slice": ["$ids", count, _MAX_CANDIDATES]}, "$ids"]},
+            "out": {"$cond": [has_ids, handed, "$out"]},
             "scanning_until": {
                 "$cond": [{"$and": [{"$not": [has_ids]}, free]}, until, "$scanning_until"]
             },
@@ -247,10 +260,10 @@ class ClaimQueries(Connection):
         spare.keep(ids[:count], age, _scan_seconds(doc))
         return True
 
-    def _publish(self, types: list[str], ids: list[Any], took: float) -> None:
+    def _publish(self, types: list[str], ids: list[Any], took: float, out: list[Any]) -> None:
         """Offer the rest of a scan to the claimers of these types (best effort), and end
-        this claimer's turn."""
-        fields: Document = {"ids": ids, "scan_seconds": took}
+        this claimer's turn. `out`: what this claimer took of the scan (its claim and spare)."""
+        fields: Document = {"ids": ids, "scan_seconds": took, "out": out}
         stamped = {"$currentDate": {"scanned": True}}
         update = {"$set": fields, "$unset": {"scanning_until": ""}, **stamped}
         with contextlib.suppress(PyMongoError):  # the others scan for themselves
@@ -281,14 +294,16 @@ class ClaimQueries(Connection):
     def _held_under(self, token: str, ids: list[Any]) -> list[Document]:
         return _in_order(list(self.jobs.find(_held_by(ids, token))), ids)
 
-    def _candidates(self, types: list[str], now: datetime) -> list[Document]:
+    def _candidates(self, types: list[str], now: datetime, held: int = 0) -> list[Document]:
+        """The first candidates in queue order, `held` more for those that live spares hold."""
+        limit = _MAX_CANDIDATES + min(held, _MAX_CANDIDATES)
         found = self.jobs.find(
             self._due_query(types, now),
             {"_id": 1, "priority": 1},
             sort=CLAIM_SORT,
             hint=CLAIM_INDEX,
-            limit=_MAX_CANDIDATES,
-            batch_size=_MAX_CANDIDATES,  # one reply, no getMore
+            limit=limit,
+            batch_size=limit,  # one reply, no getMore
         )
         return list(found)
 
@@ -470,6 +485,21 @@ def _look_every(doc: Document | None) -> float:
     """While another claimer scans, look for its list every third of its last scan."""
     last = doc.get("scan_seconds") if doc else None
     return max(0.02, last / 3) if isinstance(last, float) else _TURN_MIN
+
+
+def _held_out(doc: Document | None, now: datetime) -> list[Any]:
+    """The ids a list as it was had handed out, while their spares live (as long as the list)."""
+    out = doc.get("out") if doc else None
+    return out if doc is not None and isinstance(out, list) and _fresh(doc, now) else []
+
+
+def _unheld(candidates: list[Document], held: list[Any]) -> list[Document]:
+    """The candidates no live spare holds. Ids are compared by repr: some are documents,
+    which do not hash, and a miss only costs a collision that the claim write settles."""
+    if not held:
+        return candidates
+    out = {repr(job_id) for job_id in held}
+    return [doc for doc in candidates if repr(doc["_id"]) not in out]
 
 
 def _fresh(doc: Document, now: datetime) -> bool:
