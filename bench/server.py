@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from workers.embedded import keep_on_one_cpu
+
 
 @contextlib.contextmanager
 def database_url() -> Iterator[tuple[str, str]]:
@@ -33,6 +35,7 @@ def database_url() -> Iterator[tuple[str, str]]:
     )
     try:
         _wait_listening(port)
+        keep_on_one_cpu(process.pid)  # as the embedded default runs it
         yield f"mongodb://127.0.0.1:{port}/?directConnection=true", "SecantusDB (:memory:)"
     finally:
         process.terminate()

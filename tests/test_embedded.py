@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pymongo
+import pytest
 
 from tests.conftest import (
     free_port,
@@ -97,6 +98,32 @@ def test_db_stop_stops_a_server_left_running(tmp_path: Path) -> None:
         done = run_workers("db", "stop", cwd=tmp_path)
         assert done.stdout.strip() == "stopped"
         assert embedded.status(folder) is None and not alive(server.pid)
+    finally:
+        server.release()
+
+
+def _server_cpus(pid: int) -> list[set[int]]:
+    return [os.sched_getaffinity(int(thread)) for thread in os.listdir(f"/proc/{pid}/task")]
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="keeping the server on one CPU needs two"
+)
+@pytest.mark.parametrize("one_cpu", [True, False], ids=["kept on one", "left free"])
+def test_the_embedded_server_is_kept_on_one_cpu_and_this_process_is_not(
+    tmp_path: Path, one_cpu: bool
+) -> None:
+    cpus = os.sched_getaffinity(0)
+    server = embedded.acquire(tmp_path / "db", announce=False, one_cpu=one_cpu)
+    try:
+        # A thread the server starts for a new connection is kept there too
+        with pymongo.MongoClient(server.url, serverSelectionTimeoutMS=10_000) as client:
+            client.admin.command("ping")
+            expected = {max(cpus)} if one_cpu else cpus
+            assert _server_cpus(server.pid) and all(
+                threads == expected for threads in _server_cpus(server.pid)
+            )
+        assert os.sched_getaffinity(0) == cpus
     finally:
         server.release()
 

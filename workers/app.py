@@ -208,7 +208,7 @@ def connect(
     url = settings.mongo_url()
     server = None
     if url is None:
-        server = embedded.acquire(settings.embedded_dir())
+        server = embedded.acquire(settings.embedded_dir(), one_cpu=settings.mongo.embedded_one_cpu)
         atexit.register(server.release)
         url = server.url
     mongo = settings.mongo

@@ -87,7 +87,7 @@ def run(settings: Settings) -> int:
     if settings.mongo_url() is None:
         # started here, before the workers; each worker registers as a user of it too (by
         # the same settings), so it is never stopped while a worker still hands jobs back
-        server = embedded.acquire(settings.embedded_dir())
+        server = embedded.acquire(settings.embedded_dir(), one_cpu=settings.mongo.embedded_one_cpu)
     config = run_dir / f"supervisord-{os.getpid()}.conf"
     try:
         config.write_text(render_config(settings, run_dir))
