@@ -165,14 +165,14 @@ def keep_on_one_cpu(pid: int) -> None:
     one CPU, while 1 x 4 was level at 213 and 214/s). Threads it starts later inherit this."""
     if not hasattr(os, "sched_setaffinity"):
         return  # not Linux
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = os.sched_getaffinity(0)
     if len(cpus) < 2:
         return
     tasks = Path(f"/proc/{pid}/task")
     threads = [int(task.name) for task in tasks.iterdir()] if tasks.is_dir() else [pid]
     for thread in threads:
         with contextlib.suppress(OSError):  # a thread that just ended
-            os.sched_setaffinity(thread, {cpus[-1]})
+            os.sched_setaffinity(thread, {max(cpus)})
 
 
 def _program() -> str:

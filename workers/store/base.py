@@ -119,6 +119,16 @@ def _first_bad_path(value: Any, path: str = "") -> str | None:
 # -- pipeline expressions, robust to whatever a damaged document holds ----------------
 
 
+def hashable(job_id: Any) -> bool:
+    """A damaged document's `_id` may be a document, which cannot be kept in a set or a dict
+    key: such a job is completed alone, and never left out of a scan."""
+    try:
+        hash(job_id)
+    except TypeError:
+        return False
+    return True
+
+
 def number(field: str) -> Any:
     """`field` if it is a number, else 0: a damaged counter must not make an update fail."""
     return {"$cond": [{"$isNumber": field}, field, 0]}

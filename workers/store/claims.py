@@ -39,7 +39,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from workers.errors import ClaimIncomplete
 from workers.record import FAILED, READY, RUNNING, error_document
-from workers.store.base import Connection, Document, after_now, number, translated
+from workers.store.base import Connection, Document, after_now, hashable, number, translated
 from workers.store.stream import ReadyStream
 
 CLAIM_INDEX = "claim_queue"
@@ -494,12 +494,12 @@ def _held_out(doc: Document | None, now: datetime) -> list[Any]:
 
 
 def _unheld(candidates: list[Document], held: list[Any]) -> list[Document]:
-    """The candidates no live spare holds. Ids are compared by repr: some are documents,
-    which do not hash, and a miss only costs a collision that the claim write settles."""
+    """The candidates no live spare holds (an `_id` that is a document is kept: it only costs a
+    collision, which the claim write settles)."""
     if not held:
         return candidates
-    out = {repr(job_id) for job_id in held}
-    return [doc for doc in candidates if repr(doc["_id"]) not in out]
+    out = {job_id for job_id in held if hashable(job_id)}
+    return [doc for doc in candidates if not hashable(doc["_id"]) or doc["_id"] not in out]
 
 
 def _fresh(doc: Document, now: datetime) -> bool:

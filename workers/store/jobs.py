@@ -33,6 +33,7 @@ from workers.store.base import (
     after_now,
     appended,
     before_now,
+    hashable,
     number,
     translated,
 )
@@ -124,7 +125,7 @@ class JobQueries(LifecycleQueries):
         refused) goes through `complete` alone, which settles follow-ups and refuses what
         is not ours. An outage raises DatabaseUnavailable: a retry finds what was written
         by its token."""
-        shared = [one for one in done if _hashable(one.job_id) and not _large(one.result)]
+        shared = [one for one in done if hashable(one.job_id) and not _large(one.result)]
         written = self._complete_together(shared) if shared else set()
         together = {id(one) for one in shared}
         return [
@@ -391,15 +392,6 @@ def _held_together(token: str, group: list[Completion]) -> Document:
 def _released(changes: Document) -> Document:
     """`changes` that also give up the lease: what every finishing write sets."""
     return {**changes, "lease_owner": None, "lease_expires": None}
-
-
-def _hashable(job_id: Any) -> bool:
-    """A damaged document's `_id` may be a document: such a job is completed alone."""
-    try:
-        hash(job_id)
-    except TypeError:
-        return False
-    return True
 
 
 def _large(result: Any) -> bool:
