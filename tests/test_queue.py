@@ -306,22 +306,84 @@ def test_of_claimers_that_find_the_list_used_up_one_takes_the_turn_to_scan(
         Job.push(RecordJob(n=n))
     types, now = app.registry.types, app.store.now()
     # Given no list yet: the first look creates it, with that claimer's turn
-    assert app.store._take_share(types, now, 3) is None
-    (doc,) = db[app.store.candidates.name].find()
-    assert claims._turn_was_free(None, now)
-    held = doc["scanning_until"]
-    assert timedelta(seconds=claims._TURN_MIN) <= held - now <= timedelta(seconds=claims._TURN_MAX)
+    doc = app.store._take_share(types, now, 3, "first")
+    assert claims._granted(doc, "first") == ([], True)
+    assert doc is not None
+    held, ms = doc["scanning_until"], timedelta(milliseconds=1)  # BSON dates hold milliseconds
+    assert (
+        timedelta(seconds=claims._TURN_MIN) - ms
+        <= held - now
+        <= timedelta(seconds=claims._TURN_MAX)
+    )
     # When another looks while that turn is held, the turn stays the first one's
-    seen = app.store._take_share(types, now, 3)
-    assert not claims._turn_was_free(seen, now) and claims._turn_left(seen, now) > 0
+    seen = app.store._take_share(types, now, 3, "second")
+    assert claims._granted(seen, "second") == ([], False) and claims._turn_left(seen, now) > 0
     assert db[app.store.candidates.name].find_one()["scanning_until"] == held
-    # And once the holder published an empty list (it took every job), the next look takes
-    # the turn: a used-up list means scan
-    app.store._publish(types, [], 0.05, [])
+    # And once the holder published an empty list (its scan of an empty queue took 3 ms),
+    # the next look takes the turn, and that turn outlasts a scan of a backlog that came
+    # due meanwhile (a second at least, not twice the empty scan): the others wait for its
+    # list instead of scanning beside it
+    app.store._publish(types, [], 0.003, [])
     later = app.store.now()
-    seen = app.store._take_share(types, later, 3)
-    assert seen is not None and "scanning_until" not in seen and claims._turn_was_free(seen, later)
-    assert db[app.store.candidates.name].find_one()["scanning_until"] > later
+    seen = app.store._take_share(types, later, 3, "third")
+    assert claims._granted(seen, "third") == ([], True)
+    assert seen is not None and seen["scanning_until"] - later >= timedelta(seconds=1) - ms
+
+
+def test_claimers_looking_at_the_same_instant_get_disjoint_shares_and_one_the_turn(
+    app: App, db: Any
+) -> None:
+    types = app.registry.types
+    for round_ in range(8):
+        # Given a fresh list of 2 shares for 3 claimers (even rounds), or a used-up one (odd)
+        listed = [f"job-{round_}-{n}" for n in range(2 * _SHARE)] if round_ % 2 == 0 else []
+        app.store._publish(types, listed, 0.003, [])
+        barrier, verdicts = threading.Barrier(3), {}
+
+        def look(name: str, barrier: threading.Barrier, verdicts: dict[str, Any]) -> None:
+            barrier.wait()
+            doc = app.store._take_share(types, app.store.now(), _SHARE, name)
+            verdicts[name] = claims._granted(doc, name)
+
+        threads = [
+            threading.Thread(target=look, args=(f"c{n}", barrier, verdicts)) for n in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # Then each verdict is the one the server applied for that claimer (SecantusDB may
+        # return a concurrent findAndModify's document as it was before another's write):
+        # the shares are disjoint, and the one who found the list used up scans, alone
+        shares = [ids for ids, _ in verdicts.values() if ids]
+        turns = [name for name, (_, turn) in verdicts.items() if turn]
+        assert len(turns) == 1, verdicts
+        if listed:
+            assert sorted(map(len, shares)) == [_SHARE, _SHARE], verdicts
+            assert set(shares[0]) | set(shares[1]) == set(listed)
+        else:
+            assert shares == [], verdicts
+
+
+def test_a_claimer_that_waited_for_a_turn_claims_the_jobs_that_came_due_meanwhile(
+    app: App, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    types = app.registry.types
+    # Given jobs due in 2 s, and another claimer holding the turn to scan for 2.5 s
+    ids = [Job.push(RecordJob(n=n), delay=2) for n in range(3)]
+    until = app.store.now() + timedelta(seconds=2.5)
+    db[app.store.candidates.name].insert_one(
+        {"_id": claims._list_key(types), "scanning_until": until}
+    )
+
+    def time_passes(seconds: float) -> None:  # the holder never publishes; 3 s pass
+        app.store._offset += timedelta(seconds=3)
+
+    monkeypatch.setattr(claims.time, "sleep", time_passes)
+    # When a claimer looks, waits out the holder's turn, and scans itself
+    claimed = [d["_id"] for d in app.store.claim("me#1", types, 5, 3, Spare())]
+    # Then its scan counts from after the wait: the jobs are due by then
+    assert claimed == ids
 
 
 @pytest.mark.parametrize("list_age", [0.0, 120.0], ids=["list alive", "list expired"])

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure, PyMongoError
 
 from workers.errors import ClaimIncomplete
@@ -62,7 +64,13 @@ _SPARE_MISSES = 2  # picks in a row that found every job taken: the spare is sta
 _END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 # A scanning turn lasts twice the last scan, within these bounds (seconds): a claimer that
 # found the list used up waits for the holder's list at most that long, then scans itself.
-_TURN_MIN, _TURN_MAX = 0.1, 1.0
+# The floor is long on purpose: the last scan may have read an empty queue in a
+# millisecond while this one reads a backlog that came due at once (0.2-0.4 s here at
+# 5,000), and a turn that runs out mid-scan has the waiters scan beside the holder, each
+# scan slowing the other and their picks colliding. A waiter stops waiting as soon as the
+# holder publishes, so a long turn costs only when the holder died mid-scan.
+_TURN_MIN, _TURN_MAX = 1.0, 10.0
+_LOOK_MIN = 0.05  # seconds between a waiter's looks for the holder's list
 
 # Errors that say nothing about the document being written: the server is stepping
 # down, shutting down, timed out or conflicted. A claim that fails with one of them
@@ -135,6 +143,7 @@ class ClaimQueries(Connection):
             claimed += self._from_spare(token, spare, now, lease, limit, tried)
             if len(claimed) < limit:
                 held = self._share(types, spare, now, max(_SHARE, limit - len(claimed)))
+                now = self.now()  # it may have waited for a turn: jobs came due meanwhile
                 claimed += self._from_spare(token, spare, now, lease, limit - len(claimed), tried)
         if len(claimed) < limit:
             began = time.monotonic()
@@ -207,12 +216,15 @@ class ClaimQueries(Connection):
         hold: they are still ready, so they head the next scan, and picking them would
         only collide with their holders."""
         deadline = time.monotonic() + _TURN_MAX
+        me = secrets.token_hex(8)  # whose verdict the list records
         try:
             while True:
-                doc = self._take_share(types, now, count)
-                if self._adopt(doc, spare, now, count):
+                doc = self._take_share(types, now, count, me)
+                ids, turn = _granted(doc, me)
+                if ids and doc is not None:
+                    spare.keep(ids, _age(doc, now), _scan_seconds(doc))
                     return []
-                if _turn_was_free(doc, now):
+                if turn:
                     return _held_out(doc, now)
                 wait = min(_turn_left(doc, now), deadline - time.monotonic(), _look_every(doc))
                 if wait <= 0:
@@ -222,13 +234,16 @@ class ClaimQueries(Connection):
         except PyMongoError:
             return []
 
-    def _take_share(self, types: list[str], now: datetime, count: int) -> Document | None:
-        """The shared list as it was, after one atomic write that removed its first `count`
-        ids if it is fresh (a share goes to one claimer only), or else, when it had no ids
-        left and no turn was held, made this claimer the one scanning (a turn of twice the
-        last scan). A share's ids join `out`, the ids live spares hold. The caller judges
-        what it got from the list as it was, exactly as the server did (`_adopt`,
-        `_turn_was_free`, `_held_out`)."""
+    def _take_share(self, types: list[str], now: datetime, count: int, me: str) -> Document | None:
+        """The shared list after one atomic write that gave this claimer (`me`) its verdict
+        in `grant`: the list's first `count` ids if it is fresh (they leave the list, so a
+        share goes to one claimer only, and join `out`, the ids live spares hold), or else,
+        when it had no ids left and no turn was held, the turn to scan (twice the last scan,
+        within `_TURN_MIN`..`_TURN_MAX`).
+
+        The verdict is read from the document as this write left it: SecantusDB may hand
+        a findAndModify the document as it was before an earlier concurrent write, which
+        told two claimers woken together that each held the turn, and both scanned."""
         at = _millis(now)
         life_ms = {"$max": [SPARE_SECONDS * 1000, {"$multiply": ["$scan_seconds", _APART_MS]}]}
         fresh_until = {"$add": [{"$toLong": "$scanned"}, life_ms]}
@@ -236,29 +251,25 @@ class ClaimQueries(Connection):
         ids = {"$cond": [{"$isArray": "$ids"}, "$ids", []]}
         has_ids = {"$and": [fresh, {"$gt": [{"$size": ids}, 0]}]}
         free = {"$lte": [{"$toLong": "$scanning_until"}, at]}  # a missing turn is null: free
-        scan_ms = {"$multiply": [{"$ifNull": ["$scan_seconds", _TURN_MAX]}, 2000]}
+        turn = {"$and": [{"$not": [has_ids]}, free]}
+        scan_ms = {"$multiply": [{"$ifNull": ["$scan_seconds", 0]}, 2000]}
         turn_ms = {"$min": [_TURN_MAX * 1000, {"$max": [_TURN_MIN * 1000, scan_ms]}]}
         until = {"$toDate": {"$add": [at, {"$toLong": turn_ms}]}}
-        handed = {"$concatArrays": [{"$ifNull": ["$out", []]}, {"$slice": [ids, count]}]}
-        share = {
+        share = {"$cond": [has_ids, {"$slice": [ids, count]}, []]}
+        share_set = {
             "ids": {"$cond": [fresh, {"$slice": ["$ids", count, _MAX_CANDIDATES]}, "$ids"]},
-            "out": {"$cond": [has_ids, handed, "$out"]},
-            "scanning_until": {
-                "$cond": [{"$and": [{"$not": [has_ids]}, free]}, until, "$scanning_until"]
+            "out": {
+                "$cond": [has_ids, {"$concatArrays": [{"$ifNull": ["$out", []]}, share]}, "$out"]
             },
+            "scanning_until": {"$cond": [turn, until, "$scanning_until"]},
+            "grant": {"by": {"$literal": me}, "ids": share, "turn": turn},
         }
         return self.candidates.find_one_and_update(
-            {"_id": _list_key(types)}, [{"$set": share}], upsert=True
+            {"_id": _list_key(types)},
+            [{"$set": share_set}],
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
         )
-
-    def _adopt(self, doc: Document | None, spare: Spare, now: datetime, count: int) -> bool:
-        """Keep the share `_take_share` took, judged fresh exactly as the server judged it."""
-        ids = doc.get("ids") if doc else None
-        if doc is None or not _fresh(doc, now) or not isinstance(ids, list) or not ids:
-            return False
-        age = max(0.0, (now - doc["scanned"]).total_seconds())
-        spare.keep(ids[:count], age, _scan_seconds(doc))
-        return True
 
     def _publish(self, types: list[str], ids: list[Any], took: float, out: list[Any]) -> None:
         """Offer the rest of a scan to the claimers of these types (best effort), and end
@@ -467,12 +478,19 @@ def _scan_seconds(doc: Document) -> float:
     return float(last) if isinstance(last, int | float) and not isinstance(last, bool) else 0.0
 
 
-def _turn_was_free(doc: Document | None, now: datetime) -> bool:
-    """Whether `_take_share` made this claimer the one scanning: the list as it was had no
-    share to give (the caller's `_adopt` said so) and no turn held at `now`. No list yet:
-    the upsert created it with this claimer's turn."""
-    scanning = doc.get("scanning_until") if doc else None
-    return not isinstance(scanning, datetime) or _millis(scanning) <= _millis(now)
+def _granted(doc: Document | None, me: str) -> tuple[list[Any], bool]:
+    """What `_take_share` gave `me`, as the write recorded it: (a share's ids, the turn)."""
+    grant = doc.get("grant") if doc else None
+    if not isinstance(grant, dict) or grant.get("by") != me:
+        return [], False
+    ids = grant.get("ids")
+    return (ids if isinstance(ids, list) else []), grant.get("turn") is True
+
+
+def _age(doc: Document, now: datetime) -> float:
+    """Seconds since the list's scan."""
+    scanned = doc.get("scanned")
+    return max(0.0, (now - scanned).total_seconds()) if isinstance(scanned, datetime) else 0.0
 
 
 def _turn_left(doc: Document | None, now: datetime) -> float:
@@ -482,13 +500,15 @@ def _turn_left(doc: Document | None, now: datetime) -> float:
 
 
 def _look_every(doc: Document | None) -> float:
-    """While another claimer scans, look for its list every third of its last scan."""
+    """While another claimer scans, look for its list every third of its last scan, but not
+    more often than every `_LOOK_MIN` (the last scan may have read an empty queue)."""
     last = doc.get("scan_seconds") if doc else None
-    return max(0.02, last / 3) if isinstance(last, float) else _TURN_MIN
+    return max(_LOOK_MIN, last / 3) if isinstance(last, float) else _LOOK_MIN
 
 
 def _held_out(doc: Document | None, now: datetime) -> list[Any]:
-    """The ids a list as it was had handed out, while their spares live (as long as the list)."""
+    """The ids the list had handed out, while their spares live (as long as the list); a
+    write that gave the turn left `out`, `scanned` and `scan_seconds` as they were."""
     out = doc.get("out") if doc else None
     return out if doc is not None and isinstance(out, list) and _fresh(doc, now) else []
 
@@ -503,7 +523,7 @@ def _unheld(candidates: list[Document], held: list[Any]) -> list[Document]:
 
 
 def _fresh(doc: Document, now: datetime) -> bool:
-    """The freshness test of `_take_share`, on the list as it was: the same verdict."""
+    """The freshness test of `_take_share`, on the list's scan: the same verdict."""
     scanned = doc.get("scanned")
     if not isinstance(scanned, datetime):
         return False
