@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import multiprocessing
@@ -215,7 +216,25 @@ def throughput(
     from T to the window-th `finished`, both by the server's clock. The service is started
     first and left to settle on an empty queue, and only then is the backlog pushed, due
     after the push: process start-up (its first scans and next-due reads, each of which reads
-    the whole backlog on this server) never runs into the measured window."""
+    the whole backlog on this server) never runs into the measured window. A push that ran
+    past T (a slow moment of the machine) voids the run, which is measured again."""
+    for _ in range(_ATTEMPTS - 1):
+        with contextlib.suppress(PushTooSlow):
+            return _drain(url, processes, threads, backlog, window, **queue)
+    return _drain(url, processes, threads, backlog, window, **queue)
+
+
+_SETTLE = 2.0  # seconds an idle service is given after its processes registered
+_ATTEMPTS = 3
+
+
+class PushTooSlow(RuntimeError):
+    """Pushing the backlog ran past its due time: some jobs could start before the others."""
+
+
+def _drain(
+    url: str, processes: int, threads: int, backlog: int, window: int, **queue: Any
+) -> float:
     with booted(url) as app:
         with headless(url, app.store.db.name, processes, threads, **queue):
             _wait(lambda: len(app.store.list_nodes()) >= processes, 60, every=0.2)
@@ -228,19 +247,16 @@ def throughput(
         return float(window / (finished[window - 1] - due).total_seconds())
 
 
-_SETTLE = 2.0  # seconds an idle service is given after its processes registered
-
-
 def _push_due_after_the_push(app: App, backlog: int) -> dt.datetime:
-    """Push `backlog` no-op jobs due at one instant after the last of them is written (with
-    a second to spare at 2,000 pushes/s, a third of this server's `push_many` rate); a push
-    that ran past it would let the first jobs start early, so it is refused."""
+    """Push `backlog` no-op jobs due at one instant after the last of them is written (a
+    second to spare at 1,000 pushes/s, a third of this server's `push_many` rate with the
+    workers' wake-up streams following every insert)."""
     store = app.store
-    due = store.now() + dt.timedelta(seconds=1.0 + backlog / 2000)
+    due = store.now() + dt.timedelta(seconds=1.0 + backlog / 1000)
     for at in range(0, backlog, 1000):
         Job.push_many([NoopJob(n=n) for n in range(at, min(at + 1000, backlog))], after=due)
     if store.now() > due - dt.timedelta(seconds=0.2):
-        raise RuntimeError(f"pushing {backlog} jobs ran past their due time: run again")
+        raise PushTooSlow(f"pushing {backlog} jobs ran past their due time")
     return due
 
 
