@@ -104,7 +104,13 @@ def test_every_action_on_one_job_and_a_refusal_is_409_with_the_statuses(api: Tes
         "waiting",
     ]
     assert again.json()["status"] == 409 and again.json()["job"] == job_id
-    assert removed == {"action": "remove", "id": job_id, "status": None, "created": None}
+    assert removed == {
+        "action": "remove",
+        "id": job_id,
+        "status": None,
+        "created": None,
+        "spared": [],
+    }
     assert gone.status_code == 404 and gone.headers["content-type"] == PROBLEM
 
 

@@ -25,7 +25,7 @@ from tests.conftest import ROOT, free_port, wait_for
 from tests.web_support import token_of, token_settings
 from workers.app import App
 from workers.settings import Settings
-from workers.web.server import create_app
+from workers.web.server import served_app
 from workers.worker import Worker
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -114,6 +114,11 @@ class Site:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
+    def blocked(self) -> list[str]:
+        """What the browser refused to load or run since the last call (the page's CSP)."""
+        logs = self.driver.get_log("browser")
+        return [entry["message"] for entry in logs if "Content Security Policy" in entry["message"]]
+
     def shot(self, name: str) -> None:
         if SHOTS:
             folder = ROOT / SHOTS
@@ -137,7 +142,7 @@ def site(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Sit
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(booted_app=app),
+            served_app(app.settings, booted_app=app, host="127.0.0.1", port=port),
             host="127.0.0.1",
             port=port,
             log_level="warning",
@@ -152,6 +157,7 @@ def site(make_settings: Callable[..., Settings], tmp_path: Path) -> Iterator[Sit
     working.start()
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP reports land there
     for flag in (
         "--headless=new",
         "--no-sandbox",
@@ -227,6 +233,9 @@ def test_a_person_watches_jobs_run_and_steers_them(site: Site) -> None:
     site.wait_text("#totals", "completed")
     site.wait_text("figcaption", "1 completed")  # the worker's counts, through its heartbeat
     site.shot("overview")
+    site.open("/api/docs")
+    assert "/api/jobs/{job_id}/{action}" in site.text("#operations")
+    assert site.blocked() == []  # the pages' CSP refused nothing they use
 
 
 def test_a_person_sees_the_nodes_and_the_cron_schedule(site: Site) -> None:
@@ -239,6 +248,7 @@ def test_a_person_sees_the_nodes_and_the_cron_schedule(site: Site) -> None:
     site.wait_text("#leader", "Leader:")
     assert "0 9 * * *" in site.text("#schedules")
     site.shot("cron")
+    assert site.blocked() == []
 
 
 def test_each_role_sees_and_may_do_what_its_role_allows(site: Site) -> None:
@@ -277,3 +287,4 @@ def test_each_role_sees_and_may_do_what_its_role_allows(site: Site) -> None:
     site.login("worker")
     site.open("/")
     assert "cannot use the dashboard" in site.text("#problem")
+    assert site.blocked() == []

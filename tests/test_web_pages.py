@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 import workers
 from tests.conftest import free_port, wait_for, workers_command, workers_env
-from tests.web_support import bearer, client_for, token_settings
+from tests.web_support import bearer, client_for, page_csrf, token_settings
 from workers.app import App
 from workers.settings import Settings
 from workers.web.live import Feed, events
@@ -96,9 +96,8 @@ def test_a_fragment_is_the_content_alone(browser: TestClient) -> None:
 
 def test_an_action_from_the_job_page_asks_then_acts(browser: TestClient, web_app: App) -> None:
     job_id = str(web_app.push_named("RecordJob", {}))
-    csrf = browser.get(f"/jobs/{job_id}").cookies["workers_csrf"]
+    csrf = page_csrf(browser, path=f"/jobs/{job_id}")
 
-    browser.cookies.set("workers_csrf", csrf)
     asked = browser.post("/act", data={"action": "pause", "ids": job_id, "csrf": csrf,
                                        "back": f"/jobs/{job_id}"})  # fmt: skip
     done = browser.post("/act", data={"action": "pause", "ids": job_id, "csrf": csrf,
@@ -161,11 +160,12 @@ def test_mounted_in_a_host_app_every_link_and_redirect_keeps_the_prefix(web_app:
     anonymous = client.get("/workers/jobs")
     page = client.get(f"/workers/jobs/{job_id}", headers={"x-user": "ada"})
     style = client.get("/workers/static/app.css")
-    csrf = client.cookies["workers_csrf"]  # set on the first response, for /workers only
+    csrf = page_csrf(client, {"x-user": "ada"}, path="/workers/jobs")
     form = {"action": "pause", "ids": job_id, "csrf": csrf, "confirm": "yes"}
     done = client.post("/workers/act", data=form, headers={"x-user": "ada"})
 
     assert anonymous.status_code == 303 and "Path=/workers" in anonymous.headers["set-cookie"]
+    assert "workers_session" in anonymous.headers["set-cookie"]
     assert anonymous.headers["location"].startswith("/workers/login?next=")
     assert 'href="/workers/jobs"' in page.text and "/workers/static/app.css" in page.text
     assert 'action="/workers/act"' in page.text and 'data-base="/workers"' in page.text

@@ -9,10 +9,19 @@ from typing import Any
 
 import pytest
 from starlette.requests import Request
+from starlette.testclient import TestClient
 
 import workers
 from tests.conftest import run_workers
-from tests.web_support import LOCAL, REMOTE, bearer, client_for, token_of, token_settings
+from tests.web_support import (
+    LOCAL,
+    REMOTE,
+    bearer,
+    client_for,
+    page_csrf,
+    token_of,
+    token_settings,
+)
 from workers.app import App
 from workers.errors import SettingsError
 from workers.settings import ROLES, Settings
@@ -118,11 +127,15 @@ def test_no_or_a_wrong_token_is_401(web_app: App) -> None:
 def test_a_person_logs_in_with_a_token_and_forms_need_the_csrf_token(web_app: App) -> None:
     job_id = job_in(web_app, "ready")
     browser = client_for(web_app)
-    csrf = browser.get("/login").cookies["workers_csrf"]
+    login_csrf = page_csrf(browser)
 
-    refused = browser.post("/login", data={"token": "guess", "csrf": csrf})
+    refused = browser.post("/login", data={"token": "guess", "csrf": login_csrf})
     logged_in = browser.post(
-        "/login", data={"token": token_of("manager"), "csrf": csrf, "next": "/jobs"}
+        "/login", data={"token": token_of("manager"), "csrf": login_csrf, "next": "/jobs"}
+    )
+    csrf = page_csrf(browser)  # a token is the session's and the login's: a new one
+    login_token_after_login = browser.post(
+        "/act", data={"action": "cancel", "ids": job_id, "confirm": "yes", "csrf": login_csrf}
     )
     forged = browser.post("/act", data={"action": "cancel", "ids": job_id, "confirm": "yes"})
     forged_wrong = browser.post(
@@ -137,6 +150,7 @@ def test_a_person_logs_in_with_a_token_and_forms_need_the_csrf_token(web_app: Ap
     assert refused.status_code == 401
     assert logged_in.status_code == 303 and logged_in.headers["location"] == "/jobs"
     assert forged.status_code == forged_wrong.status_code == 403 and still_ready == "ready"
+    assert login_token_after_login.status_code == 403
     assert confirm.status_code == 200 and "Yes, cancel" in confirm.text
     assert done.status_code == 303 and "cancel%3A+1+changed" in done.headers["location"]
     assert web_app.store.get_job(job_id)["status"] == "cancelled"  # type: ignore[index]
@@ -147,7 +161,7 @@ def test_a_forged_cross_site_api_post_with_the_login_cookie_is_refused(web_app: 
     browser.cookies.set("workers_token", token_of("admin"))
 
     forged = browser.post("/api/jobs", json={"type": "RecordJob"})
-    csrf = browser.get("/api/stats").cookies.get("workers_csrf") or browser.cookies["workers_csrf"]
+    csrf = page_csrf(browser)
     allowed = browser.post("/api/jobs", json={"type": "RecordJob"}, headers={"X-CSRF-Token": csrf})
 
     assert forged.status_code == 403 and forged.json()["title"] == "CSRF check failed"
@@ -165,29 +179,42 @@ def test_the_host_apps_resolver_decides_for_people(
 
     try:
         client = client_for(app, auth=resolver)
-        csrf = client.get("/api/stats", headers={"x-user": "vic"}).cookies["workers_csrf"]
+        vics = page_csrf(client, {"x-user": "vic"})
+        carols = page_csrf(client, {"x-user": "carol"})
         nobody = client.get("/api/stats")
         viewer_push = client.post("/api/jobs", json={"type": "RecordJob"},
-                                  headers={"x-user": "vic", "X-CSRF-Token": csrf})  # fmt: skip
+                                  headers={"x-user": "vic", "X-CSRF-Token": vics})  # fmt: skip
+        carol_with_vics = client.post(
+            "/api/jobs",
+            json={"type": "RecordJob"},
+            headers={"x-user": "carol", "X-CSRF-Token": vics},
+        )
         carol_no_csrf = client.post(
             "/api/jobs", json={"type": "RecordJob"}, headers={"x-user": "carol"}
         )
         carol = client.post("/api/jobs", json={"type": "RecordJob"},
-                            headers={"x-user": "carol", "X-CSRF-Token": csrf})  # fmt: skip
+                            headers={"x-user": "carol", "X-CSRF-Token": carols})  # fmt: skip
     finally:
         workers.shutdown()
     assert nobody.status_code == 401 and viewer_push.status_code == 403
-    assert carol_no_csrf.status_code == 403 and carol.status_code == 201
+    assert carol_no_csrf.status_code == carol_with_vics.status_code == 403
+    assert carol.status_code == 201
 
 
 def test_without_auth_only_this_machine_gets_in(make_settings: Callable[..., Settings]) -> None:
+    from workers.web.server import served_app
+
     app = workers.boot(settings=make_settings())
     try:
-        local = client_for(app, client=LOCAL).get("/", headers={"Accept": "text/html"})
-        remote = client_for(app, client=REMOTE).get("/api/stats")
-        proxied = client_for(app, client=LOCAL).get(
-            "/api/stats", headers={"X-Forwarded-For": "198.51.100.7"}
-        )
+        web = served_app(app.settings, booted_app=app, host="127.0.0.1")
+
+        def get(client: tuple[str, int], path: str, **headers: str) -> Any:
+            served = TestClient(web, client=client, base_url="http://127.0.0.1:8181")
+            return served.get(path, headers={"Accept": "text/html", **headers})
+
+        local = get(LOCAL, "/")
+        remote = get(REMOTE, "/api/stats")
+        proxied = get(LOCAL, "/api/stats", **{"X-Forwarded-For": "198.51.100.7"})
     finally:
         workers.shutdown()
     assert local.status_code == 200 and "No authentication is configured" in local.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.testclient import TestClient
@@ -32,9 +33,28 @@ def client_for(
     *,
     client: tuple[str, int] = LOCAL,
     headers: dict[str, str] | None = None,
+    base_url: str = "http://testserver",
     **options: Any,
 ) -> TestClient:
+    """The app as a host app mounts it (`workers.web.app()`): no Host check, no loopback
+    trust."""
     from workers.web.server import create_app
 
     web = create_app(booted_app=app, **options)
-    return TestClient(web, client=client, headers=headers, follow_redirects=False)
+    return TestClient(
+        web, client=client, headers=headers, base_url=base_url, follow_redirects=False
+    )
+
+
+def page_csrf(
+    client: TestClient, headers: dict[str, str] | None = None, path: str = "/jobs"
+) -> str:
+    """The CSRF token a page carries (`<body data-csrf>`), rendered for whoever asks (the login
+    page's, for nobody): tokens belong to the session and the caller."""
+    html = {"Accept": "text/html", **(headers or {})}
+    page = client.get(path, headers=html)
+    if page.status_code == 303:
+        page = client.get(page.headers["location"], headers=html)
+    found = re.search(r'data-csrf="([^"]+)"', page.text)
+    assert found, f"no CSRF token on {path}: {page.status_code} {page.text[:200]}"
+    return found.group(1)

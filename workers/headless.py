@@ -127,7 +127,7 @@ def _supervise(config: Path, env: dict[str, str]) -> int:
     _append_to_file_outputs()
     # Its own session: a terminal's Ctrl-C reaches us alone and we ask supervisord to stop,
     # so each worker gets exactly one TERM, from supervisord. It gets TERM if we die.
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: S603 (a fixed argv of our own, no shell)
         [_supervisord(), "--nodaemon", "--configuration", str(config)],
         env=env,
         start_new_session=True,

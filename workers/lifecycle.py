@@ -114,16 +114,7 @@ class StoredJob:
         return self.refresh()
 
     def _act_on_store(self, action: str, **options: Any) -> ActionResult:
-        result = act(self._store, action, [self._doc["_id"]], **options)
-        job_id = self._doc["_id"]
-        if job_id in result.errors:
-            raise WorkersError(f"cannot {action} job {job_id}: {result.errors[job_id]}")
-        if job_id in result.refused:
-            status = result.refused[job_id]
-            if status is None:
-                raise JobNotFound(f"cannot {action} job {job_id}: no job has that id")
-            raise TransitionRefused(job_id, action, status, ALLOWED[action])
-        return result
+        return act_on_one(self._store, action, str(self._doc["_id"]), **options)
 
 
 def get(store: Store, job_id: str) -> StoredJob | None:
@@ -148,8 +139,23 @@ def find(
     return [StoredJob(store, doc) for doc in docs]
 
 
+def act_on_one(store: Store, action: str, job_id: str, **options: Any) -> ActionResult:
+    """`action` on one job; a refusal raises TransitionRefused (or JobNotFound)."""
+    result = act(store, action, [job_id], **options)
+    if job_id in result.errors:
+        raise WorkersError(f"cannot {action} job {job_id}: {result.errors[job_id]}")
+    if job_id in result.refused:
+        status = result.refused[job_id]
+        if status is None:
+            raise JobNotFound(f"cannot {action} job {job_id}: no job has that id")
+        raise TransitionRefused(job_id, action, status, ALLOWED[action])
+    return result
+
+
 def act(store: Store, action: str, ids: Iterable[Any], **options: Any) -> ActionResult:
-    """`action` on many jobs: each one changed or refused; nothing raised for a refusal."""
+    """`action` on many jobs: each one changed or refused; nothing raised for a refusal.
+    `owner=` keeps the action and its cascades to that owner's jobs (the others are
+    `spared`): what a creator's request through the web may change."""
     if action not in ALLOWED:
         raise WorkersError(f"unknown action {action!r}; use one of {', '.join(ALLOWED)}")
     ids = [str(job_id) for job_id in ids]

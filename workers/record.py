@@ -247,12 +247,15 @@ class ActionResult:
     refused: dict[Any, str | None] = field(default_factory=dict)
     errors: dict[Any, str] = field(default_factory=dict)
     created: dict[Any, str] = field(default_factory=dict)  # rerun: original id -> the clone's
+    # a cascade run for one owner stops at the jobs of others: those it left as they were
+    spared: list[Any] = field(default_factory=list)
 
     def add(self, other: ActionResult) -> None:
         self.changed += other.changed
         self.refused.update(other.refused)
         self.errors.update(other.errors)
         self.created.update(other.created)
+        self.spared += [job_id for job_id in other.spared if job_id not in self.spared]
 
 
 # What a clone (a repeat, a rerun) takes from the job it copies; the rest starts afresh.

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dotenv import load_dotenv
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from workers.errors import SettingsError
 
@@ -104,6 +112,29 @@ class WebSettings(_Section):
     port: int = Field(8181, ge=1, le=65535)
     tokens: list[TokenSettings] = Field(default_factory=list)
     cache: float = Field(5.0, ge=0)
+    # The Host names `workers web` answers to ("jobs.example.com", "*.example.com", "*" for
+    # any); any other Host gets 400 (DNS rebinding). null: localhost, 127.0.0.1 and [::1]
+    # on a loopback bind, any name elsewhere (where tokens are required).
+    allowed_hosts: list[str] | None = None
+    # `workers web` on a loopback bind with no tokens: a client on this machine is admin.
+    # Off (or any token configured): nobody gets in without credentials.
+    trust_loopback: bool = True
+    # Cookies marked Secure: null = when the request came over HTTPS.
+    secure_cookies: bool | None = None
+    # The largest request body, in bytes (413 beyond it).
+    max_body: int = Field(1_048_576, ge=1024)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, hosts: list[str] | None) -> list[str] | None:
+        for host in hosts or []:
+            wildcard = host.startswith("*") and host != "*"
+            if not host or "*" in host[1:] or (wildcard and not host.startswith("*.")):
+                raise ValueError(
+                    f"{host!r} is not a host name or pattern: use a name, [::1], "
+                    '"*.example.com" or "*"'
+                )
+        return hosts
 
     @model_validator(mode="after")
     def _names_unique(self) -> WebSettings:

@@ -14,10 +14,11 @@ from workers.store.metrics import MetricsQueries
 from workers.store.nodes import NodeQueries
 from workers.store.overview import OverviewQueries
 from workers.store.stream import AnyChange, ReadyChange, ReadyStream
+from workers.store.web import WebQueries
 
 
-class Store(JobQueries, OverviewQueries, NodeQueries, CronQueries, MetricsQueries):
-    """The job, node, cron and metrics collections of one database."""
+class Store(JobQueries, OverviewQueries, NodeQueries, CronQueries, MetricsQueries, WebQueries):
+    """The job, node, cron, metrics and web collections of one database."""
 
     @translated
     def ensure_indexes(self) -> None:

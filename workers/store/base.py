@@ -234,6 +234,7 @@ class Connection:
         self.nodes: Collection[Document] = self.db[f"{prefix}.nodes"]
         self.cron: Collection[Document] = self.db[f"{prefix}.cron"]
         self.metrics: Collection[Document] = self.db[f"{prefix}.metrics"]
+        self.web: Collection[Document] = self.db[f"{prefix}.web"]
         # candidate lists shared by claimers (claims.py): hints, so not journaled (a list lost
         # in a crash costs one scan)
         self.candidates: Collection[Document] = self.db.get_collection(
@@ -304,8 +305,10 @@ class Connection:
             self._first_sync()
         elif time.monotonic() - self._synced_at > _CLOCK_RESYNC:
             self._resync_in_background()
-        assert self._offset is not None
-        return datetime.fromtimestamp(wall_clock(), UTC) + self._offset
+        offset = self._offset
+        if offset is None:  # _first_sync measures it or raises
+            raise DatabaseUnavailable("the database clock was not measured")
+        return datetime.fromtimestamp(wall_clock(), UTC) + offset
 
     def _first_sync(self) -> None:
         """One thread measures; threads that were waiting for it take its answer, an error

@@ -142,7 +142,7 @@ class DependencyQueries(ClaimQueries):
 
     def statuses(self, ids: list[Any]) -> Iterator[Document]:
         for batch in batches(ids):
-            fields = {"status": 1, "depends": 1, "links": 1}
+            fields = {"status": 1, "depends": 1, "links": 1, "owner": 1}
             yield from self.jobs.find({"_id": {"$in": batch}}, fields, batch_size=BATCH)
 
     def act(self, action: str, ids: list[Any], **options: Any) -> ActionResult:

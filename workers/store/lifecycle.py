@@ -16,7 +16,9 @@ written once per job, when it finishes; `links` for the cascades; the TTL index
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -50,6 +52,29 @@ from workers.store.dependencies import batches as _batches
 
 FINISHED_INDEX, EXPIRE_INDEX = "finished", "expire_at"
 _NEWEST_FIRST = [("_id", -1)]
+
+
+@dataclass
+class Scope:
+    """Whose jobs an action may change: everyone's (owner None), or one owner's. A cascade
+    run for an owner stops at the jobs of others and lists them in `spared`; each write
+    also names the owner in its filter, so a job that changed hands meanwhile is refused."""
+
+    owner: str | None = None
+    spared: list[Any] = field(default_factory=list)
+
+    def where(self) -> Document:
+        return {} if self.owner is None else {"owner": self.owner}
+
+    def keep(self, docs: Iterable[Document]) -> list[Any]:
+        """The ids of `docs` this scope may change; the others are spared."""
+        kept = []
+        for doc in docs:
+            if self.owner is None or doc.get("owner") == self.owner:
+                kept.append(doc["_id"])
+            elif doc["_id"] not in self.spared:
+                self.spared.append(doc["_id"])
+        return kept
 
 
 class LifecycleQueries(DependencyQueries):
@@ -103,25 +128,37 @@ class LifecycleQueries(DependencyQueries):
     # -- actions ------------------------------------------------------------------------
 
     @translated
-    def act(self, action: str, ids: list[Any], **options: Any) -> ActionResult:
-        """Apply `action` to `ids`, batch by batch, with its cascades (see the module doc).
+    def act(
+        self, action: str, ids: list[Any], *, owner: str | None = None, **options: Any
+    ) -> ActionResult:
+        """Apply `action` to `ids`, batch by batch, with its cascades (see the module doc);
+        with `owner`, only to that owner's jobs (a creator's request: see `Scope`).
 
         Options: cancel(dependents=True, antecedents=False), restart(antecedents=True,
         dependents=False, retries=0), rerun(delay=0), and `note` for the job's log."""
         ids = list(dict.fromkeys(ids))
+        scope = Scope(owner)
         if action == "rerun":
-            return self._rerun(ids, float(options.get("delay") or 0))
-        if action == "remove":
-            return self._remove(ids)
-        if action == "cancel":
-            return self._cancel(ids, **options)
-        if action == "restart":
-            return self._restart(ids, **options)
-        stage = {"pause": _paused, "resume": _resumed}[action]
-        return self._update(action, ids, stage, options.get("note"))
+            result = self._rerun(ids, float(options.get("delay") or 0), scope)
+        elif action == "remove":
+            result = self._remove(ids, scope)
+        elif action == "cancel":
+            result = self._cancel(ids, scope, **options)
+        elif action == "restart":
+            result = self._restart(ids, scope, **options)
+        else:
+            stage = {"pause": _paused, "resume": _resumed}[action]
+            result = self._update(action, ids, stage, options.get("note"), scope)
+        result.spared = scope.spared
+        return result
 
     def _update(
-        self, action: str, ids: list[Any], stage: Callable[[], Document], note: str | None
+        self,
+        action: str,
+        ids: list[Any],
+        stage: Callable[[], Document],
+        note: str | None,
+        scope: Scope,
     ) -> ActionResult:
         """The conditional update of `action` on `ids`, and the read-back by its token."""
         result = ActionResult(action)
@@ -129,22 +166,20 @@ class LifecycleQueries(DependencyQueries):
         for batch in _batches(ids):
             token = new_id()
             changes = {**stage(), **self._stamp(action, token, note)}
-            where = {"_id": {"$in": batch}, "status": {"$in": allowed}}
+            where = {"_id": {"$in": batch}, "status": {"$in": allowed}, **scope.where()}
             try:
                 self.jobs.update_many(where, [{"$set": changes}])
             except DuplicateKeyError:  # restart: a unique key another job took meanwhile
-                self._update_each(batch, allowed, changes, result)
+                self._update_each(batch, where, changes, result)
             self._read_back(batch, token, result)
         return result
 
     def _update_each(
-        self, ids: list[Any], allowed: list[str], changes: Document, result: ActionResult
+        self, ids: list[Any], where: Document, changes: Document, result: ActionResult
     ) -> None:
         for job_id in ids:
             try:
-                self.jobs.update_one(
-                    {"_id": job_id, "status": {"$in": allowed}}, [{"$set": changes}]
-                )
+                self.jobs.update_one({**where, "_id": job_id}, [{"$set": changes}])
             except DuplicateKeyError:
                 result.errors[job_id] = (
                     "its unique key is held by another unfinished job; finish or cancel that one"
@@ -171,31 +206,36 @@ class LifecycleQueries(DependencyQueries):
     def _cancel(
         self,
         ids: list[Any],
+        scope: Scope,
         *,
         dependents: bool = True,
         antecedents: bool = False,
         note: str | None = None,
     ) -> ActionResult:
         """Cancel; then, as asked, the jobs that depend on these (all the way down) and the
-        ones these depend on (all the way up)."""
-        result = self._update("cancel", ids, lambda: self._cancelled(keep=dependents), note)
+        ones these depend on (all the way up). For one owner, the follow-ups marker goes
+        in the same write: the sweep that finishes a cut-short cascade knows no owner."""
+        keep = dependents and scope.owner is None
+        result = self._update("cancel", ids, lambda: self._cancelled(keep=keep), note, scope)
         if antecedents:
-            above = self._antecedents_of(result.changed, ALLOWED["cancel"])
+            above = self._antecedents_of(result.changed, ALLOWED["cancel"], scope)
             if above:
-                result.add(self._cancel(above, dependents=dependents, antecedents=True))
+                result.add(self._cancel(above, scope, dependents=dependents, antecedents=True))
         if dependents:
-            result.add(self.cancel_dependents(result.changed))
+            result.add(self.cancel_dependents(result.changed, scope))
             self._unmark(result.changed)
         return result
 
-    def cancel_dependents(self, ids: list[Any]) -> ActionResult:
+    def cancel_dependents(self, ids: list[Any], scope: Scope | None = None) -> ActionResult:
         """Cancel every job that depends on `ids`, level by level (on the `links` index)."""
+        scope = scope or Scope()
         result = ActionResult("cancel")
         frontier = list(ids)
         while frontier:
-            below = self._dependents_of(frontier, ALLOWED["cancel"])
+            below = self._dependents_of(frontier, ALLOWED["cancel"], scope)
             note = "an antecedent did not complete"
-            level = self._update("cancel", below, lambda: self._cancelled(keep=False), note)
+            cancelled = functools.partial(self._cancelled, keep=False)
+            level = self._update("cancel", below, cancelled, note, scope)
             result.add(level)
             frontier = level.changed
         return result
@@ -214,6 +254,7 @@ class LifecycleQueries(DependencyQueries):
     def _restart(
         self,
         ids: list[Any],
+        scope: Scope,
         *,
         antecedents: bool = True,
         dependents: bool = False,
@@ -224,23 +265,23 @@ class LifecycleQueries(DependencyQueries):
         first, as asked, their failed or cancelled antecedents; after, their dependents."""
         result = ActionResult("restart")
         if antecedents:
-            above = self._antecedents_of(ids, ALLOWED["restart"])
+            above = self._antecedents_of(ids, ALLOWED["restart"], scope)
             if above:
-                result.add(self._restart(above, antecedents=True, retries=retries))
-        own = self._update("restart", ids, lambda: _restarted(retries), note)
+                result.add(self._restart(above, scope, antecedents=True, retries=retries))
+        own = self._update("restart", ids, lambda: _restarted(retries), note, scope)
         result.add(own)
         for doc in self.statuses(own.changed):
             if pending_of(doc):
                 self.await_antecedents(doc["_id"], pending_of(doc), dead=False)
         if dependents and own.changed:
-            below = self._dependents_of(own.changed, ALLOWED["restart"])
+            below = self._dependents_of(own.changed, ALLOWED["restart"], scope)
             if below:
                 result.add(
-                    self._restart(below, antecedents=False, dependents=True, retries=retries)
+                    self._restart(below, scope, antecedents=False, dependents=True, retries=retries)
                 )
         return result
 
-    def _rerun(self, ids: list[Any], delay: float) -> ActionResult:
+    def _rerun(self, ids: list[Any], delay: float, scope: Scope) -> ActionResult:
         """A completed job runs again as a clone with a new id; the original stays."""
         result = ActionResult("rerun")
         now = self.now()
@@ -250,7 +291,7 @@ class LifecycleQueries(DependencyQueries):
             clones = []
             for job_id in batch:
                 doc = found.get(job_id)
-                if doc is None or doc.get("status") != COMPLETED:
+                if doc is None or doc.get("status") != COMPLETED or not scope.keep([doc]):
                     result.refused[job_id] = doc.get("status") if doc else None
                     continue
                 clone = clone_document(doc, new_id(), now, delay)
@@ -262,13 +303,14 @@ class LifecycleQueries(DependencyQueries):
                 self.jobs.insert_many(clones, ordered=False)
         return result
 
-    def _remove(self, ids: list[Any]) -> ActionResult:
+    def _remove(self, ids: list[Any], scope: Scope) -> ActionResult:
         """Delete finished jobs; the jobs still waiting on one are cancelled."""
         result = ActionResult("remove")
         allowed = list(ALLOWED["remove"])
         for batch in _batches(ids):
             before = {d["_id"]: d.get("status") for d in self.statuses(batch)}
-            self.jobs.delete_many({"_id": {"$in": batch}, "status": {"$in": allowed}})
+            where = {"_id": {"$in": batch}, "status": {"$in": allowed}, **scope.where()}
+            self.jobs.delete_many(where)
             left = {d["_id"]: d.get("status") for d in self.statuses(batch)}
             for job_id in batch:
                 if job_id in before and job_id not in left:
@@ -276,37 +318,31 @@ class LifecycleQueries(DependencyQueries):
                 else:
                     result.refused[job_id] = left.get(job_id)
         if result.changed:
-            self._cancel_waiting_on(result.changed)
+            self._cancel_waiting_on(result.changed, scope)
         return result
 
-    def _cancel_waiting_on(self, ids: list[Any]) -> None:
-        waiting = [
-            doc["_id"]
-            for batch in _batches(ids)
-            for doc in self.jobs.find(
-                {"links": {"$in": batch}, "status": {"$in": [WAITING, PAUSED]}},
-                {"_id": 1},
-                batch_size=BATCH,
-            )
-        ]
+    def _cancel_waiting_on(self, ids: list[Any], scope: Scope) -> None:
+        waiting = self._dependents_of(ids, (WAITING, PAUSED), scope)
         if waiting:
-            self._cancel(waiting, note="an antecedent was removed")
+            self._cancel(waiting, scope, note="an antecedent was removed")
 
-    def _dependents_of(self, ids: list[Any], statuses: tuple[str, ...]) -> list[Any]:
-        return [
-            doc["_id"]
+    def _dependents_of(self, ids: list[Any], statuses: tuple[str, ...], scope: Scope) -> list[Any]:
+        return scope.keep(
+            doc
             for batch in _batches(ids)
             for doc in self.jobs.find(
                 {"links": {"$in": batch}, "status": {"$in": list(statuses)}},
-                {"_id": 1},
+                {"_id": 1, "owner": 1},
                 hint=LINKS_INDEX,
                 batch_size=BATCH,
             )
-        ]
+        )
 
-    def _antecedents_of(self, ids: list[Any], statuses: tuple[str, ...]) -> list[Any]:
+    def _antecedents_of(self, ids: list[Any], statuses: tuple[str, ...], scope: Scope) -> list[Any]:
         above = {a for doc in self.statuses(ids) for a in doc.get("depends") or []}
-        return [doc["_id"] for doc in self.statuses(list(above)) if doc.get("status") in statuses]
+        return scope.keep(
+            doc for doc in self.statuses(list(above)) if doc.get("status") in statuses
+        )
 
     # -- explain, for the index tests -----------------------------------------------------
 

@@ -1,26 +1,33 @@
 """The checks every route runs: who is asking (auth.py), may they, and the CSRF token.
 
-CSRF: a random token in the `workers_csrf` cookie (set on the first response), which
-every state-changing request must repeat, in the `X-CSRF-Token` header (the
-dashboard's scripts) or the `csrf` form field (its forms); compared in constant
-time. A request with a Bearer token is exempt: no browser sends one by itself.
+CSRF: every state-changing request must carry the token its page was rendered
+with, in the `X-CSRF-Token` header or the `csrf` form field (the pages carry it
+in their forms and in `<body data-csrf>`). The token is an HMAC, under a key kept
+in the database (store/web.py), of the browser's session (the random, HttpOnly
+`workers_session` cookie) and of who is asking. Cookies ignore ports, so a page
+on another port of this host can plant cookies; it cannot read the dashboard's
+pages, nor make a token for a session and a login it does not hold. Compared in
+constant time. A request with a Bearer token is exempt: no browser sends one by
+itself.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import secrets
 from typing import Any
 
 from fastapi import Request
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workers.app import App
-from workers.web.auth import Authenticator, Principal, owners_of
+from workers.web.auth import OWNERS, Authenticator, Principal, owners_of
 from workers.web.problems import Problem, forbidden, unauthorized
 
-CSRF_COOKIE, CSRF_HEADER, CSRF_FIELD = "workers_csrf", "x-csrf-token", "csrf"
+SESSION_COOKIE, CSRF_HEADER, CSRF_FIELD = "workers_session", "x-csrf-token", "csrf"
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -36,21 +43,28 @@ def cached_counts(request: Request) -> dict[str, Any]:
 
 
 async def principal(request: Request) -> Principal:
-    """The principal, or 401 (unknown) / 403 (no auth configured and not on this machine)."""
+    """The principal, or 401 (unknown) / 403 (no auth configured, and not let in)."""
     cached = getattr(request.state, "principal", None)
     if isinstance(cached, Principal):
         return cached
     auth: Authenticator = request.app.state.auth
     found = await auth.identify(request)
     if found is None and not auth.configured:
-        raise forbidden(
-            "no authentication is configured, so only clients on this machine are let in: "
-            "set web.tokens in the settings, or pass auth= to workers.web.app()"
-        )
+        raise forbidden(_NO_AUTH_LOCAL if auth.trust_loopback else _NO_AUTH)
     if found is None:
         raise unauthorized()
     request.state.principal = found
     return found
+
+
+_HOW = "set web.tokens in the settings, or pass auth= to workers.web.app()"
+_NO_AUTH_LOCAL = (
+    f"no authentication is configured, so only clients on this machine are let in: {_HOW}"
+)
+_NO_AUTH = (
+    "no authentication is configured, and loopback is not trusted here (web.trust_loopback "
+    f"is off, or the dashboard is mounted in a host app), so nobody gets in: {_HOW}"
+)
 
 
 async def reader(request: Request) -> Principal:
@@ -76,47 +90,83 @@ async def _may(request: Request, permission: str, doing: str, *, writes: bool) -
     return who
 
 
-def check_ownership(app: App, who: Principal, ids: list[str]) -> None:
+def check_ownership(app: App, who: Principal, ids: list[str], doing: str = "act on") -> None:
     """A creator acts only on the jobs it pushed: 403 naming the others, and nothing done."""
-    if who.role not in ("creator",):
+    if scope_of(who) is None:
         return
     # an id no job has is nobody's: the action reports it as refused (no such job)
     denied = who.not_allowed_on(owners_of(app.store.jobs_by_id(list(ids))))
     if denied:
         raise forbidden(
-            f"{who.name} ({who.role}) may only act on jobs it pushed; not on {', '.join(denied)}",
+            f"{who.name} ({who.role}) may only {doing} jobs it pushed; not on {', '.join(denied)}",
             jobs=denied,
         )
+
+
+def scope_of(who: Principal) -> str | None:
+    """The owner whose jobs an action (and its cascades) may change for `who`: a creator's
+    own name; None (any job) for a manager or an admin."""
+    return who.name if who.role in OWNERS else None
 
 
 def check_csrf(request: Request, who: Principal, submitted: str | None = None) -> None:
     if who.via == "bearer" or request.method in _SAFE:
         return
-    expected = request.cookies.get(CSRF_COOKIE, "")
     given = submitted if submitted is not None else request.headers.get(CSRF_HEADER, "")
+    session = request.cookies.get(SESSION_COOKIE, "")
+    expected = _sign(request, session, who) if session else ""
     if not (expected and given and hmac.compare_digest(expected.encode(), given.encode())):
         raise Problem(
             403,
             "CSRF check failed",
-            "this request changes state and must repeat the workers_csrf cookie in the "
-            "X-CSRF-Token header or the csrf form field (or use a Bearer token)",
+            "this request changes state and must carry the CSRF token of its page (the "
+            "csrf form field, or the X-CSRF-Token header from <body data-csrf>), for this "
+            "session and login; or use a Bearer token",
         )
 
 
-def csrf_token(request: Request) -> str:
-    token: str = getattr(request.state, "csrf", "") or request.cookies.get(CSRF_COOKIE, "")
-    return token
+def csrf_token(request: Request, who: Principal | None) -> str:
+    """The token a page rendered for `who` carries in its forms."""
+    session = getattr(request.state, "session", "") or request.cookies.get(SESSION_COOKIE, "")
+    return _sign(request, session, who or ANONYMOUS)
 
 
-class CsrfCookie(BaseHTTPMiddleware):
-    """Give every browser a CSRF token before it needs one."""
+def _sign(request: Request, session: str, who: Principal) -> str:
+    key: bytes = request.app.state.csrf_key()
+    message = f"{session}\0{who.via}\0{who.name}\0{who.role}".encode()
+    return base64.urlsafe_b64encode(hmac.digest(key, message, "sha256")).decode().rstrip("=")
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        fresh = None
-        if not request.cookies.get(CSRF_COOKIE):
-            fresh = request.state.csrf = secrets.token_urlsafe(32)
-        response = await call_next(request)
-        if fresh:
-            path = request.scope.get("root_path", "") or "/"
-            response.set_cookie(CSRF_COOKIE, fresh, httponly=False, samesite="strict", path=path)
-        return response
+
+ANONYMOUS = Principal("anonymous", "viewer", "form")  # the login form's visitor
+
+
+def cookie_options(request: Request) -> dict[str, Any]:
+    """HttpOnly, SameSite=Strict, on this app's path; Secure over HTTPS (or by setting)."""
+    secure = request.app.state.secure_cookies
+    if secure is None:
+        secure = request.url.scheme == "https"
+    path = str(request.scope.get("root_path", "")).rstrip("/") or "/"
+    return {"httponly": True, "samesite": "strict", "secure": secure, "path": path}
+
+
+class Session:
+    """Give every browser a session (the key of its CSRF tokens) before it needs one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or SESSION_COOKIE in Request(scope).cookies:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        fresh = request.state.session = secrets.token_urlsafe(32)
+
+        async def with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                cookie = Response()
+                cookie.set_cookie(SESSION_COOKIE, fresh, **cookie_options(request))
+                MutableHeaders(scope=message).append("set-cookie", cookie.headers["set-cookie"])
+            await send(message)
+
+        await self.app(scope, receive, with_cookie)

@@ -13,8 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field
 import workers.web.views as views
 from workers import lifecycle
 from workers.app import App
+from workers.options import MAX_DELAY
 from workers.record import ALLOWED, STATUSES
-from workers.web.access import actor, booted, cached_counts, check_ownership, pusher, reader
+from workers.web.access import (
+    actor,
+    booted,
+    cached_counts,
+    check_ownership,
+    pusher,
+    reader,
+    scope_of,
+)
 from workers.web.auth import Principal
 from workers.web.problems import Problem, not_found, responses
 
@@ -34,14 +43,18 @@ class _Strict(BaseModel):
 class PushRequest(_Strict):
     type: str = Field(min_length=1, description="a registered job class name")
     params: dict[str, Any] = Field(default_factory=dict)
-    delay: float | None = Field(None, ge=0, description="seconds from now")
+    delay: float | None = Field(
+        None, ge=0, le=MAX_DELAY, allow_inf_nan=False, description="seconds from now"
+    )
     after: str | None = Field(None, description='ISO-8601 time or "in 5 minutes"')
     priority: int | str | None = Field(
         None, description="an int or low/normal/medium/high/critical"
     )
     retries: int | None = Field(None, ge=0)
     timeout: float | None = Field(None, gt=0)
-    depends: list[str] | None = None
+    depends: list[str] | None = Field(
+        None, description="ids of jobs to wait for (a creator's own jobs only)"
+    )
     unique: str | None = Field(None, min_length=1)
 
 
@@ -81,7 +94,9 @@ class ActionOptions(_Strict):
     dependents: bool | None = Field(None, description="cancel, restart")
     antecedents: bool | None = Field(None, description="cancel, restart")
     retries: int | None = Field(None, ge=0, le=1000, description="restart")
-    delay: float | None = Field(None, ge=0, description="rerun: seconds from now")
+    delay: float | None = Field(
+        None, ge=0, le=MAX_DELAY, allow_inf_nan=False, description="rerun: seconds from now"
+    )
 
 
 class BulkRequest(ActionOptions):
@@ -93,6 +108,9 @@ class ActionDone(BaseModel):
     id: str
     status: str | None = Field(description="the job's status after the action (None: removed)")
     created: str | None = Field(description="rerun: the new job's id")
+    spared: list[str] = Field(
+        description="jobs of other owners that a creator's cascade left as they were"
+    )
 
 
 class BulkDone(BaseModel):
@@ -101,6 +119,9 @@ class BulkDone(BaseModel):
     refused: dict[str, str | None] = Field(description="id -> its status (None: no such job)")
     errors: dict[str, str]
     created: dict[str, str]
+    spared: list[str] = Field(
+        description="jobs of other owners that a creator's cascade left as they were"
+    )
 
 
 _OPTIONS = {
@@ -120,6 +141,8 @@ def push_job(body: PushRequest, app: App_, who: Annotated[Principal, Depends(pus
         raise Problem(
             422, "Invalid job", f"no job class is registered as {body.type!r} (known: {known})"
         )
+    if body.depends:
+        check_ownership(app, who, body.depends, doing="depend on")
     options = body.model_dump(exclude={"type", "params", "retries"}, exclude_none=True)
     if body.retries is not None:
         options["retry"] = body.retries
@@ -173,17 +196,15 @@ def act_on_job(
     name = action.value
     options = _options(name, body)
     check_ownership(app, who, [job_id])
-    job = lifecycle.get(app.store, job_id)
-    if job is None:
-        raise not_found(f"no job has the id {job_id}")
-    if name == "remove":
-        job.remove()
-        return ActionDone(action=name, id=job_id, status=None, created=None)
-    if name == "rerun":
-        clone = job.rerun(**options)
-        return ActionDone(action=name, id=job_id, status=job.status, created=clone.id)
-    changed = getattr(job, name)(**options)
-    return ActionDone(action=name, id=job_id, status=changed.status, created=None)
+    result = lifecycle.act_on_one(app.store, name, job_id, owner=scope_of(who), **options)
+    doc = app.store.get_job(job_id)
+    return ActionDone(
+        action=name,
+        id=job_id,
+        status=doc["status"] if doc else None,
+        created=str(result.created[job_id]) if job_id in result.created else None,
+        spared=[str(i) for i in result.spared],
+    )
 
 
 @router.post("/actions/{action}", response_model=BulkDone, responses=_WRITE)
@@ -195,13 +216,14 @@ def act_on_jobs(
     name = action.value
     options = _options(name, ActionOptions(**body.model_dump(exclude={"ids"})))
     check_ownership(app, who, body.ids)
-    result = lifecycle.act(app.store, name, body.ids, **options)
+    result = lifecycle.act(app.store, name, body.ids, owner=scope_of(who), **options)
     return BulkDone(
         action=name,
         changed=[str(i) for i in result.changed],
         refused={str(k): v for k, v in result.refused.items()},
         errors={str(k): str(v) for k, v in result.errors.items()},
         created={str(k): str(v) for k, v in result.created.items()},
+        spared=[str(i) for i in result.spared],
     )
 
 

@@ -12,9 +12,12 @@ The roles are jobCollection's, plus a read-only one:
 
 Who is who, in this order: a `Bearer` API token (settings `web.tokens`, kept as
 SHA-256 digests and compared in constant time), the same token in the login
-cookie, then the host app's resolver (`workers.web.app(auth=...)`). With neither
-tokens nor a resolver configured, only a client on this machine is let in (as
-admin), and `workers web` refuses to listen anywhere else: deny by default.
+cookie, then the host app's resolver (`workers.web.app(auth=...)`), which also
+sees a Bearer token that is not one of ours (the host app's own JWTs). With
+neither tokens nor a resolver, a client on this machine is admin only where
+loopback is trusted: `workers web` on a loopback bind with `web.trust_loopback`
+on (the default), and a client that no proxy forwarded. Anywhere else (mounted
+in a host app, trust off) nobody gets in without credentials: deny by default.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ READERS = frozenset({"admin", "manager", "creator", "viewer"})
 PUSHERS = frozenset({"admin", "creator"})
 MANAGERS = frozenset({"admin", "manager"})  # may act on any job
 OWNERS = frozenset({"creator"})  # may act on its own jobs
-TOKEN_COOKIE = "workers_token"
+TOKEN_COOKIE = "workers_token"  # noqa: S105 (a cookie's name, not a secret)
 LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")  # Host header names of this machine
 
 
 @dataclass(frozen=True)
@@ -90,40 +94,53 @@ def new_token() -> str:
 _FORWARDED = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
+def is_loopback(host: str) -> bool:
+    """Is `host` (a bind address or a peer) this machine?"""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def is_local(request: Request) -> bool:
     """A client on this machine that no proxy forwarded (a proxy on localhost would make
     every visitor look local)."""
     if any(name in request.headers for name in _FORWARDED):
         return False
-    host = request.client.host if request.client else None
-    if host == "localhost":
-        return True
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return request.client is not None and is_loopback(request.client.host)
 
 
 class Authenticator:
-    def __init__(self, tokens: Sequence[TokenSettings], resolver: Resolver | None) -> None:
+    def __init__(
+        self,
+        tokens: Sequence[TokenSettings],
+        resolver: Resolver | None,
+        *,
+        trust_loopback: bool = False,
+    ) -> None:
         self._tokens = list(tokens)
         self._resolver = resolver
+        self.trust_loopback = trust_loopback and not self.configured
 
     @property
     def configured(self) -> bool:
         return bool(self._tokens) or self._resolver is not None
 
     async def identify(self, request: Request) -> Principal | None:
-        """The principal of `request`, or None (unknown: 401, or 403 off this machine)."""
+        """The principal of `request`, or None (unknown: 401, or 403 with no auth)."""
         header = request.headers.get("authorization", "")
         if header[:7].lower() == "bearer ":
-            return self.by_token(header[7:].strip(), "bearer")
+            found = self.by_token(header[7:].strip(), "bearer")
+            if found or self._resolver is None:
+                return found
         cookie = request.cookies.get(TOKEN_COOKIE)
         if cookie and (principal := self.by_token(cookie, "cookie")):
             return principal
         if self._resolver is not None:
             return await self._resolve(request)
-        if not self.configured and is_local(request):
+        if self.trust_loopback and is_local(request):
             return Principal("local", "admin", "local")
         return None
 
@@ -137,7 +154,8 @@ class Authenticator:
         return Principal(found.name, found.role, via) if found else None
 
     async def _resolve(self, request: Request) -> Principal | None:
-        assert self._resolver is not None
+        if self._resolver is None:
+            return None
         resolved = self._resolver(request)
         if inspect.isawaitable(resolved):
             resolved = await resolved

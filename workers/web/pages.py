@@ -24,13 +24,16 @@ from workers.app import App
 from workers.record import ALLOWED, STATUSES, ActionResult
 from workers.version import __version__
 from workers.web.access import (
+    ANONYMOUS,
     booted,
     cached_counts,
     check_csrf,
     check_ownership,
+    cookie_options,
     csrf_token,
     principal,
     reader,
+    scope_of,
 )
 from workers.web.auth import TOKEN_COOKIE, Principal
 from workers.web.problems import Problem, forbidden, not_found
@@ -54,7 +57,7 @@ def render(request: Request, template: str, who: Principal | None, **context: An
         {
             "who": who,
             "base": base_path(request),
-            "csrf": csrf_token(request),
+            "csrf": csrf_token(request, who),
             "fragment": fragment,
             "version": __version__,
             "statuses": STATUSES,
@@ -183,7 +186,7 @@ async def act(request: Request, app: App_) -> Response:
     check_csrf(request, who, str(form.get("csrf", "")))
     action = str(form.get("action", ""))
     ids = [str(i) for i in form.getlist("ids") if str(i)]
-    back = str(form.get("back", "")) or base_path(request) + "/jobs"
+    back = _local_path(str(form.get("back", "")), base_path(request) + "/jobs")
     if action not in ALLOWED:
         raise Problem(422, "Invalid request", f"unknown action {action!r}")
     if not ids:
@@ -193,7 +196,8 @@ async def act(request: Request, app: App_) -> Response:
     await run_in_threadpool(check_ownership, app, who, ids)  # pymongo blocks: not on the loop
     if form.get("confirm") != "yes":
         return render(request, "confirm.html", who, page="jobs", action=action, ids=ids, back=back)
-    result = await run_in_threadpool(lifecycle.act, app.store, action, ids)
+    owner = scope_of(who)
+    result = await run_in_threadpool(lifecycle.act, app.store, action, ids, owner=owner)
     if action == "remove" and back.rstrip("/").endswith(tuple(ids)):
         back = base_path(request) + "/jobs"
     return RedirectResponse(_with_message(back, _summary(result)), status_code=303)
@@ -207,6 +211,8 @@ def _summary(result: ActionResult) -> str:
         parts.append(
             f"{len(result.refused)} refused ({action} needs {' or '.join(ALLOWED[action])})"
         )
+    if result.spared:
+        parts.append(f"{len(result.spared)} of other owners left as they were")
     if result.errors:
         parts.append(f"{len(result.errors)} failed: " + "; ".join(map(str, result.errors.values())))
     return ", ".join(parts)
@@ -215,6 +221,18 @@ def _summary(result: ActionResult) -> str:
 def _with_message(url: str, message: str) -> str:
     path = url.split("?", 1)[0]
     return f"{path}?{urlencode({'message': message})}"
+
+
+@router.get("/api/docs", response_class=HTMLResponse)
+def api_docs(request: Request, who: Reader) -> Response:
+    """The HTTP API, from its OpenAPI document, as a page of this site (no script)."""
+    schema = request.app.openapi()
+    operations = [
+        {"method": method.upper(), "path": path, **operation}
+        for path, item in schema.get("paths", {}).items()
+        for method, operation in item.items()
+    ]
+    return render(request, "api.html", who, page="api", operations=operations)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -230,7 +248,7 @@ def login(
     next: Annotated[str, Form()] = "/",
 ) -> Response:
     """Keep a valid API token in an HttpOnly, SameSite=Strict cookie."""
-    check_csrf(request, Principal("anonymous", "viewer", "form"), csrf)
+    check_csrf(request, ANONYMOUS, csrf)
     found = request.app.state.auth.by_token(token.strip(), "cookie")
     if found is None:
         response = render(
@@ -239,24 +257,29 @@ def login(
         response.status_code = 401
         return response
     response = RedirectResponse(base_path(request) + _local_path(next), status_code=303)
-    response.set_cookie(
-        TOKEN_COOKIE,
-        token.strip(),
-        httponly=True,
-        samesite="strict",
-        path=base_path(request) or "/",
-    )
+    response.set_cookie(TOKEN_COOKIE, token.strip(), **cookie_options(request))
     return response
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
-    check_csrf(request, Principal("anonymous", "viewer", "form"), csrf)
+async def logout(request: Request) -> Response:
+    who = await principal(request)
+    form = await request.form()
+    check_csrf(request, who, str(form.get("csrf", "")))
     response = RedirectResponse(base_path(request) + "/login", status_code=303)
-    response.delete_cookie(TOKEN_COOKIE, path=base_path(request) or "/")
+    options = cookie_options(request)
+    response.delete_cookie(TOKEN_COOKIE, path=options["path"], secure=options["secure"],
+                           httponly=True, samesite="strict")  # fmt: skip
     return response
 
 
-def _local_path(target: str) -> str:
-    """Only a path of this site (no open redirect to another host)."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+def _local_path(target: str, otherwise: str = "/") -> str:
+    """Only a path of this site: no other host (`//host`, `/\\host`, which browsers read
+    as `//host`), no scheme (`https:`, `javascript:`), no control characters."""
+    local = (
+        target.startswith("/")
+        and not target.startswith(("//", "/\\"))
+        and target.isprintable()
+        and "\\" not in target
+    )
+    return target if local else otherwise

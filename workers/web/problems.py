@@ -110,6 +110,8 @@ _DESCRIPTIONS = {
 
 
 ErrorPage = Callable[[Request, "Problem"], Response]
+_UNPARSED = "There was an error parsing the body"  # FastAPI's, for a body it cannot decode
+_NOT_TEXT = "body: the request body cannot be read as JSON or a form (is it UTF-8?)"
 
 
 def problem_response(request: Request, problem: Problem) -> Response:
@@ -129,30 +131,46 @@ def _api_prefix(request: Request) -> str:
 
 def install(app: FastAPI, error_page: ErrorPage) -> None:
     app.state.error_page = error_page
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(WorkersError, _on_workers_error)
+    app.add_exception_handler(RequestValidationError, _on_invalid)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
 
-    async def on_problem(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, Problem)
-        return problem_response(request, exc)
 
-    async def on_workers_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, WorkersError)
-        return problem_response(request, from_workers_error(exc))
+# Each handler is registered for its own type; anything else is raised again.
 
-    async def on_invalid(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        errors = [
-            {"where": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
-            for error in exc.errors()
-        ]
-        detail = "; ".join(f"{e['where']}: {e['message']}" for e in errors)
-        return problem_response(request, Problem(422, "Invalid request", detail, errors=errors))
 
-    async def on_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
-        return problem_response(request, Problem(exc.status_code, title, str(exc.detail)))
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, Problem):
+        raise exc
+    return problem_response(request, exc)
 
-    app.add_exception_handler(Problem, on_problem)
-    app.add_exception_handler(WorkersError, on_workers_error)
-    app.add_exception_handler(RequestValidationError, on_invalid)
-    app.add_exception_handler(StarletteHTTPException, on_http)
+
+async def _on_workers_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, WorkersError):
+        raise exc
+    return problem_response(request, from_workers_error(exc))
+
+
+async def _on_invalid(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, RequestValidationError):
+        raise exc
+    errors = [
+        {"where": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+        for error in exc.errors()
+    ]
+    detail = "; ".join(f"{e['where']}: {e['message']}" for e in errors)
+    return problem_response(request, Problem(422, "Invalid request", detail, errors=errors))
+
+
+async def _on_http(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, StarletteHTTPException):
+        raise exc
+    status, detail = exc.status_code, str(exc.detail)
+    title = {404: "Not found", 405: "Method not allowed"}.get(status, "Error")
+    if status == 400 and detail == _UNPARSED:  # bytes that are not text: as bad JSON is
+        status, title, detail = 422, "Invalid request", _NOT_TEXT
+    if status == 413:  # guard.BodyLimit, as the body was read
+        limit = getattr(request.app.state, "max_body", "the limit of")
+        title, detail = "Content too large", f"the request body is over {limit} bytes"
+    return problem_response(request, Problem(status, title, detail))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import workers.web.api as api
 import workers.web.pages as pages
@@ -22,8 +23,16 @@ from workers.app import App
 from workers.errors import SettingsError
 from workers.settings import Settings
 from workers.version import __version__
-from workers.web.access import CsrfCookie, booted, reader
-from workers.web.auth import LOCAL_HOSTS, Authenticator, Principal, Resolver
+from workers.web.access import Session, booted, reader
+from workers.web.auth import (
+    LOCAL_HOSTS,
+    LOOPBACK_NAMES,
+    Authenticator,
+    Principal,
+    Resolver,
+    is_loopback,
+)
+from workers.web.guard import BodyLimit, Gate, SecurityHeaders
 from workers.web.live import Feed, events
 from workers.web.metrics import CONTENT_TYPE, render
 
@@ -31,13 +40,20 @@ _STATIC = Path(__file__).parent / "static"
 
 
 def create_app(
-    *, auth: Resolver | None = None, booted_app: App | None = None, settings: Settings | None = None
+    *,
+    auth: Resolver | None = None,
+    booted_app: App | None = None,
+    settings: Settings | None = None,
+    trust_loopback: bool = False,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The dashboard, API and /metrics as one ASGI app.
 
     `auth(request)` is the host app's own login: it returns a `Principal`, a
-    `(name, role)` pair or None. `booted_app` defaults to the process's booted app
-    (`workers.boot()`, or the settings lookup on first use)."""
+    `(name, role)` pair or None; it sees the request's headers and cookies, not its
+    body. `booted_app` defaults to the process's booted app (`workers.boot()`, or the
+    settings lookup on first use). Mounted in a host app, loopback is not trusted and
+    the host app's own Host check decides (`served_app` is what `workers web` serves)."""
     get_app: Callable[[], App] = (lambda: booted_app) if booted_app else app_module.current
     settings = settings or (booted_app.settings if booted_app else get_app().settings)
     feed = Feed(get_app)
@@ -52,15 +68,25 @@ def create_app(
         title="workers",
         version=__version__,
         summary="See and steer the job queue",
-        docs_url="/api/docs",
+        docs_url=None,  # /api/docs is a page of ours (pages.py): no script from a CDN
         redoc_url=None,
+        openapi_url=None,  # /openapi.json needs a reader (below)
     )
     web.state.booted = get_app
-    web.state.auth = Authenticator(settings.web.tokens, auth)
+    web.state.auth = Authenticator(settings.web.tokens, auth, trust_loopback=trust_loopback)
     web.state.counts = views.Cached(lambda: views.counts(get_app()), settings.web.cache)
     web.state.feed = feed
+    web.state.csrf_key = _once(lambda: get_app().store.csrf_key())
+    web.state.secure_cookies = settings.web.secure_cookies
+    web.state.max_body = settings.web.max_body
     problems.install(web, pages.error_page)
-    web.add_middleware(CsrfCookie)
+    # the last added runs first: headers on every answer, then the Host, then the caller
+    web.add_middleware(Session)
+    web.add_middleware(BodyLimit, limit=settings.web.max_body)
+    web.add_middleware(Gate)
+    if allowed_hosts is not None:
+        web.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    web.add_middleware(SecurityHeaders)
     web.include_router(api.router)
     web.include_router(pages.router)
     web.mount("/static", StaticFiles(directory=_STATIC), name="static")
@@ -84,7 +110,46 @@ def _document_job_types(web: FastAPI, get_app: Callable[[], App]) -> None:
     web.openapi = openapi  # type: ignore[method-assign]
 
 
+def _once(make: Callable[[], bytes]) -> Callable[[], bytes]:
+    """`make()` on first use, then its value: the key is read from the database once."""
+    value: list[bytes] = []
+
+    def get() -> bytes:
+        if not value:
+            value.append(make())
+        return value[0]
+
+    return get
+
+
+def served_app(
+    settings: Settings,
+    *,
+    booted_app: App | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> FastAPI:
+    """The app `workers web` serves on `host`: loopback is trusted (with no tokens and
+    `web.trust_loopback` on) only on a loopback bind, where the Host names default to
+    this machine's; elsewhere tokens are required and any name is accepted unless
+    `web.allowed_hosts` says which."""
+    loopback = is_loopback(host or settings.web.host)
+    hosts = settings.web.allowed_hosts
+    if hosts is None:
+        hosts = list(LOOPBACK_NAMES) if loopback else ["*"]
+    return create_app(
+        booted_app=booted_app,
+        settings=settings,
+        trust_loopback=loopback and settings.web.trust_loopback,
+        allowed_hosts=hosts,
+    )
+
+
 def _add_streams(web: FastAPI) -> None:
+    @web.get("/openapi.json", include_in_schema=False)
+    def openapi(_: Annotated[Principal, Depends(reader)]) -> Response:
+        return JSONResponse(web.openapi())
+
     @web.get("/metrics", include_in_schema=False)
     def metrics(
         app: Annotated[App, Depends(booted)], _: Annotated[Principal, Depends(reader)]
@@ -114,9 +179,14 @@ def run(
         )
     booted_app = app_module.boot(settings=settings)
     if not settings.web.tokens:
+        who = "anyone on this machine is admin"
+        if not settings.web.trust_loopback:
+            who = "nobody gets in (web.trust_loopback is off)"
+        print(f"workers web: no authentication configured: {who}; listening on this machine only")
+    elif settings.web.allowed_hosts is None and not is_loopback(host):
         print(
-            "workers web: no authentication configured: anyone on this machine is admin; "
-            "listening on this machine only"
+            "workers web: any Host name is accepted; set web.allowed_hosts to the names "
+            "the dashboard is reached by"
         )
     where = f"http://{host}:{port}{root_path.rstrip('/')}"
     print(f"workers web: the dashboard is at {where}/ (API: /api/docs, /metrics)")
@@ -124,7 +194,7 @@ def run(
     # handler that kills the process before `finally` releases the embedded server
     previous = signal.signal(signal.SIGTERM, _exit_quietly)
     try:
-        web = create_app(booted_app=booted_app)
+        web = served_app(settings, booted_app=booted_app, host=host, port=port)
         uvicorn.run(web, host=host, port=port, root_path=root_path, log_level="warning")
     except SystemExit as stop:
         return int(stop.code or 0)

@@ -1,0 +1,106 @@
+"""What every response and every request passes through, before any route: the security
+headers, the refusal of an unknown caller's state-changing request before its body is
+read (routes read their body before their dependencies run), and the body's size limit."""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from workers.web.access import principal
+from workers.web.problems import Problem, problem_response
+
+# self only: no inline script or style, nothing from another site, never in a frame
+POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+HEADERS = {
+    "content-security-policy": POLICY,
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+}
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+_ANONYMOUS_POSTS = frozenset({"/login"})  # its body is the credential
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class Gate:
+    """A request that changes state is refused (401/403) before its body is read unless
+    its caller is known; the principal found is kept for the route's own check."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _changes_state(scope) and _route_path(scope) not in _ANONYMOUS_POSTS:
+            request = Request(scope)
+            try:
+                await principal(request)
+            except Problem as problem:
+                await problem_response(request, problem)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _changes_state(scope: Scope) -> bool:
+    return scope["type"] == "http" and scope["method"] not in _SAFE
+
+
+class BodyLimit:
+    """413 for a body over `limit` bytes: at once when Content-Length says so, else as soon
+    as the bytes read pass it (an HTTPException from `receive` reaches the app's handler:
+    the routes re-raise it as it is)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await problem_response(Request(scope), self._too_large())(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413)
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _too_large(self) -> Problem:
+        return Problem(413, "Content too large", f"the request body is over {self.limit} bytes")
+
+
+def _route_path(scope: Scope) -> str:
+    path, root = str(scope["path"]), str(scope.get("root_path", ""))
+    return path[len(root) :] if root and path.startswith(root) else path
