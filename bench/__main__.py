@@ -18,6 +18,8 @@ from bench import measure, peers
 from bench.server import database_url
 
 CONFIGS = [(1, 1), (1, 4), (2, 4), (4, 4)]
+# Other jobs beside a drain of 1,000 at 2 x 4: (scheduled for tomorrow, finished)
+CROWDS = {"empty": (0, 0), "50k+20k": (50_000, 20_000), "100k+100k": (100_000, 100_000)}
 PEER_CONFIGS = [(1, 4), (2, 4)]
 
 
@@ -72,6 +74,7 @@ def run(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]
             {key.removeprefix("raw "): rates.pop(key) for key in list(rates) if key[:4] == "raw "}
         )
         results["throughput"].update(rates)
+    results["crowded"] = crowded(url, runs, window, CROWDS)
     for streams in (True, False):
         step(f"pickup {'with' if streams else 'without'} change streams")
         results["pickup"]["streams" if streams else "polling"] = median_of(
@@ -80,6 +83,41 @@ def run(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]
     step("memory after 10,000 jobs")
     results["memory"] = median_of(1, lambda: measure.memory(url))
     return results
+
+
+def crowded(url: str, runs: int, window: int, crowds: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """A drain of 1,000 at 2 x 4, and pushes, next to scheduled and finished jobs; each
+    crowd in turn within a round, so every crowd meets the server in the same state."""
+    step("drains of 1,000 at 2 x 4 next to scheduled and finished jobs, in turns")
+    drains = interleaved(
+        runs,
+        {
+            name: functools.partial(measure.crowded_throughput, url, 2, 4, 1000, window, *crowd)
+            for name, crowd in crowds.items()
+        },
+    )
+    step("push and push_many into those collections")
+    pushes = {
+        name: median_of(runs, functools.partial(measure.crowded_push, url, *crowd))
+        for name, crowd in crowds.items()
+    }
+    return {"drain": drains, "push": pushes, "crowds": {k: list(v) for k, v in crowds.items()}}
+
+
+def crowded_lines(results: dict[str, Any]) -> list[str]:
+    found = results.get("crowded")
+    if not found:
+        return []
+    lines, drain, push = [], found["drain"], found["push"]
+    for name in drain:
+        lines.append(
+            f"2x4 drain of 1,000 beside {name:9}     {drain[name]:9.1f}   "
+            f"{drain[name] / drain['empty']:5.2f}x empty   push {push[name]['push']:6.0f} "
+            f"({push[name]['push'] / push['empty']['push']:4.2f}x)  push_many "
+            f"{push[name]['push_many']:6.0f} "
+            f"({push[name]['push_many'] / push['empty']['push_many']:4.2f}x)"
+        )
+    return lines
 
 
 def run_peers(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]:
@@ -107,6 +145,7 @@ def table(results: dict[str, Any]) -> str:
                  f"{push['push_many'] / ceilings['insert_many']:5.2f}x insert_many")  # fmt: skip
     lines += drain_lines("drain ", results["throughput"], ceilings)
     lines += scaling_lines(results)
+    lines += crowded_lines(results)
     for mode, p in results["pickup"].items():
         lines.append(
             f"pickup ({mode:8}) ms               p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  "
@@ -211,7 +250,20 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=300, help="jobs drained per throughput run")
     parser.add_argument("--peers", action="store_true", help="also Celery (the bench extra)")
     parser.add_argument("--out", default="docs", help="folder for bench.json and bench.png")
+    parser.add_argument(
+        "--crowded-only",
+        action="store_true",
+        help="only the drains and pushes next to scheduled and finished jobs (printed)",
+    )
     args = parser.parse_args()
+    if args.crowded_only:
+        with database_url() as (url, server):
+            print(f"on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                  f"{server}; median of {args.runs} run(s)")  # fmt: skip
+            print(
+                "\n".join(crowded_lines({"crowded": crowded(url, args.runs, args.window, CROWDS)}))
+            )
+        return
     runs, backlogs = (1, [1000]) if args.quick else (args.runs, [1000, 5000])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -209,6 +209,54 @@ def headless(url: str, database: str, processes: int, threads: int, **queue: Any
         process.wait(timeout=60)
 
 
+# -- a drain next to the work users keep: jobs scheduled for later, and finished ones -------
+
+
+def crowd(app: App, scheduled: int, finished: int) -> None:
+    """Fill the collection as a week of use would: `scheduled` jobs pushed for tomorrow and
+    `finished` completed ones, every document made by `Job.push_many`. The finished ones
+    are pushed, then given, in one `update_many`, the fields a completion writes (a real
+    drain of 100,000 would take this server some ten minutes per run)."""
+    tomorrow = dt.timedelta(days=1)
+    for kind, count in (("scheduled", scheduled), ("finished", finished)):
+        for at in range(0, count, 5000):
+            jobs = [NoopJob(n=n, crowd=kind) for n in range(at, min(at + 5000, count))]
+            Job.push_many(jobs, delay=tomorrow.total_seconds() if kind == "scheduled" else 0)
+    if finished:
+        keep = app.store.retention.get("completed")
+        done = {"status": "completed", "finished": "$$NOW", "updated": "$$NOW",
+                "started": "$$NOW", "attempts": 1, "result": None, "finished_by": "crowd#1",
+                "expire_at": {"$add": ["$$NOW", int((keep or 86400) * 1000)]}}  # fmt: skip
+        app.store.jobs.update_many({"params.crowd": "finished"}, [{"$set": done}])
+
+
+def crowded_throughput(
+    url: str, processes: int, threads: int, backlog: int, window: int, scheduled: int,
+    finished: int,
+) -> float:  # fmt: skip
+    """`throughput` with `scheduled` + `finished` other jobs in the collection."""
+    for _ in range(_ATTEMPTS - 1):
+        with contextlib.suppress(PushTooSlow):
+            return _drain(url, processes, threads, backlog, window, (scheduled, finished))
+    return _drain(url, processes, threads, backlog, window, (scheduled, finished))
+
+
+def crowded_push(url: str, scheduled: int, finished: int) -> dict[str, float]:
+    """`Job.push` (1,000 calls) and `Job.push_many` (5,000 jobs) into a crowded collection."""
+    with booted(url) as app:
+        crowd(app, scheduled, finished)
+        started = time.perf_counter()
+        for n in range(1000):
+            Job.push(NoopJob(n=n))
+        one = 1000 / (time.perf_counter() - started)
+        jobs = [NoopJob(n=n) for n in range(5000)]
+        started = time.perf_counter()
+        for at in range(0, 5000, 1000):
+            Job.push_many(jobs[at : at + 1000])
+        many = 5000 / (time.perf_counter() - started)
+    return {"push": one, "push_many": many}
+
+
 def throughput(
     url: str, processes: int, threads: int, backlog: int, window: int, **queue: Any
 ) -> float:
@@ -233,31 +281,49 @@ class PushTooSlow(RuntimeError):
 
 
 def _drain(
-    url: str, processes: int, threads: int, backlog: int, window: int, **queue: Any
+    url: str,
+    processes: int,
+    threads: int,
+    backlog: int,
+    window: int,
+    crowded: tuple[int, int] = (0, 0),
+    **queue: Any,
 ) -> float:
     with booted(url) as app:
+        crowd(app, *crowded)
         with headless(url, app.store.db.name, processes, threads, **queue):
             _wait(lambda: len(app.store.list_nodes()) >= processes, 60, every=0.2)
             time.sleep(_SETTLE)  # the wake-up streams open, and each claimer looks once
-            due = _push_due_after_the_push(app, backlog)
-            _wait(lambda: app.store.jobs.count_documents({"status": "completed"}) >= window, 600)
+            due, ids = _push_due_after_the_push(app, backlog)
+            _wait(lambda: _drained(app, ids) >= window, 600)
         finished = sorted(
-            doc["finished"] for doc in app.store.jobs.find({"status": "completed"}, {"finished": 1})
+            doc["finished"]
+            for doc in app.store.jobs.find(
+                {"_id": {"$in": ids}, "status": "completed"}, {"finished": 1}
+            )
         )
         return float(window / (finished[window - 1] - due).total_seconds())
 
 
-def _push_due_after_the_push(app: App, backlog: int) -> dt.datetime:
+def _drained(app: App, ids: list[str]) -> int:
+    """The backlog's completed jobs, looked up by `_id` (a count by status would read every
+    finished job of a crowded collection, on the server being measured)."""
+    return app.store.jobs.count_documents({"_id": {"$in": ids}, "status": "completed"})
+
+
+def _push_due_after_the_push(app: App, backlog: int) -> tuple[dt.datetime, list[str]]:
     """Push `backlog` no-op jobs due at one instant after the last of them is written (a
     second to spare at 1,000 pushes/s, a third of this server's `push_many` rate with the
-    workers' wake-up streams following every insert)."""
+    workers' wake-up streams following every insert); that instant and their ids."""
     store = app.store
     due = store.now() + dt.timedelta(seconds=1.0 + backlog / 1000)
+    ids: list[str] = []
     for at in range(0, backlog, 1000):
-        Job.push_many([NoopJob(n=n) for n in range(at, min(at + 1000, backlog))], after=due)
+        jobs = [NoopJob(n=n) for n in range(at, min(at + 1000, backlog))]
+        ids += Job.push_many(jobs, after=due)
     if store.now() > due - dt.timedelta(seconds=0.2):
         raise PushTooSlow(f"pushing {backlog} jobs ran past their due time")
-    return due
+    return due, ids
 
 
 def pickup(url: str, streams: bool, count: int = 200, gap: float = 0.02) -> dict[str, float]:

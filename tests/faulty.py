@@ -47,13 +47,14 @@ class FaultyCollection:
 
 def count_candidate_scans(store: Any) -> dict[str, int]:
     """Wrap `store.jobs` so that every candidate scan of the claim index is counted in
-    the returned `{"n": ...}` (the next-due read, which also uses the index, is not)."""
-    from workers.store.claims import CLAIM_INDEX
+    the returned `{"n": ...}`: the finds in queue order (hinted or not, by the server's
+    profile); the next-due read and the stage's are not."""
+    from workers.store.claims import CLAIM_SORT
 
     scans = {"n": 0}
 
     def count(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        scans["n"] += name == "find" and kwargs.get("hint") == CLAIM_INDEX and "limit" in kwargs
+        scans["n"] += name == "find" and kwargs.get("sort") == CLAIM_SORT and "limit" in kwargs
         return None
 
     store.jobs = FaultyCollection(store.jobs, count, AssertionError)

@@ -44,7 +44,7 @@ def test_push_then_list_and_show_the_job(settings_file: Callable[..., Path], db:
         "in 1 hour",
     )
     doc = db["workers.jobs"].find_one({"_id": job_id})
-    assert (doc["params"], doc["priority"], doc["status"]) == ({"echo": "cli"}, -10, "ready")
+    assert (doc["params"], doc["priority"], doc["status"]) == ({"echo": "cli"}, -10, "scheduled")
     listed = cli(settings, "jobs", "ls", "--type", "RecordJob", "--json")
     assert [json.loads(line)["_id"] for line in listed.stdout.splitlines()] == [job_id]
     table = cli(settings, "jobs", "ls")
@@ -62,7 +62,10 @@ def test_an_action_by_id_and_a_refusal_with_its_reason(
     assert done.returncode == 0 and "1 changed" in done.stdout
     again = cli(settings, "jobs", "pause", job_id)
     assert again.returncode == 1
-    assert f"refused {job_id}: it is cancelled; pause needs ready or waiting" in again.stderr
+    assert (
+        f"refused {job_id}: it is cancelled; pause needs ready or scheduled or waiting"
+        in again.stderr
+    )
     assert db["workers.jobs"].find_one({"_id": job_id})["status"] == "cancelled"
 
 
@@ -72,10 +75,10 @@ def test_a_bulk_action_by_filter_asks_first_unless_yes(
     settings = settings_file()
     for n in range(3):
         pushed(settings, "RecordJob", "--params", json.dumps({"n": n}), "--delay", "3600")
-    declined = cli(settings, "jobs", "pause", "--status", "ready", stdin="n\n")
+    declined = cli(settings, "jobs", "pause", "--status", "scheduled", stdin="n\n")
     assert declined.returncode == 1 and "pause 3 jobs? [y/N]" in declined.stdout
     assert db["workers.jobs"].count_documents({"status": "paused"}) == 0
-    accepted = cli(settings, "jobs", "pause", "--status", "ready", stdin="y\n")
+    accepted = cli(settings, "jobs", "pause", "--status", "scheduled", stdin="y\n")
     assert accepted.returncode == 0 and "3 changed" in accepted.stdout
     done = cli(settings, "jobs", "cancel", "--type", "RecordJob", "--yes", "--json")
     assert len(json.loads(done.stdout)["changed"]) == 3

@@ -18,7 +18,7 @@ from tests.headless_node import HeadlessNode
 from tests.jobs import RecordJob, SleepJob
 from workers import Job, boot, shutdown
 from workers.settings import Settings
-from workers.store.claims import CLAIM_INDEX
+from workers.store.claims import CLAIM_SORT
 from workers.worker import Worker
 
 
@@ -153,7 +153,7 @@ def test_the_grace_period_is_counted_from_the_stop_request(
     armed, delaying = threading.Event(), threading.Event()
 
     def slow_scan(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if armed.is_set() and name == "find" and kwargs.get("hint") == CLAIM_INDEX:
+        if armed.is_set() and name == "find" and kwargs.get("sort") == CLAIM_SORT:
             delaying.set()
             time.sleep(3)  # a claim under way when the TERM arrives, slower than the grace
         return None

@@ -101,6 +101,7 @@ def test_every_action_on_one_job_and_a_refusal_is_409_with_the_statuses(api: Tes
     assert again.status_code == 409 and again.headers["content-type"] == PROBLEM
     assert again.json()["job_status"] == "paused" and again.json()["allowed"] == [
         "ready",
+        "scheduled",
         "waiting",
     ]
     assert again.json()["status"] == 409 and again.json()["job"] == job_id
@@ -123,7 +124,7 @@ def test_rerun_makes_a_new_job_and_wrong_options_are_refused(api: TestClient, we
 
     assert wrong.status_code == 422 and "rerun takes no retries" in wrong.json()["detail"]
     assert rerun["created"] and rerun["created"] != job_id
-    assert api.get(f"/api/jobs/{rerun['created']}").json()["status"] == "ready"
+    assert api.get(f"/api/jobs/{rerun['created']}").json()["status"] == "scheduled"  # in 60 s
 
 
 def test_a_bulk_action_reports_each_job(api: TestClient) -> None:

@@ -58,6 +58,17 @@ class Claimer:
         )
         return docs
 
+    def stage(self) -> None:
+        """Make the due scheduled jobs ready (store.stage_due); a failure only delays them to
+        the next stage."""
+        try:
+            staged = self.store.stage_due()
+        except WorkersError as exc:
+            log.debug("could not stage the due jobs: %s", exc)
+            return
+        if staged:
+            log.debug("staged due jobs", extra={"action": "jobs_staged", "jobs": staged})
+
     def next_due(self) -> tuple[bool, datetime | None]:
         """(known, when the next delayed job of our types is due: None if none)."""
         try:

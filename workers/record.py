@@ -14,15 +14,18 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 WAITING, PAUSED, READY, RUNNING = "waiting", "paused", "ready", "running"
+# ready, but not due yet (a delay, a retry's wait): kept out of the ready set, so that what
+# the claimers scan is only what they can run now; staged to ready when due (Oban's stager)
+SCHEDULED = "scheduled"
 FAILED, CANCELLED, COMPLETED = "failed", "cancelled", "completed"
-STATUSES = (WAITING, PAUSED, READY, RUNNING, FAILED, CANCELLED, COMPLETED)
+STATUSES = (WAITING, SCHEDULED, PAUSED, READY, RUNNING, FAILED, CANCELLED, COMPLETED)
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 
 # The statuses each action allows (jobCollection's); any other status refuses it.
 ALLOWED = {
-    "pause": (READY, WAITING),
+    "pause": (READY, SCHEDULED, WAITING),
     "resume": (PAUSED,),
-    "cancel": (RUNNING, READY, WAITING, PAUSED),
+    "cancel": (RUNNING, READY, SCHEDULED, WAITING, PAUSED),
     "restart": (FAILED, CANCELLED),
     "rerun": (COMPLETED,),
     "remove": FINISHED,
@@ -153,12 +156,17 @@ class JobRecord:
         return self.retry.delay_after(self.attempts) if self.retries_left else None
 
 
+def due_status(run_at: datetime, now: datetime) -> str:
+    """Ready when due by `now` (the database clock), else scheduled."""
+    return SCHEDULED if run_at > now else READY
+
+
 def new_document(
     job_id: str, job_type: str, params: dict[str, Any], options: PushOptions, now: datetime
 ) -> dict[str, Any]:
     """The document that `push` inserts; `now` is the database clock."""
     run_at = options.run_at or now + timedelta(seconds=options.delay)
-    status = WAITING if options.depends else READY
+    status = WAITING if options.depends else due_status(run_at, now)
     doc: dict[str, Any] = {
         "_id": job_id,
         "type": job_type,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from workers.errors import StreamUnavailable, WorkersError
@@ -35,6 +35,7 @@ _SAFETY_POLL = 30.0  # with a healthy stream, look anyway this often
 _BACKOFF_MAX = 10.0
 _WOKEN_MAX = 256  # ids kept for a claim by _id; more than that, and the claimer scans
 PAUSE_AFTER = 0.25  # seconds of a busy claimer before the stream is closed
+_LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Wakeup:
@@ -52,6 +53,8 @@ class Wakeup:
         self._busy_since: float | None = None  # monotonic; None while the claimer waits
         self._wanted = threading.Event()  # a paused stream is wanted again
         self.pauses = 0  # how often the stream was closed for a busy claimer
+        # the last wait ended because a scheduled job came due: the claimer stages first
+        self.due_reached = False
         self._thread = threading.Thread(target=self._watch, name="wakeup", daemon=True)
 
     @property
@@ -98,6 +101,7 @@ class Wakeup:
         scan); None when it should look by a scan (woken by the clock, a poke or stop)."""
         began = time.monotonic()
         self._busy_since = None
+        self.due_reached = False
         self._wanted.set()  # a paused stream opens again (and looks once when it has)
         with self._cond:
             while not self._ready:
@@ -107,6 +111,7 @@ class Wakeup:
                 if due is not None:
                     seconds = min(seconds, self._seconds_until(due))
                 if seconds <= 0:
+                    self.due_reached = due is not None
                     break
                 self._cond.wait(seconds)
             self._due = None
@@ -123,7 +128,11 @@ class Wakeup:
     def _note(self, change: ReadyChange) -> None:
         with self._cond:
             run_at = change.run_at
-            if run_at is not None and self._seconds_until(run_at) > 0:
+            if change.scheduled:  # due when it says; not said: stage at once, then read it
+                run_at = run_at or _LONG_AGO
+            elif run_at is not None and self._seconds_until(run_at) <= 0:
+                run_at = None
+            if run_at is not None:
                 self._due = min(self._due or run_at, run_at)  # the wait recomputes its deadline
             else:
                 self._ready = True

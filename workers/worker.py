@@ -227,6 +227,8 @@ class Worker:
             if self._stopping.is_set() or free == 0:
                 continue
             self._wakeup.clear()
+            if woken is None:
+                self._stage_if_due()
             began = time.monotonic()
             try:
                 docs = self._claimer.claim(free, woken)
@@ -243,6 +245,19 @@ class Worker:
                 self._wakeup.busy()
             elif not self._stopping.is_set():
                 woken = self._wakeup.wait(self._next_due(scanned))
+
+    def _stage_if_due(self) -> None:
+        """Before a scan: scheduled jobs that came due become ready, when the wait ended on a
+        due time, when none is known yet (start-up, a failed read), or when the known one
+        passed. Otherwise nothing is due, and the scan need not wait for a stage."""
+        known, due = self._due
+        try:
+            passed = due is not None and due <= self.store.now()
+        except WorkersError:
+            passed = True
+        if self._wakeup.due_reached or not known or passed:
+            self._wakeup.due_reached = False
+            self._claimer.stage()
 
     def _next_due(self, scanned: bool) -> datetime | None:
         """When the next delayed job is due: one indexed read after a claim that scanned, or

@@ -24,7 +24,8 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from workers.errors import DatabaseUnavailable, StoreError, WorkersError
-from workers.record import DATA_LIMIT, LOG_LIMIT, TEXT_LIMIT, clipped
+from workers.record import DATA_LIMIT, LOG_LIMIT, READY, SCHEDULED, TEXT_LIMIT, clipped
+from workers.store.profile import ServerProfile, profile_of
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -170,6 +171,13 @@ def after_now(seconds: float) -> Any:
     return {"$add": ["$$NOW", int(seconds * 1000)]}
 
 
+def ready_or_scheduled(run_at: Any = "$run_at") -> Any:
+    """Expression: the status of a job becoming runnable, `run_at` due by the server's
+    clock (ready) or not yet (scheduled). Compared as milliseconds, as `before_now`."""
+    later = {"$gt": [{"$toLong": run_at}, {"$toLong": "$$NOW"}]}
+    return {"$cond": [later, SCHEDULED, READY]}
+
+
 def before_now(field: str) -> Any:
     """Expression: the date in `field` is earlier than the server's $$NOW.
 
@@ -240,10 +248,18 @@ class Connection:
         self.candidates: Collection[Document] = self.db.get_collection(
             f"{prefix}.candidates", write_concern=pymongo.WriteConcern(w=1, j=False)
         )
+        self._profile: ServerProfile | None = None
         self._offset: timedelta | None = None
         self._synced_at = 0.0
         self._clock_lock = threading.Lock()
         self._sync_failure: tuple[float, WorkersError] | None = None
+
+    @property
+    def profile(self) -> ServerProfile:
+        """The server's profile (profile.py), read once from `buildInfo`."""
+        if self._profile is None:
+            self._profile = profile_of(self._client.admin.command("buildInfo"))
+        return self._profile
 
     def close(self) -> None:
         self._client.close()

@@ -33,13 +33,13 @@ from workers.record import (
     FINISHED,
     FOLLOWUPS,
     FOREVER,
-    READY,
     UNIQUE_PREFIX,
     WAITING,
     ActionResult,
     clone_document,
+    due_status,
 )
-from workers.store.base import Document, new_id, translated
+from workers.store.base import Document, new_id, ready_or_scheduled, translated
 from workers.store.claims import ClaimQueries
 
 BATCH = 500
@@ -78,7 +78,7 @@ class DependencyQueries(ClaimQueries):
             pending = self._check_antecedents(pending)
             marker = [FOLLOWUPS] if FOLLOWUPS in (document.get("links") or []) else []
             document["links"] = pending + marker
-            document["status"] = WAITING if pending else READY
+            document["status"] = WAITING if pending else due_status(document["run_at"], self.now())
         for _ in range(_PUSH_TRIES):
             holder = self._insert_or_holder(document)
             if holder is None:
@@ -191,7 +191,12 @@ class DependencyQueries(ClaimQueries):
                 {"links": {"$in": batch}, **where},
                 [
                     {"$set": {"links": pulled}},
-                    {"$set": {"status": {"$cond": [ready, READY, "$status"]}, "updated": "$$NOW"}},
+                    {
+                        "$set": {
+                            "status": {"$cond": [ready, ready_or_scheduled(), "$status"]},
+                            "updated": "$$NOW",
+                        }
+                    },
                 ],
             )
 

@@ -27,7 +27,15 @@ from pymongo.errors import (
 )
 
 from workers.errors import DatabaseUnavailable, PushError, WorkersError
-from workers.record import COMPLETED, FAILED, FOLLOWUPS, READY, RUNNING, error_document
+from workers.record import (
+    COMPLETED,
+    FAILED,
+    FOLLOWUPS,
+    READY,
+    RUNNING,
+    SCHEDULED,
+    error_document,
+)
 from workers.store.base import (
     Document,
     after_now,
@@ -181,7 +189,8 @@ class JobQueries(LifecycleQueries):
 
     @translated
     def fail(self, job_id: str, owner: str, error: Document, retry_in: float | None) -> bool:
-        """Record a failed attempt: back to ready after `retry_in` seconds, or failed for good."""
+        """Record a failed attempt: runnable again after `retry_in` seconds (scheduled until
+        then), or failed for good."""
         entry = {
             "level": "error",
             "message": f"attempt {error.get('attempt')} failed: "
@@ -189,7 +198,7 @@ class JobQueries(LifecycleQueries):
         }
         changes: Document = {"error": {"$literal": error}, "log": appended("$log", entry)}
         if retry_in is not None:
-            changes.update(status=READY, run_at=after_now(retry_in))
+            changes.update(status=SCHEDULED if retry_in > 0 else READY, run_at=after_now(retry_in))
             return self._owned_update(job_id, owner, changes, release=True)
         changes.update(status=FAILED, **self.finished(FAILED))
         return self._finish(job_id, owner, changes)

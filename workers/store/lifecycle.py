@@ -38,7 +38,14 @@ from workers.record import (
     ActionResult,
     clone_document,
 )
-from workers.store.base import Document, appended, new_id, number, translated
+from workers.store.base import (
+    Document,
+    appended,
+    new_id,
+    number,
+    ready_or_scheduled,
+    translated,
+)
 from workers.store.claims import CLAIM_INDEX
 from workers.store.dependencies import (
     BATCH,
@@ -413,7 +420,7 @@ def _paused() -> Document:
 
 
 def _resumed() -> Document:
-    return {"status": {"$cond": [HAS_PENDING, WAITING, READY]}}
+    return {"status": {"$cond": [HAS_PENDING, WAITING, ready_or_scheduled()]}}
 
 
 def _restarted(retries: int) -> Document:

@@ -18,7 +18,7 @@ import pymongo
 from pymongo.errors import OperationFailure, PyMongoError
 
 from workers.errors import StreamUnavailable
-from workers.record import READY
+from workers.record import READY, SCHEDULED
 from workers.store.base import Document, translated
 
 # $changeStream on a standalone server, or a server that has none at all
@@ -30,8 +30,14 @@ PIPELINE: list[Document] = [
     {
         "$match": {
             "$or": [
-                {"operationType": {"$in": ["insert", "replace"]}, "fullDocument.status": READY},
-                {"operationType": "update", "updateDescription.updatedFields.status": READY},
+                {
+                    "operationType": {"$in": ["insert", "replace"]},
+                    "fullDocument.status": {"$in": [READY, SCHEDULED]},
+                },
+                {
+                    "operationType": "update",
+                    "updateDescription.updatedFields.status": {"$in": [READY, SCHEDULED]},
+                },
             ]
         }
     },
@@ -41,7 +47,9 @@ PIPELINE: list[Document] = [
             "documentKey": 1,
             "fullDocument.run_at": 1,
             "fullDocument.priority": 1,
+            "fullDocument.status": 1,
             "updateDescription.updatedFields.run_at": 1,
+            "updateDescription.updatedFields.status": 1,
         }
     },
 ]
@@ -49,12 +57,14 @@ PIPELINE: list[Document] = [
 
 @dataclass(frozen=True)
 class ReadyChange:
-    """A job became ready; `run_at` when the event carried it (None: assume due now), its
-    id, and its priority when the event carried it (an insert does; an update may not)."""
+    """A job became ready, or `scheduled` (ready when its `run_at` comes, then staged);
+    `run_at` when the event carried it (None: assume due now), its id, and its priority
+    when the event carried it (an insert does; an update may not)."""
 
     run_at: datetime | None
     job_id: Any = None
     priority: int | None = None
+    scheduled: bool = False
 
 
 class ReadyStream:
@@ -110,7 +120,8 @@ class ReadyStream:
         self.resume_token = self._stream.resume_token
         if event is None:
             return None
-        return ReadyChange(_run_at(event), _job_id(event), _priority(event))
+        scheduled = _fields(event).get("status") == SCHEDULED
+        return ReadyChange(_run_at(event), _job_id(event), _priority(event), scheduled)
 
     def close_stream(self) -> None:
         if self._stream is not None:
@@ -130,11 +141,15 @@ class AnyChange(ReadyStream):
     pipeline: ClassVar[list[Document]] = [{"$project": {"operationType": 1, "documentKey": 1}}]
 
 
-def _run_at(event: Document) -> datetime | None:
+def _fields(event: Document) -> Document:
     fields = event.get("fullDocument") or event.get("updateDescription", {}).get(
         "updatedFields", {}
     )
-    run_at = fields.get("run_at") if isinstance(fields, dict) else None
+    return fields if isinstance(fields, dict) else {}
+
+
+def _run_at(event: Document) -> datetime | None:
+    run_at = _fields(event).get("run_at")
     return run_at if isinstance(run_at, datetime) else None
 
 

@@ -1,0 +1,31 @@
+"""What one server's engine makes pay, measured, behind a profile: the main path stays the
+one that is right on MongoDB, and a workaround applies only where its server is seen.
+
+SecantusDB (the embedded default) answers a hinted find by reading every entry of the
+hinted index, and its own plan by filtering a collection scan: with 1,000 ready jobs
+among 51,000, the claim's candidate scan took 980 ms hinted and 45 ms unhinted, and the
+same 45 ms with 1,000 ready jobs alone (2026-12-05, /tmp probes noted in the README's
+Performance section). On MongoDB the hint pins the plan the explain tests check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    name: str = "mongodb"
+    hint_scans: bool = True  # hint the scans of the claim path with their index
+
+    def hint(self, index: str) -> str | None:
+        return index if self.hint_scans else None
+
+
+MONGODB = ServerProfile()
+SECANTUS = ServerProfile(name="secantusdb", hint_scans=False)
+
+
+def profile_of(build_info: dict[str, Any]) -> ServerProfile:
+    return SECANTUS if "secantusVersion" in build_info else MONGODB
