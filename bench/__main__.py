@@ -92,16 +92,28 @@ def crowded(url: str, runs: int, window: int, crowds: dict[str, tuple[int, int]]
     drains = interleaved(
         runs,
         {
-            name: functools.partial(measure.crowded_throughput, url, 2, 4, 1000, window, *crowd)
+            name: _told(name, functools.partial(
+                measure.crowded_throughput, url, 2, 4, 1000, window, *crowd))
             for name, crowd in crowds.items()
         },
-    )
+    )  # fmt: skip
     step("push and push_many into those collections")
     pushes = {
         name: median_of(runs, functools.partial(measure.crowded_push, url, *crowd))
         for name, crowd in crowds.items()
     }
     return {"drain": drains, "push": pushes, "crowds": {k: list(v) for k, v in crowds.items()}}
+
+
+def _told(name: str, figure: Callable[[], float]) -> Callable[[], float]:
+    """`figure`, printing what it measured as soon as it has (a crowd takes minutes)."""
+
+    def told() -> float:
+        value = figure()
+        print(f"    beside {name}: {value:.1f} jobs/s", flush=True)
+        return value
+
+    return told
 
 
 def crowded_lines(results: dict[str, Any]) -> list[str]:
@@ -255,14 +267,17 @@ def main() -> None:
         action="store_true",
         help="only the drains and pushes next to scheduled and finished jobs (printed)",
     )
+    parser.add_argument(
+        "--crowds", default=",".join(CROWDS), help=f"with --crowded-only: some of {list(CROWDS)}"
+    )
     args = parser.parse_args()
     if args.crowded_only:
+        crowds = {name: CROWDS[name] for name in dict.fromkeys(["empty", *args.crowds.split(",")])}
         with database_url() as (url, server):
             print(f"on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                   f"{server}; median of {args.runs} run(s)")  # fmt: skip
-            print(
-                "\n".join(crowded_lines({"crowded": crowded(url, args.runs, args.window, CROWDS)}))
-            )
+            found = crowded(url, args.runs, args.window, crowds)
+            print("\n".join(crowded_lines({"crowded": found})))
         return
     runs, backlogs = (1, [1000]) if args.quick else (args.runs, [1000, 5000])
     out = Path(args.out)

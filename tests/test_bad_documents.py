@@ -102,7 +102,7 @@ MALFORMED: dict[str, tuple[dict[str, Any], str, str | None]] = {
     "log is not an array": ({"log": "oops"}, "completed", None),
     "params break the handler": (
         {"type": "NeedsCountJob", "params": {"count": "x"}},
-        "scheduled",  # an ordinary failure: retried by its policy, after its wait
+        "ready",  # an ordinary failure: retried by its policy (a wait within the HORIZON)
         'can only concatenate str (not "int") to str',
     ),
 }

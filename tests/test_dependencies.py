@@ -41,7 +41,7 @@ def test_a_chain_runs_in_order_after_a_delayed_antecedent(app: App, db: Any) -> 
     a = Job.push(RecordJob(name="a"), delay=0.5)
     b = Job.push(RecordJob(name="b"), depends=[a])
     c = Job.push(RecordJob(name="c"), depends=[b])
-    assert statuses(a, b, c) == ["scheduled", "waiting", "waiting"]
+    assert statuses(a, b, c) == ["ready", "waiting", "waiting"]
     with running(app):
         wait_for(lambda: all_in([a, b, c], "completed"), timeout=30, what="the chain to complete")
     docs = [app.store.get_job(job_id) for job_id in (a, b, c)]

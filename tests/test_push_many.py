@@ -46,7 +46,7 @@ def test_push_many_inserts_every_job_and_returns_the_ids_in_order(app: App) -> N
     for n, job_id in enumerate(ids):
         doc = app.store.get_job(job_id)
         assert doc is not None and doc["params"] == {"n": n}
-        assert (doc["status"], doc["priority"], doc["retries"]) == ("scheduled", -10, 2)
+        assert (doc["status"], doc["priority"], doc["retries"]) == ("ready", -10, 2)
         assert (doc["run_at"] - doc["created"]).total_seconds() == 60
 
 

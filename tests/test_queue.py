@@ -24,6 +24,7 @@ from workers.store.claims import _SHARE, SPARE_SECONDS, Spare
         ("claim write", "_id_"),
         ("claim by woken ids", "_id_"),
         ("claim read-back", "_id_"),
+        ("next ready", "claim_queue"),
         ("next due", "schedule"),
         ("stage due", "schedule"),
     ],
@@ -31,7 +32,7 @@ from workers.store.claims import _SHARE, SPARE_SECONDS, Spare
 def test_every_query_of_the_claim_path_is_an_index_scan(app: App, query: str, index: str) -> None:
     for n in range(20):
         Job.push(RecordJob(n=n), priority=n % 3)
-        Job.push(RecordJob(n=n), delay=60 + n)
+        Job.push(RecordJob(n=n), delay=3600 + n)
     command, explained = app.store.hot_path_queries(app.registry.types)[query]
     assert_on_index(query, command, explained, index, app.store.explain_find)
     if index == "claim_queue":  # the equalities on status and type lead the scanned index
@@ -92,7 +93,7 @@ def test_a_delayed_job_is_not_claimed_before_its_run_at(app: App) -> None:
     now = Job.push(RecordJob())
     claimed = app.store.claim("me", app.registry.types, 5, 10)
     assert [doc["_id"] for doc in claimed] == [now]
-    assert app.store.get_job(later)["status"] == "scheduled"  # type: ignore[index]
+    assert app.store.get_job(later)["status"] == "ready"  # due within the HORIZON: ready
 
 
 def test_only_registered_types_are_claimed(app: App) -> None:
@@ -157,7 +158,7 @@ def test_a_failed_attempt_is_retried_after_the_wait_by_the_server_clock(app: App
     app.store.claim("node-a", app.registry.types, 5, 1)
     app.store.fail(job_id, "node-a", {"message": "boom", "attempt": 1}, retry_in=8)
     doc = app.store.get_job(job_id)
-    assert doc is not None and doc["status"] == "scheduled"
+    assert doc is not None and doc["status"] == "ready"  # 8 s: within the HORIZON
     assert (doc["run_at"] - doc["updated"]).total_seconds() == 8
     assert doc["log"][-1]["level"] == "error" and "boom" in doc["log"][-1]["message"]
 
@@ -375,10 +376,9 @@ def test_a_claimer_that_waited_for_a_turn_claims_the_jobs_that_came_due_meanwhil
     app: App, db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     types = app.registry.types
-    # Given jobs ready but due in 2 s (staged by a node whose clock runs ahead), and another
-    # claimer holding the turn to scan for 2.5 s
+    # Given jobs due in 2 s (ready: within the HORIZON), and another claimer holding the
+    # turn to scan for 2.5 s
     ids = [Job.push(RecordJob(n=n), delay=2) for n in range(3)]
-    db[app.store.jobs.name].update_many({"_id": {"$in": ids}}, {"$set": {"status": "ready"}})
     until = app.store.now() + timedelta(seconds=2.5)
     db[app.store.candidates.name].insert_one(
         {"_id": claims._list_key(types), "scanning_until": until}

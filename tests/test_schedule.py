@@ -14,9 +14,12 @@ from tests.jobs import RecordJob
 from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
+from workers.record import HORIZON
 from workers.settings import Settings
+from workers.store import ReadyChange
 from workers.store.claims import NEXT_DUE_WINDOW
 from workers.store.profile import MONGODB, SECANTUS, profile_of
+from workers.wakeup import Wakeup
 
 SOON = 15  # seconds: well under one 30 s poll
 
@@ -31,15 +34,24 @@ def status_of(app: App, job_id: str) -> Any:
     return (app.store.get_job(job_id) or {}).get("status")
 
 
-def test_a_job_pushed_for_later_is_scheduled_and_no_claim_sees_it(app: App) -> None:
-    later = Job.push(RecordJob(n=1), delay=10)
-    now = Job.push(RecordJob(n=2))
+def test_a_job_due_beyond_the_horizon_is_scheduled_and_no_claim_sees_it(app: App) -> None:
+    tomorrow = Job.push(RecordJob(n=1), delay=86400)
+    soon = Job.push(RecordJob(n=2), delay=10)  # within the HORIZON: ready, claimed when due
+    now = Job.push(RecordJob(n=3))
 
     claimed = app.store.claim("node#1", app.registry.types, 30, 10)
 
-    assert status_of(app, later) == "scheduled" and status_of(app, now) == "running"
+    assert (status_of(app, tomorrow), status_of(app, soon)) == ("scheduled", "ready")
     assert [doc["_id"] for doc in claimed] == [now]
-    assert app.store.next_due(app.registry.types) == app.store.get_job(later)["run_at"]  # type: ignore[index]
+    assert app.store.next_due(app.registry.types) == app.store.get_job(soon)["run_at"]  # type: ignore[index]
+
+
+def test_the_next_look_is_when_a_scheduled_job_is_to_be_staged(app: App) -> None:
+    later = Job.push(RecordJob(n=1), delay=HORIZON.total_seconds() + 20)
+    run_at = app.store.get_job(later)["run_at"]  # type: ignore[index]
+
+    assert status_of(app, later) == "scheduled"
+    assert app.store.next_due(app.registry.types) == run_at - HORIZON
 
 
 def test_with_nothing_due_soon_the_next_look_is_at_the_end_of_the_window(app: App) -> None:
@@ -53,8 +65,8 @@ def test_with_nothing_due_soon_the_next_look_is_at_the_end_of_the_window(app: Ap
 
 
 def test_staging_makes_each_due_job_ready_once_however_many_stage_at_once(app: App) -> None:
-    due = [Job.push(RecordJob(n=n), delay=60) for n in range(30)]
-    not_yet = Job.push(RecordJob(n=99), delay=60)
+    due = [Job.push(RecordJob(n=n), delay=3600) for n in range(30)]
+    not_yet = Job.push(RecordJob(n=99), delay=3600)
     come_due(app, *due)
     start, staged = threading.Barrier(3), []
 
@@ -74,7 +86,7 @@ def test_staging_makes_each_due_job_ready_once_however_many_stage_at_once(app: A
 
 
 def test_a_due_job_of_a_type_no_node_here_runs_is_staged_and_waits_as_ready(app: App) -> None:
-    theirs = Job.push(RecordJob(n=1), delay=60)
+    theirs = Job.push(RecordJob(n=1), delay=3600)
     come_due(app, theirs)
     app.store.jobs.update_one({"_id": theirs}, {"$set": {"type": "OtherPoolJob"}})
 
@@ -84,7 +96,7 @@ def test_a_due_job_of_a_type_no_node_here_runs_is_staged_and_waits_as_ready(app:
 
 
 def test_a_paused_job_resumes_scheduled_until_its_time_and_ready_after(app: App) -> None:
-    later, due = Job.push(RecordJob(n=1), delay=60), Job.push(RecordJob(n=2), delay=60)
+    later, due = Job.push(RecordJob(n=1), delay=3600), Job.push(RecordJob(n=2), delay=3600)
     for job in Job.find(status="scheduled"):
         job.pause()
     come_due(app, due)
@@ -96,7 +108,7 @@ def test_a_paused_job_resumes_scheduled_until_its_time_and_ready_after(app: App)
 
 def test_a_dependent_released_before_its_time_is_scheduled(app: App) -> None:
     first = Job.push(RecordJob(n=1))
-    second = Job.push(RecordJob(n=2), depends=[first], delay=60)
+    second = Job.push(RecordJob(n=2), depends=[first], delay=3600)
     assert status_of(app, second) == "waiting"
 
     app.store.claim("node#1", app.registry.types, 30, 1)
@@ -106,30 +118,45 @@ def test_a_dependent_released_before_its_time_is_scheduled(app: App) -> None:
     assert status_of(app, second) == "scheduled"
 
 
-def test_a_retry_waits_scheduled(app: App) -> None:
-    job_id = Job.push(RecordJob(n=1), retry={"retries": 2, "wait": 60})
-    app.store.claim("node#1", app.registry.types, 30, 1)
+def test_a_retry_waits_ready_within_the_horizon_and_scheduled_beyond_it(app: App) -> None:
+    short, long = Job.push(RecordJob(n=1)), Job.push(RecordJob(n=2))
+    app.store.claim("node#1", app.registry.types, 30, 2)
 
-    app.store.fail(job_id, "node#1", {"message": "no", "attempt": 1}, retry_in=60)
+    app.store.fail(short, "node#1", {"message": "no", "attempt": 1}, retry_in=8)
+    app.store.fail(long, "node#1", {"message": "no", "attempt": 1}, retry_in=3600)
 
-    assert status_of(app, job_id) == "scheduled"
+    assert (status_of(app, short), status_of(app, long)) == ("ready", "scheduled")
 
 
-def test_without_change_streams_a_scheduled_job_runs_when_due_not_a_poll_later(
+def test_a_worker_stages_a_scheduled_job_that_came_due_and_runs_it(
     make_settings: Callable[..., Settings], db: Any
 ) -> None:
-    """The poll is 30 s: the worker sleeps until the next due time (read on the `schedule`
-    index), then stages the job and claims it."""
-    queue = {"poll_interval": 30.0, "lease": 5, "change_streams": False}
+    """Polling (no stream): each look reads the next due time, finds a scheduled job whose
+    staging time has come, stages it and claims it."""
+    queue = {"poll_interval": 0.2, "lease": 5, "change_streams": False}
     app = workers.boot(settings=make_settings(workers__queue=queue))
     try:
-        job_id = Job.push(RecordJob(), delay=1.5)
+        job_id = Job.push(RecordJob(), delay=86400)
         with running(app):
-            doc = wait_for(lambda: finished(app, job_id), timeout=SOON, what="the delayed job")
+            wait_for(lambda: app.store.list_nodes(), timeout=SOON, what="the worker")
+            come_due(app, job_id)  # a day passes
+            doc = wait_for(lambda: finished(app, job_id), timeout=SOON, what="the staged job")
     finally:
         workers.shutdown()
     assert doc["status"] == "completed"
-    assert db.executions.find_one({"job_id": job_id})["server_time"] >= doc["run_at"]
+
+
+def test_a_scheduled_job_reported_by_the_stream_wakes_the_claimer_to_stage_it(app: App) -> None:
+    wakeup = Wakeup(app.store, poll_interval=30.0, stream=False)
+    run_at = app.store.now() + HORIZON + timedelta(seconds=5)
+
+    wakeup._note(ReadyChange(run_at, "job-1", 0, scheduled=True))
+    wakeup._note(ReadyChange(None, "job-2", 0, scheduled=True))  # a resume: when is unknown
+
+    assert wakeup._due is not None and wakeup._due < app.store.now()  # the unknown one: now
+    wakeup._due = None
+    wakeup._note(ReadyChange(run_at, "job-1", 0, scheduled=True))
+    assert wakeup._due == run_at - HORIZON and not wakeup._woken
 
 
 def test_the_embedded_server_gets_unhinted_scans_and_mongodb_hinted_ones(app: App) -> None:

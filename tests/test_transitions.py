@@ -128,7 +128,7 @@ def test_the_view_shows_the_stored_job(app: App) -> None:
     assert (job.id, job.type, job.status, job.params) == (
         job_id,
         "RecordJob",
-        "scheduled",
+        "ready",
         {"echo": 1},
     )
     assert (job.priority, job.attempts, job.progress, job.result, job.error) == (
@@ -141,7 +141,7 @@ def test_the_view_shows_the_stored_job(app: App) -> None:
     assert job.created is not None and job.run_at is not None and job.run_at > job.created
     assert (job.started, job.finished, job.depends, job.repeats_left) == (None, None, [], None)
     app.store.jobs.update_one({"_id": job_id}, {"$set": {"status": "paused"}})
-    assert job.status == "scheduled" and job.refresh().status == "paused"
+    assert job.status == "ready" and job.refresh().status == "paused"
 
 
 def test_find_filters_by_type_and_status_newest_first(app: App) -> None:

@@ -124,7 +124,7 @@ def test_rerun_makes_a_new_job_and_wrong_options_are_refused(api: TestClient, we
 
     assert wrong.status_code == 422 and "rerun takes no retries" in wrong.json()["detail"]
     assert rerun["created"] and rerun["created"] != job_id
-    assert api.get(f"/api/jobs/{rerun['created']}").json()["status"] == "scheduled"  # in 60 s
+    assert api.get(f"/api/jobs/{rerun['created']}").json()["status"] == "ready"  # in 60 s
 
 
 def test_a_bulk_action_reports_each_job(api: TestClient) -> None:

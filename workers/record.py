@@ -14,9 +14,12 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 WAITING, PAUSED, READY, RUNNING = "waiting", "paused", "ready", "running"
-# ready, but not due yet (a delay, a retry's wait): kept out of the ready set, so that what
-# the claimers scan is only what they can run now; staged to ready when due (Oban's stager)
+# due later than HORIZON from now (a delay, an `after`, a long retry wait): kept out of the
+# ready set, so that what the claimers scan is what runs now or soon, however many jobs
+# wait for tomorrow; staged to ready HORIZON before its run_at (Oban's stager, ahead of
+# time: a burst due at one instant is staged before it, not written at it)
 SCHEDULED = "scheduled"
+HORIZON = timedelta(seconds=60)
 FAILED, CANCELLED, COMPLETED = "failed", "cancelled", "completed"
 STATUSES = (WAITING, SCHEDULED, PAUSED, READY, RUNNING, FAILED, CANCELLED, COMPLETED)
 FINISHED = (COMPLETED, FAILED, CANCELLED)
@@ -157,8 +160,8 @@ class JobRecord:
 
 
 def due_status(run_at: datetime, now: datetime) -> str:
-    """Ready when due by `now` (the database clock), else scheduled."""
-    return SCHEDULED if run_at > now else READY
+    """Ready when due within HORIZON of `now` (the database clock), else scheduled."""
+    return SCHEDULED if run_at - now > HORIZON else READY
 
 
 def new_document(

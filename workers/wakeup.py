@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workers.errors import StreamUnavailable, WorkersError
+from workers.record import HORIZON
 from workers.retrying import Backoff
 from workers.store import ReadyChange, ReadyStream, Store
 
@@ -128,8 +129,8 @@ class Wakeup:
     def _note(self, change: ReadyChange) -> None:
         with self._cond:
             run_at = change.run_at
-            if change.scheduled:  # due when it says; not said: stage at once, then read it
-                run_at = run_at or _LONG_AGO
+            if change.scheduled:  # staged a HORIZON before it; not said when: stage at once
+                run_at = run_at - HORIZON if run_at else _LONG_AGO
             elif run_at is not None and self._seconds_until(run_at) <= 0:
                 run_at = None
             if run_at is not None:

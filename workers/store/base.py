@@ -24,7 +24,15 @@ from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, PyMongoError
 
 from workers.errors import DatabaseUnavailable, StoreError, WorkersError
-from workers.record import DATA_LIMIT, LOG_LIMIT, READY, SCHEDULED, TEXT_LIMIT, clipped
+from workers.record import (
+    DATA_LIMIT,
+    HORIZON,
+    LOG_LIMIT,
+    READY,
+    SCHEDULED,
+    TEXT_LIMIT,
+    clipped,
+)
 from workers.store.profile import ServerProfile, profile_of
 
 P = ParamSpec("P")
@@ -172,9 +180,11 @@ def after_now(seconds: float) -> Any:
 
 
 def ready_or_scheduled(run_at: Any = "$run_at") -> Any:
-    """Expression: the status of a job becoming runnable, `run_at` due by the server's
-    clock (ready) or not yet (scheduled). Compared as milliseconds, as `before_now`."""
-    later = {"$gt": [{"$toLong": run_at}, {"$toLong": "$$NOW"}]}
+    """Expression: the status of a job becoming runnable: ready when its `run_at` is within
+    HORIZON of the server's clock, else scheduled (record.due_status). Compared as
+    milliseconds, as `before_now`."""
+    horizon = {"$add": [{"$toLong": "$$NOW"}, int(HORIZON.total_seconds() * 1000)]}
+    later = {"$gt": [{"$toLong": run_at}, horizon]}
     return {"$cond": [later, SCHEDULED, READY]}
 
 

@@ -40,7 +40,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure, PyMongoError
 
 from workers.errors import ClaimIncomplete
-from workers.record import FAILED, READY, RUNNING, SCHEDULED, error_document
+from workers.record import FAILED, HORIZON, READY, RUNNING, SCHEDULED, error_document
 from workers.store.base import Connection, Document, after_now, hashable, number, translated
 from workers.store.stream import ReadyStream
 
@@ -135,14 +135,15 @@ class ClaimQueries(Connection):
 
     @translated
     def stage_due(self) -> int:
-        """Scheduled jobs that are due become ready (Oban's stager, jobCollection's promote),
-        so that claims only ever scan what can run now. Every type: staging runs nothing,
-        and a due job of a type no node here runs waits as ready for a node that does.
+        """Scheduled jobs due within the HORIZON become ready (Oban's stager, jobCollection's
+        promote, ahead of time), so that claims scan only what runs now or soon; the claim
+        still takes a job only once its `run_at` has come. Every type: staging runs
+        nothing, and a job of a type no node here runs waits as ready for a node that does.
 
-        The due ids are read on the `schedule` index (a range of `run_at`, bounded by what
-        is due), then changed by `_id` in one `update_many` per batch, conditional on still
+        The ids are read on the `schedule` index (a range of `run_at`, bounded by what is
+        due), then changed by `_id` in one `update_many` per batch, conditional on still
         being scheduled and due: claimers staging at once change each job once. The writes
-        reach the wake-up streams as jobs becoming ready, by id."""
+        reach the wake-up streams as jobs becoming ready."""
         staged = 0
         while True:
             due = self._stage_query(self.now())
@@ -434,39 +435,49 @@ class ClaimQueries(Connection):
 
     @translated
     def next_due(self, types: list[str]) -> datetime | None:
-        """When to look again for scheduled jobs come due (None: no types, nothing to run):
-        the earliest `run_at` of a scheduled job within `NEXT_DUE_WINDOW`, or else the end of
-        the window. Read when a claim came back short, so the claimer can sleep until then.
+        """When to look again (None: no types, nothing to run): when the earliest ready job
+        of `types` not due yet comes due, or when the earliest scheduled job is to be staged
+        (its `run_at` less the HORIZON), or else at the end of `NEXT_DUE_WINDOW`. Read when a
+        claim came back short, so the claimer can sleep until then.
 
-        On the `schedule` index: a range of `run_at` in index order, the first key of it
-        (no sort stage), bounded by the jobs due within the window. Any type's: the claimer
-        stages every type's due jobs when it wakes."""
+        The ready ones on the claim index (status and type equalities; only what is due
+        within the HORIZON is ready). The scheduled ones on the `schedule` index: a range of
+        `run_at` in index order, its first key (no sort stage), bounded by the jobs due
+        within the window; any type's, as the claimer stages every type's when it wakes."""
         if not types:
             return None
         now = self.now()
+        soonest = [now + NEXT_DUE_WINDOW]
+        ready = self._first_run_at(self._next_ready_query(types, now), CLAIM_INDEX)
+        staged = self._first_run_at(self._next_due_query(now), SCHEDULE_INDEX)
+        soonest += [ready] if ready else []
+        soonest += [staged - HORIZON] if staged else []
+        return min(soonest)
+
+    def _first_run_at(self, query: Document, index: str) -> datetime | None:
         found = self.jobs.find(
-            self._next_due_query(now),
-            {"run_at": 1},
-            sort=[("run_at", 1)],
-            hint=self.profile.hint(SCHEDULE_INDEX),
+            query, {"run_at": 1}, sort=[("run_at", 1)], hint=self.profile.hint(index)
         ).limit(1)
         for doc in found:
             run_at = doc.get("run_at")
-            if isinstance(run_at, datetime):
-                return run_at
-        return now + NEXT_DUE_WINDOW
+            return run_at if isinstance(run_at, datetime) else None
+        return None
 
     @staticmethod
     def _due_query(types: list[str], now: datetime) -> Document:
         return {"status": READY, "type": {"$in": types}, "run_at": {"$lte": now}}
 
     @staticmethod
+    def _next_ready_query(types: list[str], now: datetime) -> Document:
+        return {"status": READY, "type": {"$in": types}, "run_at": {"$gt": now}}
+
+    @staticmethod
     def _next_due_query(now: datetime) -> Document:
-        return {"status": SCHEDULED, "run_at": {"$lte": now + NEXT_DUE_WINDOW}}
+        return {"status": SCHEDULED, "run_at": {"$lte": now + HORIZON + NEXT_DUE_WINDOW}}
 
     @staticmethod
     def _stage_query(now: datetime) -> Document:
-        return {"status": SCHEDULED, "run_at": {"$lte": now}}
+        return {"status": SCHEDULED, "run_at": {"$lte": now + HORIZON}}
 
     # -- explain, for the index tests -----------------------------------------------
 
@@ -483,6 +494,12 @@ class ClaimQueries(Connection):
             "claim write": {"filter": _still_ready(ids, now)},
             "claim by woken ids": {"filter": _still_ready(ids, now, types)},
             "claim read-back": {"filter": _held_by(ids, "token")},
+            "next ready": {
+                "filter": self._next_ready_query(types, now),
+                "sort": {"run_at": 1},
+                "hint": CLAIM_INDEX,
+                "limit": 1,
+            },
             "next due": {
                 "filter": self._next_due_query(now),
                 "sort": {"run_at": 1},

@@ -31,6 +31,7 @@ from workers.record import (
     COMPLETED,
     FAILED,
     FOLLOWUPS,
+    HORIZON,
     READY,
     RUNNING,
     SCHEDULED,
@@ -189,8 +190,8 @@ class JobQueries(LifecycleQueries):
 
     @translated
     def fail(self, job_id: str, owner: str, error: Document, retry_in: float | None) -> bool:
-        """Record a failed attempt: runnable again after `retry_in` seconds (scheduled until
-        then), or failed for good."""
+        """Record a failed attempt: runnable again after `retry_in` seconds (scheduled while
+        that is beyond the HORIZON), or failed for good."""
         entry = {
             "level": "error",
             "message": f"attempt {error.get('attempt')} failed: "
@@ -198,7 +199,8 @@ class JobQueries(LifecycleQueries):
         }
         changes: Document = {"error": {"$literal": error}, "log": appended("$log", entry)}
         if retry_in is not None:
-            changes.update(status=SCHEDULED if retry_in > 0 else READY, run_at=after_now(retry_in))
+            later = retry_in > HORIZON.total_seconds()
+            changes.update(status=SCHEDULED if later else READY, run_at=after_now(retry_in))
             return self._owned_update(job_id, owner, changes, release=True)
         changes.update(status=FAILED, **self.finished(FAILED))
         return self._finish(job_id, owner, changes)
