@@ -302,11 +302,20 @@ class JobQueries(LifecycleQueries):
         The literal bound keeps it on the `rescue` index; the $$NOW test makes the
         server's clock the judge, so a node whose clock runs ahead cannot steal a
         live lease. The update re-checks the expiry, so two rescuers never both
-        rescue one job.
+        rescue one job. The candidates are read by the literal bound alone and then
+        judged by `_id`: SecantusDB evaluates an `$expr` on every document of the
+        collection (1.4 s at 60,000 finished jobs, against 1 ms without it).
         """
         expired = self._expired_query()
         fields = {"_id": 1, "type": 1, "lease_owner": 1, "attempts": 1}
-        found = list(self.jobs.find(expired, fields, hint=RESCUE_INDEX).limit(_RESCUE_BATCH))
+        hint = self.profile.hint(RESCUE_INDEX)
+        bound = {key: value for key, value in expired.items() if key != "$expr"}
+        near = [doc["_id"] for doc in self.jobs.find(bound, {"_id": 1}, hint=hint).limit(
+            _RESCUE_BATCH
+        )]  # fmt: skip
+        if not near:
+            return []
+        found = list(self.jobs.find({"_id": {"$in": near}, **expired}, fields))
         if found:
             ids = [doc["_id"] for doc in found]
             try:
