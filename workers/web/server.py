@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -76,7 +77,7 @@ def create_app(
     web.state.auth = Authenticator(settings.web.tokens, auth, trust_loopback=trust_loopback)
     web.state.counts = views.Cached(lambda: views.counts(get_app()), settings.web.cache)
     web.state.feed = feed
-    web.state.csrf_key = _once(lambda: get_app().store.csrf_key())
+    web.state.csrf_key = functools.cache(lambda: get_app().store.csrf_key())  # read once
     web.state.secure_cookies = settings.web.secure_cookies
     web.state.max_body = settings.web.max_body
     problems.install(web, pages.error_page)
@@ -108,18 +109,6 @@ def _document_job_types(web: FastAPI, get_app: Callable[[], App]) -> None:
         return web.openapi_schema or {}
 
     web.openapi = openapi  # type: ignore[method-assign]
-
-
-def _once(make: Callable[[], bytes]) -> Callable[[], bytes]:
-    """`make()` on first use, then its value: the key is read from the database once."""
-    value: list[bytes] = []
-
-    def get() -> bytes:
-        if not value:
-            value.append(make())
-        return value[0]
-
-    return get
 
 
 def served_app(
