@@ -312,9 +312,12 @@ def _drain(
 
 
 def _drained(app: App, ids: list[str]) -> int:
-    """The backlog's completed jobs, looked up by `_id` (a count by status would read every
-    finished job of a crowded collection, on the server being measured)."""
-    return app.store.jobs.count_documents({"_id": {"$in": ids}, "status": "completed"})
+    """How many of the backlog are done, from what is left of it ready or running: that is
+    all the ready set holds, and the cheapest count on the server being measured (a count
+    by `_id` of 1,000 ids each second slowed a 2 x 4 drain from 307 to 173 jobs/s; one of
+    the completed jobs would read every finished job of a crowded collection)."""
+    left = app.store.jobs.count_documents({"status": {"$in": ["ready", "running"]}})
+    return len(ids) - left
 
 
 def _push_due_after_the_push(
