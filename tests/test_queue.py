@@ -215,13 +215,13 @@ def test_the_list_of_a_slow_scan_lives_scans_apart_times_that_scan(
         Job.push(RecordJob(n=n))
     scans, types = count_candidate_scans(app.store), app.registry.types
     app.store.claim("one#1", types, 5, 3, Spare())
-    # Given the list came from a scan that took 0.5 s (a large backlog on a slow server):
-    # it lives 5 x 0.5 = 2.5 s, not SPARE_SECONDS
+    # Given the list came from a scan that took 0.1 s (a large backlog on a slow server):
+    # it lives 20 x 0.1 = 2 s, not SPARE_SECONDS
     scanned = app.store.now() - timedelta(seconds=age)
     db[app.store.candidates.name].update_many(
-        {}, {"$set": {"scanned": scanned, "scan_seconds": 0.5}}
+        {}, {"$set": {"scanned": scanned, "scan_seconds": 0.1}}
     )
-    assert claims._lifetime(0.5) == 0.5 * claims.SCANS_APART > SPARE_SECONDS
+    assert claims._lifetime(0.1) == 0.1 * claims.SCANS_APART > SPARE_SECONDS
     # When another claimer claims, it takes from the list while it lives, and scans after
     claimed = app.store.claim("two#1", types, 5, 3, Spare())
     assert len(claimed) == 3 and scans["n"] == scans_expected

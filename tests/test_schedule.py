@@ -8,6 +8,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 import workers
 from tests.conftest import wait_for
 from tests.jobs import RecordJob
@@ -17,8 +19,8 @@ from workers.app import App
 from workers.record import HORIZON
 from workers.settings import Settings
 from workers.store import ReadyChange
-from workers.store.claims import NEXT_DUE_WINDOW
-from workers.store.profile import MONGODB, SECANTUS, profile_of
+from workers.store.claims import NEXT_DUE_WINDOW, Spare
+from workers.store.profile import MONGODB, SECANTUS, ServerProfile, profile_of
 from workers.wakeup import Wakeup
 
 SOON = 15  # seconds: well under one 30 s poll
@@ -164,3 +166,18 @@ def test_the_embedded_server_gets_unhinted_scans_and_mongodb_hinted_ones(app: Ap
     assert profile_of({"version": "8.2.11", "secantusVersion": "0.7.0b3"}) is SECANTUS
     assert MONGODB.hint("claim_queue") == "claim_queue" and SECANTUS.hint("claim_queue") is None
     assert app.store.profile is SECANTUS  # the test server
+
+
+@pytest.mark.parametrize("profile", [MONGODB, SECANTUS], ids=["mongodb", "secantusdb"])
+def test_one_scan_brings_back_the_profiles_count_of_candidates(
+    app: App, profile: ServerProfile
+) -> None:
+    """A scan costs SecantusDB the same whatever its limit, so there it brings back more."""
+    Job.push_many([RecordJob(n=n) for n in range(profile.scan_candidates + 50)])
+    app.store._profile = profile  # as buildInfo would have it
+    spare = Spare()
+
+    claimed = app.store.claim("node#1", app.registry.types, 30, 3, spare)
+
+    shared = app.store.candidates.find_one({}) or {}
+    assert len(claimed) + len(spare.ids) + len(shared.get("ids", [])) == profile.scan_candidates

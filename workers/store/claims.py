@@ -22,7 +22,7 @@ claimer that scans when the list is used up leaves those out while their spares
 live, since they are still ready and head the queue, and picking them would only
 collide with their holders. The list is only a hint (every take is still
 conditional on `status: ready`), so scans cost the cluster about one per
-`SPARE_SECONDS` (or per `_MAX_CANDIDATES` jobs, or per `SCANS_APART` scan
+`SPARE_SECONDS` (or per `scan_candidates` jobs, or per `SCANS_APART` scan
 durations where scans are slow) however many processes claim, not one per process.
 """
 
@@ -58,18 +58,21 @@ _STAGE_BATCH = 1000
 # claimer that finds none there looks again at its end (a stream reports new ones sooner).
 NEXT_DUE_WINDOW = timedelta(seconds=30)
 LEGACY_CLAIM_INDEX = "claim"  # (status, priority, run_at), before `type` joined the index
-# A scan reads this many candidates (on SecantusDB a scan costs the same whatever its
-# limit: it reads every ready job; on MongoDB this is a short index range).
-_MAX_CANDIDATES = 256
+# A scan reads the server profile's `scan_candidates` (on MongoDB a short index range; on
+# SecantusDB a scan costs the same whatever its limit: it reads every ready job). No list
+# holds more than this:
+_LIST_CAP = 1 << 16
 # Candidates a claimer takes from the shared list at a time, at least one claim's worth.
 _SHARE = 32
 # How long the rest of a scan may be claimed from without scanning again: SPARE_SECONDS,
 # or SCANS_APART times the scan's own duration where scans are slow (this server at a
-# large backlog), so that scanning takes at most about a sixth of the claimers' time. A
-# job pushed meanwhile with a better priority waits at most this long behind the older
-# candidates (1 s on MongoDB, whose scans take milliseconds).
+# large backlog), so that scanning takes at most about a twentieth of the time. A job
+# pushed meanwhile with a better priority waits at most this long behind the older
+# candidates: 1 s on MongoDB, whose scans take milliseconds; on the embedded server 5 s
+# at a backlog of 5,000 and 20 s at 20,000 (5 x apart, 2 x 4 at backlog 5,000 drained
+# 161 jobs/s, 20 x apart with 1,024 candidates 218/s; 2026-12-05).
 SPARE_SECONDS = 1.0
-SCANS_APART = 5
+SCANS_APART = 20
 _SPARE_MISSES = 2  # picks in a row that found every job taken: the spare is stale
 _END_OF_TIME = datetime(9999, 12, 31, tzinfo=UTC)
 # A scanning turn lasts twice the last scan, within these bounds (seconds): a claimer that
@@ -298,7 +301,7 @@ class ClaimQueries(Connection):
         until = {"$toDate": {"$add": [at, {"$toLong": turn_ms}]}}
         share = {"$cond": [has_ids, {"$slice": [ids, count]}, []]}
         share_set = {
-            "ids": {"$cond": [fresh, {"$slice": ["$ids", count, _MAX_CANDIDATES]}, "$ids"]},
+            "ids": {"$cond": [fresh, {"$slice": ["$ids", count, _LIST_CAP]}, "$ids"]},
             "out": {
                 "$cond": [has_ids, {"$concatArrays": [{"$ifNull": ["$out", []]}, share]}, "$out"]
             },
@@ -350,7 +353,8 @@ class ClaimQueries(Connection):
 
     def _candidates(self, types: list[str], now: datetime, held: int = 0) -> list[Document]:
         """The first candidates in queue order, `held` more for those that live spares hold."""
-        limit = _MAX_CANDIDATES + min(held, _MAX_CANDIDATES)
+        most = self.profile.scan_candidates
+        limit = most + min(held, most)
         found = self.jobs.find(
             self._due_query(types, now),
             {"_id": 1, "priority": 1},
