@@ -34,8 +34,12 @@ _SUMMARY = {
 class OverviewQueries(Connection):
     @translated
     def count_by_status_and_type(self) -> dict[tuple[str, str], int]:
-        """Every (status, type) and its number of jobs: one aggregation on the claim index."""
-        rows = self.jobs.aggregate(_COUNT_PIPELINE, hint=CLAIM_INDEX)
+        """Every (status, type) and its number of jobs: one aggregation on the claim index
+        (unhinted on SecantusDB, where a hint reads the whole index and then every document:
+        13.4 s against 12.0 s beside 100,000 scheduled and 100,000 finished jobs)."""
+        hint = self.profile.hint(CLAIM_INDEX)
+        options: dict[str, Any] = {"hint": hint} if hint else {}
+        rows = self.jobs.aggregate(_COUNT_PIPELINE, **options)
         return {
             (str(row["_id"].get("status")), str(row["_id"].get("type"))): int(row["n"])
             for row in rows
@@ -48,7 +52,7 @@ class OverviewQueries(Connection):
             {"status": READY, "run_at": {"$lte": now}},
             {"type": 1, "run_at": 1},
             sort=[("run_at", 1)],
-            hint=CLAIM_INDEX,
+            hint=self.profile.hint(CLAIM_INDEX),  # unhinted there, it reads the ready jobs only
         )
 
     @translated
