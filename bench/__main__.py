@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import measure, peers
+from bench import measure, peers, redis_peers
 from bench.server import database_url
 
 CONFIGS = [(1, 1), (1, 4), (2, 4), (4, 4)]
@@ -68,11 +68,18 @@ def run(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]
             figures[f"{processes}x{threads}@{backlog}"] = drain
             raw = functools.partial(measure.raw_concurrent, url, processes, threads)
             figures[f"raw {processes}x{threads}@{backlog}"] = raw
+            found = functools.partial(measure.raw_found, url, processes, threads, backlog, window)
+            figures[f"found {processes}x{threads}@{backlog}"] = found
         rates = interleaved(runs, figures)
         results["ceilings"][f"claim@{backlog}"] = rates.pop("ceiling")
-        results.setdefault("concurrency", {}).update(
-            {key.removeprefix("raw "): rates.pop(key) for key in list(rates) if key[:4] == "raw "}
-        )
+        for kind, label in (("raw ", "concurrency"), ("found ", "found")):
+            results.setdefault(label, {}).update(
+                {
+                    key.removeprefix(kind): rates.pop(key)
+                    for key in list(rates)
+                    if key.startswith(kind)
+                }
+            )
         results["throughput"].update(rates)
     results["crowded"] = crowded(url, runs, window, CROWDS)
     for streams in (True, False):
@@ -102,7 +109,12 @@ def crowded(url: str, runs: int, window: int, crowds: dict[str, tuple[int, int]]
         name: median_of(runs, functools.partial(measure.crowded_push, url, *crowd))
         for name, crowd in crowds.items()
     }
-    return {"drain": drains, "push": pushes, "crowds": {k: list(v) for k, v in crowds.items()}}
+    step("the dashboard's overview and /metrics, cold, in those collections")
+    pages = {
+        name: measure.dashboard(url, *crowd) for name, crowd in crowds.items() if name != "50k+20k"
+    }
+    crowds_ = {k: list(v) for k, v in crowds.items()}
+    return {"drain": drains, "push": pushes, "dashboard": pages, "crowds": crowds_}
 
 
 def _told(name: str, figure: Callable[[], float]) -> Callable[[], float]:
@@ -129,20 +141,35 @@ def crowded_lines(results: dict[str, Any]) -> list[str]:
             f"{push[name]['push_many']:6.0f} "
             f"({push[name]['push_many'] / push['empty']['push_many']:4.2f}x)"
         )
+    pages = found.get("dashboard", {})
+    for name, page in pages.items():
+        lines.append(
+            f"dashboard, cold, beside {name:9} overview {page['overview_ms']:7.0f} ms "
+            f"({page['overview_ms'] / pages['empty']['overview_ms']:5.1f}x empty)  /metrics "
+            f"{page['metrics_ms']:7.0f} ms "
+            f"({page['metrics_ms'] / pages['empty']['metrics_ms']:5.1f}x)  raw $group count "
+            f"{page['raw_ms']:7.0f} ms"
+        )
     return lines
 
 
 def run_peers(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]:
-    """Celery's figures on the same server, backlogs and window."""
+    """Celery on the same Mongo-wire server (backlogs to 5,000: kombu's transport reads its
+    whole queue per message there), then Celery, RQ and Dramatiq on a Redis of their own."""
     celery: dict[str, Any] = {"throughput": {}}
-    for backlog in backlogs:
+    for backlog in [b for b in backlogs if b <= 5000]:
         for processes, threads in PEER_CONFIGS:
             step(f"Celery {processes} x {threads} at backlog {backlog}")
             drain = functools.partial(peers.throughput, url, processes, threads, backlog, window)
             celery["throughput"][f"{processes}x{threads}@{backlog}"] = median(runs, drain)
     step("Celery pickup")
     celery["pickup"] = median_of(runs, lambda: peers.pickup(url))
-    return {"celery": celery}
+    found = {"Celery (MongoDB)": celery}
+    missing = redis_peers.available()
+    if missing:
+        raise SystemExit(f"--peers: {missing}")
+    found.update(redis_peers.run(runs, backlogs, window, PEER_CONFIGS, median, median_of, step))
+    return found
 
 
 def table(results: dict[str, Any]) -> str:
@@ -157,6 +184,7 @@ def table(results: dict[str, Any]) -> str:
                  f"{push['push_many'] / ceilings['insert_many']:5.2f}x insert_many")  # fmt: skip
     lines += drain_lines("drain ", results["throughput"], ceilings)
     lines += scaling_lines(results)
+    lines += alone_lines(results)
     lines += crowded_lines(results)
     for mode, p in results["pickup"].items():
         lines.append(
@@ -164,7 +192,12 @@ def table(results: dict[str, Any]) -> str:
             f"p99 {p['p99']:6.1f}"
         )
     for name, peer in results.get("peers", {}).items():
-        lines += drain_lines(f"{name} ", peer["throughput"], ceilings)
+        for key, rate in peer["throughput"].items():
+            config, backlog = key.split("@")
+            lines.append(
+                f"{name:17} {config} backlog {backlog:>5}  {rate:9.1f} jobs/s  "
+                f"(ours {results['throughput'][key]:.1f})"
+            )
         p = peer["pickup"]
         lines.append(
             f"{name} pickup (push → done) ms     p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  "
@@ -187,6 +220,25 @@ def drain_lines(label: str, throughput: dict[str, float], ceilings: dict[str, fl
         lines.append(
             f"{label + config:11} backlog {backlog:>5}           {rate:9.1f}   "
             f"{rate / ceiling:5.2f}x raw claim ({ceiling:.1f}/s)"
+        )
+    return lines
+
+
+def alone_lines(results: dict[str, Any]) -> list[str]:
+    """Ours ÷ the server alone at the same concurrency: claiming by `_id` (no finding), and
+    with its one find of the jobs in queue order (`measure.raw_found`)."""
+    lines = []
+    ours, raw, found = (
+        results["throughput"],
+        results.get("concurrency", {}),
+        results.get("found", {}),
+    )
+    for key in found:
+        config, backlog = key.split("@")
+        lines.append(
+            f"{config:5} ÷ server alone, backlog {backlog:>5}: {ours[key] / raw[key]:4.2f}x "
+            f"({raw[key]:.0f}/s by _id), {ours[key] / found[key]:4.2f}x with its one find "
+            f"({found[key]:.0f}/s)"
         )
     return lines
 
@@ -214,45 +266,95 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    backlogs = sorted({int(k.split("@")[1]) for k in results["throughput"]})
-    width = 0.8 / len(backlogs)
-    for i, backlog in enumerate(backlogs):
-        ceiling = results["ceilings"][f"claim@{backlog}"]
-        ratios = [results["throughput"][f"{p}x{t}@{backlog}"] / ceiling for p, t in CONFIGS]
-        xs = [n + i * width for n in range(len(CONFIGS))]
-        left.bar(xs, ratios, width, label=f"backlog {backlog:,}")
-    for name, peer in results.get("peers", {}).items():
-        for i, backlog in enumerate(backlogs):
-            ceiling = results["ceilings"][f"claim@{backlog}"]
-            configs = [CONFIGS.index(c) for c in PEER_CONFIGS]
-            ratios = [peer["throughput"][f"{p}x{t}@{backlog}"] / ceiling for p, t in PEER_CONFIGS]
-            xs = [n + i * width for n in configs]
-            left.scatter(xs, ratios, marker="x", color="black", zorder=3,
-                         label=f"{name} (same server)" if i == 0 else None)  # fmt: skip
-    left.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="raw single claim")
-    left.axhline(3.0, color="red", linestyle=":", linewidth=1, label="target 3.0x")
-    left.set_xticks([n + width * (len(backlogs) - 1) / 2 for n in range(len(CONFIGS))])
-    left.set_xticklabels([f"{p} x {t}" for p, t in CONFIGS])
-    left.set_ylabel("completed jobs/s ÷ raw claim rate")
-    left.set_title("Throughput (processes x threads)")
-    left.legend(fontsize=8)
-    pickups = {"change streams": results["pickup"]["streams"],
-               "polling (1 s)": results["pickup"]["polling"]}  # fmt: skip
-    for name, peer in results.get("peers", {}).items():
-        pickups[f"{name} (push → done)"] = peer["pickup"]
-    for q, offset in (("p50", -0.2), ("p95", 0.0), ("p99", 0.2)):
-        right.bar([n + offset for n in range(len(pickups))],
-                  [p[q] for p in pickups.values()], 0.2, label=q)  # fmt: skip
-    right.set_xticks(range(len(pickups)))
-    right.set_xticklabels(list(pickups), fontsize=8)
-    right.set_ylabel("push → start, ms")
-    right.set_yscale("log")
-    right.set_title("Pickup on an idle service")
-    right.legend(fontsize=8)
+    figure, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    _alone_panel(axes[0], results)
+    _peers_panel(axes[1], results)
+    _crowded_panel(axes[2], results)
+    _pickup_panel(axes[3], results)
     figure.suptitle(results["machine"], fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def _backlogs(results: dict[str, Any]) -> list[int]:
+    return sorted({int(k.split("@")[1]) for k in results["throughput"]})
+
+
+def _alone_panel(axis: Any, results: dict[str, Any]) -> None:
+    """Ours ÷ the server alone (bars), and ÷ the server alone with its one find (dots)."""
+    backlogs, width = _backlogs(results), 0.8 / len(_backlogs(results))
+    raw, found = results.get("concurrency", {}), results.get("found", {})
+    for i, backlog in enumerate(backlogs):
+        keys = [f"{p}x{t}@{backlog}" for p, t in CONFIGS]
+        xs = [n + i * width for n in range(len(CONFIGS))]
+        if all(k in raw for k in keys):
+            ratios = [results["throughput"][k] / raw[k] for k in keys]
+            axis.bar(xs, ratios, width, label=f"backlog {backlog:,}")
+        if all(k in found for k in keys):
+            axis.scatter(xs, [results["throughput"][k] / found[k] for k in keys], marker="o",
+                         color="black", s=12, zorder=3,
+                         label="÷ server alone with its one find" if i == 0 else None)  # fmt: skip
+    axis.axhline(0.9, color="red", linestyle=":", linewidth=1, label="target 0.9x")
+    axis.set_xticks([n + width * (len(backlogs) - 1) / 2 for n in range(len(CONFIGS))])
+    axis.set_xticklabels([f"{p} x {t}" for p, t in CONFIGS])
+    axis.set_ylabel("our drain ÷ the server alone, same concurrency")
+    axis.set_title("Throughput ÷ the server's own (processes x threads)")
+    axis.legend(fontsize=7)
+
+
+def _peers_panel(axis: Any, results: dict[str, Any]) -> None:
+    """Jobs/s at 2 x 4 per backlog: ours and each peer (log scale: Redis is another store)."""
+    backlogs = _backlogs(results)
+    series = {"workers (MongoDB wire)": results["throughput"]}
+    series.update({name: peer["throughput"] for name, peer in results.get("peers", {}).items()})
+    width = 0.8 / len(series)
+    for i, (name, rates) in enumerate(series.items()):
+        xs = [n + i * width for n in range(len(backlogs))]
+        axis.bar(xs, [rates.get(f"2x4@{b}", 0) for b in backlogs], width, label=name)
+    axis.set_xticks([n + width * (len(series) - 1) / 2 for n in range(len(backlogs))])
+    axis.set_xticklabels([f"backlog {b:,}" for b in backlogs])
+    axis.set_yscale("log")
+    axis.set_ylabel("completed jobs/s, 2 x 4")
+    axis.set_title("Beside the queues users pick instead")
+    axis.legend(fontsize=7)
+
+
+def _crowded_panel(axis: Any, results: dict[str, Any]) -> None:
+    """Drain, push and push_many beside other jobs, ÷ the same in an empty collection."""
+    found = results.get("crowded")
+    if not found:
+        return
+    names = list(found["drain"])
+    figures = {
+        "2 x 4 drain of 1,000": [found["drain"][n] / found["drain"]["empty"] for n in names],
+        "push": [found["push"][n]["push"] / found["push"]["empty"]["push"] for n in names],
+        "push_many": [found["push"][n]["push_many"] / found["push"]["empty"]["push_many"]
+                      for n in names],
+    }  # fmt: skip
+    for i, (label, ratios) in enumerate(figures.items()):
+        axis.bar([n + (i - 1) * 0.25 for n in range(len(names))], ratios, 0.25, label=label)
+    axis.axhline(0.9, color="red", linestyle=":", linewidth=1, label="target 0.9x")
+    axis.set_xticks(range(len(names)))
+    axis.set_xticklabels([f"beside {n}" for n in names], fontsize=8)
+    axis.set_ylabel("÷ the same in an empty collection")
+    axis.set_title("Beside scheduled + finished jobs")
+    axis.legend(fontsize=7)
+
+
+def _pickup_panel(axis: Any, results: dict[str, Any]) -> None:
+    pickups = {"change streams": results["pickup"]["streams"],
+               "polling (1 s)": results["pickup"]["polling"]}  # fmt: skip
+    for name, peer in results.get("peers", {}).items():
+        pickups[f"{name}\n(push → done)"] = peer["pickup"]
+    for q, offset in (("p50", -0.2), ("p95", 0.0), ("p99", 0.2)):
+        axis.bar([n + offset for n in range(len(pickups))],
+                 [p[q] for p in pickups.values()], 0.2, label=q)  # fmt: skip
+    axis.set_xticks(range(len(pickups)))
+    axis.set_xticklabels(list(pickups), fontsize=7, rotation=20)
+    axis.set_ylabel("push → start, ms")
+    axis.set_yscale("log")
+    axis.set_title("Pickup on an idle service")
+    axis.legend(fontsize=8)
 
 
 def main() -> None:
@@ -279,7 +381,7 @@ def main() -> None:
             found = crowded(url, args.runs, args.window, crowds)
             print("\n".join(crowded_lines({"crowded": found})))
         return
-    runs, backlogs = (1, [1000]) if args.quick else (args.runs, [1000, 5000])
+    runs, backlogs = (1, [1000]) if args.quick else (args.runs, [1000, 5000, 20000])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -290,6 +392,7 @@ def main() -> None:
         if args.peers:
             if not peers.available():
                 raise SystemExit("--peers needs Celery: pip install -e '.[bench]'")
+            step("the peers")
             results["peers"] = run_peers(url, runs, backlogs, args.window)
     results["machine"] = machine
     results["runs"] = runs

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,13 @@ def settings(url: str, database: str, **queue: Any) -> dict[str, Any]:
 
 
 @contextmanager
-def booted(url: str, **queue: Any) -> Iterator[App]:
+def booted(url: str, web: dict[str, Any] | None = None, **queue: Any) -> Iterator[App]:
     """An app on a fresh database, dropped afterwards."""
     database = f"bench_{uuid.uuid4().hex[:8]}"
-    app = workers.boot(settings=validate(settings(url, database, **queue)))
+    raw = settings(url, database, **queue)
+    if web:
+        raw["web"] = web
+    app = workers.boot(settings=validate(raw))
     try:
         yield app
     finally:
@@ -101,33 +104,63 @@ def raw_concurrent(url: str, processes: int, threads: int, count: int = 480) -> 
         docs = _documents(app, 1000)
         app.store.jobs.insert_many(docs)
         ids = [doc["_id"] for doc in docs[:count]]
-        context = multiprocessing.get_context("spawn")
-        ready, go = context.Barrier(processes + 1), context.Event()
-        where = (url, app.store.db.name, app.store.jobs.name)
-        children = [
-            context.Process(
-                target=_raw_batches, args=(*where, ids[n::processes], threads, ready, go)
-            )
-            for n in range(processes)
-        ]
-        for child in children:
-            child.start()
-        ready.wait(timeout=120)
-        started = time.perf_counter()
-        go.set()
-        for child in children:
-            child.join(timeout=600)
-        return count / (time.perf_counter() - started)
+        return count / _raw_run(url, app, processes, threads, lambda: ids)
 
 
-def _raw_batches(
-    url: str, database: str, name: str, ids: list[str], threads: int, ready: Any, go: Any
-) -> None:
+def raw_found(url: str, processes: int, threads: int, backlog: int, window: int) -> float:
+    """`raw_concurrent` over the first `window` of `backlog` due jobs, with the one read no
+    queue can skip: finding them, in queue order (the claim's query, sort and index),
+    once, by the clock. On a server whose find reads every document its filter's equality
+    matches, that read grows with the backlog whatever the query; this is the bound."""
+    with booted(url) as app:
+        app.store.jobs.insert_many(_documents(app, backlog))
+        query = {
+            "status": "ready",
+            "type": {"$in": ["NoopJob"]},
+            "run_at": {"$lte": app.store.now()},
+        }
+
+        def found() -> list[str]:
+            hint = app.store.profile.hint(CLAIM_INDEX)
+            first = app.store.jobs.find(query, {"_id": 1}, sort=CLAIM_SORT, hint=hint, limit=window)
+            return [doc["_id"] for doc in first]
+
+        return window / _raw_run(url, app, processes, threads, found)
+
+
+def _raw_run(
+    url: str, app: App, processes: int, threads: int, ids: Callable[[], list[str]]
+) -> float:
+    """Seconds from the go to the last child's end, `ids()` found after the go and split
+    among `processes` children of `threads` threads each (see `_raw_batches`)."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(processes + 1)
+    inboxes = [context.Queue() for _ in range(processes)]
+    where = (url, app.store.db.name, app.store.jobs.name)
+    children = [
+        context.Process(target=_raw_batches, args=(*where, inboxes[n], threads, ready))
+        for n in range(processes)
+    ]
+    for child in children:
+        child.start()
+    ready.wait(timeout=120)
+    started = time.perf_counter()
+    found = ids()
+    for n, inbox in enumerate(inboxes):
+        inbox.put(found[n::processes])
+    for child in children:
+        child.join(timeout=600)
+    return time.perf_counter() - started
+
+
+def _raw_batches(url: str, database: str, name: str, inbox: Any, threads: int, ready: Any) -> None:
     import pymongo
 
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(url, maxPoolSize=threads)
     jobs = client[database][name]
-    jobs.find_one({"_id": ids[0]})  # connected before the clock starts
+    jobs.find_one({}, {"_id": 1})  # connected before the clock starts
+    ready.wait(timeout=120)
+    ids = inbox.get(timeout=600)
     batches = [ids[at : at + 4] for at in range(0, len(ids), 4)]
     lock = threading.Lock()
 
@@ -145,8 +178,6 @@ def _raw_batches(
             jobs.update_many({**mine, "status": "running", "lease_owner": token}, [{"$set": {
                 "status": "completed", "lease_owner": None, "finished": "$$NOW"}}])  # fmt: skip
 
-    ready.wait(timeout=120)
-    go.wait(timeout=120)
     workers_ = [threading.Thread(target=work) for _ in range(threads)]
     for thread in workers_:
         thread.start()
@@ -301,21 +332,27 @@ def _drain(
             _wait(lambda: len(app.store.list_nodes()) >= processes, 60, every=0.2)
             time.sleep(_SETTLE)  # the wake-up streams open, and each claimer looks once
             due, ids = _push_due_after_the_push(app, backlog, spare)
-            _wait(lambda: _drained(app, ids) >= window, 600)
-        finished = sorted(
-            doc["finished"]
-            for doc in app.store.jobs.find(
-                {"_id": {"$in": ids}, "status": "completed"}, {"finished": 1}
-            )
-        )
+            _wait(lambda: _drained(app, ids, crowded[1]) >= window, 600)
+        finished = sorted(_finished(app, ids))
         return float(window / (finished[window - 1] - due).total_seconds())
 
 
-def _drained(app: App, ids: list[str]) -> int:
-    """How many of the backlog are done, from what is left of it ready or running: that is
-    all the ready set holds, and the cheapest count on the server being measured (a count
-    by `_id` of 1,000 ids each second slowed a 2 x 4 drain from 307 to 173 jobs/s; one of
-    the completed jobs would read every finished job of a crowded collection)."""
+def _finished(app: App, ids: list[str]) -> Iterator[dt.datetime]:
+    """When each completed job of `ids` finished, read 1,000 ids at a time: one `$in` of
+    20,000 ids outlasted the driver's 30 s timeout on this server."""
+    for at in range(0, len(ids), 1000):
+        query = {"_id": {"$in": ids[at : at + 1000]}, "status": "completed"}
+        yield from (doc["finished"] for doc in app.store.jobs.find(query, {"finished": 1}))
+
+
+def _drained(app: App, ids: list[str], finished: int) -> int:
+    """How many of the backlog are done, by counting the smaller of two sets on the server
+    being measured (each count reads every document it counts there): the completed jobs,
+    or, beside `finished` others, what is left of the backlog ready or running. A count by
+    `_id` of 1,000 ids each second slowed a 2 x 4 drain from 307 to 173 jobs/s, and one of
+    20,000 ready jobs each second took a whole scan's time from the drain it measured."""
+    if finished == 0:
+        return app.store.jobs.count_documents({"status": "completed"})
     left = app.store.jobs.count_documents({"status": {"$in": ["ready", "running"]}})
     return len(ids) - left
 
@@ -391,3 +428,38 @@ def _percentile(values: list[float], q: int) -> float:
     if not values:
         return float("nan")
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if q < 100 else values[-1]
+
+
+# -- the dashboard's reads ---------------------------------------------------------------------
+
+
+def dashboard(url: str, scheduled: int, finished: int, tries: int = 3) -> dict[str, float]:
+    """Milliseconds of the overview page and of `/metrics` beside `scheduled` + `finished`
+    other jobs and a backlog of 1,000, each asked of a new web app (its counts not cached
+    yet, as after `web.cache` seconds): the median of `tries`. `raw_ms`: the server's own
+    time for the counts both show, one raw `$group` of every job by status and type."""
+    from starlette.testclient import TestClient
+
+    from workers.web.auth import hash_token
+    from workers.web.server import create_app
+
+    token = "bench-viewer-token"
+    web = {"tokens": [{"name": "bench", "role": "viewer", "sha256": hash_token(token)}]}
+    headers = {"Authorization": f"Bearer {token}", "Accept": "text/html"}
+    with booted(url, web=web) as app:
+        crowd(app, scheduled, finished)
+        Job.push_many([NoopJob(n=n) for n in range(1000)])
+        times: dict[str, list[float]] = {"overview_ms": [], "metrics_ms": []}
+        for _ in range(tries):
+            for name, path in (("overview_ms", "/"), ("metrics_ms", "/metrics")):
+                with TestClient(create_app(booted_app=app), headers=headers) as client:
+                    started = time.perf_counter()
+                    answer = client.get(path)
+                    times[name].append((time.perf_counter() - started) * 1000)
+                    if answer.status_code != 200:
+                        raise RuntimeError(f"GET {path}: {answer.status_code} {answer.text[:200]}")
+        pipeline = [{"$group": {"_id": {"status": "$status", "type": "$type"}, "n": {"$sum": 1}}}]
+        started = time.perf_counter()
+        list(app.store.jobs.aggregate(pipeline))
+        raw = (time.perf_counter() - started) * 1000
+    return {**{name: statistics.median(values) for name, values in times.items()}, "raw_ms": raw}
