@@ -139,7 +139,8 @@ def crowded_lines(results: dict[str, Any]) -> list[str]:
             f"{drain[name] / drain['empty']:5.2f}x empty   push {push[name]['push']:6.0f} "
             f"({push[name]['push'] / push['empty']['push']:4.2f}x)  push_many "
             f"{push[name]['push_many']:6.0f} "
-            f"({push[name]['push_many'] / push['empty']['push_many']:4.2f}x)"
+            f"({push[name]['push_many'] / push['empty']['push_many']:4.2f}x)  raw insert_one "
+            f"{push[name]['insert_one'] / push['empty']['insert_one']:4.2f}x"
         )
     pages = found.get("dashboard", {})
     for name, page in pages.items():
@@ -330,9 +331,11 @@ def _crowded_panel(axis: Any, results: dict[str, Any]) -> None:
         "push": [found["push"][n]["push"] / found["push"]["empty"]["push"] for n in names],
         "push_many": [found["push"][n]["push_many"] / found["push"]["empty"]["push_many"]
                       for n in names],
+        "raw insert_one": [found["push"][n]["insert_one"] / found["push"]["empty"]["insert_one"]
+                           for n in names],
     }  # fmt: skip
     for i, (label, ratios) in enumerate(figures.items()):
-        axis.bar([n + (i - 1) * 0.25 for n in range(len(names))], ratios, 0.25, label=label)
+        axis.bar([n + (i - 1.5) * 0.2 for n in range(len(names))], ratios, 0.2, label=label)
     axis.axhline(0.9, color="red", linestyle=":", linewidth=1, label="target 0.9x")
     axis.set_xticks(range(len(names)))
     axis.set_xticklabels([f"beside {n}" for n in names], fontsize=8)
