@@ -80,10 +80,19 @@ def _workers(broker: str, processes: int, threads: int) -> Iterator[None]:
     try:
         yield
     finally:
-        for process in started:
-            process.send_signal(signal.SIGTERM)
-        for process in started:
+        stop(started)
+
+
+def stop(started: list[subprocess.Popen[bytes]]) -> None:
+    """TERM every process (each peer's warm shutdown), then wait; KILL one still up at 60 s."""
+    for process in started:
+        process.send_signal(signal.SIGTERM)
+    for process in started:
+        try:
             process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def throughput(url: str, processes: int, threads: int, backlog: int, window: int) -> float:

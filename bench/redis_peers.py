@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import ROOT, _percentile, _wait
+from bench.peers import stop
 from bench.server import _wait_listening
 
 DONE = "bench:done"
@@ -141,14 +141,7 @@ def _workers(peer: str, url: str, processes: int, threads: int) -> Iterator[None
     try:
         yield
     finally:
-        for process in started:
-            process.send_signal(signal.SIGTERM)
-        for process in started:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(started)
 
 
 def _done(url: str) -> list[tuple[int, float]]:

@@ -3,6 +3,7 @@ and a fresh database for every test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -79,12 +80,21 @@ def wait_for(
         time.sleep(every)
 
 
-@pytest.fixture(scope="session")
-def mongo_url() -> Iterator[str]:
+@contextlib.contextmanager
+def own_server() -> Iterator[str]:
+    """The URL of a new in-memory test server, stopped on exit."""
     port = free_port()
     process = start_server(port, ":memory:")
-    yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    stop_server(process)
+    try:
+        yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    finally:
+        stop_server(process)
+
+
+@pytest.fixture(scope="session")
+def mongo_url() -> Iterator[str]:
+    with own_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 import bson
 import pytest
 
-from tests.conftest import free_port, start_server, stop_server, wait_for
+from tests.conftest import own_server, wait_for
 from tests.jobs import SleepJob
 from tests.test_worker import running
 from workers import Job
@@ -29,10 +29,8 @@ MILLION = 1_000_000
 
 @pytest.fixture(scope="module")
 def mongo_url() -> Iterator[str]:
-    port = free_port()
-    process = start_server(port, ":memory:")
-    yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    stop_server(process)
+    with own_server() as url:
+        yield url
 
 
 def _oplog(client: Any, db_name: str, since: Any) -> list[dict[str, Any]]:

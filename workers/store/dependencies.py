@@ -52,6 +52,13 @@ _PENDING = {"$setDifference": [{"$ifNull": ["$links", []]}, [FOLLOWUPS]]}
 HAS_PENDING = {"$gt": [{"$size": _PENDING}, 0]}
 
 
+def holder_query(key: Any) -> Document:
+    """The job holding a unique key, on the partial index of string keys: the filter repeats
+    its `$type`, since MongoDB does not take an equality as implying it (a partial index is
+    used only for a query whose predicate implies the index's filter)."""
+    return {"unique_key": {"$eq": key, "$type": "string"}}
+
+
 def pending_of(doc: Document) -> list[Any]:
     return [link for link in doc.get("links") or [] if link != FOLLOWUPS]
 
@@ -100,7 +107,7 @@ class DependencyQueries(ClaimQueries):
             key = document.get("unique_key")
             if not str(key).startswith(UNIQUE_PREFIX):  # cron's tick key: one job per key, ever
                 raise PushError(f"a job with the unique key {key!r} exists") from exc
-            holder = self.jobs.find_one({"unique_key": key}, {"_id": 1}, hint=UNIQUE_KEY_INDEX)
+            holder = self.jobs.find_one(holder_query(key), {"_id": 1}, hint=UNIQUE_KEY_INDEX)
             return str(holder["_id"]) if holder else ""
         return None
 

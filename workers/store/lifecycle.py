@@ -53,6 +53,7 @@ from workers.store.dependencies import (
     LINKS_INDEX,
     UNIQUE_KEY_INDEX,
     DependencyQueries,
+    holder_query,
     pending_of,
 )
 from workers.store.dependencies import batches as _batches
@@ -372,7 +373,7 @@ class LifecycleQueries(DependencyQueries):
                     "filter": {"links": FOLLOWUPS, "status": {"$in": list(FINISHED)}},
                     "hint": LINKS_INDEX,
                 },
-                "unique holder": {"filter": {"unique_key": "unique:k"}, "hint": UNIQUE_KEY_INDEX},
+                "unique holder": {"filter": holder_query("unique:k"), "hint": UNIQUE_KEY_INDEX},
             }
         )
         return {name: self.explain_find(command) for name, command in commands.items()}

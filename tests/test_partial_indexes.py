@@ -1,0 +1,45 @@
+"""A query hinted to a partial index must carry the index's filter in its own: MongoDB uses a
+partial index only for a query whose predicate implies the partialFilterExpression, and it
+does not take an equality as implying `$type` (MongoDB manual, "Partial Indexes: Query
+Coverage"; with a hint, an ineligible partial index is an error or is read whole). The
+embedded server is more lenient, so the rule is checked on the commands themselves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.app import App
+
+
+def _implied(filter_: dict[str, Any], partial: dict[str, Any]) -> bool:
+    """Whether `filter_` repeats every clause of `partial`, as an equal value or, for an
+    operator clause, the same operators with the same values beside its own."""
+    for field, wanted in partial.items():
+        got = filter_.get(field)
+        if isinstance(wanted, dict):
+            if not isinstance(got, dict) or any(got.get(op) != v for op, v in wanted.items()):
+                return False
+        elif got != wanted:
+            return False
+    return True
+
+
+def test_every_query_hinted_to_a_partial_index_repeats_its_filter(app: App) -> None:
+    partial = {
+        ix["name"]: dict(ix["partialFilterExpression"])
+        for ix in app.store.jobs.list_indexes()
+        if "partialFilterExpression" in ix
+    }
+    commands = {
+        **app.store.hot_path_queries(app.registry.types),
+        **app.store.lifecycle_queries(),
+        **app.store.overview_queries(),
+    }
+    hinted = {
+        name: command for name, (command, _) in commands.items() if command.get("hint") in partial
+    }
+
+    assert {"stage due", "next due", "unique holder"} <= set(hinted), sorted(hinted)
+    for name, command in hinted.items():
+        filter_ = command["filter"]
+        assert _implied(filter_, partial[command["hint"]]), (name, filter_)
