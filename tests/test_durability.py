@@ -15,6 +15,7 @@ from tests.conftest import free_port, settings_dict, start_server, stop_server
 from tests.jobs import RecordJob
 from workers import Job
 from workers.settings import validate
+from workers.store.base import auto_write_concern
 
 
 @pytest.fixture
@@ -66,11 +67,39 @@ def test_every_acknowledged_push_and_outcome_survives_a_kill_9_of_the_database(
     assert [after[job_id] for job_id in pushed] == ["ready"] * len(pushed)
 
 
-def test_the_write_concern_setting_reaches_the_client(make_settings: Any) -> None:
-    for name, expected in (("journaled", (1, True)), ("acknowledged", (1, False))):
+def test_the_write_concern_setting_reaches_every_write(make_settings: Any) -> None:
+    """ "auto" is majority here: the test server reports itself as a replica set."""
+    cases = {"auto": ("majority", True), "majority": ("majority", True),
+             "journaled": (1, True), "acknowledged": (1, False)}  # fmt: skip
+    for name, expected in cases.items():
         app = workers.boot(settings=make_settings(mongo__write_concern=name))
         try:
-            concern = app.store.jobs.write_concern
-            assert (concern.document.get("w"), concern.document.get("j", False)) == expected
+            for collection in (app.store.jobs, app.store.nodes, app.store.cron):
+                concern = collection.write_concern.document
+                assert (concern.get("w"), concern.get("j", False)) == expected, name
+            beat = app.store.for_heartbeat(lease=5)
+            try:
+                assert beat.jobs.write_concern == app.store.jobs.write_concern, name
+            finally:
+                beat.close()
+            assert app.store.write_concern == ("majority" if name == "auto" else name)
         finally:
             workers.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("hello", "expected"),
+    [
+        ({"isWritablePrimary": True, "setName": "rs0"}, "majority"),  # a replica set member
+        ({"isWritablePrimary": True, "msg": "isdbgrid"}, "majority"),  # mongos
+        ({"isWritablePrimary": True}, "journaled"),  # a standalone: no majority to wait for
+    ],
+)
+def test_auto_is_majority_wherever_a_failover_could_roll_a_write_back(
+    hello: dict[str, Any], expected: str
+) -> None:
+    assert auto_write_concern(hello) == expected
+
+
+def test_the_default_write_concern_is_auto() -> None:
+    assert validate({}).mongo.write_concern == "auto"

@@ -189,6 +189,7 @@ def boot(
     jobs = registry.discover(settings.jobs)
     store, server = connect(settings)
     try:
+        store.check_server()
         store.ensure_indexes()
     except BaseException:
         store.close()
@@ -230,6 +231,7 @@ def connected(settings: Settings) -> Iterator[Store]:
     """A store for one command (status, cron): closed, and the embedded server released, after."""
     store, server = connect(settings)
     try:
+        store.check_server()
         yield store
     finally:
         store.close()

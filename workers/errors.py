@@ -37,6 +37,10 @@ class DatabaseUnavailable(WorkersError):
     """The MongoDB server could not be reached."""
 
 
+class ServerTooOld(WorkersError):
+    """The MongoDB server is older than the queries of this version need."""
+
+
 class StoreError(WorkersError):
     """MongoDB refused an operation."""
 

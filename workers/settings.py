@@ -44,11 +44,13 @@ class MongoSettings(_Section):
     embedded_path: str = ".workers/db"
     # keep the embedded server on one CPU (see embedded.keep_on_one_cpu): faster on this server
     embedded_one_cpu: bool = True
+    # auto (the default): majority on a replica set or behind mongos, journaled on a
+    # standalone, as `hello` says at boot;
     # journaled: a write is acknowledged once it is in the server's journal, so a crash of
-    # the database process loses no pushed job and no recorded outcome (the default);
-    # majority: journaled on a majority of a replica set (use it on a real MongoDB);
+    # the database process loses no pushed job and no recorded outcome;
+    # majority: journaled on a majority of a replica set, so a failover rolls nothing back;
     # acknowledged: in memory only: faster, and may lose the last ~100 ms of writes on a crash.
-    write_concern: Literal["journaled", "majority", "acknowledged"] = "journaled"
+    write_concern: Literal["auto", "journaled", "majority", "acknowledged"] = "auto"
 
 
 class ClusterSettings(_Section):

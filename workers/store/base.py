@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -19,11 +20,12 @@ from typing import Any, ParamSpec, TypeVar
 import bson
 import pymongo
 from bson import ObjectId
+from pymongo import ReadPreference
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, PyMongoError
 
-from workers.errors import DatabaseUnavailable, StoreError, WorkersError
+from workers.errors import DatabaseUnavailable, ServerTooOld, StoreError, WorkersError
 from workers.record import (
     DATA_LIMIT,
     HORIZON,
@@ -39,8 +41,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 Document = dict[str, Any]
+# The oldest server the queries run on: `$isNumber` (4.4) and `hello` (4.4.2).
+MIN_SERVER = "4.4.2"
 _CLOCK_RESYNC = 60.0
-# mongo.write_concern -> MongoClient options. Journaled is the default: a push that
+# mongo.write_concern -> MongoClient options. "auto" (the default) is majority on a replica
+# set or behind mongos, where a write only one member holds can be rolled back by a
+# failover (a lost push, or a job run twice), and journaled on a standalone: a push that
 # returned an id, or an outcome that was recorded, survives a crash of the database.
 WRITE_CONCERNS: dict[str, dict[str, Any]] = {
     "journaled": {"w": 1, "journal": True},
@@ -236,7 +242,7 @@ class Connection:
             connectTimeoutMS=ms,
             socketTimeoutMS=ms * 3,
             retryWrites=True,
-            **WRITE_CONCERNS[write_concern],
+            **WRITE_CONCERNS[_provisional(write_concern)],
             **bounded,
         )
         self._prefix, self._app_name = prefix, app_name
@@ -247,7 +253,23 @@ class Connection:
         self.timeout = timeout
         #: seconds a finished job is kept, by status (None: for ever)
         self.retention: dict[str, float | None] = dict(retention or {})
-        self.db: Database[Document] = self._client[database]
+        self._bind(database)
+        self._profile: ServerProfile | None = None
+        self._info: Document | None = None
+        self._offset: timedelta | None = None
+        self._synced_at = 0.0
+        self._clock_lock = threading.Lock()
+        self._sync_failure: tuple[float, WorkersError] | None = None
+
+    def _bind(self, database: str) -> None:
+        """The collections, at the primary and under the write concern in force."""
+        # the queue's own reads go to the primary whatever the URL's readPreference: a claim
+        # read back from a lagging secondary strands the jobs it took until their lease ends
+        concern = pymongo.WriteConcern(**_as_write_concern(self._write_concern))
+        self.db: Database[Document] = self._client.get_database(
+            database, read_preference=ReadPreference.PRIMARY, write_concern=concern
+        )
+        prefix = self._prefix
         self.jobs: Collection[Document] = self.db[f"{prefix}.jobs"]
         self.nodes: Collection[Document] = self.db[f"{prefix}.nodes"]
         self.cron: Collection[Document] = self.db[f"{prefix}.cron"]
@@ -258,18 +280,46 @@ class Connection:
         self.candidates: Collection[Document] = self.db.get_collection(
             f"{prefix}.candidates", write_concern=pymongo.WriteConcern(w=1, j=False)
         )
-        self._profile: ServerProfile | None = None
-        self._offset: timedelta | None = None
-        self._synced_at = 0.0
-        self._clock_lock = threading.Lock()
-        self._sync_failure: tuple[float, WorkersError] | None = None
+
+    @translated
+    def check_server(self) -> str:
+        """At boot: refuse a server too old for the queries (`check_version`), and settle a
+        write concern of "auto" by what `hello` says. Returns the write concern in force."""
+        self.check_version()
+        if self._write_concern == "auto":
+            self._write_concern = auto_write_concern(self._client.admin.command("hello"))
+            self._bind(self.db.name)
+        return self._write_concern
+
+    @property
+    def write_concern(self) -> str:
+        """The write concern in force ("auto" until `check_server`)."""
+        return self._write_concern
 
     @property
     def profile(self) -> ServerProfile:
         """The server's profile (profile.py), read once from `buildInfo`."""
         if self._profile is None:
-            self._profile = profile_of(self._client.admin.command("buildInfo"))
+            self._profile = profile_of(self._build_info())
         return self._profile
+
+    @translated
+    def check_version(self) -> str:
+        """The server's version; ServerTooOld below `MIN_SERVER` (what the queries use)."""
+        version = str(self._build_info().get("version", ""))
+        too_old = version_tuple(version) < version_tuple(MIN_SERVER)
+        if too_old:
+            raise ServerTooOld(
+                f"MongoDB {version or '(no version)'} is older than {MIN_SERVER}, the oldest "
+                f"this version of workers runs on ($isNumber, hello); 6.0 or newer is "
+                f"recommended"
+            )
+        return version
+
+    def _build_info(self) -> Document:
+        if self._info is None:
+            self._info = self._client.admin.command("buildInfo")
+        return self._info
 
     def close(self) -> None:
         self._client.close()
@@ -287,7 +337,7 @@ class Connection:
                     appname=f"{self._app_name}-app",
                     maxPoolSize=self._pool_size,
                     serverSelectionTimeoutMS=int(self.timeout * 1000),
-                    **WRITE_CONCERNS[self._write_concern],
+                    **WRITE_CONCERNS[_provisional(self._write_concern)],
                 )
             return self._app_client[self.db.name]
 
@@ -381,3 +431,28 @@ class Connection:
         self._offset = server - local
         self._synced_at = time.monotonic()
         return self._offset
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """ "7.0.12" -> (7, 0, 12); a suffix ("-rc1") and what does not parse count as 0."""
+    parts = []
+    for part in version.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def auto_write_concern(hello: Document) -> str:
+    """ "majority" where a failover can roll back a write one member holds (a replica set
+    member reports `setName`, a mongos `msg: isdbgrid`), else "journaled"."""
+    return "majority" if hello.get("setName") or hello.get("msg") == "isdbgrid" else "journaled"
+
+
+def _provisional(write_concern: str) -> str:
+    """The client's write concern until "auto" is settled: the collections carry their own."""
+    return "journaled" if write_concern == "auto" else write_concern
+
+
+def _as_write_concern(write_concern: str) -> dict[str, Any]:
+    options = WRITE_CONCERNS[_provisional(write_concern)]
+    return {"w": options["w"], "j": options["journal"]}

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import pymongo
+from pymongo import ReadPreference
 from pymongo.errors import OperationFailure, PyMongoError
 
 from workers.errors import StreamUnavailable
@@ -83,7 +84,9 @@ class ReadyStream:
             connectTimeoutMS=ms,
             socketTimeoutMS=ms * 3,
         )
-        self._collection = self._client[database][collection]
+        self._collection = self._client.get_database(
+            database, read_preference=ReadPreference.PRIMARY
+        )[collection]
         self._stream: Any = None
         self.resume_token: Document | None = None
 
