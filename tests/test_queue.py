@@ -24,7 +24,7 @@ from workers.store.claims import _SHARE, SPARE_SECONDS, Spare
         ("claim write", "_id_"),
         ("claim by woken ids", "_id_"),
         ("claim read-back", "_id_"),
-        ("next ready", "claim_queue"),
+        ("next ready", "ready_times"),
         ("next due", "schedule"),
         ("stage due", "schedule"),
     ],

@@ -53,6 +53,11 @@ CLAIM_SORT = [("priority", 1), ("run_at", 1)]
 # 50,000 scheduled jobs in 1.3 s with `type` first, 10 due ones in 3 ms with `run_at` first).
 SCHEDULE_INDEX = "schedule"
 SCHEDULE_KEYS = [("run_at", 1)]
+# The ready jobs by type and due time (partial: only ready ones), for the next due time: on
+# the claim index `priority` sits between the equalities and `run_at`, so MongoDB would sort
+# every ready job of the types, the ones not due yet included, to find the earliest.
+READY_TIMES_INDEX = "ready_times"
+READY_TIMES_KEYS = [("type", 1), ("run_at", 1)]
 _STAGE_BATCH = 1000
 # How far ahead `next_due` looks: the scan is bounded by the jobs due in this window, and a
 # claimer that finds none there looks again at its end (a stream reports new ones sooner).
@@ -134,6 +139,9 @@ class ClaimQueries(Connection):
         # partial: on MongoDB it holds the scheduled jobs only, however many are finished
         self.jobs.create_index(
             SCHEDULE_KEYS, name=SCHEDULE_INDEX, partialFilterExpression={"status": SCHEDULED}
+        )
+        self.jobs.create_index(
+            READY_TIMES_KEYS, name=READY_TIMES_INDEX, partialFilterExpression={"status": READY}
         )
 
     @translated
@@ -444,15 +452,15 @@ class ClaimQueries(Connection):
         (its `run_at` less the HORIZON), or else at the end of `NEXT_DUE_WINDOW`. Read when a
         claim came back short, so the claimer can sleep until then.
 
-        The ready ones on the claim index (status and type equalities; only what is due
-        within the HORIZON is ready). The scheduled ones on the `schedule` index: a range of
+        The ready ones on `ready_times` (partial on ready: one range of `run_at` per type, in
+        index order; only what is due within the HORIZON is ready). The scheduled ones on the `schedule` index: a range of
         `run_at` in index order, its first key (no sort stage), bounded by the jobs due
         within the window; any type's, as the claimer stages every type's when it wakes."""
         if not types:
             return None
         now = self.now()
         soonest = [now + NEXT_DUE_WINDOW]
-        ready = self._first_run_at(self._next_ready_query(types, now), CLAIM_INDEX)
+        ready = self._first_run_at(self._next_ready_query(types, now), READY_TIMES_INDEX)
         staged = self._first_run_at(self._next_due_query(now), SCHEDULE_INDEX)
         soonest += [ready] if ready else []
         soonest += [staged - HORIZON] if staged else []
@@ -501,7 +509,7 @@ class ClaimQueries(Connection):
             "next ready": {
                 "filter": self._next_ready_query(types, now),
                 "sort": {"run_at": 1},
-                "hint": CLAIM_INDEX,
+                "hint": READY_TIMES_INDEX,
                 "limit": 1,
             },
             "next due": {
