@@ -206,3 +206,30 @@ def test_four_racing_processes_never_claim_the_same_job(
         for job_id, token in result:
             stored = app.store.get_job(job_id)
             assert stored is not None and stored["lease_owner"] == token
+
+
+def test_a_quarantine_that_finds_the_job_no_longer_ready_leaves_its_unique_key(app: App) -> None:
+    """The key is freed in the very write that fails the job: a job paused between the proof
+    and the fail write keeps it, or a second live job could take it."""
+    bad = Job.push(RecordJob(n="bad"), unique="retention:42")
+    real = app.store.jobs
+
+    def refuse_then_pause(name: str, args: tuple[Any, ...], _: Any) -> str | None:
+        if name not in ("update_many", "update_one"):
+            return None
+        if isinstance(args[1], list) and args[0].get("status") == "ready":
+            return "before"  # the claim's pipeline update, refused for this document
+        if args[1].get("$set", {}).get("status") == "failed":  # the quarantine's fail write
+            real.update_one({"_id": bad}, {"$set": {"status": "paused"}})  # paused meanwhile
+        return None
+
+    app.store.jobs = FaultyCollection(  # type: ignore[assignment]
+        real, refuse_then_pause, lambda: OperationFailure("Invalid BSON field name", code=2)
+    )
+    app.store.claim("node-a#1", app.registry.types, 5, 1)
+    app.store.jobs = real
+
+    stored = app.store.get_job(bad)
+    assert stored is not None and stored["status"] == "paused"
+    assert stored["unique_key"] == "unique:retention:42"
+    assert Job.push(RecordJob(n=2), unique="retention:42") == bad  # the holder, as ever

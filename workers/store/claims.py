@@ -426,14 +426,19 @@ class ClaimQueries(Connection):
             attempt=None,
             node=None,
         )
-        self.jobs.update_one(
-            {"_id": job_id, "status": READY},  # a plain $set: no expression over its fields
-            {"$set": {"status": FAILED, "error": error, **self._finished_at(FAILED, stamp)}},
+        failed = {"status": FAILED, "error": error, **self._finished_at(FAILED, stamp)}
+        # Plain $sets (no expression over the document's fields), each conditional on the
+        # job being ready still: an app's unique key is freed in the write that fails the
+        # job, never on its own (a job paused meanwhile keeps it); cron's tick key stays.
+        freed = self.jobs.update_one(
+            {"_id": job_id, "status": READY, "unique": {"$type": "string"}},
+            {"$set": {**failed, "unique_key": None}},
         )
-        # an app's unique key is free again (cron's tick key stays)
-        self.jobs.update_one(
-            {"_id": job_id, "unique": {"$type": "string"}}, {"$set": {"unique_key": None}}
-        )
+        if not freed.matched_count:
+            self.jobs.update_one(
+                {"_id": job_id, "status": READY, "unique": {"$not": {"$type": "string"}}},
+                {"$set": failed},
+            )
 
     def _finished_at(self, status: str, stamp: datetime) -> Document:
         """`finished` for a plain (non-pipeline) write, stamped by `now()`."""
@@ -452,10 +457,11 @@ class ClaimQueries(Connection):
         (its `run_at` less the HORIZON), or else at the end of `NEXT_DUE_WINDOW`. Read when a
         claim came back short, so the claimer can sleep until then.
 
-        The ready ones on `ready_times` (partial on ready: one range of `run_at` per type, in
-        index order; only what is due within the HORIZON is ready). The scheduled ones on the `schedule` index: a range of
-        `run_at` in index order, its first key (no sort stage), bounded by the jobs due
-        within the window; any type's, as the claimer stages every type's when it wakes."""
+        The ready ones on `ready_times` (partial on ready: one range of `run_at` per type,
+        in index order; only what is due within the HORIZON is ready). The scheduled ones on
+        the `schedule` index: a range of `run_at` in index order, its first key (no sort
+        stage), bounded by the jobs due within the window; any type's, as the claimer
+        stages every type's when it wakes."""
         if not types:
             return None
         now = self.now()
