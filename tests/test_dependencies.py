@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
+from tests.faulty import FaultyCollection
 from tests.jobs import FailJob, RecordJob
 from tests.test_worker import running
 from workers import Job, PushError
 from workers.app import App
+from workers.record import FOLLOWUPS
 
 
 def status(job_id: str) -> str | None:
@@ -148,3 +150,25 @@ def test_removing_an_antecedent_cancels_the_jobs_waiting_on_it(app: App) -> None
     Job.get(a).cancel(dependents=False)  # type: ignore[union-attr]
     Job.get(a).remove()  # type: ignore[union-attr]
     assert status(b) == "cancelled"
+
+
+def test_a_restart_between_a_cancel_and_its_unmark_keeps_the_follow_ups_marker(
+    app: App,
+) -> None:
+    """The cancel drops the marker once its cascade is done, but only while the job is still
+    cancelled: a restart that landed meanwhile needs it for its own dependents later."""
+    a = Job.push(RecordJob(name="a"), delay=3600)
+    b = Job.push(RecordJob(name="b"), depends=[a])
+    real = app.store.jobs
+
+    def restart_before_the_unmark(name: str, args: tuple[Any, ...], _: Any) -> str | None:
+        if name == "update_many" and args[1] == {"$pull": {"links": FOLLOWUPS}}:
+            real.update_one({"_id": a}, {"$set": {"status": "ready"}})  # the restart's write
+        return None
+
+    app.store.jobs = FaultyCollection(real, restart_before_the_unmark, RuntimeError)  # type: ignore[assignment]
+    app.store.act("cancel", [a])
+    app.store.jobs = real
+
+    assert statuses(a, b) == ["ready", "cancelled"]
+    assert FOLLOWUPS in (app.store.get_job(a) or {}).get("links", [])

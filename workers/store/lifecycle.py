@@ -256,8 +256,12 @@ class LifecycleQueries(DependencyQueries):
         return {**cancelled, **self.finished(CANCELLED), "links": links}
 
     def _unmark(self, ids: list[Any]) -> None:
+        """Drop the marker of cancelled jobs whose cascade ran; only while they are still
+        cancelled: a restart that landed meanwhile keeps it for its own follow-ups."""
         for batch in _batches(ids):
-            self.jobs.update_many({"_id": {"$in": batch}}, {"$pull": {"links": FOLLOWUPS}})
+            self.jobs.update_many(
+                {"_id": {"$in": batch}, "status": CANCELLED}, {"$pull": {"links": FOLLOWUPS}}
+            )
 
     def _restart(
         self,
