@@ -6,6 +6,7 @@ import itertools
 from typing import Any
 
 from tests.conftest import wait_for
+from tests.faulty import FaultyCollection
 from tests.jobs import RecordJob
 from tests.test_worker import running
 from workers import Job
@@ -63,3 +64,27 @@ def test_a_settle_that_runs_twice_clones_once(app: App) -> None:
     app.store.jobs.update_one({"_id": first}, {"$addToSet": {"links": FOLLOWUPS}})
     app.store.settle(first)
     assert len(series(app, first)) == 2
+
+
+def test_a_repeat_whose_unique_key_was_taken_meanwhile_ends_the_series_loudly(
+    app: App, caplog: Any
+) -> None:
+    """A push may take the key between the run's completion and its clone's insert."""
+    first = Job.push(RecordJob(echo="u"), repeat={"repeats": 3, "wait": 60}, unique="nightly")
+    app.store.jobs.update_one({"_id": first}, {"$set": {"status": "completed", "unique_key": None}})
+    real, taken = app.store.jobs, {}
+
+    def push_first(name: str, args: tuple[Any, ...], _: Any) -> str | None:
+        if name == "insert_one" and args[0].get("series") == first and not taken:
+            taken["by"] = str(Job.push(RecordJob(echo="other"), unique="nightly"))
+        return None
+
+    app.store.jobs = FaultyCollection(real, push_first, RuntimeError)  # type: ignore[assignment]
+    with caplog.at_level("WARNING", logger="workers.store"):
+        app.store.settle(first)
+    app.store.jobs = real
+
+    assert [d["_id"] for d in series(app, first)] == [first]
+    said = (app.store.get_job(first) or {})["log"][-1]
+    assert said["level"] == "warning" and taken["by"] in said["message"]
+    assert "series ends" in caplog.text and taken["by"] in caplog.text

@@ -18,7 +18,7 @@ MongoDB, where the same indexes serve the same queries.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,9 +39,10 @@ from workers.record import (
     clone_document,
     due_status,
 )
-from workers.store.base import Document, new_id, ready_or_scheduled, translated
+from workers.store.base import Document, appended, new_id, ready_or_scheduled, translated
 from workers.store.claims import ClaimQueries
 
+_log = logging.getLogger("workers.store")
 BATCH = 500
 LINKS_INDEX = "links"
 UNIQUE_KEY_INDEX = "unique_key"
@@ -221,6 +222,21 @@ class DependencyQueries(ClaimQueries):
         clone = clone_document(doc, str(reserved["repeat_id"]), self.now(), wait)
         clone["repeats_left"] = left if left == FOREVER else int(left) - 1
         clone["series"] = doc.get("series", doc["_id"])
-        # a duplicate: cloned already (a settle ran twice), or its unique key is taken again
-        with contextlib.suppress(DuplicateKeyError):
+        try:
             self.jobs.insert_one(clone)
+        except DuplicateKeyError:
+            if self.jobs.find_one({"_id": clone["_id"]}, {"_id": 1}) is None:
+                self._series_ended(doc, clone)  # not cloned already: its unique key is taken
+
+    def _series_ended(self, doc: Document, clone: Document) -> None:
+        """A push took the series' unique key between the completion and the clone: the
+        series ends, said on the job's log and in the process's."""
+        holder = self.jobs.find_one(holder_query(clone.get("unique_key")), {"_id": 1})
+        by = f"job {holder['_id']}" if holder else "another job"
+        message = (
+            f"the repeat was not scheduled: its unique key {clone.get('unique')!r} is held by "
+            f"{by}, pushed after this run completed; the series ends here"
+        )
+        entry = appended("$log", {"level": "warning", "message": message})
+        self.jobs.update_one({"_id": doc["_id"]}, [{"$set": {"log": entry}}])
+        _log.warning("job %s: %s", doc["_id"], message)
