@@ -48,7 +48,7 @@ screenshots: $(STAMP) browser
 
 # The benchmark (not part of the tests): every figure the median of 3 runs, with the peers
 # (Celery on the same server; Celery, RQ and Dramatiq on a Redis of the bench's own, Debian's
-# redis-server installed with apt when missing), about 80 minutes; `make bench ARGS=--quick`
+# redis-server installed with apt when missing), about 110 minutes; `make bench ARGS=--quick`
 # for one run at backlog 1,000. Writes docs/bench.json and docs/bench.png.
 bench: $(STAMP)
 	@command -v redis-server >/dev/null || { \
