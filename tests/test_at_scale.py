@@ -19,7 +19,6 @@ from tests.jobs import SleepJob
 from tests.test_worker import running
 from workers import Job
 from workers.app import App
-from workers.store.claims import CLAIM_INDEX, CLAIM_SORT
 from workers.store.profile import MONGODB
 
 JOBS = 200
@@ -47,15 +46,7 @@ def _keys_per_scan(app: App) -> dict[str, Any]:
     in index order, which the explain tests check: no SORT stage)."""
     Job.push_many([SleepJob(seconds=0) for _ in range(BACKLOG)], delay=30)
     app.store.jobs.update_many({"status": "ready"}, {"$set": {"run_at": app.store.now()}})
-    command = {
-        "filter": app.store._due_query(app.registry.types, app.store.now()),
-        "projection": {"_id": 1, "priority": 1},
-        "sort": dict(CLAIM_SORT),
-        "hint": CLAIM_INDEX,
-        "limit": MONGODB.scan_candidates,
-    }
-    found = app.store._explain({"find": app.store.jobs.name, **command}, "executionStats")
-    execution = found["executionStats"]
+    execution = app.store.claim_scan_stats(app.registry.types, MONGODB.scan_candidates)
     return {
         "limit": MONGODB.scan_candidates,
         "keys examined": execution["totalKeysExamined"],

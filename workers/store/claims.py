@@ -539,18 +539,23 @@ class ClaimQueries(Connection):
 
     @translated
     def claim_keys_examined(self, types: list[str]) -> int:
-        """How many index keys the candidate scan examines (executionStats), for the test
-        that a backlog of other nodes' types is not scanned."""
+        """How many index keys the candidate scan examines, for the test that a backlog of
+        other nodes' types is not scanned."""
+        return int(self.claim_scan_stats(types, 4)["totalKeysExamined"])
+
+    @translated
+    def claim_scan_stats(self, types: list[str], limit: int) -> Document:
+        """The candidate scan as MongoDB runs it (hinted), explained with executionStats."""
         command = {
             "find": self.jobs.name,
             "filter": self._due_query(types, self.now()),
             "projection": {"_id": 1},
             "sort": dict(CLAIM_SORT),
             "hint": CLAIM_INDEX,
-            "limit": 4,
+            "limit": limit,
         }
-        stats = self._explain(command, "executionStats")["executionStats"]
-        return int(stats["totalKeysExamined"])
+        stats: Document = self._explain(command, "executionStats")["executionStats"]
+        return stats
 
 
 def _list_key(types: list[str]) -> str:

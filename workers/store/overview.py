@@ -14,7 +14,7 @@ from workers.store.stream import AnyChange
 
 # Counting reads (status, type) only, sorted as the claim index is: MongoDB answers it
 # from the index alone (a covered scan), never fetching a document.
-_COUNT_PIPELINE: list[Document] = [
+COUNT_PIPELINE: list[Document] = [
     {"$sort": {"status": 1, "type": 1}},
     {"$project": {"_id": 0, "status": 1, "type": 1}},
     {"$group": {"_id": {"status": "$status", "type": "$type"}, "n": {"$sum": 1}}},
@@ -39,7 +39,7 @@ class OverviewQueries(Connection):
         13.4 s against 12.0 s beside 100,000 scheduled and 100,000 finished jobs)."""
         hint = self.profile.hint(CLAIM_INDEX)
         options: dict[str, Any] = {"hint": hint} if hint else {}
-        rows = self.jobs.aggregate(_COUNT_PIPELINE, **options)
+        rows = self.jobs.aggregate(COUNT_PIPELINE, **options)
         return {
             (str(row["_id"].get("status")), str(row["_id"].get("type"))): int(row["n"])
             for row in rows
@@ -84,7 +84,7 @@ class OverviewQueries(Connection):
             )
             for name, command in finds.items()
         }
-        count = {"aggregate": self.jobs.name, "pipeline": _COUNT_PIPELINE, "hint": CLAIM_INDEX,
+        count = {"aggregate": self.jobs.name, "pipeline": COUNT_PIPELINE, "hint": CLAIM_INDEX,
                  "cursor": {}}  # fmt: skip
         plans["count by status and type"] = (count, self._explain(count))
         return plans
