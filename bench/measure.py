@@ -122,7 +122,7 @@ def raw_found(url: str, processes: int, threads: int, backlog: int, window: int)
         }
 
         def found() -> list[str]:
-            hint = app.store.profile.hint(CLAIM_INDEX)
+            hint = app.store.scan_hint(CLAIM_INDEX)
             first = app.store.jobs.find(query, {"_id": 1}, sort=CLAIM_SORT, hint=hint, limit=window)
             return [doc["_id"] for doc in first]
 

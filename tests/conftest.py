@@ -1,5 +1,10 @@
 """A real Mongo-wire server (SecantusDB, as a separate process) for the whole session,
-and a fresh database for every test."""
+and a fresh database for every test, dropped after.
+
+`make test TEST_MONGO_URL=mongodb://...` runs the suite against that server instead (a
+MongoDB replica set in CI's mongodb workflow). Never `MONGO_URL`: a developer's shell may
+point it at a real database. Against it, the tests that must start, stop or kill a server
+of their own are skipped, each saying why (`needs_own_server`)."""
 
 from __future__ import annotations
 
@@ -25,6 +30,11 @@ from workers.app import App
 from workers.settings import Settings, validate
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_MONGO_URL = os.environ.get("TEST_MONGO_URL") or None
+OWN_SERVER_REASON = (
+    "restarts or kills a database server of its own, which a server given by "
+    "TEST_MONGO_URL cannot be"
+)
 
 # HYPOTHESIS_PROFILE=fuzz for a long fuzzing run; the default keeps the suite quick.
 hypothesis_settings.register_profile("default", max_examples=60, deadline=None)
@@ -80,9 +90,19 @@ def wait_for(
         time.sleep(every)
 
 
+def needs_own_server() -> None:
+    """Skip the calling test under TEST_MONGO_URL: it must restart or kill its server."""
+    if TEST_MONGO_URL:
+        pytest.skip(OWN_SERVER_REASON)
+
+
 @contextlib.contextmanager
 def own_server() -> Iterator[str]:
-    """The URL of a new in-memory test server, stopped on exit."""
+    """The URL of a new in-memory test server, stopped on exit; under TEST_MONGO_URL, that
+    server (its tests keep to databases of their own)."""
+    if TEST_MONGO_URL:
+        yield TEST_MONGO_URL
+        return
     port = free_port()
     process = start_server(port, ":memory:")
     try:
@@ -119,6 +139,7 @@ def restartable_server(
     tmp_path: Path,
 ) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
     """A server of its own (on disk, fixed port) that the test can stop and start again."""
+    needs_own_server()
     port = free_port()
     storage = str(tmp_path / "db")
     state: dict[str, Any] = {"process": start_server(port, storage)}

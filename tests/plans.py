@@ -21,9 +21,20 @@ def plan_stages(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return stages
 
 
+def winning_plan(explained: dict[str, Any]) -> dict[str, Any]:
+    """The winning plan, in either shape MongoDB explains it: classic, or slot-based (6.0+
+    runs eligible finds on SBE, and puts the plan under `queryPlan` beside `slotBasedPlan`);
+    an aggregate's under its `$cursor` stage, or at the top where SBE ran it whole."""
+    planner = explained.get("queryPlanner")
+    if planner is None:
+        planner = explained["stages"][0]["$cursor"]["queryPlanner"]
+    plan: dict[str, Any] = planner["winningPlan"]
+    return plan.get("queryPlan", plan)
+
+
 def index_scans(explained: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(names of the indexes scanned, names of every stage) of the winning plan."""
-    stages = plan_stages(explained["queryPlanner"]["winningPlan"])
+    stages = plan_stages(winning_plan(explained))
     return [s["indexName"] for s in stages if s["stage"] == "IXSCAN"], [s["stage"] for s in stages]
 
 
@@ -49,3 +60,64 @@ def assert_on_index(
         scanned, stages = index_scans(explained)
     assert "COLLSCAN" not in stages, f"{name}: collection scan for {command}"
     assert scanned and scanned[0] == index, f"{name}: expected an IXSCAN on {index}, got {stages}"
+
+
+def sort_follows_equalities(
+    filter_: dict[str, Any], sort: dict[str, int], keys: dict[str, int]
+) -> bool:
+    """MongoDB's rule for a sort without a SORT stage: past the index keys the filter holds
+    equal (a value, or an `$in`: one range each, merged in order), the next keys are the
+    sort's, all in the index's direction or all against it."""
+    rest = list(keys.items())
+    while rest and is_equality(filter_.get(rest[0][0])) and rest[0][0] not in sort:
+        rest.pop(0)
+    wanted = list(sort.items())
+    if [name for name, _ in rest[: len(wanted)]] != [name for name, _ in wanted]:
+        return False
+    signs = {keys[name] * direction for name, direction in wanted}
+    return len(signs) == 1
+
+
+def is_equality(clause: Any) -> bool:
+    """A value, or `$eq`/`$in` (beside the `$exists`/`$type` a partial index needs)."""
+    if isinstance(clause, dict):
+        matched = set(clause) - {"$exists", "$type"}
+        return matched <= {"$eq", "$in"} and bool(matched)
+    return clause is not None
+
+
+def unbounded_fields(
+    filter_: dict[str, Any], keys: dict[str, int], partial: dict[str, Any] | None
+) -> list[str]:
+    """The fields of `filter_` the index cannot bound, each a document fetched only to be
+    thrown away: neither a key of the index nor a clause of its partial filter. A lookup by
+    `_id` (a value or an `$in`) on `_id_` is bounded by the ids asked, whatever else it says."""
+    if "_id" in keys and len(keys) == 1 and is_equality(filter_.get("_id")):
+        return []
+    partial = partial or {}
+    return [
+        field
+        for field, clause in filter_.items()
+        if field not in keys
+        and partial.get(field) != clause
+        and not (field == "$expr" and _referenced(clause) <= set(keys))
+    ]
+
+
+def _referenced(expression: Any) -> set[str]:
+    """The fields an `$expr` reads: one that reads only index keys refines an index range
+    (the rescue's clock check on `lease_expires`) and fetches nothing the range did not."""
+    if isinstance(expression, str):
+        return {expression[1:]} if expression.startswith("$") and expression[1:2] != "$" else set()
+    if isinstance(expression, dict):
+        return set().union(*(_referenced(v) for v in expression.values()))
+    if isinstance(expression, list):
+        return set().union(*(_referenced(v) for v in expression))
+    return set()
+
+
+def keys_bounded(stats: dict[str, Any], *, ranges: int = 10) -> bool:
+    """Where the server's executionStats are real (MongoDB's), the keys one query examined
+    are at most `ranges` per document returned: one per returned key and per range the
+    plan merges (an `$in` of statuses is one range each), never the whole index."""
+    return int(stats["totalKeysExamined"]) <= ranges * max(int(stats["nReturned"]), 1)

@@ -14,7 +14,7 @@ from tests.jobs import LogManyJob, RaiseHugeJob, RecordJob
 from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
-from workers.record import LOG_LIMIT, TEXT_LIMIT, TRACEBACK_LIMIT
+from workers.record import LOG_KEPT, LOG_LIMIT, TEXT_LIMIT, TRACEBACK_LIMIT
 
 MAX_BSON = 16 * 1024 * 1024
 
@@ -24,12 +24,50 @@ def test_the_log_keeps_its_newest_entries_and_clips_long_messages(app: App) -> N
     with running(app):
         doc = wait_for(lambda: finished(app, job_id), timeout=60, what="the job to finish")
     assert doc["status"] == "completed"
-    assert len(doc["log"]) == LOG_LIMIT
+    assert LOG_KEPT <= len(doc["log"]) <= LOG_LIMIT
     assert doc["log"][-1]["message"].startswith("attempt 1 completed by")
     numbered = [entry["message"].split(":")[0] for entry in doc["log"][:-1]]
-    assert numbered == [str(n) for n in range(41, LOG_LIMIT + 40)]  # the newest, in order
+    newest = range(LOG_LIMIT + 40 - len(numbered), LOG_LIMIT + 40)
+    assert numbered == [str(n) for n in newest]  # the newest, in order
     assert all(len(entry["message"]) < TEXT_LIMIT + 50 for entry in doc["log"])
     assert doc["log"][0]["message"].endswith("characters cut]")
+
+
+def test_a_log_write_past_the_limit_is_one_small_oplog_entry_and_change_event(
+    app: App, client: Any, db: Any
+) -> None:
+    """A log that slid by one entry per write rewrote all of its entries in the oplog and
+    in every change event (each ~100 KB here); it is trimmed in steps, so all but one
+    write in LOG_LIMIT - LOG_KEPT carries its own entry alone."""
+    count, size = LOG_LIMIT + 100, 500
+    jobs = db[app.store.jobs.name]
+    since = client.local["oplog.rs"].find_one({}, sort=[("$natural", -1)])["ts"]
+    with jobs.watch([{"$match": {"operationType": "update"}}]) as stream:
+        job_id = Job.push(LogManyJob(count=count, size=size))
+        with running(app):
+            wait_for(lambda: finished(app, job_id), timeout=60, what="the job to finish")
+        events: list[int] = []
+
+        def drained() -> bool:
+            while (event := stream.try_next()) is not None:
+                if event["documentKey"]["_id"] == job_id:
+                    events.append(len(bson.encode(event)))
+            return len(events) >= count
+
+        wait_for(drained, timeout=30, what="the log's change events")
+    written = [
+        len(bson.encode(entry))
+        for entry in client.local["oplog.rs"].find({"ts": {"$gt": since}, "op": "u"})
+        if entry.get("o2", {}).get("_id") == job_id
+    ]
+    print(
+        f"\nlog writes: oplog entries {sorted(written)[len(written) // 2]} B (median), "
+        f"{max(written)} B (max); change events {sorted(events)[len(events) // 2]} B"
+    )
+    for sizes in (written, events):
+        assert len(sizes) >= count
+        large = [n for n in sizes if n > 4 * size]
+        assert len(large) <= count // 25, len(large)  # the trims (3 here), the claim, the end
 
 
 def test_a_huge_error_is_stored_clipped_and_the_job_still_fails(app: App) -> None:

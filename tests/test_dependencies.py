@@ -4,11 +4,14 @@ and cancel / restart cascade through chains and diamonds."""
 from __future__ import annotations
 
 import itertools
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import ROOT, run_command, settings_dict, wait_for
 from tests.faulty import FaultyCollection
 from tests.jobs import FailJob, RecordJob
 from tests.test_worker import running
@@ -172,3 +175,64 @@ def test_a_restart_between_a_cancel_and_its_unmark_keeps_the_follow_ups_marker(
 
     assert statuses(a, b) == ["ready", "cancelled"]
     assert FOLLOWUPS in (app.store.get_job(a) or {}).get("links", [])
+
+
+# the cancel of `a`, run in a process that dies (os._exit: no cleanup, as a kill) when the
+# cascade asks for the dependents of its second level, after cancelling the first
+_CRASHING_CANCEL = """
+import json, os, sys
+import workers
+from workers.settings import validate
+from workers.store.lifecycle import LifecycleQueries
+
+workers.boot(settings=validate(json.loads(sys.argv[1])))
+real, calls = LifecycleQueries._dependents_of, []
+
+def dies_at_the_second_level(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        os._exit(9)
+    return real(self, *args, **kwargs)
+
+LifecycleQueries._dependents_of = dies_at_the_second_level
+workers.Job.get(sys.argv[2]).cancel()
+"""
+
+
+def test_a_cancel_cascade_cut_short_between_levels_is_finished_by_the_sweep(
+    app: App, mongo_url: str, db_name: str, tmp_path: Path
+) -> None:
+    a = Job.push(RecordJob(name="a"), delay=3600)
+    b = Job.push(RecordJob(name="b"), depends=[a])
+    c = Job.push(RecordJob(name="c"), depends=[b])
+    d = Job.push(RecordJob(name="d"), depends=[c])
+    settings = json.dumps(settings_dict(mongo_url, db_name))
+    script = tmp_path / "crashing_cancel.py"
+    script.write_text(_CRASHING_CANCEL)
+    died = run_command([sys.executable, str(script), settings, a], cwd=ROOT)
+    assert died.returncode == 9, died.stderr
+    assert statuses(a, b, c, d) == ["cancelled", "cancelled", "waiting", "waiting"]
+
+    while app.store.settle_finished():
+        pass
+    assert statuses(a, b, c, d) == ["cancelled"] * 4
+    assert not any(FOLLOWUPS in (app.store.get_job(j) or {}).get("links", []) for j in (a, b, c))
+
+
+def test_the_sweep_reads_the_finished_jobs_with_the_marker_not_the_live_ones(app: App) -> None:
+    """Every heartbeat of every process sweeps: with `status` in the index after `links`,
+    its keys are the finished jobs with the marker, however many live ones carry it."""
+    for n in range(150):  # antecedents still to run: live, with the marker
+        Job.push(RecordJob(name=f"b{n}"), depends=[Job.push(RecordJob(name=f"a{n}"), delay=3600)])
+    cut_short = [Job.push(RecordJob(name=f"x{n}"), delay=3600) for n in range(3)]
+    for n, antecedent in enumerate(cut_short):
+        Job.push(RecordJob(name=f"y{n}"), depends=[antecedent])
+    # their workers wrote the completion and died before settling
+    app.store.jobs.update_many({"_id": {"$in": cut_short}}, {"$set": {"status": "completed"}})
+
+    command, _ = app.store.lifecycle_queries()["followups sweep"]
+    _, explained = app.store.explain_find(command, "executionStats")
+    stats = explained["executionStats"]
+    assert stats["nReturned"] == 3
+    assert stats["totalKeysExamined"] <= 2 * 3 + 1, stats  # was 153 on `links` alone
+    assert app.store.settle_finished() == 3

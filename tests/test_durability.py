@@ -11,7 +11,7 @@ import pymongo
 import pytest
 
 import workers
-from tests.conftest import free_port, settings_dict, start_server, stop_server
+from tests.conftest import free_port, needs_own_server, settings_dict, start_server, stop_server
 from tests.jobs import RecordJob
 from workers import Job
 from workers.settings import validate
@@ -21,6 +21,7 @@ from workers.store.base import auto_write_concern
 @pytest.fixture
 def killable_server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A server on disk that the test kills with SIGKILL and starts again on the same folder."""
+    needs_own_server()
     port, storage = free_port(), str(tmp_path / "db")
     state: dict[str, Any] = {
         "url": f"mongodb://127.0.0.1:{port}/?directConnection=true",

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import wait_for
+from tests.faulty import FaultyCollection
 from tests.headless_node import HeadlessNode
 from tests.jobs import HoldConnectionJob, RecordJob, SleepJob, SlowEchoJob, SpinJob
 from tests.plans import assert_on_index
@@ -71,6 +72,27 @@ def test_rescue_never_takes_a_live_lease_even_from_a_node_whose_clock_runs_ahead
     app.store._offset += timedelta(hours=1)  # this node now believes it is an hour later
     assert app.store.rescue_expired() == []
     assert app.store.get_job(job_id)["lease_owner"] == "live-node"  # type: ignore[index]
+
+
+def test_a_rescue_counts_only_the_jobs_it_rescued_itself(app: App) -> None:
+    """Two processes' heartbeats may read the same lapsed leases; the one whose write came
+    second rescued nothing, and must neither count nor report the other's rescues."""
+    first, second = Job.push(RecordJob()), Job.push(RecordJob())
+    app.store.claim("dead-node", app.registry.types, 3, 2)
+    app.store.jobs.update_many({}, {"$set": {"lease_expires": app.store.now() - timedelta(1)}})
+    real = app.store.jobs
+
+    def other_rescues_first_in_between(name: str, args: tuple[Any, ...], _: Any) -> None:
+        if name == "update_many":  # our rescue write: another process's landed just before
+            real.update_one({"_id": first}, {"$set": {"status": "ready", "lease_owner": None}})
+
+    app.store.jobs = FaultyCollection(real, other_rescues_first_in_between, RuntimeError)  # type: ignore[assignment]
+    try:
+        rescued = app.store.rescue_expired()
+    finally:
+        app.store.jobs = real
+    assert [doc["_id"] for doc in rescued] == [second]
+    assert app.store.get_job(second)["status"] == "ready"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

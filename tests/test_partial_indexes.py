@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.plans import sort_follows_equalities
 from workers.app import App
 
 
@@ -45,28 +46,6 @@ def test_every_query_hinted_to_a_partial_index_repeats_its_filter(app: App) -> N
         assert _implied(filter_, partial[command["hint"]]), (name, filter_)
 
 
-def _sort_follows_equalities(
-    filter_: dict[str, Any], sort: dict[str, int], keys: dict[str, int]
-) -> bool:
-    """MongoDB's rule for a sort without a SORT stage: past the index keys the filter holds
-    equal (a value, or an `$in`: one range each, merged in order), the next keys are the
-    sort's, all in the index's direction or all against it."""
-    rest = list(keys.items())
-    while rest and _is_equality(filter_.get(rest[0][0])) and rest[0][0] not in sort:
-        rest.pop(0)
-    wanted = list(sort.items())
-    if [name for name, _ in rest[: len(wanted)]] != [name for name, _ in wanted]:
-        return False
-    signs = {keys[name] * direction for name, direction in wanted}
-    return len(signs) == 1
-
-
-def _is_equality(clause: Any) -> bool:
-    if isinstance(clause, dict):
-        return set(clause) <= {"$eq", "$in"} and bool(clause)
-    return clause is not None
-
-
 def test_every_sorted_query_of_the_claim_path_is_in_index_order(app: App) -> None:
     """Checked on the commands, as the embedded server's explain says nothing of sorts."""
     keys = {ix["name"]: dict(ix["key"]) for ix in app.store.jobs.list_indexes()}
@@ -76,13 +55,13 @@ def test_every_sorted_query_of_the_claim_path_is_in_index_order(app: App) -> Non
     assert {"claim candidates", "next ready", "next due"} <= set(sorted_), sorted(sorted_)
     for name, command in sorted_.items():
         index = keys[command["hint"]]
-        assert _sort_follows_equalities(command["filter"], command["sort"], index), (name, index)
+        assert sort_follows_equalities(command["filter"], command["sort"], index), (name, index)
 
 
 def test_the_order_rule_itself() -> None:
     claim = {"status": 1, "type": 1, "priority": 1, "run_at": 1}
     ready = {"status": "ready", "type": {"$in": ["A", "B"]}, "run_at": {"$gt": 0}}
-    assert _sort_follows_equalities(ready, {"priority": 1, "run_at": 1}, claim)
-    assert not _sort_follows_equalities(ready, {"run_at": 1}, claim)  # priority in between
-    assert not _sort_follows_equalities(ready, {"priority": 1, "run_at": -1}, claim)
-    assert _sort_follows_equalities(ready, {"run_at": 1}, {"type": 1, "run_at": 1})
+    assert sort_follows_equalities(ready, {"priority": 1, "run_at": 1}, claim)
+    assert not sort_follows_equalities(ready, {"run_at": 1}, claim)  # priority in between
+    assert not sort_follows_equalities(ready, {"priority": 1, "run_at": -1}, claim)
+    assert sort_follows_equalities(ready, {"run_at": 1}, {"type": 1, "run_at": 1})

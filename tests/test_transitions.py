@@ -159,15 +159,15 @@ def test_find_filters_by_type_and_status_newest_first(app: App) -> None:
 
 
 LIFECYCLE_INDEXES = {
-    "find by type and finished status #1": "finished",
-    "find by finished status #1": "finished",
-    "find by type and live status #1": "claim_queue",
-    "find by live status #1": "claim_queue",
-    "find by type #1": "claim_queue",
-    "find by type #2": "finished",
-    "dependents": "links",
-    "release": "links",
-    "followups sweep": "links",
+    "find by type and finished status #1": "listing",
+    "find by finished status #1": "listing",
+    "find by type and live status #1": "listing",
+    "find by live status #1": "listing",
+    "find by type #1": "listing",
+    "next page of ready jobs": "listing",
+    "dependents": "links_status",
+    "release": "links_status",
+    "followups sweep": "links_status",
     "unique holder": "unique_key",
 }
 

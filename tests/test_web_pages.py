@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -16,7 +18,9 @@ import workers
 from tests.conftest import free_port, wait_for, workers_command, workers_env
 from tests.web_support import bearer, client_for, page_csrf, token_settings
 from workers.app import App
+from workers.errors import DatabaseUnavailable
 from workers.settings import Settings
+from workers.store import AnyChange
 from workers.web.live import Feed, events
 
 HTML = {"Accept": "text/html"}
@@ -116,6 +120,60 @@ def test_the_live_feed_follows_job_changes_through_a_change_stream(web_app: App)
         before = feed.version
         web_app.push_named("RecordJob", {})
         wait_for(lambda: feed.version > before, timeout=15, what="a change from the stream")
+    finally:
+        feed.stop()
+
+
+class DroppedChange(AnyChange):
+    """The dashboard's stream, whose connection dies once on the test's word (its cursor is
+    gone, as after a reset), and which reopens only once the test lets it."""
+
+    made = 0
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        DroppedChange.made += 1
+        self.drop, self.reopen = threading.Event(), threading.Event()
+        self.reopen.set()
+
+    def next_change(self) -> Any:
+        if self.drop.is_set():
+            self.drop.clear()
+            self.close_stream()
+            raise DatabaseUnavailable("MongoDB is unreachable: connection reset (the test)")
+        return super().next_change()
+
+    def open(self, max_wait: float) -> bool:
+        self.reopen.wait(timeout=30)
+        return super().open(max_wait)
+
+
+def test_a_failed_live_feed_resumes_its_stream_after_the_last_change_it_saw(
+    web_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = web_app.store
+    streams: list[DroppedChange] = []
+
+    def job_changes() -> DroppedChange:
+        streams.append(DroppedChange(store.url, store.db.name, store.jobs.name, store.timeout))
+        return streams[-1]
+
+    monkeypatch.setattr(store, "job_changes", job_changes)
+    feed = Feed(lambda: web_app)
+    feed.start()
+    try:
+        assert feed.following.wait(timeout=15), "the change stream did not open"
+        web_app.push_named("RecordJob", {})
+        wait_for(lambda: streams[0].resume_token, timeout=15, what="a first change")
+        [stream] = streams
+        stream.reopen.clear()
+        stream.drop.set()
+        wait_for(lambda: not feed.following.is_set(), timeout=15, what="the stream to fail")
+        before = feed.version
+        web_app.push_named("RecordJob", {})  # while the stream is down
+        stream.reopen.set()
+        wait_for(lambda: feed.version > before, timeout=15, what="the change made meanwhile")
+        assert feed.resumed == 1 and len(streams) == 1, "a new stream, not the failed one resumed"
     finally:
         feed.stop()
 

@@ -190,7 +190,9 @@ def boot(
     store, server = connect(settings)
     try:
         store.check_server()
-        store.ensure_indexes()
+        store.ensure_indexes(
+            create=settings.mongo.create_indexes, time_limit=settings.mongo.index_build_timeout
+        )
     except BaseException:
         store.close()
         if server is not None:
@@ -232,6 +234,7 @@ def connected(settings: Settings) -> Iterator[Store]:
     store, server = connect(settings)
     try:
         store.check_server()
+        store.use_indexes()
         yield store
     finally:
         store.close()

@@ -79,8 +79,11 @@ def parser(prog: str = "workers") -> argparse.ArgumentParser:
     token = add("token", help="make an API token and print the settings entry that admits it")
     token.add_argument("--name", required=True, help="who uses it (a creator's jobs are its own)")
     token.add_argument("--role", required=True, choices=settings_module.ROLES)
-    db = add("db", help="the embedded database server of this folder")
-    db.add_argument("action", choices=["status", "stop"])
+    db = add("db", help="the embedded server of this folder (status, stop); the indexes")
+    db.add_argument("action", choices=["status", "stop", "indexes"])
+    db.add_argument(
+        "--create", action="store_true", help="indexes: build the missing ones, fix TTLs"
+    )
     return top
 
 
@@ -109,7 +112,11 @@ def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
     if args.command == "worker":
         return run_worker(settings)
     if args.command == "db":
-        return _db(settings, args.action)
+        return (
+            _indexes(settings, args.create)
+            if args.action == "indexes"
+            else _db(settings, args.action)
+        )
     if args.command == "status":
         return _status(settings)
     if args.command == "cron":
@@ -264,6 +271,18 @@ def _cron(settings: Settings) -> int:
             f"last={iso(last) if last else '-'}  missed={schedule.missed}"
         )
     return 0
+
+
+def _indexes(settings: Settings, create: bool) -> int:
+    """Every index the service needs and how it stands; 1 unless each is served."""
+    with app_module.connected(settings) as store:
+        if create:
+            states = store.create_missing_indexes(settings.mongo.index_build_timeout)
+        else:
+            states = store.index_states()
+        for state in states:
+            print(state.line(store.namespace(state.spec)))
+    return 0 if all(state.serving and state.state != "ttl" for state in states) else 1
 
 
 def _db(settings: Settings, action: str) -> int:

@@ -45,6 +45,18 @@ class StoreError(WorkersError):
     """MongoDB refused an operation."""
 
 
+class IndexConflict(StoreError):
+    """An index under one of our names has other keys or options than the service needs."""
+
+
+class IndexesMissing(StoreError):
+    """Indexes the service needs are missing, and mongo.create_indexes is false."""
+
+
+class IndexBuildTimeout(StoreError):
+    """An index build outlasted mongo.index_build_timeout."""
+
+
 class ClaimIncomplete(WorkersError):
     """A claim was interrupted after its write was sent: some jobs may be held under its token."""
 

@@ -40,6 +40,10 @@ PRIORITIES = {"low": 10, "normal": 0, "medium": -5, "high": -10, "critical": -15
 # Bounds that keep a job document far from MongoDB's 16 MB limit, however a job logs or
 # fails: the log keeps its newest entries, stored texts are clipped.
 LOG_LIMIT = 200
+# A full log drops its oldest entries down to LOG_KEPT in one write, not one per entry: an
+# append is then one new array element in the oplog and in the change event, where a log
+# sliding by one rewrote every entry (MongoDB's update diffs have no "remove first").
+LOG_KEPT = 150
 TEXT_LIMIT = 8_000  # characters of a stored message
 TRACEBACK_LIMIT = 32_000  # characters of a stored traceback (its end: where it was raised)
 DATA_LIMIT = 16_000  # bytes of BSON of a log entry's data

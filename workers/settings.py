@@ -51,6 +51,12 @@ class MongoSettings(_Section):
     # majority: journaled on a majority of a replica set, so a failover rolls nothing back;
     # acknowledged: in memory only: faster, and may lose the last ~100 ms of writes on a crash.
     write_concern: Literal["auto", "journaled", "majority", "acknowledged"] = "auto"
+    # false: boot only checks the indexes, and stops naming the missing ones (for a user
+    # without the createIndex privilege; `workers db indexes --create` builds them)
+    create_indexes: bool = True
+    # seconds one index build at boot may take: on a replica set a build waits for every
+    # voting member, and a member that is down holds it
+    index_build_timeout: float = Field(300.0, gt=0)
 
 
 class ClusterSettings(_Section):

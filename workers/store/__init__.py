@@ -6,9 +6,11 @@ atomic and which index serves it. One module per collection.
 
 from __future__ import annotations
 
-from workers.store.base import Document, bson_problem, new_id, translated
+from workers.store import claims, dependencies, jobs, lifecycle, metrics, nodes
+from workers.store.base import Document, bson_problem, new_id
 from workers.store.claims import CLAIM_INDEX
 from workers.store.cron import CronQueries
+from workers.store.indexes import IndexQueries, IndexSpec, IndexState
 from workers.store.jobs import LOST_MESSAGE, RESCUE_INDEX, UNIQUE_INDEX, Completion, JobQueries
 from workers.store.metrics import MetricsQueries
 from workers.store.nodes import NodeQueries
@@ -16,26 +18,51 @@ from workers.store.overview import OverviewQueries
 from workers.store.stream import AnyChange, ReadyChange, ReadyStream
 from workers.store.web import WebQueries
 
+# every index of the service, by the module whose queries it serves
+INDEXES: tuple[IndexSpec, ...] = (
+    *claims.INDEXES,
+    *jobs.INDEXES,
+    *dependencies.INDEXES,
+    *lifecycle.INDEXES,
+    *nodes.INDEXES,
+    *metrics.INDEXES,
+)
+RETIRED_INDEXES = (
+    *claims.RETIRED_INDEXES,
+    *dependencies.RETIRED_INDEXES,
+    *lifecycle.RETIRED_INDEXES,
+)
 
-class Store(JobQueries, OverviewQueries, NodeQueries, CronQueries, MetricsQueries, WebQueries):
+
+class Store(
+    JobQueries,
+    OverviewQueries,
+    NodeQueries,
+    CronQueries,
+    MetricsQueries,
+    WebQueries,
+    IndexQueries,
+):
     """The job, node, cron, metrics and web collections of one database."""
 
-    @translated
-    def ensure_indexes(self) -> None:
-        """Idempotent; every hot-path query names the index it relies on."""
-        self.ensure_job_indexes()
-        self.ensure_node_indexes()
-        self.ensure_metrics_indexes()
+    def required_indexes(self) -> tuple[IndexSpec, ...]:
+        return INDEXES
+
+    def retired_indexes(self) -> tuple[IndexSpec, ...]:
+        return RETIRED_INDEXES
 
 
 __all__ = [
     "CLAIM_INDEX",
+    "INDEXES",
     "LOST_MESSAGE",
     "RESCUE_INDEX",
     "UNIQUE_INDEX",
     "AnyChange",
     "Completion",
     "Document",
+    "IndexSpec",
+    "IndexState",
     "ReadyChange",
     "ReadyStream",
     "Store",

@@ -29,6 +29,7 @@ from workers.errors import DatabaseUnavailable, ServerTooOld, StoreError, Worker
 from workers.record import (
     DATA_LIMIT,
     HORIZON,
+    LOG_KEPT,
     LOG_LIMIT,
     READY,
     SCHEDULED,
@@ -150,8 +151,9 @@ def number(field: str) -> Any:
 
 
 def appended(field: str, entry: Document, *, literal: bool = True) -> Any:
-    """The array `field` (or [] if it is not one) with `entry` appended, stamped by $$NOW,
-    keeping the newest LOG_LIMIT entries: a log cannot grow a job toward 16 MB.
+    """The array `field` (or [] if it is not one) with `entry` appended, stamped by $$NOW;
+    past LOG_LIMIT entries, the newest LOG_KEPT: a log cannot grow a job toward 16 MB, and
+    only one write in LOG_LIMIT - LOG_KEPT rewrites the array (record.LOG_KEPT).
 
     `entry` is taken literally (its message clipped, its data bounded) unless
     `literal=False` says it holds expressions.
@@ -159,7 +161,9 @@ def appended(field: str, entry: Document, *, literal: bool = True) -> Any:
     value = {"$literal": bounded_entry(entry)} if literal else entry
     stamped = {"$mergeObjects": [value, {"time": "$$NOW"}]}
     grown = {"$concatArrays": [{"$cond": [{"$isArray": field}, field, []]}, [stamped]]}
-    return {"$slice": [grown, -LOG_LIMIT]}
+    full = {"$gt": [{"$size": "$$grown"}, LOG_LIMIT]}
+    trimmed = {"$cond": [full, {"$slice": ["$$grown", -LOG_KEPT]}, "$$grown"]}
+    return {"$let": {"vars": {"grown": grown}, "in": trimmed}}
 
 
 def bounded_entry(entry: Document) -> Document:
@@ -255,6 +259,8 @@ class Connection:
         self.retention: dict[str, float | None] = dict(retention or {})
         self._bind(database)
         self._profile: ServerProfile | None = None
+        #: our index name -> the name of the index serving it (an equivalent a DBA made)
+        self.index_names: dict[str, str] = {}
         self._info: Document | None = None
         self._offset: timedelta | None = None
         self._synced_at = 0.0
@@ -341,11 +347,19 @@ class Connection:
                 )
             return self._app_client[self.db.name]
 
+    def index(self, name: str) -> str:
+        """The index serving ours named `name`: a hint names it (indexes.py)."""
+        return self.index_names.get(name, name)
+
+    def scan_hint(self, name: str) -> str | None:
+        """The hint of a scan: the index, or none where the server profile plans better."""
+        return self.index(name) if self.profile.hint_scans else None
+
     def for_heartbeat(self, lease: float) -> Any:
         """A store of the same class on one connection of its own, every operation bounded by
         lease/6 (pool wait and retries included): a beat cannot queue behind the jobs'
         traffic, and a beat sent into a partition fails in time to try again."""
-        return type(self)(
+        store = type(self)(
             self.url,
             self.db.name,
             prefix=self._prefix,
@@ -356,6 +370,8 @@ class Connection:
             operation_timeout=max(0.5, lease / 6),
             retention=self.retention,
         )
+        store.index_names = dict(self.index_names)
+        return store
 
     def finished(self, status: str) -> Document:
         """What every write that finishes a job also sets: when it finished, the release of

@@ -42,6 +42,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from workers.errors import ClaimIncomplete
 from workers.record import FAILED, HORIZON, READY, RUNNING, SCHEDULED, error_document
 from workers.store.base import Connection, Document, after_now, hashable, number, translated
+from workers.store.indexes import IndexSpec
 from workers.store.stream import ReadyStream
 
 CLAIM_INDEX = "claim_queue"
@@ -62,7 +63,14 @@ _STAGE_BATCH = 1000
 # How far ahead `next_due` looks: the scan is bounded by the jobs due in this window, and a
 # claimer that finds none there looks again at its end (a stream reports new ones sooner).
 NEXT_DUE_WINDOW = timedelta(seconds=30)
-LEGACY_CLAIM_INDEX = "claim"  # (status, priority, run_at), before `type` joined the index
+INDEXES = (
+    IndexSpec("jobs", CLAIM_INDEX, tuple(CLAIM_KEYS)),
+    # partial: on MongoDB it holds the scheduled jobs only, however many are finished
+    IndexSpec("jobs", SCHEDULE_INDEX, tuple(SCHEDULE_KEYS), partial={"status": SCHEDULED}),
+    IndexSpec("jobs", READY_TIMES_INDEX, tuple(READY_TIMES_KEYS), partial={"status": READY}),
+)
+# (status, priority, run_at), before `type` joined the index
+RETIRED_INDEXES = (IndexSpec("jobs", "claim", (("status", 1), ("priority", 1), ("run_at", 1))),)
 # A scan reads the server profile's `scan_candidates` (on MongoDB a short index range; on
 # SecantusDB a scan costs the same whatever its limit: it reads every ready job). No list
 # holds more than this:
@@ -134,16 +142,6 @@ class Spare:
 
 
 class ClaimQueries(Connection):
-    def ensure_claim_indexes(self) -> None:
-        self.jobs.create_index(CLAIM_KEYS, name=CLAIM_INDEX)
-        # partial: on MongoDB it holds the scheduled jobs only, however many are finished
-        self.jobs.create_index(
-            SCHEDULE_KEYS, name=SCHEDULE_INDEX, partialFilterExpression={"status": SCHEDULED}
-        )
-        self.jobs.create_index(
-            READY_TIMES_KEYS, name=READY_TIMES_INDEX, partialFilterExpression={"status": READY}
-        )
-
     @translated
     def stage_due(self) -> int:
         """Scheduled jobs due within the HORIZON become ready (Oban's stager, jobCollection's
@@ -158,7 +156,7 @@ class ClaimQueries(Connection):
         staged = 0
         while True:
             due = self._stage_query(self.now())
-            hint = self.profile.hint(SCHEDULE_INDEX)
+            hint = self.scan_hint(SCHEDULE_INDEX)
             ids = [d["_id"] for d in self.jobs.find(due, {"_id": 1}, hint=hint, limit=_STAGE_BATCH)]
             if not ids:
                 return staged
@@ -367,7 +365,7 @@ class ClaimQueries(Connection):
             self._due_query(types, now),
             {"_id": 1, "priority": 1},
             sort=CLAIM_SORT,
-            hint=self.profile.hint(CLAIM_INDEX),
+            hint=self.scan_hint(CLAIM_INDEX),
             limit=limit,
             batch_size=limit,  # one reply, no getMore
         )
@@ -474,7 +472,7 @@ class ClaimQueries(Connection):
 
     def _first_run_at(self, query: Document, index: str) -> datetime | None:
         found = self.jobs.find(
-            query, {"run_at": 1}, sort=[("run_at", 1)], hint=self.profile.hint(index)
+            query, {"run_at": 1}, sort=[("run_at", 1)], hint=self.scan_hint(index)
         ).limit(1)
         for doc in found:
             run_at = doc.get("run_at")
@@ -506,7 +504,7 @@ class ClaimQueries(Connection):
         and not every server explains an update command."""
         now = self.now()
         ids = ["explain-a", "explain-b"]
-        by_claim_index = {"sort": dict(CLAIM_SORT), "hint": CLAIM_INDEX, "limit": 4}
+        by_claim_index = {"sort": dict(CLAIM_SORT), "hint": self.index(CLAIM_INDEX), "limit": 4}
         commands: dict[str, Document] = {
             "claim candidates": {"filter": self._due_query(types, now), **by_claim_index},
             "claim write": {"filter": _still_ready(ids, now)},
@@ -515,27 +513,29 @@ class ClaimQueries(Connection):
             "next ready": {
                 "filter": self._next_ready_query(types, now),
                 "sort": {"run_at": 1},
-                "hint": READY_TIMES_INDEX,
+                "hint": self.index(READY_TIMES_INDEX),
                 "limit": 1,
             },
             "next due": {
                 "filter": self._next_due_query(now),
                 "sort": {"run_at": 1},
-                "hint": SCHEDULE_INDEX,
+                "hint": self.index(SCHEDULE_INDEX),
                 "limit": 1,
             },
             "stage due": {
                 "filter": self._stage_query(now),
-                "hint": SCHEDULE_INDEX,
+                "hint": self.index(SCHEDULE_INDEX),
                 "limit": _STAGE_BATCH,
             },
         }
         return {name: self.explain_find(command) for name, command in commands.items()}
 
     @translated
-    def explain_find(self, command: Document) -> tuple[Document, Document]:
+    def explain_find(
+        self, command: Document, verbosity: str = "queryPlanner"
+    ) -> tuple[Document, Document]:
         find = {"find": self.jobs.name, **command}
-        return find, self._explain(find)
+        return find, self._explain(find, verbosity)
 
     @translated
     def claim_keys_examined(self, types: list[str]) -> int:
@@ -551,7 +551,7 @@ class ClaimQueries(Connection):
             "filter": self._due_query(types, self.now()),
             "projection": {"_id": 1},
             "sort": dict(CLAIM_SORT),
-            "hint": CLAIM_INDEX,
+            "hint": self.index(CLAIM_INDEX),
             "limit": limit,
         }
         stats: Document = self._explain(command, "executionStats")["executionStats"]

@@ -41,11 +41,31 @@ from workers.record import (
 )
 from workers.store.base import Document, appended, new_id, ready_or_scheduled, translated
 from workers.store.claims import ClaimQueries
+from workers.store.indexes import IndexSpec
 
 _log = logging.getLogger("workers.store")
 BATCH = 500
-LINKS_INDEX = "links"
+# `status` after `links`: the sweep reads the finished jobs with the marker, not the live
+# ones (every repeating job, every antecedent still to run) on every heartbeat. Partial on
+# `links`, not sparse: a sparse compound index holds every document with any of its keys,
+# and every job has a status.
+LINKS_INDEX = "links_status"
 UNIQUE_KEY_INDEX = "unique_key"
+INDEXES = (
+    IndexSpec(
+        "jobs", LINKS_INDEX, (("links", 1), ("status", 1)), partial={"links": {"$exists": True}}
+    ),
+    # one job per key (cron's ticks, the app's unique jobs); jobs without a key not indexed
+    IndexSpec(
+        "jobs",
+        UNIQUE_KEY_INDEX,
+        (("unique_key", 1),),
+        unique=True,
+        partial={"unique_key": {"$type": "string"}},
+    ),
+)
+# `links` alone: the sweep read every job with the marker, live ones included
+RETIRED_INDEXES = (IndexSpec("jobs", "links", (("links", 1),), sparse=True),)
 _PUSH_TRIES = 5  # a unique key freed and taken again between our insert and our read
 _SWEEP_BATCH = 100
 # the antecedents a job still waits for: its links but the marker
@@ -60,6 +80,13 @@ def holder_query(key: Any) -> Document:
     return {"unique_key": {"$eq": key, "$type": "string"}}
 
 
+def linked(values: list[Any]) -> Document:
+    """`links` holding any of `values`, as the partial `links_status` index serves it: the
+    filter repeats the index's `$exists` (a partial index is used only for a query whose
+    predicate implies its filter)."""
+    return {"$in": values, "$exists": True}
+
+
 def pending_of(doc: Document) -> list[Any]:
     return [link for link in doc.get("links") or [] if link != FOLLOWUPS]
 
@@ -70,9 +97,6 @@ def batches(ids: list[Any]) -> Iterator[list[Any]]:
 
 
 class DependencyQueries(ClaimQueries):
-    def ensure_dependency_indexes(self) -> None:
-        self.jobs.create_index("links", name=LINKS_INDEX, sparse=True)
-
     # -- push -------------------------------------------------------------------------------
 
     @translated
@@ -108,7 +132,9 @@ class DependencyQueries(ClaimQueries):
             key = document.get("unique_key")
             if not str(key).startswith(UNIQUE_PREFIX):  # cron's tick key: one job per key, ever
                 raise PushError(f"a job with the unique key {key!r} exists") from exc
-            holder = self.jobs.find_one(holder_query(key), {"_id": 1}, hint=UNIQUE_KEY_INDEX)
+            holder = self.jobs.find_one(
+                holder_query(key), {"_id": 1}, hint=self.index(UNIQUE_KEY_INDEX)
+            )
             return str(holder["_id"]) if holder else ""
         return None
 
@@ -183,8 +209,9 @@ class DependencyQueries(ClaimQueries):
     @translated
     def settle_finished(self) -> int:
         """Settle finished jobs whose follow-ups a crash left undone (on `links`)."""
-        query = {"links": FOLLOWUPS, "status": {"$in": list(FINISHED)}}
-        found = list(self.jobs.find(query, {"_id": 1}, hint=LINKS_INDEX, limit=_SWEEP_BATCH))
+        query = {"links": linked([FOLLOWUPS]), "status": {"$in": list(FINISHED)}}
+        cursor = self.jobs.find(query, {"_id": 1}, hint=self.index(LINKS_INDEX), limit=_SWEEP_BATCH)
+        found = list(cursor)
         for doc in found:
             self.settle(doc["_id"])
         return len(found)
@@ -196,7 +223,7 @@ class DependencyQueries(ClaimQueries):
             pulled = {"$setDifference": [{"$ifNull": ["$links", []]}, batch]}
             ready = {"$and": [{"$eq": ["$status", WAITING]}, {"$not": [HAS_PENDING]}]}
             self.jobs.update_many(
-                {"links": {"$in": batch}, **where},
+                {"links": linked(batch), **where},
                 [
                     {"$set": {"links": pulled}},
                     {
@@ -206,6 +233,7 @@ class DependencyQueries(ClaimQueries):
                         }
                     },
                 ],
+                hint=self.index(LINKS_INDEX),
             )
 
     def _repeat(self, doc: Document) -> None:

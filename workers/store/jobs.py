@@ -43,15 +43,17 @@ from workers.store.base import (
     appended,
     before_now,
     hashable,
+    new_id,
     number,
     translated,
 )
-from workers.store.claims import LEGACY_CLAIM_INDEX
+from workers.store.indexes import IndexSpec
 from workers.store.lifecycle import LifecycleQueries
 
 RESCUE_INDEX = "rescue"
 UNIQUE_INDEX = "unique_key"
 RESCUE_KEYS = [("status", 1), ("lease_expires", 1)]
+INDEXES = (IndexSpec("jobs", RESCUE_INDEX, tuple(RESCUE_KEYS)),)
 _RESCUE_BATCH = 500
 _CLOCK_MARGIN = timedelta(seconds=1)
 _SHARED_RESULT_LIMIT = 64 * 1024
@@ -59,21 +61,6 @@ LOST_MESSAGE = "lost: worker died"
 
 
 class JobQueries(LifecycleQueries):
-    def ensure_job_indexes(self) -> None:
-        self.ensure_claim_indexes()
-        self.ensure_lifecycle_indexes()
-        # the claim index of 0.1 had no `type`; nothing uses it now, and every write paid for it
-        if LEGACY_CLAIM_INDEX in self.jobs.index_information():
-            self.jobs.drop_index(LEGACY_CLAIM_INDEX)
-        self.jobs.create_index(RESCUE_KEYS, name=RESCUE_INDEX)
-        # one job per cron tick; jobs without a key are not indexed
-        self.jobs.create_index(
-            "unique_key",
-            name=UNIQUE_INDEX,
-            unique=True,
-            partialFilterExpression={"unique_key": {"$type": "string"}},
-        )
-
     # -- push --------------------------------------------------------------------
 
     @translated
@@ -90,7 +77,7 @@ class JobQueries(LifecycleQueries):
     def has_unique_index(self) -> bool:
         """Is the unique index on `unique_key` there, unique? Cron refuses to lead without it:
         it is what makes a tick fire once."""
-        found = self.jobs.index_information().get(UNIQUE_INDEX)
+        found = self.jobs.index_information().get(self.index(UNIQUE_INDEX))
         return bool(found and found.get("unique") and found.get("key") == [("unique_key", 1)])
 
     @translated
@@ -308,7 +295,7 @@ class JobQueries(LifecycleQueries):
         """
         expired = self._expired_query()
         fields = {"_id": 1, "type": 1, "lease_owner": 1, "attempts": 1}
-        hint = self.profile.hint(RESCUE_INDEX)
+        hint = self.scan_hint(RESCUE_INDEX)
         bound = {key: value for key, value in expired.items() if key != "$expr"}
         near = [doc["_id"] for doc in self.jobs.find(bound, {"_id": 1}, hint=hint).limit(
             _RESCUE_BATCH
@@ -316,40 +303,53 @@ class JobQueries(LifecycleQueries):
         if not near:
             return []
         found = list(self.jobs.find({"_id": {"$in": near}, **expired}, fields))
-        if found:
-            ids = [doc["_id"] for doc in found]
-            try:
-                self.jobs.update_many(
-                    {"_id": {"$in": ids}, **expired}, [{"$set": self._rescue_stage()}]
-                )
-            except OperationFailure:
-                self._rescue_each(ids, expired)
-        return found
+        if not found:
+            return []
+        ids, token = [doc["_id"] for doc in found], new_id()
+        mine: set[Any] = set()
+        try:
+            self.jobs.update_many(
+                {"_id": {"$in": ids}, **expired}, [{"$set": self._rescue_stage(token)}]
+            )
+        except OperationFailure:
+            mine = self._rescue_each(ids, expired, token)
+        # ours: another process may have rescued some between our read and our write
+        mine |= {doc["_id"] for doc in self.jobs.find(_rescued_by(ids, token), {"_id": 1})}
+        return [doc for doc in found if doc["_id"] in mine]
 
-    def _rescue_each(self, ids: list[Any], expired: Document) -> None:
+    def _rescue_each(self, ids: list[Any], expired: Document, token: str) -> set[Any]:
         """One document the server cannot update must not stop the rescue of the others;
-        its error is raised once they are done."""
+        its error is raised once they are done. The ids each write rescued."""
         refused: list[OperationFailure] = []
+        mine = set()
         for job_id in ids:
             try:
-                self._rescue_one(job_id, expired)
+                if self._rescue_one(job_id, expired, token):
+                    mine.add(job_id)
             except OperationFailure as exc:
                 refused.append(exc)
         if refused:
             raise refused[0]
+        return mine
 
-    def _rescue_one(self, job_id: Any, expired: Document) -> None:
+    def _rescue_one(self, job_id: Any, expired: Document, token: str) -> bool:
         """Rescue one job; if even that write is refused (the document is at the size limit),
-        rescue it without the log entry and error, which are what would grow it."""
+        rescue it without the log entry, the error and the token, which are what would
+        grow it. Whether this write rescued it."""
+        stage = self._rescue_stage(token)
         try:
-            self.jobs.update_one({"_id": job_id, **expired}, [{"$set": self._rescue_stage()}])
+            done = self.jobs.update_one({"_id": job_id, **expired}, [{"$set": stage}])
         except OperationFailure:
-            stage = self._rescue_stage()
             bare = {key: stage[key] for key in _RESCUE_BARE}
-            self.jobs.update_one({"_id": job_id, **expired}, [{"$set": bare}])
+            done = self.jobs.update_one({"_id": job_id, **expired}, [{"$set": bare}])
+        return done.modified_count == 1
 
-    def _rescue_stage(self) -> Document:
-        return _rescued(self.finished(FAILED))
+    def _rescue_stage(self, token: str) -> Document:
+        """The rescue's write, stamped with `token`: the read-back tells this process's own
+        rescues (its count and metric) from another's of the same jobs."""
+        stage = _rescued(self.finished(FAILED))
+        stage["last_action"] = {"$literal": {"action": "rescue", "token": token}}
+        return stage
 
     def _expired_query(self) -> Document:
         return {
@@ -374,7 +374,9 @@ class JobQueries(LifecycleQueries):
                 {"filter": _held_together("token-1", shared)}
             ),
             "completions read-back": self.explain_find({"filter": {"_id": {"$in": list(held)}}}),
-            "rescue": self.explain_find({"filter": self._expired_query(), "hint": RESCUE_INDEX}),
+            "rescue": self.explain_find(
+                {"filter": self._expired_query(), "hint": self.index(RESCUE_INDEX)}
+            ),
         }
 
     # -- reading -----------------------------------------------------------------------
@@ -453,6 +455,10 @@ _RESCUE_BARE = (
     "status", "run_at", "finished", "unique_key", "expire_at", "lease_owner", "lease_expires",
     "updated",
 )  # fmt: skip
+
+
+def _rescued_by(ids: list[Any], token: str) -> Document:
+    return {"_id": {"$in": ids}, "last_action.token": token}
 
 
 def _rescued(finish: Document) -> Document:

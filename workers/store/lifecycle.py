@@ -8,10 +8,9 @@ meanwhile is refused, never overwritten. The write stamps `last_action` with a
 token of its own, and one read-back says exactly which jobs it changed. Batches
 of `BATCH` ids keep `*_many` at a bounded number of round trips.
 
-Indexes: live jobs are found on the claim index (status, type, ...); finished ones
-on `finished` (status, type, _id), partial on a finish time, so an entry is
-written once per job, when it finishes; `links` for the cascades; the TTL index
-`expire_at` (retention).
+Indexes: jobs are listed on `listing` (status, type, _id), newest first, live and
+finished alike (it was partial on finished jobs, and a live list was sorted in
+memory); `links_status` for the cascades; the TTL index `expire_at` (retention).
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ from workers.store.base import (
     ready_or_scheduled,
     translated,
 )
-from workers.store.claims import CLAIM_INDEX
 from workers.store.dependencies import (
     BATCH,
     HAS_PENDING,
@@ -54,11 +52,31 @@ from workers.store.dependencies import (
     UNIQUE_KEY_INDEX,
     DependencyQueries,
     holder_query,
+    linked,
     pending_of,
 )
 from workers.store.dependencies import batches as _batches
+from workers.store.indexes import IndexSpec
 
-FINISHED_INDEX, EXPIRE_INDEX = "finished", "expire_at"
+LISTING_INDEX, EXPIRE_INDEX = "listing", "expire_at"
+INDEXES = (
+    # the lists, newest first: one range per (status, type), live and finished alike, so a
+    # page reads its own jobs whatever the backlog or the retention keeps
+    IndexSpec("jobs", LISTING_INDEX, (("status", 1), ("type", 1), ("_id", 1))),
+    # retention: each finished job carries the date it goes (by its status); live ones none
+    IndexSpec(
+        "jobs", EXPIRE_INDEX, (("expire_at", 1),), ttl=0, partial={"expire_at": {"$type": "date"}}
+    ),
+)
+# the same keys for the finished jobs only: the live lists were sorted in memory
+RETIRED_INDEXES = (
+    IndexSpec(
+        "jobs",
+        "finished",
+        (("status", 1), ("type", 1), ("_id", 1)),
+        partial={"finished": {"$type": "date"}},
+    ),
+)
 _NEWEST_FIRST = [("_id", -1)]
 
 
@@ -86,20 +104,6 @@ class Scope:
 
 
 class LifecycleQueries(DependencyQueries):
-    def ensure_lifecycle_indexes(self) -> None:
-        self.ensure_dependency_indexes()
-        self.jobs.create_index(
-            [("status", 1), ("type", 1), ("_id", 1)],
-            name=FINISHED_INDEX,
-            partialFilterExpression=_IS_FINISHED,
-        )
-        self.jobs.create_index(
-            "expire_at",
-            name=EXPIRE_INDEX,
-            expireAfterSeconds=0,
-            partialFilterExpression={"expire_at": {"$type": "date"}},
-        )
-
     # -- find ------------------------------------------------------------------------------
 
     @translated
@@ -221,8 +225,7 @@ class LifecycleQueries(DependencyQueries):
         note: str | None = None,
     ) -> ActionResult:
         """Cancel; then, as asked, the jobs that depend on these (all the way down) and the
-        ones these depend on (all the way up). For one owner, the follow-ups marker goes
-        in the same write: the sweep that finishes a cut-short cascade knows no owner."""
+        ones these depend on (all the way up), each level marked until the next is done."""
         keep = dependents and scope.owner is None
         result = self._update("cancel", ids, lambda: self._cancelled(keep=keep), note, scope)
         if antecedents:
@@ -231,20 +234,26 @@ class LifecycleQueries(DependencyQueries):
                 result.add(self._cancel(above, scope, dependents=dependents, antecedents=True))
         if dependents:
             result.add(self.cancel_dependents(result.changed, scope))
-            self._unmark(result.changed)
         return result
 
     def cancel_dependents(self, ids: list[Any], scope: Scope | None = None) -> ActionResult:
-        """Cancel every job that depends on `ids`, level by level (on the `links` index)."""
+        """Cancel every job that depends on `ids`, level by level (on the `links` index).
+
+        Each level keeps its follow-ups marker until the level below it is cancelled: a
+        crash between two levels leaves a cancelled job with the marker, which the sweep
+        (`settle_finished`) settles by cancelling the rest. For one owner, the marker goes
+        in the cancel's own write: the sweep knows no owner."""
         scope = scope or Scope()
         result = ActionResult("cancel")
         frontier = list(ids)
+        keep = scope.owner is None
         while frontier:
             below = self._dependents_of(frontier, ALLOWED["cancel"], scope)
             note = "an antecedent did not complete"
-            cancelled = functools.partial(self._cancelled, keep=False)
+            cancelled = functools.partial(self._cancelled, keep=keep)
             level = self._update("cancel", below, cancelled, note, scope)
             result.add(level)
+            self._unmark(frontier)
             frontier = level.changed
         return result
 
@@ -343,9 +352,9 @@ class LifecycleQueries(DependencyQueries):
             doc
             for batch in _batches(ids)
             for doc in self.jobs.find(
-                {"links": {"$in": batch}, "status": {"$in": list(statuses)}},
+                {"links": linked(batch), "status": {"$in": list(statuses)}},
                 {"_id": 1, "owner": 1},
-                hint=LINKS_INDEX,
+                hint=self.index(LINKS_INDEX),
                 batch_size=BATCH,
             )
         )
@@ -366,41 +375,49 @@ class LifecycleQueries(DependencyQueries):
             for name, (job_type, status) in _FIND_EXAMPLES.items()
             for n, command in enumerate(self._find_commands(job_type, status), 1)
         }
+        [(ready, listing)] = self._find_queries(None, READY)
         commands.update(
             {
+                "next page of ready jobs": {
+                    "filter": {**ready, "_id": {"$lt": "f" * 24}},
+                    "sort": dict(_NEWEST_FIRST),
+                    "hint": listing,
+                    "limit": 51,
+                },
                 "dependents": {
-                    "filter": {"links": {"$in": ids}, "status": {"$in": [WAITING, PAUSED]}},
-                    "hint": LINKS_INDEX,
+                    "filter": {"links": linked(ids), "status": {"$in": [WAITING, PAUSED]}},
+                    "hint": self.index(LINKS_INDEX),
                 },
-                "release": {"filter": {"links": {"$in": ids}}},
+                "release": {"filter": {"links": linked(ids)}, "hint": self.index(LINKS_INDEX)},
                 "followups sweep": {
-                    "filter": {"links": FOLLOWUPS, "status": {"$in": list(FINISHED)}},
-                    "hint": LINKS_INDEX,
+                    "filter": {"links": linked([FOLLOWUPS]), "status": {"$in": list(FINISHED)}},
+                    "hint": self.index(LINKS_INDEX),
                 },
-                "unique holder": {"filter": holder_query("unique:k"), "hint": UNIQUE_KEY_INDEX},
+                "unique holder": {
+                    "filter": holder_query("unique:k"),
+                    "hint": self.index(UNIQUE_KEY_INDEX),
+                },
             }
         )
         return {name: self.explain_find(command) for name, command in commands.items()}
 
     def _find_queries(self, type: str | None, status: str | None) -> list[tuple[Document, str]]:
         """The queries (filter, index) whose results, merged, are the jobs of `type` and
-        `status`. Live jobs (not finished) are on the claim index, whose prefix is (status,
-        type); finished ones on `finished` (the filter repeats its partial expression, so
-        the planner may use it), by type: for a status alone, one range per type there."""
-        typed: Document = {} if type is None else {"type": type}
+        `status`, newest first: on the listing index (status, type, _id), one range per
+        (status, type) pair, which MongoDB merges in `_id` order (no in-memory sort); for a
+        status alone, its types are listed first (a distinct on the same index)."""
         if status is None and type is None:
             return [({}, "_id_")]
-        if status is not None and status not in FINISHED:
-            return [({"status": status, **typed}, CLAIM_INDEX)]
-        statuses = list(FINISHED) if status is None else [status]
-        finished: Document = {"status": {"$in": statuses}, **typed, **_IS_FINISHED}
-        if type is None:
-            types = self.jobs.distinct("type", {"status": status, **_IS_FINISHED})
-            finished["type"] = {"$in": sorted(t for t in types if isinstance(t, str))}
-        queries = [(finished, FINISHED_INDEX)]
-        if status is None:
-            queries.insert(0, ({"status": {"$in": _LIVE}, **typed}, CLAIM_INDEX))
-        return queries
+        statuses = list(STATUSES) if status is None else [status]
+        types = [type] if type is not None else self._types_of(statuses)
+        query = {"status": {"$in": statuses}, "type": {"$in": types}}
+        return [(query, self.index(LISTING_INDEX))]
+
+    def _types_of(self, statuses: list[str]) -> list[Any]:
+        """The job types in `statuses` (null too: it matches a job without one); a damaged
+        document's type that is a document, an array or a pattern is left out."""
+        found = self.jobs.distinct("type", {"status": {"$in": statuses}})
+        return [None, *sorted((t for t in found if isinstance(t, (str, int, float))), key=str)]
 
     def _find_commands(self, type: str | None, status: str | None) -> list[Document]:
         return [{"filter": q, "hint": hint} for q, hint in self._find_queries(type, status)]
@@ -409,8 +426,6 @@ class LifecycleQueries(DependencyQueries):
 _HAS_UNIQUE = {"$eq": [{"$type": "$unique"}, "string"]}
 _READ_BACK = {"status": 1, "last_action": 1}
 _PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "restart": "restarted"}
-_IS_FINISHED = {"finished": {"$type": "date"}}
-_LIVE = [status for status in STATUSES if status not in FINISHED]
 _FIND_EXAMPLES = {
     "by type and finished status": ("LoadRetentionJob", FAILED),
     "by finished status": (None, FAILED),

@@ -14,9 +14,11 @@ from datetime import datetime, timedelta
 from pymongo import UpdateOne
 
 from workers.store.base import Connection, Document, translated
+from workers.store.indexes import IndexSpec
 
 _TYPE, _MINUTE = "type:", "minute:"
 MINUTE_KEEP = timedelta(hours=2)
+INDEXES = (IndexSpec("metrics", "metrics_ttl", (("expire_at", 1),), ttl=0),)
 
 
 def minute_key(moment: datetime) -> str:
@@ -24,9 +26,6 @@ def minute_key(moment: datetime) -> str:
 
 
 class MetricsQueries(Connection):
-    def ensure_metrics_indexes(self) -> None:
-        self.metrics.create_index("expire_at", name="metrics_ttl", expireAfterSeconds=0)
-
     @translated
     def add_metrics(
         self, by_type: dict[str, dict[str, float]], minute: dict[str, int], at: datetime

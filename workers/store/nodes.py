@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from workers.store.base import Connection, Document, translated
+from workers.store.indexes import IndexSpec
 
 NODE_TTL = 24 * 3600  # a node that stopped beating disappears after a day
+INDEXES = (IndexSpec("nodes", "node_ttl", (("last_beat", 1),), ttl=NODE_TTL),)
 
 
 class NodeQueries(Connection):
-    def ensure_node_indexes(self) -> None:
-        self.nodes.create_index("last_beat", name="node_ttl", expireAfterSeconds=NODE_TTL)
-
     @translated
     def beat(self, node_id: str, info: dict[str, Any]) -> None:
         """Upsert this process's record; `last_beat` is the server's clock, `started` set once."""

@@ -8,8 +8,8 @@ from typing import Any
 
 from workers.record import READY
 from workers.store.base import Connection, Document, translated
-from workers.store.claims import CLAIM_INDEX
-from workers.store.dependencies import LINKS_INDEX
+from workers.store.claims import CLAIM_INDEX, READY_TIMES_INDEX
+from workers.store.dependencies import LINKS_INDEX, linked
 from workers.store.stream import AnyChange
 
 # Counting reads (status, type) only, sorted as the claim index is: MongoDB answers it
@@ -37,7 +37,7 @@ class OverviewQueries(Connection):
         """Every (status, type) and its number of jobs: one aggregation on the claim index
         (unhinted on SecantusDB, where a hint reads the whole index and then every document:
         13.4 s against 12.0 s beside 100,000 scheduled and 100,000 finished jobs)."""
-        hint = self.profile.hint(CLAIM_INDEX)
+        hint = self.scan_hint(CLAIM_INDEX)
         options: dict[str, Any] = {"hint": hint} if hint else {}
         rows = self.jobs.aggregate(COUNT_PIPELINE, **options)
         return {
@@ -46,14 +46,20 @@ class OverviewQueries(Connection):
         }
 
     @translated
-    def oldest_ready(self, now: datetime) -> Document | None:
-        """The ready job that has been due longest (the claim index's prefix, status)."""
-        return self.jobs.find_one(
-            {"status": READY, "run_at": {"$lte": now}},
-            {"type": 1, "run_at": 1},
-            sort=[("run_at", 1)],
-            hint=self.profile.hint(CLAIM_INDEX),  # unhinted there, it reads the ready jobs only
-        )
+    def oldest_ready(self, now: datetime, types: list[str]) -> Document | None:
+        """The ready job that has been due longest: the first due of each of `types` (the
+        types with ready jobs, from the counts), each the first key of its range on
+        `ready_times` (type, run_at); across types the index has no order by `run_at`."""
+        firsts = [
+            self.jobs.find_one(query, {"type": 1, "run_at": 1}, sort=[("run_at", 1)], hint=hint)
+            for query, hint in self._oldest_queries(now, types)
+        ]
+        found = [doc for doc in firsts if doc is not None]
+        return min(found, key=lambda doc: doc["run_at"], default=None)
+
+    def _oldest_queries(self, now: datetime, types: list[str]) -> list[tuple[Document, Any]]:
+        hint = self.scan_hint(READY_TIMES_INDEX)  # unhinted there, it reads the ready jobs only
+        return [({"status": READY, "type": t, "run_at": {"$lte": now}}, hint) for t in types]
 
     @translated
     def jobs_by_id(self, ids: list[Any]) -> list[Document]:
@@ -62,20 +68,24 @@ class OverviewQueries(Connection):
     @translated
     def waiting_on(self, job_id: Any, limit: int = 100) -> list[Document]:
         """The jobs still waiting for `job_id` to complete (the `links` index)."""
-        return list(self.jobs.find({"links": job_id}, _SUMMARY, hint=LINKS_INDEX, limit=limit))
+        return list(
+            self.jobs.find(
+                {"links": linked([job_id])}, _SUMMARY, hint=self.index(LINKS_INDEX), limit=limit
+            )
+        )
 
     def job_changes(self) -> AnyChange:
         """A change stream of every job change, on its own connection (the live dashboard)."""
         return AnyChange(self.url, self.db.name, self.jobs.name, self.timeout)
 
     def overview_queries(self) -> dict[str, tuple[Document, Document]]:
-        """The queries above and a next page of find, as (command, plan): the explain tests."""
+        """The queries above, as (command, plan): the explain tests (the lists: lifecycle.py)."""
+        [(oldest, _)] = self._oldest_queries(self.now(), ["LoadRetentionJob"])
         finds: dict[str, Document] = {
-            "oldest ready": {"filter": {"status": READY, "run_at": {"$lte": self.now()}},
-                             "sort": {"run_at": 1}, "hint": CLAIM_INDEX, "limit": 1},
-            "waiting on": {"filter": {"links": "x"}, "hint": LINKS_INDEX, "limit": 100},
-            "next page of ready jobs": {"filter": {"status": READY, "_id": {"$lt": "f" * 24}},
-                                        "sort": {"_id": -1}, "hint": CLAIM_INDEX, "limit": 51},
+            "oldest ready": {"filter": oldest, "sort": {"run_at": 1},
+                             "hint": self.index(READY_TIMES_INDEX), "limit": 1},
+            "waiting on": {"filter": {"links": linked(["x"])}, "hint": self.index(LINKS_INDEX),
+                           "limit": 100},
         }  # fmt: skip
         plans = {
             name: (
@@ -84,7 +94,7 @@ class OverviewQueries(Connection):
             )
             for name, command in finds.items()
         }
-        count = {"aggregate": self.jobs.name, "pipeline": COUNT_PIPELINE, "hint": CLAIM_INDEX,
-                 "cursor": {}}  # fmt: skip
+        count = {"aggregate": self.jobs.name, "pipeline": COUNT_PIPELINE,
+                 "hint": self.index(CLAIM_INDEX), "cursor": {}}  # fmt: skip
         plans["count by status and type"] = (count, self._explain(count))
         return plans

@@ -37,6 +37,7 @@ class Feed:
         self._stop = threading.Event()
         self.following = threading.Event()  # set while a change stream is open
         self.polling = False  # the server has no change streams
+        self.resumed = 0  # times the stream was resumed after a failure
 
     def start(self) -> None:
         with self._lock:
@@ -55,23 +56,35 @@ class Feed:
 
     def _run(self) -> None:
         app, stream = self._get_app(), None
-        while not self._stop.is_set() and not app.closed:
-            try:
-                stream = stream or (None if self.polling else self._opened(app))
-                if stream is None:
-                    self._stop.wait(_FALLBACK_POLL)
-                    self.version += 1
-                    continue
-                if stream.next_change() is not None:
-                    self.version += 1
-            except WorkersError as exc:  # a lost connection: reopen (resuming) soon
-                log.debug("live feed interrupted: %s", exc)
-                self.following.clear()
-                self._stop.wait(1.0)
-                stream = None
-        self.following.clear()
-        if stream is not None:
-            stream.close()
+        try:
+            while not self._stop.is_set() and not app.closed:
+                try:
+                    stream = stream or (None if self.polling else self._opened(app))
+                    if stream is None:
+                        self._stop.wait(_FALLBACK_POLL)
+                        self.version += 1
+                        continue
+                    if not self.following.is_set():
+                        self._resume(stream)
+                    if stream.next_change() is not None:
+                        self.version += 1
+                except WorkersError as exc:  # a lost connection: resume from the token soon
+                    log.debug("live feed interrupted: %s", exc)
+                    self.following.clear()
+                    self._stop.wait(1.0)
+        finally:
+            self.following.clear()
+            if stream is not None:
+                stream.close()
+
+    def _resume(self, stream: AnyChange) -> None:
+        """Reopen the failed stream after the last change it reported (its cursor is closed
+        by the failure, its client kept); a token the server lost means changes may have
+        been missed, so the pages are told to look again."""
+        if not stream.open(max_wait=1.0):
+            self.version += 1
+        self.resumed += 1
+        self.following.set()
 
     def _opened(self, app: App) -> AnyChange | None:
         stream = app.store.job_changes()

@@ -13,7 +13,7 @@ from typing import Any
 
 from workers.app import App
 from workers.cron import iso
-from workers.record import FOLLOWUPS, STATUSES
+from workers.record import FOLLOWUPS, READY, STATUSES
 
 SEARCH_WINDOW = 2000  # documents a text search examines per page, newest first
 _SEARCH_CHUNK = 200
@@ -173,7 +173,8 @@ def counts(app: App) -> dict[str, Any]:
     """Jobs by (status, type), totals by status, and the oldest ready job's wait."""
     now = app.store.now()
     by_pair = app.store.count_by_status_and_type()
-    oldest = app.store.oldest_ready(now)
+    ready_types = sorted({job_type for status, job_type in by_pair if status == READY})
+    oldest = app.store.oldest_ready(now, ready_types)
     totals = dict.fromkeys(STATUSES, 0)
     by_type: dict[str, dict[str, int]] = {}
     for (status, job_type), n in sorted(by_pair.items()):
