@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -19,6 +20,8 @@ from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
 from workers.errors import ClaimIncomplete
+from workers.store.claims import _TURN_MAX, Spare, _list_key
+from workers.store.profile import MONGODB, SECANTUS, ServerProfile
 
 CLAIM_CALLS = ("find", "update_many", "find_one_and_update", "update_one")
 
@@ -233,3 +236,45 @@ def test_a_quarantine_that_finds_the_job_no_longer_ready_leaves_its_unique_key(a
     assert stored is not None and stored["status"] == "paused"
     assert stored["unique_key"] == "unique:retention:42"
     assert Job.push(RecordJob(n=2), unique="retention:42") == bad  # the holder, as ever
+
+
+@pytest.mark.parametrize("profile", [MONGODB, SECANTUS], ids=["mongodb", "secantusdb"])
+def test_each_server_profile_drains_by_its_own_claim_path(
+    app: App, db: Any, profile: ServerProfile
+) -> None:
+    """MongoDB: each claim scans for itself (a scan is an index range there), and the shared
+    candidate list is never written; the embedded server: the scans are shared."""
+    app.store._profile = profile  # as buildInfo would have it
+    ids = Job.push_many([RecordJob(n=n) for n in range(40)])
+    with running(app) as worker:
+        assert worker._claimer.shares_scans is profile.shared_scans
+        for job_id in ids:
+            wait_for(lambda j=job_id: finished(app, j), timeout=30, what="the drain")
+    ran = [doc["job_id"] for doc in db.executions.find({}, {"job_id": 1})]
+    assert sorted(ran) == sorted(ids)  # each once
+    shared = db[app.store.candidates.name].count_documents({})
+    assert (shared > 0) is profile.shared_scans
+
+
+def test_a_claimer_waiting_for_another_ones_scan_stops_when_told(app: App) -> None:
+    """The wait for another claimer's scan is the claimer's own (stop-aware), not a sleep in
+    the store: a claimer asked to stop scans at once instead of waiting out the turn."""
+    app.store._profile = SECANTUS
+    Job.push(RecordJob(n=1))
+    types = app.registry.types
+    turn_ends = app.store.now() + dt.timedelta(seconds=60)  # another claimer's scan, running
+    app.store.candidates.insert_one(
+        {"_id": _list_key(types), "ids": [], "scanning_until": turn_ends, "scan_seconds": 5}
+    )
+    stop = threading.Event()
+    spare = Spare(pause=stop.wait)
+    claimed: list[Any] = []
+    claiming = threading.Thread(
+        target=lambda: claimed.extend(app.store.claim("t#1", types, 30, 1, spare))
+    )
+    claiming.start()
+    wait_for(lambda: claiming.is_alive(), timeout=5, what="the claim to start")
+    stop.set()
+    claiming.join(timeout=_TURN_MAX / 2)
+    assert not claiming.is_alive(), "the claimer kept waiting for the other's scan"
+    assert len(claimed) == 1  # it scanned beside the holder instead

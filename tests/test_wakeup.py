@@ -170,3 +170,50 @@ def test_wakes_by_the_stream_do_not_read_the_next_due_time_again(idle_app: App, 
         doc = wait_for(lambda: finished(idle_app, later), timeout=SOON, what="the delayed job")
     assert reads["n"] <= 2, f"{reads['n']} reads of the next due time for 3 woken claims"
     assert db.executions.find_one({"job_id": later})["server_time"] >= doc["run_at"]
+
+
+def _count_next_due_reads(app: App) -> dict[str, int]:
+    real, reads = app.store.next_due, {"n": 0}
+
+    def counted(types: list[str]) -> Any:
+        reads["n"] += 1
+        return real(types)
+
+    app.store.next_due = counted  # type: ignore[method-assign]
+    return reads
+
+
+def test_scans_while_the_stream_delivers_do_not_read_the_next_due_time_again(
+    idle_app: App,
+) -> None:
+    """A claim by scan changes nothing the last answer needs: the stream reports every job
+    that becomes ready or scheduled later, with its run_at."""
+    with running(idle_app) as worker:
+        wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+        first = Job.push(RecordJob(n=0))
+        wait_for(lambda: finished(idle_app, first), timeout=SOON, what="the first job")
+        reads = _count_next_due_reads(idle_app)
+        scans = count_candidate_scans(idle_app.store)
+        for n in range(1, 4):
+            worker._wakeup.poke()  # a look by scan (as the clock or a stop would ask)
+            wait_for(lambda n=n: scans["n"] >= n, timeout=SOON, what=f"scan {n}")
+        job_id = Job.push(RecordJob(n=4))  # the claimer waits again after each of them
+        wait_for(lambda: finished(idle_app, job_id), timeout=SOON, what="a job after")
+        assert streaming(worker), "the stream should have delivered throughout"
+    assert reads["n"] == 0, f"{reads['n']} reads of the next due time for 3 scans"
+
+
+def test_a_delayed_job_still_runs_at_its_time_when_another_job_wakes_the_claimer_first(
+    idle_app: App, db: Any
+) -> None:
+    """The run_at an event carried is kept across waits until it comes: a wake by another
+    job in between used to drop it, and the delayed job waited for the 30 s safety look."""
+    with running(idle_app) as worker:
+        wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+        first = Job.push(RecordJob(n=0))
+        wait_for(lambda: finished(idle_app, first), timeout=SOON, what="the first job")
+        later = Job.push(RecordJob(n=9), delay=2)
+        now = Job.push(RecordJob(n=1))  # wakes the claimer before `later` is due
+        wait_for(lambda: finished(idle_app, now), timeout=SOON, what="the ready job")
+        doc = wait_for(lambda: finished(idle_app, later), timeout=SOON, what="the delayed job")
+    assert db.executions.find_one({"job_id": later})["server_time"] >= doc["run_at"]

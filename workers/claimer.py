@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -23,14 +25,28 @@ log = logging.getLogger(__name__)
 
 
 class Claimer:
-    def __init__(self, store: Store, owner: str, types: list[str], lease: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        owner: str,
+        types: list[str],
+        lease: float,
+        pause: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        """`pause`: how to wait for another claimer's scan (the worker's stop-aware wait)."""
         self.store = store
         self.owner = owner
         self.types = types
         self.lease = lease
         self._batches = itertools.count(1)
         self._interrupted: ClaimIncomplete | None = None
-        self._spare = Spare()
+        # shared scans where the server profile says they pay (profile.py); else the plain
+        # claim: a scan of the claim index, a write by _id, a read-back
+        self._spare = Spare(pause=pause) if store.profile.shared_scans else None
+
+    @property
+    def shares_scans(self) -> bool:
+        return self._spare is not None
 
     def claim(self, limit: int, woken: list[Any] | None = None) -> list[Document]:
         """Up to `limit` jobs, now held under a fresh token: those of `woken` (ids the wake-up

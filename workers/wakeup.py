@@ -46,7 +46,9 @@ class Wakeup:
         self._use_stream = stream
         self._cond = threading.Condition()  # an RLock: poke() is safe in a signal handler
         self._ready = False  # a job became ready since clear()
-        self._due: datetime | None = None  # the earliest future run_at an event carried
+        # the earliest future run_at an event carried: kept across waits until it comes, so
+        # a wake by another job before it does not lose it
+        self._due: datetime | None = None
         self._woken: dict[Any, int] = {}  # jobs the stream reported ready now -> priority
         self._scan = True  # a look by scan is due (a poke, the clock, an event without an id)
         self._stop = threading.Event()
@@ -54,6 +56,7 @@ class Wakeup:
         self._busy_since: float | None = None  # monotonic; None while the claimer waits
         self._wanted = threading.Event()  # a paused stream is wanted again
         self.pauses = 0  # how often the stream was closed for a busy claimer
+        self.opens = 0  # how often it was (re)opened: events may be missing from before
         # the last wait ended because a scheduled job came due: the claimer stages first
         self.due_reached = False
         self._thread = threading.Thread(target=self._watch, name="wakeup", daemon=True)
@@ -115,7 +118,8 @@ class Wakeup:
                     self.due_reached = due is not None
                     break
                 self._cond.wait(seconds)
-            self._due = None
+            if self._due is not None and self._seconds_until(self._due) <= 0:
+                self._due = None  # it came: the claim that follows looks for it
             if not self._ready or self._scan or not self._woken:
                 return None
             return sorted(self._woken, key=self._woken.__getitem__)
@@ -175,6 +179,7 @@ class Wakeup:
 
     def _follow(self, stream: ReadyStream) -> None:
         stream.open(_STREAM_WAIT)
+        self.opens += 1
         self._set_healthy(True)
         # Look once after every (re)open: whether or not the token let the stream replay
         # what happened while it was down, a claim costs less than a missed job.

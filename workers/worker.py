@@ -109,10 +109,13 @@ class Worker:
             app.tally,
         )
         types = self.profile.types
-        self._claimer = Claimer(self.store, self.owner, types, self.queue_settings.lease)
+        self._claimer = Claimer(
+            self.store, self.owner, types, self.queue_settings.lease, self._stopping.wait
+        )
         self._wakeup = Wakeup(self.store, self._poll, stream=self.queue_settings.change_streams)
         self._linger = 0.0
         self._due: tuple[bool, datetime | None] = (False, None)  # the last next-due read
+        self._due_opens = -1  # the stream's opens at that read
         # under our supervisord: its pid, so that the worker notices when it is gone
         self._supervisor = os.getppid() if os.environ.get(SUPERVISED_ENV) else None
 
@@ -239,36 +242,41 @@ class Worker:
             backoff.reset()
             self._linger = min(_LINGER_MAX, time.monotonic() - began)
             self._hand_over(docs)
-            scanned = woken is None
             more_waiting, woken = len(docs) >= free, None
             if more_waiting:
                 self._wakeup.busy()
             elif not self._stopping.is_set():
-                woken = self._wakeup.wait(self._next_due(scanned))
+                woken = self._wakeup.wait(self._next_due())
 
     def _stage_if_due(self) -> None:
         """Before a scan: scheduled jobs that came due become ready, when the wait ended on a
         due time, when none is known yet (start-up, a failed read), or when the known one
         passed. Otherwise nothing is due, and the scan need not wait for a stage."""
         known, due = self._due
-        try:
-            passed = due is not None and due <= self.store.now()
-        except WorkersError:
-            passed = True
-        if self._wakeup.due_reached or not known or passed:
+        if self._wakeup.due_reached or not known or self._passed(due):
             self._wakeup.due_reached = False
             self._claimer.stage()
 
-    def _next_due(self, scanned: bool) -> datetime | None:
-        """When the next delayed job is due: one indexed read after a claim that scanned, or
-        while the stream is not delivering. After a claim by woken ids the last answer
-        stands while it is still ahead: a healthy stream reports every job that becomes
-        ready later itself (the wait takes its `run_at`), and after a reopen the claimer
-        scans, so the read comes next. One request less per wake-up per process."""
+    def _next_due(self) -> datetime | None:
+        """When the next delayed job is due: one indexed read when the last answer may be
+        stale (none yet, the answer passed, the stream not delivering, or reopened since:
+        it may have missed events while down or resting). While it delivers, the last
+        answer stands after any claim, by scan or by woken ids: the stream reports every
+        job that becomes ready or scheduled later, with its `run_at`, which the wait keeps
+        until it comes. One read less per claim per process."""
         known, due = self._due
-        if scanned or not known or not self._wakeup.streaming or (due and due <= self.store.now()):
+        opens = self._wakeup.opens
+        reopened = opens != self._due_opens
+        if not known or reopened or not self._wakeup.streaming or self._passed(due):
+            self._due_opens = opens
             self._due = self._claimer.next_due()
         return self._due[1]
+
+    def _passed(self, due: datetime | None) -> bool:
+        try:
+            return due is not None and due <= self.store.now()
+        except WorkersError:
+            return True
 
     def _idle_threads(self, *, linger: bool) -> int:
         """Wait for an idle thread; while jobs are waiting, give the busy ones up to one

@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,6 +123,9 @@ class Spare:
     ids: list[Any] = field(default_factory=list)
     until: float = 0.0
     misses: int = 0
+    # how the claimer waits for another's scan: its own stop-aware wait (True: stop), so a
+    # claimer told to stop does not sleep in the store
+    pause: Callable[[float], Any] = time.sleep
 
     def take(self, count: int) -> list[Any]:
         """The next `count`, in queue order."""
@@ -277,9 +281,8 @@ class ClaimQueries(Connection):
                 if turn:
                     return _held_out(doc, now)
                 wait = min(_turn_left(doc, now), deadline - time.monotonic(), _look_every(doc))
-                if wait <= 0:
-                    return []  # the holder is late: scan beside it
-                time.sleep(wait)
+                if wait <= 0 or spare.pause(wait):
+                    return []  # the holder is late, or the claimer stops: scan beside it
                 now = self.now()
         except PyMongoError:
             return []

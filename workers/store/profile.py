@@ -22,13 +22,22 @@ class ServerProfile:
     # list of 256 lasts a second at 256 jobs/s. SecantusDB reads every ready job whatever
     # the limit (a scan of 20,000 took 1 s), so each scan there brings back 4 times more.
     scan_candidates: int = 256
+    # Share each scan's candidates between the claimers of a set of types (claims.Spare and
+    # the `candidates` list): on SecantusDB a scan costs as much as the ready jobs it reads,
+    # so one scan serves many claims. On MongoDB a scan is an index range of a few ms, and
+    # the shared list would be one document every claimer writes, a claimer could wait up
+    # to _TURN_MAX behind a scanner that died, and a better job up to SPARE_SECONDS behind
+    # a spare: each claim scans for itself there.
+    shared_scans: bool = False
 
     def hint(self, index: str) -> str | None:
         return index if self.hint_scans else None
 
 
 MONGODB = ServerProfile()
-SECANTUS = ServerProfile(name="secantusdb", hint_scans=False, scan_candidates=1024)
+SECANTUS = ServerProfile(
+    name="secantusdb", hint_scans=False, scan_candidates=1024, shared_scans=True
+)
 
 
 def profile_of(build_info: dict[str, Any]) -> ServerProfile:
