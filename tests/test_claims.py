@@ -20,8 +20,8 @@ from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
 from workers.errors import ClaimIncomplete
-from workers.store.claims import _TURN_MAX, Spare, _list_key
 from workers.store.profile import MONGODB, SECANTUS, ServerProfile
+from workers.store.shared_scans import TURN_MAX, Spare, list_key
 
 CLAIM_CALLS = ("find", "update_many", "find_one_and_update", "update_one")
 
@@ -163,7 +163,7 @@ RACER = """
 import json, sys
 import workers
 from workers.settings import validate
-from workers.store.claims import Spare
+from workers.store.shared_scans import Spare
 url, database, slot = sys.argv[1], sys.argv[2], sys.argv[3]
 app = workers.boot(settings=validate({"mongo": {"url": url, "database": database,
     "pool_size": 2}, "jobs": ["tests.jobs"]}))
@@ -264,7 +264,7 @@ def test_a_claimer_waiting_for_another_ones_scan_stops_when_told(app: App) -> No
     types = app.registry.types
     turn_ends = app.store.now() + dt.timedelta(seconds=60)  # another claimer's scan, running
     app.store.candidates.insert_one(
-        {"_id": _list_key(types), "ids": [], "scanning_until": turn_ends, "scan_seconds": 5}
+        {"_id": list_key(types), "ids": [], "scanning_until": turn_ends, "scan_seconds": 5}
     )
     stop = threading.Event()
     spare = Spare(pause=stop.wait)
@@ -275,6 +275,6 @@ def test_a_claimer_waiting_for_another_ones_scan_stops_when_told(app: App) -> No
     claiming.start()
     wait_for(lambda: claiming.is_alive(), timeout=5, what="the claim to start")
     stop.set()
-    claiming.join(timeout=_TURN_MAX / 2)
+    claiming.join(timeout=TURN_MAX / 2)
     assert not claiming.is_alive(), "the claimer kept waiting for the other's scan"
     assert len(claimed) == 1  # it scanned beside the holder instead

@@ -13,8 +13,8 @@ from tests.jobs import FailJob, RecordJob
 from tests.plans import assert_on_index, index_scans, plan_stages
 from workers import Job
 from workers.app import App
-from workers.store import claims
-from workers.store.claims import _SHARE, SPARE_SECONDS, Spare
+from workers.store import shared_scans as shared
+from workers.store.shared_scans import SHARE, SPARE_SECONDS, Spare
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def test_a_failed_attempt_is_retried_after_the_wait_by_the_server_clock(app: App
 
 
 def test_a_claimer_of_another_process_takes_the_rest_of_a_scan_without_scanning(app: App) -> None:
-    ids = [Job.push(RecordJob(n=n)) for n in range(3 + _SHARE + 5)]  # more than a spare keeps
+    ids = [Job.push(RecordJob(n=n)) for n in range(3 + SHARE + 5)]  # more than a spare keeps
     scans, types = count_candidate_scans(app.store), app.registry.types
     # Given one claimer that scanned and took 3
     first = [d["_id"] for d in app.store.claim("one#1", types, 5, 3, Spare())]
@@ -178,8 +178,8 @@ def test_a_claimer_of_another_process_takes_the_rest_of_a_scan_without_scanning(
 def test_claimers_sharing_a_scan_hold_disjoint_shares_and_never_pick_the_same_job(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(claims, "SPARE_SECONDS", 60.0)  # a slow machine must not age the list
-    ids = [Job.push(RecordJob(n=n)) for n in range(4 * _SHARE)]
+    monkeypatch.setattr(shared, "SPARE_SECONDS", 60.0)  # a slow machine must not age the list
+    ids = [Job.push(RecordJob(n=n)) for n in range(4 * SHARE)]
     scans, types = count_candidate_scans(app.store), app.registry.types
     spares = {"one": Spare(), "two": Spare()}
     picks = count_claim_picks(app.store)
@@ -211,7 +211,7 @@ def test_a_stale_shared_list_is_not_used(app: App, db: Any) -> None:
 def test_the_list_of_a_slow_scan_lives_scans_apart_times_that_scan(
     app: App, db: Any, age: float, scans_expected: int
 ) -> None:
-    for n in range(3 + _SHARE + 5):  # more than the first claimer's spare keeps
+    for n in range(3 + SHARE + 5):  # more than the first claimer's spare keeps
         Job.push(RecordJob(n=n))
     scans, types = count_candidate_scans(app.store), app.registry.types
     app.store.claim("one#1", types, 5, 3, Spare())
@@ -221,7 +221,7 @@ def test_the_list_of_a_slow_scan_lives_scans_apart_times_that_scan(
     db[app.store.candidates.name].update_many(
         {}, {"$set": {"scanned": scanned, "scan_seconds": 0.1}}
     )
-    assert claims._lifetime(0.1) == 0.1 * claims.SCANS_APART > SPARE_SECONDS
+    assert shared._lifetime(0.1) == 0.1 * shared.SCANS_APART > SPARE_SECONDS
     # When another claimer claims, it takes from the list while it lives, and scans after
     claimed = app.store.claim("two#1", types, 5, 3, Spare())
     assert len(claimed) == 3 and scans["n"] == scans_expected
@@ -259,7 +259,7 @@ def test_the_shared_candidate_list_is_read_by_id(app: App, db: Any) -> None:
 def test_claimers_woken_together_scan_once_the_later_waiting_for_the_first_ones_list(
     app: App, db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids = [Job.push(RecordJob(n=n)) for n in range(3 * _SHARE)]
+    ids = [Job.push(RecordJob(n=n)) for n in range(3 * SHARE)]
     scans, types = count_candidate_scans(app.store), app.registry.types
     turns: list[Any] = []
     holder = {"_id": {"$regex": "^types:"}}
@@ -267,21 +267,23 @@ def test_claimers_woken_together_scan_once_the_later_waiting_for_the_first_ones_
     def holder_publishes(seconds: float) -> None:
         """The first claimer's scan ends while the second waits: it claims and publishes."""
         turns.append(seconds)
-        monkeypatch.undo()  # only the first wait is the holder's moment
         db[app.store.candidates.name].update_one(holder, {"$unset": {"scanning_until": ""}})
         first.extend(d["_id"] for d in app.store.claim("one#1", types, 5, 3, Spare()))
 
     # Given a claimer of another process holds the turn to scan (it was woken first)
     db[app.store.candidates.name].insert_one(
-        {"_id": claims._list_key(types), "scanning_until": app.store.now() + timedelta(seconds=30)}
+        {
+            "_id": shared.list_key(types),
+            "scanning_until": app.store.now() + timedelta(seconds=30),
+        }
     )
     first: list[Any] = []
-    monkeypatch.setattr(claims.time, "sleep", holder_publishes)
     # When a second claimer, new and woken by the clock too, claims
-    second = [d["_id"] for d in app.store.claim("two#1", types, 5, 3, Spare())]
+    waiting = Spare(pause=holder_publishes)
+    second = [d["_id"] for d in app.store.claim("two#1", types, 5, 3, waiting)]
     # Then it waited for the holder's list and took from it, without a scan of its own
     assert len(turns) == 1, "it should have waited for the holder once"
-    assert 0 < turns[0] <= claims._TURN_MAX
+    assert 0 < turns[0] <= shared.TURN_MAX
     assert scans["n"] == 1, "only the holder scans"
     assert len(first) == len(second) == 3 and not set(first) & set(second)
     assert set(first + second) <= set(ids)
@@ -290,7 +292,7 @@ def test_claimers_woken_together_scan_once_the_later_waiting_for_the_first_ones_
 def test_a_scanning_claimer_publishes_the_shared_list_before_its_own_claim_write(
     app: App, db: Any
 ) -> None:
-    ids = [Job.push(RecordJob(n=n)) for n in range(3 + _SHARE + 5)]
+    ids = [Job.push(RecordJob(n=n)) for n in range(3 + SHARE + 5)]
     published: list[list[Any]] = []
 
     def look(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -302,7 +304,7 @@ def test_a_scanning_claimer_publishes_the_shared_list_before_its_own_claim_write
     claimed = [d["_id"] for d in app.store.claim("one#1", app.registry.types, 5, 3, Spare())]
     # The 5 beyond this claim and its spare were offered before the claim was written, so
     # claimers waiting for this scan need not wait for its claim too
-    assert published and published[0] == ids[3 + _SHARE :]
+    assert published and published[0] == ids[3 + SHARE :]
     assert claimed == ids[:3]
 
 
@@ -314,17 +316,15 @@ def test_of_claimers_that_find_the_list_used_up_one_takes_the_turn_to_scan(
     types, now = app.registry.types, app.store.now()
     # Given no list yet: the first look creates it, with that claimer's turn
     doc = app.store._take_share(types, now, 3, "first")
-    assert claims._granted(doc, "first") == ([], True)
+    assert shared._granted(doc, "first") == ([], True)
     assert doc is not None
     held, ms = doc["scanning_until"], timedelta(milliseconds=1)  # BSON dates hold milliseconds
     assert (
-        timedelta(seconds=claims._TURN_MIN) - ms
-        <= held - now
-        <= timedelta(seconds=claims._TURN_MAX)
+        timedelta(seconds=shared.TURN_MIN) - ms <= held - now <= timedelta(seconds=shared.TURN_MAX)
     )
     # When another looks while that turn is held, the turn stays the first one's
     seen = app.store._take_share(types, now, 3, "second")
-    assert claims._granted(seen, "second") == ([], False) and claims._turn_left(seen, now) > 0
+    assert shared._granted(seen, "second") == ([], False) and shared._turn_left(seen, now) > 0
     assert db[app.store.candidates.name].find_one()["scanning_until"] == held
     # And once the holder published an empty list (its scan of an empty queue took 3 ms),
     # the next look takes the turn, and that turn outlasts a scan of a backlog that came
@@ -333,7 +333,7 @@ def test_of_claimers_that_find_the_list_used_up_one_takes_the_turn_to_scan(
     app.store._publish(types, [], 0.003, [])
     later = app.store.now()
     seen = app.store._take_share(types, later, 3, "third")
-    assert claims._granted(seen, "third") == ([], True)
+    assert shared._granted(seen, "third") == ([], True)
     assert seen is not None and seen["scanning_until"] - later >= timedelta(seconds=1) - ms
 
 
@@ -343,14 +343,14 @@ def test_claimers_looking_at_the_same_instant_get_disjoint_shares_and_one_the_tu
     types = app.registry.types
     for round_ in range(8):
         # Given a fresh list of 2 shares for 3 claimers (even rounds), or a used-up one (odd)
-        listed = [f"job-{round_}-{n}" for n in range(2 * _SHARE)] if round_ % 2 == 0 else []
+        listed = [f"job-{round_}-{n}" for n in range(2 * SHARE)] if round_ % 2 == 0 else []
         app.store._publish(types, listed, 0.003, [])
         barrier, verdicts = threading.Barrier(3), {}
 
         def look(name: str, barrier: threading.Barrier, verdicts: dict[str, Any]) -> None:
             barrier.wait()
-            doc = app.store._take_share(types, app.store.now(), _SHARE, name)
-            verdicts[name] = claims._granted(doc, name)
+            doc = app.store._take_share(types, app.store.now(), SHARE, name)
+            verdicts[name] = shared._granted(doc, name)
 
         threads = [
             threading.Thread(target=look, args=(f"c{n}", barrier, verdicts)) for n in range(3)
@@ -366,7 +366,7 @@ def test_claimers_looking_at_the_same_instant_get_disjoint_shares_and_one_the_tu
         turns = [name for name, (_, turn) in verdicts.items() if turn]
         assert len(turns) == 1, verdicts
         if listed:
-            assert sorted(map(len, shares)) == [_SHARE, _SHARE], verdicts
+            assert sorted(map(len, shares)) == [SHARE, SHARE], verdicts
             assert set(shares[0]) | set(shares[1]) == set(listed)
         else:
             assert shares == [], verdicts
@@ -381,15 +381,14 @@ def test_a_claimer_that_waited_for_a_turn_claims_the_jobs_that_came_due_meanwhil
     ids = [Job.push(RecordJob(n=n), delay=2) for n in range(3)]
     until = app.store.now() + timedelta(seconds=2.5)
     db[app.store.candidates.name].insert_one(
-        {"_id": claims._list_key(types), "scanning_until": until}
+        {"_id": shared.list_key(types), "scanning_until": until}
     )
 
     def time_passes(seconds: float) -> None:  # the holder never publishes; 3 s pass
         app.store._offset += timedelta(seconds=3)
 
-    monkeypatch.setattr(claims.time, "sleep", time_passes)
     # When a claimer looks, waits out the holder's turn, and scans itself
-    claimed = [d["_id"] for d in app.store.claim("me#1", types, 5, 3, Spare())]
+    claimed = [d["_id"] for d in app.store.claim("me#1", types, 5, 3, Spare(pause=time_passes))]
     # Then its scan counts from after the wait: the jobs are due by then
     assert claimed == ids
 
@@ -398,14 +397,14 @@ def test_a_claimer_that_waited_for_a_turn_claims_the_jobs_that_came_due_meanwhil
 def test_a_claimer_that_scans_after_a_used_up_list_leaves_out_what_live_spares_hold(
     app: App, db: Any, monkeypatch: pytest.MonkeyPatch, list_age: float
 ) -> None:
-    monkeypatch.setattr(claims, "SPARE_SECONDS", 60.0)  # a slow machine must not age the list
-    ids = [Job.push(RecordJob(n=n)) for n in range(1 + _SHARE + 7)]
+    monkeypatch.setattr(shared, "SPARE_SECONDS", 60.0)  # a slow machine must not age the list
+    ids = [Job.push(RecordJob(n=n)) for n in range(1 + SHARE + 7)]
     types = app.registry.types
-    # Given one claimer scanned: it took the first job and keeps the next _SHARE in its spare,
+    # Given one claimer scanned: it took the first job and keeps the next SHARE in its spare,
     # and a second claimer took the 7 others of the scan as its share, claiming one
     one = [d["_id"] for d in app.store.claim("one#1", types, 5, 1, Spare())]
     two = [d["_id"] for d in app.store.claim("two#1", types, 5, 1, Spare())]
-    assert one == ids[:1] and two == ids[1 + _SHARE : 2 + _SHARE]
+    assert one == ids[:1] and two == ids[1 + SHARE : 2 + SHARE]
     (listed,) = db[app.store.candidates.name].find()
     assert listed["ids"] == [] and listed["out"] == ids
     ids += [Job.push(RecordJob(n=n)) for n in range(5)]  # pushed after that scan
@@ -419,7 +418,7 @@ def test_a_claimer_that_scans_after_a_used_up_list_leaves_out_what_live_spares_h
     if list_age:
         assert three == ids[1:3]
     else:
-        assert three == ids[1 + _SHARE + 7 : 1 + _SHARE + 9]
+        assert three == ids[1 + SHARE + 7 : 1 + SHARE + 9]
 
 
 def test_a_claim_by_woken_ids_takes_only_those_still_ready_and_of_our_types(

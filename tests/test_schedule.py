@@ -19,8 +19,9 @@ from workers.app import App
 from workers.record import HORIZON
 from workers.settings import Settings
 from workers.store import ReadyChange
-from workers.store.claims import NEXT_DUE_WINDOW, Spare
 from workers.store.profile import MONGODB, SECANTUS, ServerProfile, profile_of
+from workers.store.schedule import NEXT_DUE_WINDOW
+from workers.store.shared_scans import Spare
 from workers.wakeup import Wakeup
 
 SOON = 15  # seconds: well under one 30 s poll

@@ -147,7 +147,7 @@ def test_sigterm_hands_back_what_is_still_running_when_the_grace_period_ends(
 def test_the_grace_period_is_counted_from_the_stop_request(
     make_settings: Callable[..., Settings], db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="workers.worker")
+    caplog.set_level(logging.INFO, logger="workers.stopping")
     settings = make_settings(workers__count=2, workers__shutdown={"level": "normal", "grace": 1})
     app = boot(settings=settings)
     armed, delaying = threading.Event(), threading.Event()

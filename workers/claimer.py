@@ -19,7 +19,7 @@ from typing import Any
 
 from workers.errors import ClaimIncomplete, WorkersError
 from workers.store import Document, Store
-from workers.store.claims import Spare
+from workers.store.shared_scans import Spare
 
 log = logging.getLogger(__name__)
 

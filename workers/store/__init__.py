@@ -6,7 +6,7 @@ atomic and which index serves it. One module per collection.
 
 from __future__ import annotations
 
-from workers.store import claims, dependencies, jobs, lifecycle, metrics, nodes
+from workers.store import claims, dependencies, jobs, lifecycle, metrics, nodes, schedule
 from workers.store.base import Document, bson_problem, new_id
 from workers.store.claims import CLAIM_INDEX
 from workers.store.cron import CronQueries
@@ -21,6 +21,7 @@ from workers.store.web import WebQueries
 # every index of the service, by the module whose queries it serves
 INDEXES: tuple[IndexSpec, ...] = (
     *claims.INDEXES,
+    *schedule.INDEXES,
     *jobs.INDEXES,
     *dependencies.INDEXES,
     *lifecycle.INDEXES,

@@ -8,8 +8,9 @@ from typing import Any
 
 from workers.record import READY
 from workers.store.base import Connection, Document, translated
-from workers.store.claims import CLAIM_INDEX, READY_TIMES_INDEX
+from workers.store.claims import CLAIM_INDEX
 from workers.store.dependencies import LINKS_INDEX, linked
+from workers.store.schedule import READY_TIMES_INDEX
 from workers.store.stream import AnyChange
 
 # Counting reads (status, type) only, sorted as the claim index is: MongoDB answers it

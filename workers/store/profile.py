@@ -26,7 +26,7 @@ class ServerProfile:
     # the `candidates` list): on SecantusDB a scan costs as much as the ready jobs it reads,
     # so one scan serves many claims. On MongoDB a scan is an index range of a few ms, and
     # the shared list would be one document every claimer writes, a claimer could wait up
-    # to _TURN_MAX behind a scanner that died, and a better job up to SPARE_SECONDS behind
+    # to TURN_MAX behind a scanner that died, and a better job up to SPARE_SECONDS behind
     # a spare: each claim scans for itself there.
     shared_scans: bool = False
 
