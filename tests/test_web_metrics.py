@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import workers
 from tests.conftest import ROOT, wait_for
+from tests.faulty import FaultyCollection
 from tests.plans import assert_on_index
 from tests.web_support import bearer, client_for, token_settings
 from workers import Job
@@ -149,6 +150,71 @@ def test_the_counts_are_one_cached_aggregation(make_settings: Callable[..., Sett
     assert (
         cached == first or value(cached, "workers_jobs", status="ready", type="RecordJob") is None
     )
+
+
+def _count_aggregations(app: App) -> dict[str, int]:
+    counted = {"n": 0}
+
+    def count(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        counted["n"] += name == "aggregate"
+
+    app.store.jobs = FaultyCollection(app.store.jobs, count, AssertionError)  # type: ignore[assignment]
+    return counted
+
+
+def test_a_web_app_just_started_reads_the_counts_another_process_took(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The counts are one snapshot every process shares: a cold page or scrape reads one
+    document, not an aggregation over every job (5 s at 200,000 on the embedded server)."""
+    from tests.jobs import RecordJob
+
+    app = workers.boot(settings=make_settings(web__tokens=token_settings(), web__cache=60))
+    try:
+        Job.push_many([RecordJob(n=n) for n in range(3)])
+        first = samples(client_for(app, headers=bearer("viewer")).get("/metrics").text)
+        counted = _count_aggregations(app)
+        Job.push(RecordJob(n=3))  # not in the snapshot until it is taken again
+        cold = samples(client_for(app, headers=bearer("viewer")).get("/metrics").text)
+        page = client_for(app, headers=bearer("viewer")).get("/api/stats").json()
+    finally:
+        workers.shutdown()
+    assert value(first, "workers_jobs", status="ready", type="RecordJob") == 3
+    assert value(cold, "workers_jobs", status="ready", type="RecordJob") == 3
+    assert counted["n"] == 0, "a new web app counted instead of reading the snapshot"
+    assert page["by_status"]["ready"] == 3 and 0 <= page["counted_seconds_ago"] < 60
+    age = value(cold, "workers_jobs_counted_age_seconds")
+    assert age is not None and 0 <= age < 60
+
+
+def test_a_stale_snapshot_is_served_at_once_and_counted_again_by_one_process(
+    make_settings: Callable[..., Settings], db: Any
+) -> None:
+    from tests.jobs import RecordJob
+
+    app = workers.boot(settings=make_settings(web__tokens=token_settings(), web__cache=1))
+    try:
+        Job.push(RecordJob(n=0))
+        client_for(app, headers=bearer("viewer")).get("/metrics")  # the first snapshot
+        Job.push(RecordJob(n=1))
+        long_ago = datetime.now(UTC) - timedelta(minutes=5)
+        db["workers.metrics"].update_one({"_id": "counts"}, {"$set": {"at": long_ago}})
+        stale = samples(client_for(app, headers=bearer("viewer")).get("/metrics").text)
+        snapshot = wait_for(
+            lambda: (
+                (doc := db["workers.metrics"].find_one({"_id": "counts"}))["at"]
+                > long_ago + timedelta(minutes=1)
+                and doc
+            ),
+            timeout=30,
+            what="the recount in the background",
+        )
+    finally:
+        workers.shutdown()
+    assert value(stale, "workers_jobs", status="ready", type="RecordJob") == 1  # served stale
+    assert (value(stale, "workers_jobs_counted_age_seconds") or 0) >= 290
+    assert ["ready", "RecordJob", 2] in snapshot["pairs"]
+    assert "counting_until" not in snapshot  # the turn ended with the count
 
 
 def test_every_overview_query_runs_on_an_index(app: App) -> None:

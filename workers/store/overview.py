@@ -3,7 +3,7 @@ job, the jobs around one job. Read-only; each says which index serves it."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from workers.record import READY
@@ -20,6 +20,7 @@ COUNT_PIPELINE: list[Document] = [
     {"$project": {"_id": 0, "status": 1, "type": 1}},
     {"$group": {"_id": {"status": "$status", "type": "$type"}, "n": {"$sum": 1}}},
 ]
+_COUNTS_ID = "counts"  # the shared snapshot of the counts, in the metrics collection
 _SUMMARY = {
     "_id": 1,
     "type": 1,
@@ -45,6 +46,44 @@ class OverviewQueries(Connection):
             (str(row["_id"].get("status")), str(row["_id"].get("type"))): int(row["n"])
             for row in rows
         }
+
+    # -- the counts, shared: one snapshot in the metrics collection ---------------------
+
+    @translated
+    def counts_snapshot(self) -> Document | None:
+        """The last counts any process took (`save_counts`), with their age by the server's
+        clock in `age`; None if none was ever taken. One read by `_id`."""
+        doc = self.metrics.find_one({"_id": _COUNTS_ID})
+        if doc is None or not isinstance(doc.get("at"), datetime):
+            return None
+        doc["age"] = max(0.0, (self.now() - doc["at"]).total_seconds())
+        return doc
+
+    @translated
+    def save_counts(self, by_pair: dict[tuple[str, str], int], took: float) -> None:
+        """Store counts taken in `took` seconds as the shared snapshot (and end the turn)."""
+        pairs = [[status, job_type, n] for (status, job_type), n in sorted(by_pair.items())]
+        self.metrics.update_one(
+            {"_id": _COUNTS_ID},
+            {
+                "$set": {"pairs": pairs, "took": float(took)},
+                "$currentDate": {"at": True},
+                "$unset": {"counting_until": ""},
+            },
+            upsert=True,
+        )
+
+    @translated
+    def take_recount(self, seconds: float) -> bool:
+        """The turn to count again, held `seconds`: one process recounts at a time, the
+        others go on reading the snapshot. By `_id`, in one atomic write."""
+        now = self.now()
+        free = {"$or": [{"counting_until": None}, {"counting_until": {"$lt": now}}]}
+        taken = self.metrics.find_one_and_update(
+            {"_id": _COUNTS_ID, **free},
+            {"$set": {"counting_until": now + timedelta(seconds=seconds)}},
+        )
+        return taken is not None
 
     @translated
     def oldest_ready(self, now: datetime, types: list[str]) -> Document | None:

@@ -244,6 +244,9 @@ class Stats(BaseModel):
     by_type: dict[str, dict[str, int]]
     oldest_ready_seconds: float | None
     oldest_ready_type: Any
+    counted_seconds_ago: float = Field(
+        0.0, description="how long ago the counts were taken (a snapshot every process shares)"
+    )
     throughput: list[dict[str, Any]] = Field(
         description="completed and failed per minute, last hour"
     )

@@ -1,6 +1,8 @@
 """/metrics in Prometheus' text format (prometheus_client), read from the database.
 
-- `workers_jobs{status,type}`: one aggregation, reused for `web.cache` seconds.
+- `workers_jobs{status,type}`: one aggregation, shared by every process as a snapshot and
+  taken again in the background once older than `web.cache` seconds (views.Counts);
+  `workers_jobs_counted_age_seconds` says how old it is.
 - `workers_jobs_{completed,failed,retried,rescued}_total{type}` and the histograms
   `workers_job_duration_seconds` and `workers_job_pickup_latency_seconds` by type: the
   cluster-wide totals the heartbeats of every worker process add up in the `metrics`
@@ -36,7 +38,7 @@ _HISTOGRAM_NAMES = {
 
 
 class QueueCollector(Collector):
-    def __init__(self, app: App, counts: views.Cached) -> None:
+    def __init__(self, app: App, counts: views.Counts) -> None:
         self._app, self._counts = app, counts
 
     def collect(self) -> Iterator[Metric]:
@@ -53,6 +55,11 @@ class QueueCollector(Collector):
             "workers_oldest_ready_job_age_seconds",
             "How long the oldest due ready job has waited",
             value=oldest or 0,
+        )
+        yield GaugeMetricFamily(
+            "workers_jobs_counted_age_seconds",
+            "How long ago workers_jobs was counted (a snapshot shared by every process)",
+            value=counts["counted_seconds_ago"],
         )
         yield from self._totals()
         yield from self._nodes()
@@ -116,7 +123,7 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
-def render(app: App, counts: views.Cached) -> bytes:
+def render(app: App, counts: views.Counts) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(QueueCollector(app, counts))
     return generate_latest(registry)

@@ -75,7 +75,7 @@ def create_app(
     )
     web.state.booted = get_app
     web.state.auth = Authenticator(settings.web.tokens, auth, trust_loopback=trust_loopback)
-    web.state.counts = views.Cached(lambda: views.counts(get_app()), settings.web.cache)
+    web.state.counts = views.Counts(get_app, settings.web.cache)
     web.state.feed = feed
     web.state.csrf_key = functools.cache(lambda: get_app().store.csrf_key())  # read once
     web.state.secure_cookies = settings.web.secure_cookies

@@ -4,6 +4,7 @@ cron. Both the HTML and the JSON are rendered from these, so they cannot disagre
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +14,10 @@ from typing import Any
 
 from workers.app import App
 from workers.cron import iso
+from workers.errors import WorkersError
 from workers.record import FOLLOWUPS, READY, STATUSES
+
+log = logging.getLogger(__name__)
 
 SEARCH_WINDOW = 2000  # documents a text search examines per page, newest first
 _SEARCH_CHUNK = 200
@@ -169,10 +173,81 @@ class Cached:
             return self._value
 
 
-def counts(app: App) -> dict[str, Any]:
-    """Jobs by (status, type), totals by status, and the oldest ready job's wait."""
-    now = app.store.now()
+# A recount runs at most this often per its own duration: slow counts (the embedded
+# server reads every document: 5 s at 200,000 jobs) must not keep the server busy.
+RECOUNT_APART = 10
+
+
+class Counts:
+    """The counts behind the overview and /metrics, reused for `cache` seconds.
+
+    The jobs by (status, type) are one aggregation over every job (its index key on
+    MongoDB, its document on the embedded server), so they are shared by every process
+    as one snapshot in the metrics collection: a page or a scrape, from a web process
+    just started or not, reads one document. A snapshot older than `cache` seconds (and
+    than RECOUNT_APART times its own duration) is served while one process, holding the
+    turn, counts again in the background. Only a database that never had one counts
+    inline. The oldest ready job's wait is read fresh each time (the first key of each
+    ready type). With `cache` 0, every call counts."""
+
+    def __init__(self, get_app: Callable[[], App], cache: float) -> None:
+        self._get_app, self._cache = get_app, cache
+        self._local = Cached(self._compute, cache)
+        self._recount: threading.Thread | None = None
+
+    def get(self) -> dict[str, Any]:
+        value: dict[str, Any] = self._local.get()
+        return value
+
+    def _compute(self) -> dict[str, Any]:
+        app = self._get_app()
+        by_pair, age = self._pairs(app)
+        return counts(app, by_pair, age)
+
+    def _pairs(self, app: App) -> tuple[dict[tuple[str, str], int], float]:
+        snapshot = None if self._cache == 0 else app.store.counts_snapshot()
+        if snapshot is None:
+            return count_now(app), 0.0
+        age = float(snapshot["age"])
+        if age >= max(self._cache, RECOUNT_APART * float(snapshot.get("took") or 0)):
+            self._recount_in_background(app, float(snapshot.get("took") or 0))
+        pairs = snapshot.get("pairs") or []
+        return {(str(p[0]), str(p[1])): int(p[2]) for p in pairs if len(p) == 3}, age
+
+    def _recount_in_background(self, app: App, took: float) -> None:
+        if self._recount is not None and self._recount.is_alive():
+            return
+        try:
+            if not app.store.take_recount(max(60.0, 3 * took)):
+                return  # another process counts
+        except WorkersError as exc:
+            log.debug("no turn to recount: %s", exc)
+            return
+        self._recount = threading.Thread(
+            target=_recount_quietly, args=(app,), name="workers-recount", daemon=True
+        )
+        self._recount.start()
+
+
+def count_now(app: App) -> dict[tuple[str, str], int]:
+    """Count, and share the counts as the snapshot."""
+    began = time.monotonic()
     by_pair = app.store.count_by_status_and_type()
+    app.store.save_counts(by_pair, time.monotonic() - began)
+    return by_pair
+
+
+def _recount_quietly(app: App) -> None:
+    try:
+        count_now(app)
+    except WorkersError as exc:  # the next stale read tries again, once the turn is over
+        log.warning("could not recount the jobs: %s", exc)
+
+
+def counts(app: App, by_pair: dict[tuple[str, str], int], age: float = 0.0) -> dict[str, Any]:
+    """Jobs by (status, type) as counted `age` seconds ago, totals by status, and the
+    oldest ready job's wait (now)."""
+    now = app.store.now()
     ready_types = sorted({job_type for status, job_type in by_pair if status == READY})
     oldest = app.store.oldest_ready(now, ready_types)
     totals = dict.fromkeys(STATUSES, 0)
@@ -187,6 +262,7 @@ def counts(app: App) -> dict[str, Any]:
         "by_type": by_type,
         "oldest_ready_seconds": wait,
         "oldest_ready_type": oldest and oldest.get("type"),
+        "counted_seconds_ago": round(age, 1),
     }
 
 
