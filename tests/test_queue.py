@@ -446,3 +446,36 @@ def test_a_job_claimed_and_back_to_ready_at_once_is_claimed_by_the_next_scan(app
     again = [d["_id"] for d in app.store.claim("me#2", types, 30, 2, spare)]
 
     assert sorted(first) == sorted([flaky, other]) and again == [flaky]
+
+
+def test_a_holder_whose_scan_outlasts_a_second_is_waited_for_not_scanned_beside(
+    app: App, db: Any
+) -> None:
+    """The last scan read an empty queue in 2 ms; the holder's now reads a backlog that came
+    due at once (1-1.2 s at 20,000 on this server). Its turn must outlast that: a waiter
+    that scanned beside it after 1 s made three scans of one drain's start (see TURN_MIN)."""
+    [Job.push(RecordJob(n=n)) for n in range(3 * SHARE)]
+    scans, types = count_candidate_scans(app.store), app.registry.types
+    long_ago = app.store.now() - timedelta(minutes=1)
+    db[app.store.candidates.name].insert_one(
+        {"_id": shared.list_key(types), "ids": [], "scan_seconds": 0.002, "scanned": long_ago}
+    )
+    turn = app.store._take_share(types, app.store.now(), 3, "holder")  # as its claim does
+    assert shared._granted(turn, "holder") == ([], True)
+    waits: list[float] = []
+    first: list[Any] = []
+
+    def the_holder_scans_for_2_s(seconds: float) -> bool:
+        waits.append(seconds)
+        app.store._offset += timedelta(seconds=0.5)  # the server's clock: 0.5 s per look
+        if len(waits) == 4:  # 2 s on, the holder's scan ends: it publishes and claims
+            app.store._offset -= timedelta(seconds=2)  # (the list is stamped by the server)
+            list_ = db[app.store.candidates.name]
+            list_.update_one({"_id": shared.list_key(types)}, {"$unset": {"scanning_until": ""}})
+            first.extend(d["_id"] for d in app.store.claim("one#1", types, 5, 3, Spare()))
+        return False
+
+    second = app.store.claim("two#1", types, 5, 3, Spare(pause=the_holder_scans_for_2_s))
+    assert len(waits) == 4, f"the waiter gave up on the holder after {len(waits)} looks"
+    assert scans["n"] == 1, "only the holder scans"
+    assert len(second) == 3 and not set(first) & {d["_id"] for d in second}

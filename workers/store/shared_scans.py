@@ -50,10 +50,14 @@ _SPARE_MISSES = 2  # picks in a row that found every job taken: the spare is sta
 # found the list used up waits for the holder's list at most that long, then scans itself.
 # The floor is long on purpose: the last scan may have read an empty queue in a
 # millisecond while this one reads a backlog that came due at once (0.2-0.4 s here at
-# 5,000), and a turn that runs out mid-scan has the waiters scan beside the holder, each
-# scan slowing the other and their picks colliding. A waiter stops waiting as soon as the
-# holder publishes, so a long turn costs only when the holder died mid-scan.
-TURN_MIN, TURN_MAX = 1.0, 10.0
+# 5,000, 1.0-1.2 s at 20,000), and a turn that runs out mid-scan has the waiters scan
+# beside the holder, each scan slowing the other and their picks colliding. A waiter stops
+# waiting as soon as the holder publishes, so a long turn costs only when the holder died
+# mid-scan. With a floor of 1 s, a drain of 20,000 due at once began with three scans
+# (1.0, 1.2 and 0.9 s: the other process scanned beside the holder, and its list made the
+# holder's stale) and ran at 105 jobs/s; with 5 s, with one, at 181 (2026-12-05, probe
+# of the py-spy-less kind: each scan's duration logged by the worker processes).
+TURN_MIN, TURN_MAX = 5.0, 10.0
 _LOOK_MIN = 0.05  # seconds between a waiter's looks for the holder's list
 _APART_MS = SCANS_APART * 1000
 
