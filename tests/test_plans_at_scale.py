@@ -28,6 +28,7 @@ from tests.plans import (
     sort_follows_equalities,
     unbounded_fields,
 )
+from tests.test_transitions import LIFECYCLE_INDEXES
 from workers import Job
 from workers.app import App
 from workers.settings import validate
@@ -51,16 +52,7 @@ EXPECTED = {
     "completions read-back": "_id_",
     "rescue": "rescue",
     # the lifecycle: the lists, the cascades, the sweep, the unique key
-    "find by type and finished status #1": "listing",
-    "find by finished status #1": "listing",
-    "find by type and live status #1": "listing",
-    "find by live status #1": "listing",
-    "find by type #1": "listing",
-    "next page of ready jobs": "listing",
-    "dependents": "links_status",
-    "release": "links_status",
-    "followups sweep": "links_status",
-    "unique holder": "unique_key",
+    **LIFECYCLE_INDEXES,
     # the dashboard and /metrics
     "oldest ready": "ready_times",
     "waiting on": "links_status",
