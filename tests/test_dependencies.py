@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import ROOT, run_command, settings_dict, wait_for
 from tests.faulty import FaultyCollection
 from tests.jobs import FailJob, RecordJob
+from tests.plans import is_secantus, unbounded_fields
 from tests.test_worker import running
 from workers import Job, PushError
 from workers.app import App
@@ -231,8 +232,12 @@ def test_the_sweep_reads_the_finished_jobs_with_the_marker_not_the_live_ones(app
     app.store.jobs.update_many({"_id": {"$in": cut_short}}, {"$set": {"status": "completed"}})
 
     command, _ = app.store.lifecycle_queries()["followups sweep"]
+    index = next(ix for ix in app.store.jobs.list_indexes() if ix["name"] == command["hint"])
+    partial = index.get("partialFilterExpression")
+    assert not unbounded_fields(command["filter"], dict(index["key"]), partial), index
     _, explained = app.store.explain_find(command, "executionStats")
     stats = explained["executionStats"]
     assert stats["nReturned"] == 3
-    assert stats["totalKeysExamined"] <= 2 * 3 + 1, stats  # was 153 on `links` alone
+    if not is_secantus(explained):  # its keys examined are the documents it returned
+        assert stats["totalKeysExamined"] <= 2 * 3 + 1, stats  # 153 on `links` alone
     assert app.store.settle_finished() == 3
