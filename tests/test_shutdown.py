@@ -49,7 +49,7 @@ def test_each_level_decides_what_happens_to_running_and_claimed_jobs(
         # instant in real life; the test holds that state open by handing over one more
         # job while the only thread is busy.
         Job.push(SleepJob(name="claimed", seconds=0.1))
-        worker._hand_over(app.store.claim(worker.owner, app.registry.types, 5, 1))
+        worker._pool.hand_over(app.store.claim(worker.owner, app.registry.types, 5, 1))
         worker.stop()
         thread.join(timeout=30)
         assert not thread.is_alive()

@@ -134,10 +134,6 @@ class Pool:
         with self.cond:
             return [h.job_id for h in self.held.values() if h.started is not None]
 
-    def held_ids(self) -> list[Any]:
-        with self.cond:
-            return list(self.held)
-
     def held_tokens(self) -> dict[Any, str]:
         """Job id -> the claim token of the attempt this process runs (or will run)."""
         with self.cond:

@@ -136,12 +136,6 @@ class Worker:
         """(jobs claimed and not started, jobs running) in this process."""
         return self._pool.counts()
 
-    def held_ids(self) -> list[Any]:
-        return self._pool.held_ids()
-
-    def held_tokens(self) -> dict[Any, str]:
-        return self._pool.held_tokens()
-
     def _start_cron(self) -> Scheduler | None:
         schedules = self.app.registry.schedules
         if not self.profile.cron or not schedules or self.app.settings.workers.cron.disable:
@@ -221,7 +215,3 @@ class Worker:
             return due is not None and due <= self.store.now()
         except WorkersError:
             return True
-
-    def _hand_over(self, docs: list[dict[str, Any]]) -> None:
-        """Queue claimed jobs for the threads (pool.hand_over), as the claim loop does."""
-        self._pool.hand_over(docs)

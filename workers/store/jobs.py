@@ -47,17 +47,18 @@ from workers.store.base import (
     number,
     translated,
 )
+from workers.store.dependencies import UNIQUE_KEY_INDEX
 from workers.store.indexes import IndexSpec
 from workers.store.lifecycle import LifecycleQueries
 
 RESCUE_INDEX = "rescue"
-UNIQUE_INDEX = "unique_key"
 RESCUE_KEYS = [("status", 1), ("lease_expires", 1)]
 INDEXES = (IndexSpec("jobs", RESCUE_INDEX, tuple(RESCUE_KEYS)),)
 _RESCUE_BATCH = 500
 _CLOCK_MARGIN = timedelta(seconds=1)
 _SHARED_RESULT_LIMIT = 64 * 1024
 LOST_MESSAGE = "lost: worker died"
+UNIQUE_INDEX = UNIQUE_KEY_INDEX  # cron's name for the one unique index (dependencies.py)
 
 
 class JobQueries(LifecycleQueries):
