@@ -26,6 +26,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 import workers
+from workers import overrides
 from workers.app import App
 from workers.settings import Settings, validate
 
@@ -35,6 +36,11 @@ OWN_SERVER_REASON = (
     "restarts or kills a database server of its own, which a server given by "
     "TEST_MONGO_URL cannot be"
 )
+
+# A shell's WORKERS_<SECTION>__<KEY> overrides would change every test's settings (and its
+# children's): the tests set the ones they mean.
+for _name in [name for name in os.environ if overrides.is_override(Settings, name)]:
+    del os.environ[_name]
 
 # HYPOTHESIS_PROFILE=fuzz for a long fuzzing run; the default keeps the suite quick.
 hypothesis_settings.register_profile("default", max_examples=60, deadline=None)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, run_workers
+from tests.conftest import ROOT, run_command, run_workers, workers_command, workers_env
 from workers import settings as settings_module
 from workers.errors import SettingsError
 from workers.settings import Settings
@@ -150,3 +151,195 @@ def test_the_cli_refuses_a_bad_file_in_one_line_and_starts_nothing(tmp_path: Pat
     assert len(lines) == 1, done.stderr
     assert "workers.count" in lines[0] and str(path) in lines[0]
     assert not (tmp_path / ".workers").exists()  # no server, no supervisord config
+
+
+# --- WORKERS_<SECTION>__<KEY>: the environment over the file -------------------------
+
+
+def _environment(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_the_environment_overrides_the_file_key_by_key_and_the_file_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path,
+        {"cluster": {"count": 3}, "workers": {"count": 5, "queue": {"retries": 2, "lease": 40}}},
+    )
+    _environment(
+        monkeypatch,
+        WORKERS_CLUSTER__COUNT="4",
+        WORKERS_WORKERS__QUEUE__LEASE="20",
+        WORKERS_WORKERS__CRON__DISABLE="true",
+        WORKERS_MONGO__DATABASE="007",  # a string key keeps its text, not the number 7
+    )
+    settings = settings_module.load(str(path))
+    assert settings.cluster.count == 4  # environment over the file
+    assert settings.workers.queue.lease == 20  # a key deep in a section
+    assert settings.workers.queue.retries == 2  # the file's sibling keys stay
+    assert settings.workers.count == 5  # the file over the defaults
+    assert settings.workers.cron.disable is True
+    assert settings.mongo.database == "007"
+    assert settings.workers.queue.poll_interval == 1.0  # the defaults under both
+
+
+def test_the_command_line_mode_is_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _environment(monkeypatch, WORKERS_MODE="inline")
+    assert settings_module.load(str(write(tmp_path, {}))).mode == "inline"
+    assert settings_module.load(str(write(tmp_path, {})), mode="headless").mode == "headless"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "WORKERS_CLUSTER__COUNT",
+            "0",
+            "WORKERS_CLUSTER__COUNT (cluster.count): Input should be greater",
+        ),
+        (
+            "WORKERS_CLUSTER__COUNT",
+            "two",
+            'WORKERS_CLUSTER__COUNT (cluster.count): Input should be a valid integer (got "two")',
+        ),
+        (
+            "WORKERS_WORKERS__QUEUE__BACKOFF",
+            "linear",
+            "WORKERS_WORKERS__QUEUE__BACKOFF (workers.queue.backoff)",
+        ),
+        (
+            "WORKERS_MODE",
+            "batch",
+            "WORKERS_MODE (mode): Input should be 'web', 'headless' or 'inline'",
+        ),
+        ("WORKERS_JOBS", "[app_jobs", "WORKERS_JOBS: cannot decode '[app_jobs' for jobs"),
+        (
+            "WORKERS_WEB__TOKENS",
+            '[{"name": "ci"}]',
+            "WORKERS_WEB__TOKENS (web.tokens.0.role): Field required",
+        ),
+        ("WORKERS_CLUSTR__COUNT", "2", "WORKERS_CLUSTR__COUNT: no such setting"),
+        ("WORKERS_CLUSTER__CONT", "2", "WORKERS_CLUSTER__CONT: no such setting"),
+        (
+            "WORKERS_WORKERS__QUEUE__LEASE__X",
+            "2",
+            "WORKERS_WORKERS__QUEUE__LEASE__X: no such setting",
+        ),
+    ],
+)
+def test_a_bad_variable_is_refused_naming_the_variable_and_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    path = write(tmp_path, {"cluster": {"count": 3}})
+    _environment(monkeypatch, **{name: value})
+    with pytest.raises(SettingsError) as raised:
+        settings_module.load(str(path))
+    assert message in str(raised.value)
+
+
+def test_the_file_and_the_environment_are_both_named_when_each_has_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, {"workers": {"count": 0}})
+    _environment(monkeypatch, WORKERS_CLUSTER__COUNT="-1")
+    with pytest.raises(SettingsError) as raised:
+        settings_module.load(str(path))
+    message = str(raised.value)
+    assert f"invalid settings in {path.resolve()} and the environment" in message
+    assert "workers.count: Input should be greater" in message  # the file's, as the file's key
+    assert "WORKERS_CLUSTER__COUNT (cluster.count)" in message
+
+
+def test_other_workers_variables_are_not_taken_for_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _environment(
+        monkeypatch, WORKERS_PROCESS_NUM="3", WORKERS_SUPERVISED="1", WORKERS_SOMETHING="x"
+    )
+    assert settings_module.load(str(write(tmp_path, {}))).cluster.count == 2
+
+
+def test_a_file_variable_reads_a_secret_from_a_mounted_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "mongo-url"
+    secret.write_text("mongodb://user:s3cret@db.example:27017/?replicaSet=rs0\n")
+    _environment(monkeypatch, WORKERS_MONGO__URL_FILE=str(secret), WORKERS_JOBS_FILE=str(secret))
+    monkeypatch.delenv("WORKERS_JOBS_FILE")
+    settings = settings_module.load(str(write(tmp_path, {"mongo": {"url": "mongodb://file"}})))
+    assert settings.mongo.url == "mongodb://user:s3cret@db.example:27017/?replicaSet=rs0"
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        (
+            {"WORKERS_MONGO__URL_FILE": "{missing}"},
+            "WORKERS_MONGO__URL_FILE: cannot read {missing}: No such file",
+        ),
+        (
+            {"WORKERS_MONGO__URL_FILE": "{secret}", "WORKERS_MONGO__URL": "mongodb://x"},
+            "WORKERS_MONGO__URL_FILE and WORKERS_MONGO__URL are both set: set one of them",
+        ),
+        ({"WORKERS_MONGO__URI_FILE": "{secret}"}, "WORKERS_MONGO__URI_FILE: no such setting"),
+    ],
+)
+def test_a_bad_file_variable_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], message: str
+) -> None:
+    places = {"missing": str(tmp_path / "missing"), "secret": str(tmp_path / "secret")}
+    (tmp_path / "secret").write_text("mongodb://db")
+    _environment(monkeypatch, **{k: v.format(**places) for k, v in variables.items()})
+    with pytest.raises(SettingsError) as raised:
+        settings_module.load(str(write(tmp_path, {})))
+    assert message.format(**places) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "jobs"),
+    [("myapp.jobs", ["myapp.jobs"]), ("a, b.c", ["a", "b.c"]), ('["a", "b"]', ["a", "b"])],
+)
+def test_a_list_of_names_is_written_plainly_or_as_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, jobs: list[str]
+) -> None:
+    _environment(monkeypatch, WORKERS_JOBS=value)
+    assert settings_module.load(str(write(tmp_path, {}))).jobs == jobs
+
+
+def test_a_dotenv_file_can_hold_the_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORKERS_CLUSTER__COUNT", raising=False)
+    (tmp_path / ".env").write_text("WORKERS_CLUSTER__COUNT=6\n")
+    try:
+        assert (
+            settings_module.load(str(write(tmp_path, {"cluster": {"count": 3}}))).cluster.count == 6
+        )
+    finally:
+        monkeypatch.delenv("WORKERS_CLUSTER__COUNT", raising=False)  # load_dotenv set it
+
+
+def test_a_command_takes_its_database_from_the_environment_alone(
+    tmp_path: Path, mongo_url: str, db_name: str, db: Any
+) -> None:
+    """No settings file: the URL from a mounted secret, the database from a variable."""
+    secret = tmp_path / "mongo-url"
+    secret.write_text(mongo_url + "\n")
+    env = workers_env(
+        WORKERS_MONGO__URL_FILE=str(secret),
+        WORKERS_MONGO__DATABASE=db_name,
+        WORKERS_JOBS="tests.jobs",
+    )
+    done = run_command(workers_command("push", "RecordJob"), cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert db["workers.jobs"].count_documents({"type": "RecordJob"}) == 1
+    bad = run_command(
+        workers_command("status"), cwd=tmp_path, env={**env, "WORKERS_CLUSTER__COUNT": "0"}
+    )
+    assert bad.returncode == 1
+    assert "WORKERS_CLUSTER__COUNT (cluster.count)" in bad.stderr

@@ -1,7 +1,8 @@
-"""settings.json + .env -> one typed, validated, immutable Settings object.
+"""settings.json + .env + WORKERS_* variables -> one typed, validated, immutable Settings.
 
-Defaults live here and only here; settings.example.json mirrors them and a
-test keeps the two in step.
+Precedence: command-line flags > environment (WORKERS_<SECTION>__<KEY>, see
+overrides) > the settings file > the defaults. Defaults live here and only here;
+settings.example.json mirrors them and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from workers import overrides as overrides_module
 from workers.errors import SettingsError
+from workers.overrides import Overrides
 
 SETTINGS_ENV = "WORKERS_SETTINGS"
 DEFAULT_FILE = "settings.json"
@@ -191,7 +194,8 @@ def settings_path(explicit: str | None = None) -> tuple[Path, bool]:
 
 
 def load(explicit: str | None = None, *, mode: str | None = None) -> Settings:
-    """Load .env, then the settings file, expand ${VAR}s and validate.
+    """Load .env, then the settings file, expand its ${VAR}s, lay the WORKERS_*
+    variables over it and validate.
 
     A missing ./settings.json means defaults; a file the user named
     (--settings or WORKERS_SETTINGS) must exist.
@@ -199,20 +203,37 @@ def load(explicit: str | None = None, *, mode: str | None = None) -> Settings:
     load_dotenv(Path.cwd() / ".env", override=False)
     path, required = settings_path(explicit)
     raw = _read(path) if required or path.exists() else {}
-    if mode is not None:
-        raw["mode"] = mode
     source = str(path.resolve()) if (required or path.exists()) else None
-    return validate(raw, source=source)
+    return validate(raw, source=source, environment=read_overrides(), mode=mode)
 
 
-def validate(raw: Any, *, source: str | None = None) -> Settings:
-    where = source or "the default settings"
+def read_overrides() -> Overrides:
+    """The WORKERS_<SECTION>__<KEY> variables of this process's environment."""
+    return overrides_module.read(Settings)
+
+
+def validate(
+    raw: Any,
+    *,
+    source: str | None = None,
+    environment: Overrides | None = None,
+    mode: str | None = None,
+) -> Settings:
+    """The settings from a file's content, the environment's overrides over it, and the
+    command line's mode over both; an error names the key and where it was set."""
+    environment = environment or Overrides()
+    where = " and ".join(
+        [source or "the default settings"] + (["the environment"] if environment.values else [])
+    )
     if not isinstance(raw, dict):
         raise SettingsError(f"{where}: the top level must be a JSON object")
+    merged = overrides_module.merge(_expand(raw), environment.values)
+    if mode is not None:
+        merged["mode"] = mode
     try:
-        settings = Settings.model_validate(_expand(raw))
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        raise SettingsError(f"invalid settings in {where}: {_describe(exc)}") from None
+        raise SettingsError(f"invalid settings in {where}: {_describe(exc, environment)}") from None
     settings._source = source
     return settings
 
@@ -249,10 +270,13 @@ def _expand(value: Any) -> Any:
     return value
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, environment: Overrides) -> str:
     parts = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        variable = environment.variable_for(error["loc"])
+        if variable:
+            key = f"{variable} ({key})"
         detail = error["msg"]
         if error["type"] != "extra_forbidden" and "input" in error:
             detail += f" (got {json.dumps(error['input'], default=str)})"
