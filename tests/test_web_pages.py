@@ -44,7 +44,11 @@ def browser(web_app: App) -> TestClient:
 def test_every_page_renders_what_the_queue_holds(browser: TestClient, web_app: App) -> None:
     job_id = str(web_app.push_named("RecordJob", {"project": "demo"}))
     web_app.store.beat("node-1", {"host": "web-1", "pid": 42, "threads": 4, "running": [job_id],
-                                  "version": "0.1.0", "state": "running"})  # fmt: skip
+                                  "version": "0.1.0", "state": "running",
+                                  "types": ["RecordJob", "SleepJob"], "pool": False})  # fmt: skip
+    web_app.store.beat("node-2", {"host": "reports-1", "pid": 43, "threads": 2, "running": [],
+                                  "version": "0.1.0", "state": "running",
+                                  "types": ["ReportJob"], "pool": True})  # fmt: skip
     web_app.store.take_leadership("node-1", 30)
 
     overview = browser.get("/").text
@@ -57,6 +61,9 @@ def test_every_page_renders_what_the_queue_holds(browser: TestClient, web_app: A
     assert job_id in jobs and "RecordJob" in jobs
     assert '"project": "demo"' in job and "pushed" in job
     assert "web-1" in nodes and job_id in nodes and "silent" not in nodes.split("<table")[1]
+    rows = {row.split('"')[0]: row for row in nodes.split('data-node="')[1:]}
+    assert '<td class="types">every type (2)</td>' in rows["node-1"]
+    assert '<td class="types">ReportJob</td>' in rows["node-2"]
     assert "EverySecondJob" in cron and "Leader: <code>node-1</code>" in cron
 
 

@@ -54,6 +54,12 @@ class App:
         self.completions = Completions(store)  # its job threads' completions, written together
 
     @property
+    def node_types(self) -> list[str]:
+        """The job types this node's workers run (workers.types; every type by default)."""
+        chosen = self.settings.workers.types
+        return self.registry.select(chosen.include, chosen.exclude)
+
+    @property
     def retry_defaults(self) -> RetryPolicy:
         queue = self.settings.workers.queue
         return RetryPolicy(queue.retries, queue.retry_wait, queue.backoff)
@@ -187,6 +193,7 @@ def boot(
             _current = None
     settings = settings or settings_module.load(settings_path, mode=mode)
     jobs = registry.discover(settings.jobs)
+    jobs.select(settings.workers.types.include, settings.workers.types.exclude)  # typos stop boot
     store, server = connect(settings)
     try:
         store.check_server()

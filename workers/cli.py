@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from workers import app as app_module
 from workers import commands as commands_module
@@ -26,6 +27,12 @@ from workers.settings import Settings
 log = logging.getLogger(__name__)
 
 SETTINGS_HELP = "settings file (default: $WORKERS_SETTINGS, else ./settings.json)"
+TYPES_FLAG: dict[str, Any] = {
+    "metavar": "A,B",
+    "type": lambda text: [name.strip() for name in text.split(",") if name.strip()],
+    "default": None,
+    "help": "run only these job types on this node, a pool of its own (workers.types.include)",
+}
 
 _STANDARD_RECORD_KEYS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -62,9 +69,11 @@ def parser(prog: str = "workers") -> argparse.ArgumentParser:
         action="store_true",
         help="run the workers (cluster.count processes x workers.count threads)",
     )
+    top.add_argument("--types", **TYPES_FLAG)
     commands = top.add_subparsers(dest="command", metavar="COMMAND")
     add = functools.partial(commands.add_parser, parents=[common])
-    add("worker", help="run one worker process (what supervisord starts)")
+    worker = add("worker", help="run one worker process (supervisord's, or a container's command)")
+    worker.add_argument("--types", **{**TYPES_FLAG, "default": argparse.SUPPRESS})
     add("status", help="count the jobs by status and list the live worker processes")
     add("cron", help="list the cron schedules, their next ticks and the leader")
     commands_module.add_parsers(add, common)
@@ -107,7 +116,9 @@ def main(
 
 
 def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
-    settings = settings_module.load(args.settings, mode="headless" if args.headless else None)
+    settings = settings_module.load(
+        args.settings, mode="headless" if args.headless else None, types=args.types
+    )
     _make_importable(settings)
     if args.command == "worker":
         return run_worker(settings)
@@ -128,7 +139,8 @@ def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
     if args.command == "token":
         return _token(args.name, args.role)
     if settings.mode == "headless":
-        registry.discover(settings.jobs)  # broken jobs or schedules stop startup here
+        jobs = registry.discover(settings.jobs)  # broken jobs or schedules stop startup here
+        jobs.select(settings.workers.types.include, settings.workers.types.exclude)
         return headless.run(settings)
     return _web(settings, web)
 
@@ -240,9 +252,17 @@ def _status(settings: Settings) -> int:
             busy = f"{len(node.get('running', []))}/{node.get('threads')}"
             print(
                 f"node {node['_id']} ({state}): {busy} threads busy, "
-                f"last beat {iso(node['last_beat'])}"
+                f"runs {runs(node)}, last beat {iso(node['last_beat'])}"
             )
     return 0
+
+
+def runs(node: dict[str, Any]) -> str:
+    """Which job types a worker process runs, as its heartbeat says."""
+    types = [str(name) for name in node.get("types") or []]
+    if not node.get("pool"):
+        return f"every type ({len(types)})" if types else "every type"
+    return ", ".join(types)
 
 
 def _cron(settings: Settings) -> int:

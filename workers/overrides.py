@@ -139,7 +139,7 @@ def _is_list_of_names(model: type[BaseModel], path: Path_) -> bool:
     shape: Any = model
     for key in path:
         shape = shape.model_fields[key].annotation
-    return bool(shape == list[str])
+    return bool(shape in (list[str], list[str] | None))
 
 
 def _as_json_list(value: str) -> str:

@@ -37,7 +37,7 @@ class Profile:
 
     @classmethod
     def headless(cls, app: App) -> Profile:
-        return cls(app.registry.types, app.settings.workers.count, _run_each)
+        return cls(app.node_types, app.settings.workers.count, _run_each)
 
     @property
     def slots(self) -> int:

@@ -31,6 +31,23 @@ class Registry:
     def types(self) -> list[str]:
         return sorted(self.classes)
 
+    def select(self, include: Sequence[str] | None, exclude: Sequence[str] = ()) -> list[str]:
+        """The types a node pool runs: `include` (None: every type) less `exclude`.
+
+        A name no class has is refused, so a typo cannot leave a pool idle for ever.
+        """
+        unknown = sorted((set(include or ()) | set(exclude)) - set(self.classes))
+        if unknown:
+            raise DiscoveryError(
+                f"workers.types (--types) names {', '.join(unknown)}, which no job class is "
+                f"called; the job types are {', '.join(self.types) or 'none'}"
+            )
+        chosen = [t for t in (self.types if include is None else sorted(set(include)))]
+        chosen = [t for t in chosen if t not in exclude]
+        if not chosen:
+            raise DiscoveryError("workers.types (--types) leaves this node no job type to run")
+        return chosen
+
     def __contains__(self, job_type: object) -> bool:
         return job_type in self.classes
 

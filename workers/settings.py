@@ -98,8 +98,17 @@ class ShutdownSettings(_Section):
     grace: float = Field(30.0, ge=0)
 
 
+class TypesSettings(_Section):
+    """The job types this node runs (a node pool, as Celery's -Q): `include` null runs
+    every discovered type; `--types A,B` sets `include`."""
+
+    include: list[str] | None = Field(None, min_length=1)
+    exclude: list[str] = Field(default_factory=list)
+
+
 class WorkersSettings(_Section):
     count: int = Field(10, ge=1)
+    types: TypesSettings = TypesSettings()
     queue: QueueSettings = QueueSettings()
     cron: CronSettings = CronSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
@@ -193,7 +202,9 @@ def settings_path(explicit: str | None = None) -> tuple[Path, bool]:
     return Path(DEFAULT_FILE), False
 
 
-def load(explicit: str | None = None, *, mode: str | None = None) -> Settings:
+def load(
+    explicit: str | None = None, *, mode: str | None = None, types: list[str] | None = None
+) -> Settings:
     """Load .env, then the settings file, expand its ${VAR}s, lay the WORKERS_*
     variables over it and validate.
 
@@ -204,7 +215,10 @@ def load(explicit: str | None = None, *, mode: str | None = None) -> Settings:
     path, required = settings_path(explicit)
     raw = _read(path) if required or path.exists() else {}
     source = str(path.resolve()) if (required or path.exists()) else None
-    return validate(raw, source=source, environment=read_overrides(), mode=mode)
+    flags: dict[str, Any] = {"mode": mode} if mode is not None else {}
+    if types is not None:
+        flags["workers"] = {"types": {"include": types}}
+    return validate(raw, source=source, environment=read_overrides(), flags=flags)
 
 
 def read_overrides() -> Overrides:
@@ -217,10 +231,11 @@ def validate(
     *,
     source: str | None = None,
     environment: Overrides | None = None,
-    mode: str | None = None,
+    flags: dict[str, Any] | None = None,
 ) -> Settings:
     """The settings from a file's content, the environment's overrides over it, and the
-    command line's mode over both; an error names the key and where it was set."""
+    command line's flags (nested like the file) over both; an error names the key and
+    where it was set."""
     environment = environment or Overrides()
     where = " and ".join(
         [source or "the default settings"] + (["the environment"] if environment.values else [])
@@ -228,8 +243,7 @@ def validate(
     if not isinstance(raw, dict):
         raise SettingsError(f"{where}: the top level must be a JSON object")
     merged = overrides_module.merge(_expand(raw), environment.values)
-    if mode is not None:
-        merged["mode"] = mode
+    merged = overrides_module.merge(merged, flags or {})
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:

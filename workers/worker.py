@@ -150,6 +150,8 @@ class Worker:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "threads": self.count,
+            "types": self.profile.types,
+            "pool": self.profile.types != self.app.registry.types,  # a pool of some types
             "running": self._pool.running(),
             "version": __version__,
             "state": "stopping" if self._stopping.is_set() else "running",

@@ -299,6 +299,8 @@ def nodes(app: App) -> list[dict[str, Any]]:
                 "host": plain(node.get("host")),
                 "pid": plain(node.get("pid")),
                 "threads": plain(node.get("threads")),
+                "types": [plain(t) for t in _list(node.get("types"))],
+                "pool": bool(node.get("pool")),
                 "running": [plain(r) for r in running],
                 "version": plain(node.get("version")),
                 "state": plain(node.get("state")),
