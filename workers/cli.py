@@ -75,6 +75,13 @@ def parser(prog: str = "workers") -> argparse.ArgumentParser:
     worker = add("worker", help="run one worker process (supervisord's, or a container's command)")
     worker.add_argument("--types", **{**TYPES_FLAG, "default": argparse.SUPPRESS})
     add("status", help="count the jobs by status and list the live worker processes")
+    health = add(
+        "health",
+        help="exit 0 if the database answers and this host's worker processes beat in time",
+    )
+    health.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds the database has to answer (5)"
+    )
     add("cron", help="list the cron schedules, their next ticks and the leader")
     commands_module.add_parsers(add, common)
     web = add("web", help="serve the dashboard, the HTTP API and /metrics")
@@ -130,6 +137,8 @@ def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
         )
     if args.command == "status":
         return _status(settings)
+    if args.command == "health":
+        return _health(settings, args.timeout)
     if args.command == "cron":
         return _cron(settings)
     if args.command in ("jobs", "push"):
@@ -240,6 +249,15 @@ def _token(name: str, role: str) -> int:
     print(f"token (shown once; send it as 'Authorization: Bearer <token>'): {token}")
     print(f"add to web.tokens in the settings: {json.dumps(entry)}")
     return 0
+
+
+def _health(settings: Settings, seconds: float) -> int:
+    """One line and 0 when well; one line naming what failed and 1 when not."""
+    from workers.health import check
+
+    health = check(settings, seconds)
+    print(health.line if health.well else f"unhealthy: {health.line}")
+    return 0 if health.well else 1
 
 
 def _status(settings: Settings) -> int:

@@ -288,6 +288,13 @@ class Connection:
         )
 
     @translated
+    def ping(self, seconds: float) -> None:
+        """Raise DatabaseUnavailable unless the server answers within `seconds`, server
+        selection included (the health checks: a probe has a deadline of its own)."""
+        with pymongo.timeout(seconds):
+            self._client.admin.command("ping")
+
+    @translated
     def check_server(self) -> str:
         """At boot: refuse a server too old for the queries (`check_version`), and settle a
         write concern of "auto" by what `hello` says. Returns the write concern in force."""

@@ -36,3 +36,8 @@ class NodeQueries(Connection):
     @translated
     def list_nodes(self) -> list[Document]:
         return list(self.nodes.find().sort("started", 1))
+
+    @translated
+    def nodes_on_host(self, host: str) -> list[Document]:
+        """The worker processes a host runs (or ran: a crashed one's record stays a day)."""
+        return list(self.nodes.find({"host": host}))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +27,7 @@ HEADERS = {
 }
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _ANONYMOUS_POSTS = frozenset({"/login"})  # its body is the credential
+PROBES = frozenset({"/healthz", "/readyz"})  # no auth, no Host check, no job data
 
 
 class SecurityHeaders:
@@ -45,6 +47,21 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class HostCheck:
+    """Starlette's Host check (DNS rebinding) on everything but the probes: a kubelet or a
+    load balancer asks by the pod's or the host's address, and a probe tells nothing."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _route_path(scope) in PROBES:
+            await self.app(scope, receive, send)
+        else:
+            await self.checked(scope, receive, send)
 
 
 class Gate:

@@ -13,7 +13,6 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 import workers.web.api as api
 import workers.web.pages as pages
@@ -21,7 +20,7 @@ import workers.web.problems as problems
 import workers.web.views as views
 from workers import app as app_module
 from workers.app import App
-from workers.errors import SettingsError
+from workers.errors import DatabaseUnavailable, SettingsError, StoreError
 from workers.settings import Settings
 from workers.version import __version__
 from workers.web.access import Session, booted, reader
@@ -33,7 +32,7 @@ from workers.web.auth import (
     Resolver,
     is_loopback,
 )
-from workers.web.guard import BodyLimit, Gate, SecurityHeaders
+from workers.web.guard import BodyLimit, Gate, HostCheck, SecurityHeaders
 from workers.web.live import Feed, events
 from workers.web.metrics import CONTENT_TYPE, render
 
@@ -86,12 +85,13 @@ def create_app(
     web.add_middleware(BodyLimit, limit=settings.web.max_body)
     web.add_middleware(Gate)
     if allowed_hosts is not None:
-        web.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+        web.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))
     web.add_middleware(SecurityHeaders)
     web.include_router(api.router)
     web.include_router(pages.router)
     web.mount("/static", StaticFiles(directory=_STATIC), name="static")
     _add_streams(web)
+    _add_probes(web, get_app)
     _document_job_types(web, get_app)
     return web
 
@@ -132,6 +132,27 @@ def served_app(
         trust_loopback=loopback and settings.web.trust_loopback,
         allowed_hosts=hosts,
     )
+
+
+READY_WITHIN = 2.0  # seconds the database has to answer /readyz (a probe's own deadline)
+
+
+def _add_probes(web: FastAPI, get_app: Callable[[], App]) -> None:
+    """/healthz: the process serves; /readyz: and the database answers. For a load balancer
+    and Kubernetes: no auth, no Host check (guard.HostCheck), no job data."""
+
+    @web.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @web.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        try:
+            get_app().store.ping(READY_WITHIN)
+        except (DatabaseUnavailable, StoreError):
+            body = {"status": "unavailable", "reason": "the database does not answer"}
+            return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
+        return JSONResponse({"status": "ready"}, headers={"Cache-Control": "no-store"})
 
 
 def _add_streams(web: FastAPI) -> None:

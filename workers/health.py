@@ -1,0 +1,100 @@
+"""`workers health`: is this host's worker service well? For a container's HEALTHCHECK, a
+Kubernetes liveness probe, or a load balancer's check of a VM.
+
+Well means two things, checked in order, and the first that fails is the one line said:
+the database answers within the probe's deadline, and every worker process running on
+this host beat within a lease (a process that stopped beating holds its jobs until the
+lease lapses, so that is when it stops being well). It reads, never writes, and never
+starts the embedded server.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from workers import embedded
+from workers.errors import DatabaseUnavailable, WorkersError
+from workers.settings import Settings
+from workers.store import Store
+
+
+@dataclass(frozen=True)
+class Health:
+    well: bool
+    line: str
+
+
+def check(settings: Settings, seconds: float) -> Health:
+    """The health of this host's worker processes, within about `seconds` per round trip."""
+    url = settings.mongo_url() or _embedded_url(settings)
+    if url is None:
+        return Health(False, f"the database: the embedded server of "
+                      f"{settings.embedded_dir()} is not running")  # fmt: skip
+    mongo = settings.mongo
+    store = Store(url, mongo.database, prefix=mongo.prefix, timeout=seconds, pool_size=1,
+                  app_name="workers-health")  # fmt: skip
+    try:
+        store.ping(seconds)
+        return _beats(store, settings.workers.queue.lease)
+    except DatabaseUnavailable as exc:
+        return Health(False, f"the database does not answer within {seconds:g} s: {exc}")
+    except WorkersError as exc:
+        return Health(False, f"the database: {exc}")
+    finally:
+        store.close()
+
+
+def _embedded_url(settings: Settings) -> str | None:
+    state = embedded.status(settings.embedded_dir())
+    return f"mongodb://127.0.0.1:{state['port']}/?directConnection=true" if state else None
+
+
+def _beats(store: Store, lease: float) -> Health:
+    host = socket.gethostname()
+    running = [node for node in store.nodes_on_host(host) if _is_running_worker(node.get("pid"))]
+    if not running:
+        return Health(False, f"the workers: no worker process is running on {host}")
+    now = store.now()
+    ages = {str(node["_id"]): _age(now, node.get("last_beat")) for node in running}
+    stale = {name: age for name, age in ages.items() if age > lease}
+    if stale:
+        name, age = max(stale.items(), key=lambda item: item[1])
+        return Health(
+            False,
+            f"the workers: {name} last beat {age:.0f} s ago, more than the lease "
+            f"({lease:g} s){f' (and {len(stale) - 1} more)' if len(stale) > 1 else ''}",
+        )
+    return Health(
+        True,
+        f"well: the database answers; {len(running)} worker process(es) on {host}, "
+        f"the oldest beat {max(ages.values()):.1f} s ago",
+    )
+
+
+def _age(now: datetime, beat: Any) -> float:
+    return (now - beat).total_seconds() if isinstance(beat, datetime) else float("inf")
+
+
+def _is_running_worker(pid: Any) -> bool:
+    """Whether `pid` is a live process of ours here: the record of a crashed one stays,
+    and its pid may since belong to another program (checked by its command line)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, as another user
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        return b"workers" in cmdline.read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # no /proc here: alive is all we can tell
+    except OSError:
+        return True
