@@ -34,9 +34,15 @@ EXIT_BOOT_FAILED = 78  # EX_CONFIG: a worker cannot boot; supervisord must not r
 _PR_SET_PDEATHSIG = 1
 
 
+def stop_wait(settings: Settings) -> int:
+    """Seconds a worker gets from TERM to exit before it is killed: the grace period for
+    its running jobs, one mongo.timeout to hand the rest back through a slow server, and
+    5 s to exit (supervisord's stopwaitsecs, a pod's terminationGracePeriodSeconds)."""
+    return math.ceil(settings.workers.shutdown.grace + settings.mongo.timeout) + 5
+
+
 def render_config(settings: Settings, run_dir: Path, *, python: str = sys.executable) -> str:
     """The supervisord configuration for this node; `%` is escaped as supervisor requires."""
-    grace = settings.workers.shutdown.grace
     command = f"{shlex.quote(python)} -m workers worker"
     pool = settings.workers.types.include
     if pool is not None:  # --types reaches the workers, which read the rest of the settings
@@ -68,7 +74,7 @@ def render_config(settings: Settings, run_dir: Path, *, python: str = sys.execut
         "stopsignal=TERM",
         # the worker's grace period (counted from the TERM), plus time to hand jobs back
         # through a slow server (one mongo.timeout) and exit
-        f"stopwaitsecs={math.ceil(grace + settings.mongo.timeout) + 5}",
+        f"stopwaitsecs={stop_wait(settings)}",
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=true",
