@@ -2,12 +2,13 @@
 
 The public surface: `Job` to subclass and push, `boot()` for an app's startup,
 `database()` for the app's own collections, `main()` for an app's own
-`python -m myapp [--headless]` entry point, and the exception types.
+`python -m myapp [--headless]` entry point, `wait()` for pushed jobs' outcomes, and
+the exception types.
 """
 
 from __future__ import annotations
 
-from workers.app import boot, database, push, shutdown
+from workers.app import boot, database, push, shutdown, wait, wait_async
 from workers.cli import main
 from workers.errors import (
     DatabaseUnavailable,
@@ -52,4 +53,6 @@ __all__ = [
     "process_jobs",
     "push",
     "shutdown",
+    "wait",
+    "wait_async",
 ]

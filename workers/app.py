@@ -11,16 +11,16 @@ import atexit
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from workers import embedded, registry
+from workers import embedded, lifecycle, registry, waiting
 from workers import job as job_module
 from workers import settings as settings_module
 from workers.completions import Completions
 from workers.errors import DatabaseUnavailable, PushError
 from workers.job import Job
-from workers.lifecycle import Pushed
+from workers.lifecycle import Pushed, StoredJob
 from workers.metrics import Tally
 from workers.options import parse_options
 from workers.record import RetryPolicy, new_document
@@ -103,7 +103,7 @@ class App:
         log.debug("job pushed", extra={"action": "job_pushed", "job_id": job_id, "type": job_type})
         if self.settings.mode == "inline" and not existing:
             _run_inline(self, job_id)
-        return Pushed(job_id, existing)
+        return Pushed(job_id, existing, self.store)
 
     def push_many(self, jobs: Sequence[Job], **options: Any) -> list[str]:
         """Validate every job, then insert them all in one unordered bulk insert.
@@ -160,6 +160,7 @@ class App:
 
     def close(self) -> None:
         self.closed = True  # what outlives it (the dashboard's feed) stops on this
+        waiting.close(self.store)
         self.store.close()
         if self.server is not None:
             self.server.release()
@@ -256,6 +257,7 @@ def current() -> App:
 
 
 job_module.bind_app(current)
+lifecycle.bind_store(lambda: current().store)
 
 
 def database() -> Any:
@@ -268,6 +270,21 @@ def push(job_type: str, params: dict[str, Any] | None = None, **options: Any) ->
     """Push a job by its type name (the options of `Job.push`): for `process_jobs`
     handlers, whose jobs need no class. A type no worker runs waits for one."""
     return current().push_named(job_type, dict(params or {}), **options)
+
+
+def wait(
+    ids: Iterable[str], timeout: float | None = None, return_when: lifecycle.ReturnWhen = "all"
+) -> list[StoredJob]:
+    """Wait for the jobs of `ids` to finish (`Pushed.wait` for many): all of them, or the
+    first (`return_when="first"`); returns the finished ones, in the order of `ids`."""
+    return lifecycle.wait_jobs(current().store, ids, timeout, return_when)
+
+
+async def wait_async(
+    ids: Iterable[str], timeout: float | None = None, return_when: lifecycle.ReturnWhen = "all"
+) -> list[StoredJob]:
+    """`wait` for asyncio: one shared stream wakes the loop, no thread per waiter."""
+    return await lifecycle.wait_jobs_async(current().store, ids, timeout, return_when)
 
 
 def shutdown() -> None:

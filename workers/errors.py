@@ -99,13 +99,28 @@ class TransitionRefused(WorkersError):
 
 
 class JobCancelled(WorkersError):
-    """The job was cancelled while it ran: its outcome is not recorded."""
+    """The job was cancelled (while it ran: its outcome is not recorded; or, raised by
+    `Pushed.result`, before it completed)."""
+
+    def __init__(self, message: str, *, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class JobFailed(WorkersError):
-    """The job failed itself (`self.fail(message)`)."""
+    """The job failed itself (`self.fail(message)`), or, raised by `Pushed.result`, it
+    failed for good: `error` is the stored error (message, type, traceback)."""
 
-    def __init__(self, message: str, *, fatal: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        fatal: bool = False,
+        job_id: str | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         #: no retries left to try: the job fails for good
         self.fatal = fatal
+        self.job_id = job_id
+        self.error = error or {}

@@ -8,13 +8,23 @@ the action needs, and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from workers.errors import JobNotFound, TransitionRefused, WorkersError
-from workers.record import ALLOWED, FOLLOWUPS, STATUSES, ActionResult
+from workers import waiting
+from workers.errors import JobCancelled, JobFailed, JobNotFound, TransitionRefused, WorkersError
+from workers.record import ALLOWED, CANCELLED, COMPLETED, FOLLOWUPS, STATUSES, ActionResult
 from workers.store import Store
+
+ReturnWhen = Literal["all", "first"]
+_current_store: Callable[[], Store] | None = None
+
+
+def bind_store(getter: Callable[[], Store]) -> None:
+    """Called once by the app module: where a Pushed made without a store waits."""
+    global _current_store
+    _current_store = getter
 
 
 class Pushed(str):
@@ -22,11 +32,39 @@ class Pushed(str):
     an unfinished job holds its `unique` key: the id is that job's."""
 
     existing: bool
+    _store: Store | None
 
-    def __new__(cls, job_id: str, existing: bool = False) -> Pushed:
+    def __new__(cls, job_id: str, existing: bool = False, store: Store | None = None) -> Pushed:
         pushed = super().__new__(cls, job_id)
         pushed.existing = existing
+        pushed._store = store
         return pushed
+
+    def wait(self, timeout: float | None = None) -> StoredJob:
+        """The job once it finished (completed, failed or cancelled). TimeoutError past
+        `timeout` seconds; JobNotFound if no job has this id (or it was removed). For a
+        repeating job, this run: the next run is another job."""
+        (job,) = wait_jobs(self._waits_on(), [str(self)], timeout)
+        return job
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The job's result once it completed; JobFailed (with the stored error) if it
+        failed, JobCancelled if it was cancelled; TimeoutError and JobNotFound as `wait`."""
+        return outcome(self.wait(timeout))
+
+    async def wait_async(self, timeout: float | None = None) -> StoredJob:
+        (job,) = await wait_jobs_async(self._waits_on(), [str(self)], timeout)
+        return job
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        return outcome(await self.wait_async(timeout))
+
+    def _waits_on(self) -> Store:
+        if self._store is not None:
+            return self._store
+        if _current_store is None:
+            raise WorkersError("wait: no app is booted (workers.boot())")
+        return _current_store()
 
 
 class StoredJob:
@@ -72,6 +110,12 @@ class StoredJob:
         """The whole stored document (a copy)."""
         return dict(self._doc)
 
+    def wait(self, timeout: float | None = None) -> StoredJob:
+        """This job once it finished, read again (as `Pushed.wait`)."""
+        (job,) = wait_jobs(self._store, [self.id], timeout)
+        self._doc = job._doc
+        return self
+
     def refresh(self) -> StoredJob:
         """Read the job again; JobNotFound if it was removed."""
         doc = self._store.get_job(self.id)
@@ -115,6 +159,57 @@ class StoredJob:
 
     def _act_on_store(self, action: str, **options: Any) -> ActionResult:
         return act_on_one(self._store, action, str(self._doc["_id"]), **options)
+
+
+def wait_jobs(
+    store: Store,
+    ids: Iterable[str],
+    timeout: float | None = None,
+    return_when: ReturnWhen = "all",
+) -> list[StoredJob]:
+    """The finished jobs of `ids`, in their order: all of them, or (`first`) those finished
+    when the first did. TimeoutError past `timeout`; JobNotFound names ids no job has."""
+    wanted = _ids(ids, return_when)
+    waiter = waiting.waiters_of(store).wait(wanted, timeout, first=return_when == "first")
+    return _finished(store, wanted, waiter)
+
+
+async def wait_jobs_async(
+    store: Store,
+    ids: Iterable[str],
+    timeout: float | None = None,
+    return_when: ReturnWhen = "all",
+) -> list[StoredJob]:
+    """`wait_jobs` for asyncio."""
+    wanted = _ids(ids, return_when)
+    waiters = waiting.waiters_of(store)
+    waiter = await waiters.wait_async(wanted, timeout, first=return_when == "first")
+    return _finished(store, wanted, waiter)
+
+
+def _ids(ids: Iterable[str], return_when: str) -> list[str]:
+    if return_when not in ("all", "first"):
+        raise WorkersError(f"wait: return_when must be 'all' or 'first', got {return_when!r}")
+    if isinstance(ids, str):  # one id, not its characters
+        return [ids]
+    return list(dict.fromkeys(str(job_id) for job_id in ids))
+
+
+def _finished(store: Store, ids: list[str], waiter: waiting.Waiter) -> list[StoredJob]:
+    if waiter.missing:
+        raise JobNotFound(f"wait: no job has the id {', '.join(sorted(waiter.missing))}")
+    return [StoredJob(store, waiter.found[job_id]) for job_id in ids if job_id in waiter.found]
+
+
+def outcome(job: StoredJob) -> Any:
+    """A finished job's result, or the exception that says why it has none."""
+    if job.status == COMPLETED:
+        return job.result
+    if job.status == CANCELLED:
+        raise JobCancelled(f"{job.type} {job.id} was cancelled", job_id=job.id)
+    error = job.error if isinstance(job.error, dict) else {}
+    message = error.get("message", "no error recorded")
+    raise JobFailed(f"{job.type} {job.id} failed: {message}", job_id=job.id, error=error)
 
 
 def get(store: Store, job_id: str) -> StoredJob | None:

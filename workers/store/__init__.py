@@ -14,6 +14,7 @@ from workers.store.indexes import IndexQueries, IndexSpec, IndexState
 from workers.store.jobs import LOST_MESSAGE, RESCUE_INDEX, UNIQUE_INDEX, Completion, JobQueries
 from workers.store.metrics import MetricsQueries
 from workers.store.nodes import NodeQueries
+from workers.store.outcomes import FinishedStream, OutcomeQueries
 from workers.store.overview import OverviewQueries
 from workers.store.stream import AnyChange, ReadyChange, ReadyStream
 from workers.store.web import WebQueries
@@ -38,6 +39,7 @@ RETIRED_INDEXES = (
 class Store(
     JobQueries,
     OverviewQueries,
+    OutcomeQueries,
     NodeQueries,
     CronQueries,
     MetricsQueries,
@@ -62,6 +64,7 @@ __all__ = [
     "AnyChange",
     "Completion",
     "Document",
+    "FinishedStream",
     "IndexSpec",
     "IndexState",
     "ReadyChange",
