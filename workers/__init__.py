@@ -8,7 +8,7 @@ the exception types.
 
 from __future__ import annotations
 
-from workers.app import boot, database, push, shutdown, wait, wait_async
+from workers.app import boot, database, events, on, push, shutdown, wait, wait_async
 from workers.cli import main
 from workers.errors import (
     DatabaseUnavailable,
@@ -26,6 +26,7 @@ from workers.errors import (
 from workers.inline import run_inline as _run_inline  # binds inline mode  # noqa: F401
 from workers.job import Job
 from workers.lifecycle import Pushed, StoredJob
+from workers.listening import JobEvent
 from workers.processing import JobProcessor, process_jobs
 from workers.record import ActionResult
 from workers.version import __version__ as __version__
@@ -36,6 +37,7 @@ __all__ = [
     "DiscoveryError",
     "Job",
     "JobCancelled",
+    "JobEvent",
     "JobFailed",
     "JobNotFound",
     "JobProcessor",
@@ -49,7 +51,9 @@ __all__ = [
     "WorkersError",
     "boot",
     "database",
+    "events",
     "main",
+    "on",
     "process_jobs",
     "push",
     "shutdown",

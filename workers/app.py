@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from workers import embedded, lifecycle, registry, waiting
+from workers import embedded, lifecycle, listening, registry, waiting
 from workers import job as job_module
 from workers import settings as settings_module
 from workers.completions import Completions
@@ -161,6 +161,7 @@ class App:
     def close(self) -> None:
         self.closed = True  # what outlives it (the dashboard's feed) stops on this
         waiting.close(self.store)
+        listening.close(self.store)
         self.store.close()
         if self.server is not None:
             self.server.release()
@@ -285,6 +286,26 @@ async def wait_async(
 ) -> list[StoredJob]:
     """`wait` for asyncio: one shared stream wakes the loop, no thread per waiter."""
     return await lifecycle.wait_jobs_async(current().store, ids, timeout, return_when)
+
+
+def on(
+    kind: str | Iterable[str],
+    callback: Callable[[listening.JobEvent], Any],
+    *,
+    type: str | None = None,  # the documented name: workers.on(..., type=T)
+) -> listening.Subscription:
+    """Call `callback(event)` for every event of `kind` (started, progress, retried,
+    completed, failed, cancelled; or several) of any process, on one thread of this app.
+    Returns a handle: `close()` it to stop."""
+    return listening.on(current().store, kind, callback, type)
+
+
+def events(
+    kinds: str | Iterable[str] | None = None, types: str | Iterable[str] | None = None
+) -> listening.EventStream:
+    """The events of every process as they happen: `for event in workers.events(): ...`
+    (or `async for`); `close()` it, or leave the loop, to stop."""
+    return listening.events(current().store, kinds, types)
 
 
 def shutdown() -> None:

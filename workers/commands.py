@@ -1,4 +1,5 @@
-"""`workers jobs ...` and `workers push`: the lifecycle from the command line.
+"""`workers jobs ...` and `workers push`: the lifecycle from the command line, and
+`workers jobs watch`, its events live.
 
 Tables for people (rich), `--json` for scripts. An action refused for any job
 exits with status 1 and says why, job by job. A bulk action chosen by filter
@@ -11,7 +12,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,13 +23,15 @@ from rich.progress import track
 from rich.table import Table
 
 from workers import app as app_module
-from workers import lifecycle
+from workers import lifecycle, listening
 from workers.errors import WorkersError
+from workers.listening import KINDS
 from workers.record import ALLOWED, STATUSES, ActionResult
 from workers.settings import Settings
 from workers.store.dependencies import BATCH
 
 EXIT_REFUSED = 1
+_STOPS = (signal.SIGTERM, signal.SIGINT)
 _ACTIONS = tuple(ALLOWED)
 _LS_COLUMNS = ("id", "type", "status", "attempts", "progress", "created", "finished")
 
@@ -51,6 +56,12 @@ def add_parsers(
         _filters(verb)
         verb.add_argument("--yes", action="store_true", help="do not ask before a bulk action")
         verb.add_argument("--json", action="store_true", help="the result as JSON")
+    watch = verb_parser("watch", help="print job events live, until Ctrl-C (tail -f the queue)")
+    watch.add_argument("--type", action="append", help="only jobs of this type (repeatable)")
+    watch.add_argument(
+        "--kind", action="append", choices=KINDS, help="only events of this kind (repeatable)"
+    )
+    watch.add_argument("--json", action="store_true", help="one JSON object per event")
     push = add("push", help="push a job of a registered type")
     push.add_argument("type", help="the job class name, e.g. LoadRetentionJob")
     push.add_argument(
@@ -86,9 +97,29 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return _ls(app, args)
         if args.verb == "show":
             return _show(app, args)
+        if args.verb == "watch":
+            return _watch(app, args)
         return _act(app, args)
     finally:
         app_module.shutdown()
+
+
+def _watch(app: app_module.App, args: argparse.Namespace) -> int:
+    """Print each event as it comes, flushed, until TERM or Ctrl-C (exit 0)."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOPS}
+    stream = listening.events(app.store, args.kind, args.type)
+    print("workers jobs watch: following the jobs (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        while not stop.is_set():
+            event = stream.get(timeout=0.5)
+            if event is not None:
+                print(event.as_json() if args.json else event.line(), flush=True)
+    finally:
+        stream.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
 
 
 def _push(app: app_module.App, args: argparse.Namespace) -> int:

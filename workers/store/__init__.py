@@ -14,7 +14,7 @@ from workers.store.indexes import IndexQueries, IndexSpec, IndexState
 from workers.store.jobs import LOST_MESSAGE, RESCUE_INDEX, UNIQUE_INDEX, Completion, JobQueries
 from workers.store.metrics import MetricsQueries
 from workers.store.nodes import NodeQueries
-from workers.store.outcomes import FinishedStream, OutcomeQueries
+from workers.store.outcomes import FinishedStream, JobState, OutcomeQueries, StateStream
 from workers.store.overview import OverviewQueries
 from workers.store.stream import AnyChange, ReadyChange, ReadyStream
 from workers.store.web import WebQueries
@@ -67,8 +67,10 @@ __all__ = [
     "FinishedStream",
     "IndexSpec",
     "IndexState",
+    "JobState",
     "ReadyChange",
     "ReadyStream",
+    "StateStream",
     "Store",
     "bson_problem",
     "new_id",

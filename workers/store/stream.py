@@ -72,6 +72,7 @@ class ReadyStream:
     """One change stream, resumable by its token after errors and server restarts."""
 
     pipeline: ClassVar[list[Document]] = PIPELINE
+    full_document: ClassVar[str | None] = None  # "updateLookup": updates carry the document
 
     def __init__(self, url: str, database: str, collection: str, timeout: float) -> None:
         ms = int(timeout * 1000)
@@ -98,7 +99,10 @@ class ReadyStream:
         wait_ms = max(1, int(max_wait * 1000))
         try:
             self._stream = self._collection.watch(
-                self.pipeline, resume_after=self.resume_token, max_await_time_ms=wait_ms
+                self.pipeline,
+                resume_after=self.resume_token,
+                max_await_time_ms=wait_ms,
+                full_document=self.full_document,
             )
             return True
         except OperationFailure as exc:
@@ -107,24 +111,32 @@ class ReadyStream:
             if self.resume_token is None or exc.code not in _TOKEN_LOST:
                 raise
         self.resume_token = None
-        self._stream = self._collection.watch(self.pipeline, max_await_time_ms=wait_ms)
+        self._stream = self._collection.watch(
+            self.pipeline, max_await_time_ms=wait_ms, full_document=self.full_document
+        )
         return False
 
     @translated
     def next_change(self) -> ReadyChange | None:
         """The next job that became ready, waiting at most `max_wait`; None if none came."""
-        if self._stream is None:
-            raise StreamUnavailable("the stream is not open")
-        try:
-            event = self._stream.try_next()
-        except PyMongoError:
-            self.close_stream()
-            raise
-        self.resume_token = self._stream.resume_token
+        event = self._next_event()
         if event is None:
             return None
         scheduled = _fields(event).get("status") == SCHEDULED
         return ReadyChange(_run_at(event), _job_id(event), _priority(event), scheduled)
+
+    def _next_event(self) -> Document | None:
+        """The next raw event, waiting at most `max_wait`, its token kept for a resume."""
+        cursor = self._stream  # another thread may close the stream meanwhile
+        if cursor is None:
+            raise StreamUnavailable("the stream is not open")
+        try:
+            event = cursor.try_next()
+        except PyMongoError:
+            self.close_stream()
+            raise
+        self.resume_token = cursor.resume_token
+        return event if isinstance(event, dict) else None
 
     def close_stream(self) -> None:
         if self._stream is not None:
