@@ -28,13 +28,13 @@ import logging
 import queue
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from workers.errors import StreamUnavailable, WorkersError
+from workers.per_store import PerStore
 from workers.record import FINISHED, READY, RUNNING, SCHEDULED
 from workers.store import JobState, StateStream, Store
 
@@ -377,17 +377,12 @@ def choose(
     return chosen, named
 
 
-_listeners: weakref.WeakKeyDictionary[Store, Listeners] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
+_registry: PerStore[Listeners] = PerStore(Listeners)
 
 
 def listeners_of(store: Store) -> Listeners:
     """The one Listeners of a store (made on first use)."""
-    with _lock:
-        found = _listeners.get(store)
-        if found is None:
-            found = _listeners[store] = Listeners(store)
-        return found
+    return _registry.of(store)
 
 
 def on(
@@ -408,8 +403,5 @@ def events(
 
 
 def close(store: Store) -> None:
-    """Stop the listener of a store (its app closes)."""
-    with _lock:
-        found = _listeners.pop(store, None)
-    if found is not None:
-        found.close()
+    """Stop the listeners of a store (its app closes)."""
+    _registry.close(store)

@@ -15,11 +15,11 @@ import asyncio
 import contextlib
 import logging
 import threading
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from workers.errors import StreamUnavailable, WorkersError
+from workers.per_store import PerStore
 from workers.record import FINISHED
 from workers.store import Document, FinishedStream, Store
 
@@ -230,22 +230,14 @@ def _timed_out(waiter: Waiter, timeout: float | None) -> TimeoutError:
     return TimeoutError(f"wait: job {shown} did not finish within {timeout:g} s")
 
 
-_waiters: weakref.WeakKeyDictionary[Store, Waiters] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
+_registry: PerStore[Waiters] = PerStore(Waiters)
 
 
 def waiters_of(store: Store) -> Waiters:
     """The one Waiters of a store (made on first use)."""
-    with _lock:
-        found = _waiters.get(store)
-        if found is None:
-            found = _waiters[store] = Waiters(store)
-        return found
+    return _registry.of(store)
 
 
 def close(store: Store) -> None:
-    """Stop serving the waiters of a store (its app closes)."""
-    with _lock:
-        found = _waiters.pop(store, None)
-    if found is not None:
-        found.close()
+    """Stop the waiters of a store (its app closes)."""
+    _registry.close(store)
