@@ -13,7 +13,7 @@ $(STAMP):
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi && \
 	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[embedded,web,test,bench]'
+	$(BIN)/python -m pip install -q -e '.[embedded,web,otel,test,bench]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)

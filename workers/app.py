@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from workers import embedded, lifecycle, listening, registry, waiting
+from workers import embedded, lifecycle, listening, registry, tracing, waiting
 from workers import job as job_module
 from workers import settings as settings_module
 from workers.completions import Completions
@@ -143,7 +143,11 @@ class App:
             class_timeout = job_class.timeout if job_class else None
             options["timeout"] = class_timeout or self.settings.workers.queue.timeout
         parsed = parse_options(self.retry_defaults, **options)
-        return new_document(job_id, job_type, params, parsed, self.store.now())
+        document = new_document(job_id, job_type, params, parsed, self.store.now())
+        trace = tracing.carrier()
+        if trace is not None:  # the pushing code's trace, for the attempts' spans to link
+            document["trace"] = trace
+        return document
 
     def _registered_type(self, job: Job) -> str:
         if not isinstance(job, Job):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers import tracing
 from workers.app import App
 from workers.errors import (
     DatabaseUnavailable,
@@ -120,8 +121,12 @@ def run_attempt(app: App, held: Held) -> None:
     _set_deadline(held, record)
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
     log.info("job started", extra={"action": "job_started", **extra})
-    with EventLoop() as loop:
-        _run_and_record(app, owner, held, job_class, record, loop)
+    trace = held.doc.get("trace")
+    with (
+        EventLoop() as loop,
+        tracing.attempt(record.type, record.id, record.attempts, trace) as span,
+    ):
+        span.end(_run_and_record(app, owner, held, job_class, record, loop))
 
 
 def _run_and_record(
@@ -131,7 +136,8 @@ def _run_and_record(
     job_class: type[Job],
     record: JobRecord,
     loop: EventLoop,
-) -> None:
+) -> BaseException | None:
+    """Run the attempt, record its outcome and call after_job; the attempt's error."""
     extra = {"job_id": record.id, "type": record.type, "attempt": record.attempts}
     job, result, error = _call_handler(app, owner, job_class, record, held, loop)
     if not held.handler_returned(time.monotonic()):
@@ -142,6 +148,7 @@ def _run_and_record(
     if not held.timed_out:  # else the watchdog recorded the timeout
         error = _record_outcome(app, owner, held, record, result, error)
     _call_after_job(job, error, extra, loop)
+    return error
 
 
 Handler = Callable[[Any], Any]
