@@ -15,7 +15,7 @@ import pytest
 import workers
 from tests.conftest import settings_dict, wait_for
 from tests.faulty import count_candidate_scans
-from tests.jobs import FailJob, RecordJob, SleepJob
+from tests.jobs import FailJob, ProgressJob, RecordJob, SleepJob
 from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
@@ -217,3 +217,27 @@ def test_a_delayed_job_still_runs_at_its_time_when_another_job_wakes_the_claimer
         wait_for(lambda: finished(idle_app, now), timeout=SOON, what="the ready job")
         doc = wait_for(lambda: finished(idle_app, later), timeout=SOON, what="the delayed job")
     assert db.executions.find_one({"job_id": later})["server_time"] >= doc["run_at"]
+
+
+def test_a_worker_that_loses_a_burst_it_was_woken_for_looks_for_the_rest_at_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Woken by a burst, a claimer tries the best of its ids by `_id`; when those are gone
+    (another node took them; here, one of a type it does not run), the rest may still be
+    ready: it scans at once instead of idling until the next wake (up to a 30 s poll)."""
+    settings = make_settings(
+        workers__queue=NO_POLL, workers__count=1, workers__types={"include": ["RecordJob"]}
+    )
+    app = workers.boot(settings=settings)
+    try:
+        with running(app) as worker:
+            wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+            # one insert: the first id (not of its types) is the one it tries first
+            burst = app.push_many([ProgressJob(), *(RecordJob(echo=n) for n in range(3))])
+            foreign, burst = burst[0], burst[1:]
+            done = [wait_for(lambda j=j: finished(app, j), timeout=SOON, what="the burst")
+                    for j in burst]  # fmt: skip
+        assert {doc["status"] for doc in done} == {"completed"}
+        assert app.store.get_job(foreign)["status"] == "ready"  # type: ignore[index]
+    finally:
+        workers.shutdown()

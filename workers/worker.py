@@ -182,10 +182,13 @@ class Worker:
             backoff.reset()
             self._linger = min(_LINGER_MAX, time.monotonic() - began)
             self._pool.hand_over(docs)
+            # a burst woke us with more ids than we tried, and others took those we tried:
+            # the rest may still be ready, so look by a scan now rather than at the next wake
+            lost_a_burst = woken is not None and len(woken) > free and len(docs) < free
             more_waiting, woken = len(docs) >= free, None
             if more_waiting:
                 self._wakeup.busy()
-            elif not self._stopping.is_set():
+            elif not self._stopping.is_set() and not lost_a_burst:
                 woken = self._wakeup.wait(self._next_due())
 
     def _stage_if_due(self) -> None:
