@@ -314,14 +314,13 @@ def test_a_dotenv_file_can_hold_the_overrides(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("WORKERS_CLUSTER__COUNT", raising=False)
+    # recorded as unset, so that what load_dotenv sets is removed after the test (a delenv
+    # of an unset variable records nothing, and the later tests would inherit the 6)
+    monkeypatch.setenv("WORKERS_CLUSTER__COUNT", "unset")
+    monkeypatch.delenv("WORKERS_CLUSTER__COUNT")
     (tmp_path / ".env").write_text("WORKERS_CLUSTER__COUNT=6\n")
-    try:
-        assert (
-            settings_module.load(str(write(tmp_path, {"cluster": {"count": 3}}))).cluster.count == 6
-        )
-    finally:
-        monkeypatch.delenv("WORKERS_CLUSTER__COUNT", raising=False)  # load_dotenv set it
+    settings = settings_module.load(str(write(tmp_path, {"cluster": {"count": 3}})))
+    assert settings.cluster.count == 6
 
 
 def test_a_command_takes_its_database_from_the_environment_alone(
