@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from workers import processes
 from workers.errors import EmbeddedServerError
 from workers.retrying import executable
 
@@ -82,7 +83,7 @@ def acquire(folder: Path, *, announce: bool = True, one_cpu: bool = True) -> Emb
         users = (folder / "users.lock").open("a")
         fcntl.flock(users, fcntl.LOCK_SH)
     server = EmbeddedServer(
-        url=f"mongodb://127.0.0.1:{state['port']}/?directConnection=true",
+        url=url_of(state["port"]),
         pid=state["pid"],
         folder=folder,
         started_here=started,
@@ -99,6 +100,11 @@ def acquire(folder: Path, *, announce: bool = True, one_cpu: bool = True) -> Emb
     else:
         log.debug("using the embedded server at %s (pid %d)", server.url, server.pid)
     return server
+
+
+def url_of(port: int) -> str:
+    """The URL of the embedded server listening on `port`."""
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true"
 
 
 def status(folder: Path) -> dict[str, int] | None:
@@ -190,7 +196,7 @@ def _wait_until_listening(pid: int, port: int, log_path: Path) -> None:
     offset = log_path.stat().st_size if log_path.exists() else 0
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not processes.alive(pid):
             tail = _log_since(log_path, offset)
             if "in use" in tail or "Errno 98" in tail:
                 raise _PortTaken(port)
@@ -208,42 +214,17 @@ def _running_state(folder: Path) -> dict[str, int] | None:
         pid, port = int(state["pid"]), int(state["port"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not (_alive(pid) and _is_server(pid, port)):
+    if not (processes.alive(pid) and _is_server(pid, port)):
         return None
     return {"pid": pid, "port": port}
 
 
 def _is_server(pid: int, port: int) -> bool:
     """Guards against a recycled pid: the process must be our program on our port."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    argv = processes.command_line(pid)
+    if argv is None:
         return True  # no /proc (not Linux): trust the pid
     return any(PROGRAM.encode() in arg for arg in argv) and str(port).encode() in argv
-
-
-def _alive(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)  # reaps it if it is our own child
-        if done:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """Exited but not yet reaped by its parent (another process of the folder)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _stop(pid: int) -> None:
@@ -251,9 +232,9 @@ def _stop(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while _alive(pid) and time.monotonic() < deadline:
+    while processes.alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid):
+    if processes.alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

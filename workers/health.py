@@ -10,14 +10,12 @@ starts the embedded server.
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from workers import embedded
+from workers import embedded, processes
 from workers.errors import DatabaseUnavailable, WorkersError
 from workers.settings import Settings
 from workers.store import Store
@@ -51,7 +49,7 @@ def check(settings: Settings, seconds: float) -> Health:
 
 def _embedded_url(settings: Settings) -> str | None:
     state = embedded.status(settings.embedded_dir())
-    return f"mongodb://127.0.0.1:{state['port']}/?directConnection=true" if state else None
+    return embedded.url_of(state["port"]) if state else None
 
 
 def _beats(store: Store, lease: float) -> Health:
@@ -83,18 +81,7 @@ def _age(now: datetime, beat: Any) -> float:
 def _is_running_worker(pid: Any) -> bool:
     """Whether `pid` is a live process of ours here: the record of a crashed one stays,
     and its pid may since belong to another program (checked by its command line)."""
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or pid <= 0 or not processes.alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, as another user
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    try:
-        return b"workers" in cmdline.read_bytes()
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()  # no /proc here: alive is all we can tell
-    except OSError:
-        return True
+    argv = processes.command_line(pid)
+    return argv is None or any(b"workers" in arg for arg in argv)
