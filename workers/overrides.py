@@ -73,9 +73,9 @@ def read(model: type[BaseModel], environ: Mapping[str, str] | None = None) -> Ov
     given = _with_files(model, os.environ if environ is None else environ)
     values: dict[str, Any] = {}
     variables: dict[Path_, str] = {}
-    for name, (path, value) in sorted(given.items()):
+    for name, (plain, path, value) in sorted(given.items()):
         try:
-            decoded = _Source(model, {_plain_name(name): value})()
+            decoded = _Source(model, {plain: value})()
         except DecodeError as exc:
             raise SettingsError(
                 f"{name}: cannot decode {value!r} for {'.'.join(path)}: {exc.__cause__ or exc}"
@@ -114,9 +114,12 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> None:
             base[key] = value
 
 
-def _with_files(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, tuple[Path_, str]]:
-    """Each override variable -> (its key path, its value), `_FILE` forms read."""
-    given: dict[str, tuple[Path_, str]] = {}
+def _with_files(
+    model: type[BaseModel], environ: Mapping[str, str]
+) -> dict[str, tuple[str, Path_, str]]:
+    """Each override variable -> (the name pydantic-settings sees: `_FILE` dropped, its key
+    path, its value), `_FILE` forms read."""
+    given: dict[str, tuple[str, Path_, str]] = {}
     for name, value in environ.items():
         if not is_override(model, name):
             continue
@@ -131,7 +134,8 @@ def _with_files(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str,
         if reads_file and plain in environ:
             raise SettingsError(f"{name} and {plain} are both set: set one of them")
         value = _read_secret(name, value) if reads_file else value
-        given[name] = (path, _as_json_list(value) if _is_list_of_names(model, path) else value)
+        value = _as_json_list(value) if _is_list_of_names(model, path) else value
+        given[name] = (plain, path, value)
     return given
 
 
@@ -147,12 +151,6 @@ def _as_json_list(value: str) -> str:
     if value.lstrip().startswith("["):
         return value
     return json.dumps([part.strip() for part in value.split(",") if part.strip()])
-
-
-def _plain_name(name: str) -> str:
-    """The variable pydantic-settings should see: `_FILE` dropped (its content is the value)."""
-    upper = name.upper()
-    return name[: -len(FILE_SUFFIX)] if upper.endswith(FILE_SUFFIX) else name
 
 
 def _read_secret(name: str, path: str) -> str:
