@@ -45,6 +45,9 @@ EXPECTED = {
     "next ready": "ready_times",
     "next due": "schedule",
     "stage due": "schedule",
+    # a claim of a type under a cluster-wide limit (store/limits.py)
+    "limited running count": "claim_queue",
+    "limited due check": "claim_queue",
     # leases and outcomes
     "renew / release": "_id_",
     "outcome write": "_id_",

@@ -52,6 +52,7 @@ class App:
         self.closed = False
         self.tally = Tally()  # this app's attempts, for /metrics; its workers' heartbeat writes it
         self.completions = Completions(store)  # its job threads' completions, written together
+        self.limits = jobs.limits(settings)  # flow control by type (limits.py)
 
     @property
     def node_types(self) -> list[str]:
@@ -198,8 +199,7 @@ def boot(
             _current.close()
             _current = None
     settings = settings or settings_module.load(settings_path, mode=mode)
-    jobs = registry.discover(settings.jobs)
-    jobs.select(settings.workers.types.include, settings.workers.types.exclude)  # typos stop boot
+    jobs = registry.discover_checked(settings)
     store, server = connect(settings)
     try:
         store.check_server()

@@ -6,6 +6,12 @@ per process. A claim interrupted after its write was sent is recovered (its
 jobs read back by token) before anything new is claimed: a job taken by a
 failed claim still runs instead of lapsing into a rescue that counts an
 attempt it never had.
+
+Types under a limit (limits.py) are claimed first, each on its own, within what
+its limits allow now; the rest in one claim as before. A limited type at its cap
+is not looked at again until the rate's window opens or a job of it ends here
+(or, for a cap held elsewhere, `recheck` seconds later): a claimer never spins
+on a type it cannot take, and the other types flow meanwhile.
 """
 
 from __future__ import annotations
@@ -13,15 +19,29 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from workers.errors import ClaimIncomplete, WorkersError
-from workers.store import Document, Store
+from workers.limits import Limit
+from workers.store import Document, Limited, Store
 from workers.store.shared_scans import Spare
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Watched:
+    """A limited type as this claimer sees it: when to look for its jobs next (monotonic;
+    0: at the next claim), and whether it is held back by its limit (a wait then ends at
+    `look_at`) rather than idle (the stream says when its jobs come)."""
+
+    limit: Limit
+    look_at: float = 0.0
+    held_back: bool = False
+    by_rate: bool = False  # held back until the window opens: a job's end does not help
 
 
 class Claimer:
@@ -32,14 +52,25 @@ class Claimer:
         types: list[str],
         lease: float,
         pause: Callable[[float], Any] = time.sleep,
+        *,
+        limits: Mapping[str, Limit] | None = None,
+        held: Callable[[], Mapping[str, int]] = dict,
+        recheck: float = 1.0,
     ) -> None:
-        """`pause`: how to wait for another claimer's scan (the worker's stop-aware wait)."""
+        """`pause`: how to wait for another claimer's scan (the worker's stop-aware wait);
+        `limits`: flow control by type; `held`: this process's jobs by type; `recheck`:
+        seconds before a type at a cap held elsewhere is looked at again."""
         self.store = store
         self.owner = owner
         self.types = types
         self.lease = lease
         self._batches = itertools.count(1)
         self._interrupted: ClaimIncomplete | None = None
+        self._pending: list[Document] = []  # taken by a claim that then failed: handed over next
+        self._watched = {t: _Watched(limit) for t, limit in (limits or {}).items() if t in types}
+        self._free_types = [t for t in types if t not in self._watched]
+        self._held = held
+        self._recheck = recheck
         # shared scans where the server profile says they pay (profile.py); else the plain
         # claim: a scan of the claim index, a write by _id, a read-back
         self._spare = Spare(pause=pause) if store.profile.shared_scans else None
@@ -49,19 +80,110 @@ class Claimer:
         return self._spare is not None
 
     def claim(self, limit: int, woken: list[Any] | None = None) -> list[Document]:
-        """Up to `limit` jobs, now held under a fresh token: those of `woken` (ids the wake-up
-        stream reported ready) that are still ready, or else the queue's best; raises
-        WorkersError on failure (an interrupted claim is then recovered by the next call)."""
+        """Up to `limit` jobs, now held under fresh tokens: the limited types' first, within
+        their limits; then those of `woken` (ids the wake-up stream reported ready) that are
+        still ready, or else the queue's best. Raises WorkersError on failure (an
+        interrupted claim is then recovered, and what was taken handed over, next call)."""
+        docs, self._pending = self._pending, []
         if self._interrupted is not None:
-            return self._recover(self._interrupted)
-        token = f"{self.owner}#{next(self._batches)}"
+            return docs + self._recover(self._interrupted)
         try:
-            if woken:
-                return self.store.claim_ids(token, self.types, self.lease, woken[:limit])
-            return self.store.claim(token, self.types, self.lease, limit, self._spare)
-        except ClaimIncomplete as exc:
-            self._interrupted = exc
+            if self._watched:
+                docs += self._claim_limited(limit - len(docs), woken is not None)
+            rest = limit - len(docs)
+            if rest > 0 and self._free_types:
+                docs += self._claim_free(rest, woken)
+        except WorkersError as exc:
+            if isinstance(exc, ClaimIncomplete):
+                self._interrupted = exc
+            self._pending = docs
             raise
+        return docs
+
+    def pending(self) -> list[Document]:
+        """Jobs a failed claim had taken, not yet handed over (at a stop: hand them back)."""
+        docs, self._pending = self._pending, []
+        return docs
+
+    def _token(self) -> str:
+        return f"{self.owner}#{next(self._batches)}"
+
+    def _claim_free(self, limit: int, woken: list[Any] | None) -> list[Document]:
+        """The types without a limit: one claim, by the woken ids or by a scan."""
+        if woken:
+            return self.store.claim_ids(self._token(), self._free_types, self.lease, woken[:limit])
+        return self.store.claim(self._token(), self._free_types, self.lease, limit, self._spare)
+
+    # -- limited types ------------------------------------------------------------------
+
+    def _claim_limited(self, limit: int, woken: bool) -> list[Document]:
+        """Each limited type whose turn it is, within its limits and `limit` in all. After a
+        wake by the stream every type not held back is looked at: the woken ids may be its."""
+        docs: list[Document] = []
+        held = self._held()
+        now = time.monotonic()
+        for job_type, watched in self._watched.items():
+            room = limit - len(docs)
+            due = now >= watched.look_at or (woken and not watched.held_back)
+            if room < 1 or not due:
+                continue
+            local = watched.limit.concurrency
+            if local is not None:
+                room = min(room, local - held.get(job_type, 0))
+                if room < 1:  # looked at again when one of ours ends (`ended`), or soon
+                    watched.look_at, watched.held_back = now + self._recheck, True
+                    watched.by_rate = False
+                    continue
+            got = self._claim_type(job_type, watched.limit, room)
+            self._note(watched, got, now)
+            docs += got.jobs
+        return docs
+
+    def _claim_type(self, job_type: str, limit: Limit, room: int) -> Limited:
+        if not limit.cluster_wide:
+            return Limited(self.store.claim(self._token(), [job_type], self.lease, room))
+        rate = (limit.rate.count, limit.rate.seconds) if limit.rate else None
+        return self.store.claim_limited(
+            self._token(), job_type, self.lease, room, limit.global_concurrency, rate
+        )
+
+    def _note(self, watched: _Watched, got: Limited, now: float) -> None:
+        """When to look at the type again: at once after it gave jobs; when the window opens
+        or `recheck` later when it is held back; `recheck` later (or when woken) when idle."""
+        watched.held_back = got.waiting and not got.jobs
+        watched.by_rate = got.retry_at is not None
+        if got.jobs:
+            watched.look_at = 0.0
+        elif got.retry_at is not None:
+            watched.look_at = now + max(0.0, self._seconds_until(got.retry_at))
+        else:
+            watched.look_at = now + self._recheck
+
+    def _seconds_until(self, moment: datetime) -> float:
+        try:
+            return (moment - self.store.now()).total_seconds()
+        except WorkersError:
+            return self._recheck
+
+    def ended(self, job_type: Any) -> bool:
+        """A job of ours ended: its type, if limited, is looked at by the next claim. True
+        when the claimer should be woken for it."""
+        watched = self._watched.get(job_type)
+        if watched is None or not watched.held_back or watched.by_rate:
+            return False
+        watched.look_at, watched.held_back = 0.0, False
+        return True
+
+    def next_look(self) -> datetime | None:
+        """When a limited type held back by its limit is to be looked at again (the server's
+        clock), for the claimer's wait; None if none is."""
+        soonest = min((w.look_at for w in self._watched.values() if w.held_back), default=None)
+        if soonest is None:
+            return None
+        try:
+            return self.store.now() + timedelta(seconds=max(0.0, soonest - time.monotonic()))
+        except WorkersError:
+            return None
 
     def _recover(self, interrupted: ClaimIncomplete) -> list[Document]:
         """The interrupted claim held no more jobs than there were idle threads then, and

@@ -148,8 +148,7 @@ def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
     if args.command == "token":
         return _token(args.name, args.role)
     if settings.mode == "headless":
-        jobs = registry.discover(settings.jobs)  # broken jobs or schedules stop startup here
-        jobs.select(settings.workers.types.include, settings.workers.types.exclude)
+        registry.discover_checked(settings)  # broken jobs, schedules or limits stop startup
         return headless.run(settings)
     return _web(settings, web)
 

@@ -80,6 +80,12 @@ class Job:
     timezone: ClassVar[str] = "UTC"
     #: Ticks missed by more than the misfire grace: "latest" (fire the newest once), "all", "none".
     cron_missed: ClassVar[str] = "latest"
+    #: At most this many of this type running in one worker process (None: no cap).
+    concurrency: ClassVar[int | None] = None
+    #: At most this many running across every process and node, enforced in the claim.
+    global_concurrency: ClassVar[int | None] = None
+    #: At most this many starts across the cluster in any window: "100/m" (/s, /h, /10s).
+    rate_limit: ClassVar[str | None] = None
 
     def __init__(self, params: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         merged = dict(params or {})

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +52,13 @@ def _run_each(app: App, held: list[Held]) -> None:
 
 
 class Pool:
-    def __init__(self, app: App, profile: Profile) -> None:
+    def __init__(
+        self, app: App, profile: Profile, ended: Callable[[Any], Any] | None = None
+    ) -> None:
+        """`ended(job_type)` is told of every job that leaves this process's hands."""
         self.app = app
         self.profile = profile
+        self._ended = ended
         self.cond = threading.Condition()  # guards held, free and paused; re-entrant for stop()
         self.held: dict[Any, Held] = {}
         self.slots = profile.slots
@@ -130,6 +135,11 @@ class Pool:
             started = len(self.running())
             return len(self.held) - started, started
 
+    def held_types(self) -> dict[str, int]:
+        """Jobs held (claimed or running) by type: what `concurrency` counts."""
+        with self.cond:
+            return dict(Counter(str(h.doc.get("type")) for h in self.held.values()))
+
     def running(self) -> list[Any]:
         with self.cond:
             return [h.job_id for h in self.held.values() if h.started is not None]
@@ -195,6 +205,9 @@ class Pool:
                     del self.held[held.job_id]
                 self.free += 1
             self.cond.notify_all()
+        if self._ended is not None:
+            for held in taken:
+                self._ended(held.doc.get("type"))
 
     def _start(self, held: Held) -> bool:
         """Mark a job started, unless it was handed back meanwhile (one lock decides)."""

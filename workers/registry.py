@@ -17,6 +17,8 @@ from types import ModuleType
 from workers.cron import Schedule, schedules_for
 from workers.errors import DiscoveryError
 from workers.job import Job
+from workers.limits import Limit, limits_for
+from workers.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,24 @@ class Registry:
             raise DiscoveryError("workers.types (--types) leaves this node no job type to run")
         return chosen
 
+    def limits(self, settings: Settings) -> dict[str, Limit]:
+        """Every limited type's flow control: class attributes, `workers.limits` on top."""
+        overrides = {name: limit.model_dump() for name, limit in settings.workers.limits.items()}
+        return limits_for(self.classes, overrides)
+
     def __contains__(self, job_type: object) -> bool:
         return job_type in self.classes
 
     def __len__(self) -> int:
         return len(self.classes)
+
+
+def discover_checked(settings: Settings) -> Registry:
+    """`discover`, and the node's types and the limits checked: a typo stops startup."""
+    jobs = discover(settings.jobs)
+    jobs.select(settings.workers.types.include, settings.workers.types.exclude)
+    jobs.limits(settings)
+    return jobs
 
 
 def discover(packages: Sequence[str]) -> Registry:

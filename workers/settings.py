@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from workers import limits as limits_module
 from workers import overrides as overrides_module
 from workers.errors import SettingsError
 from workers.overrides import Overrides
@@ -106,9 +107,26 @@ class TypesSettings(_Section):
     exclude: list[str] = Field(default_factory=list)
 
 
+class LimitSettings(_Section):
+    """Flow control of one job type (limits.py); each key overrides the class attribute."""
+
+    concurrency: int | None = Field(None, ge=1)
+    global_concurrency: int | None = Field(None, ge=1)
+    rate_limit: str | None = None
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, text: str | None) -> str | None:
+        if text is not None:
+            limits_module.parse_rate(text, "rate_limit")
+        return text
+
+
 class WorkersSettings(_Section):
     count: int = Field(10, ge=1)
     types: TypesSettings = TypesSettings()
+    # job type -> its limits (flow control), over the class attributes
+    limits: dict[str, LimitSettings] = Field(default_factory=dict)
     queue: QueueSettings = QueueSettings()
     cron: CronSettings = CronSettings()
     shutdown: ShutdownSettings = ShutdownSettings()

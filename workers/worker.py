@@ -24,11 +24,12 @@ from typing import Any
 from workers.app import App
 from workers.claimer import Claimer
 from workers.cron import Scheduler
-from workers.errors import DatabaseUnavailable, WorkersError
+from workers.errors import DatabaseUnavailable, SettingsError, WorkersError
 from workers.heartbeat import Heartbeat
 from workers.pool import Pool, Profile
 from workers.retrying import Backoff
 from workers.stopping import shut_down
+from workers.store import needs_transactions
 from workers.version import __version__
 from workers.wakeup import Wakeup
 from workers.watchdog import EXIT_RECYCLE, Watchdog
@@ -57,7 +58,7 @@ class Worker:
         self.queue_settings = app.settings.workers.queue
         self.shutdown_settings = app.settings.workers.shutdown
         self._poll = self.profile.poll_interval or self.queue_settings.poll_interval
-        self._pool = Pool(app, self.profile)
+        self._pool = Pool(app, self.profile, self._ended)
         self._stopping = threading.Event()
         self._finished = threading.Event()
         self._level: str = self.shutdown_settings.level
@@ -76,7 +77,14 @@ class Worker:
         self._watchdog = Watchdog(app, self._pool, self.stop, self._stopping, self._finished)
         types = self.profile.types
         self._claimer = Claimer(
-            self.store, self.owner, types, self.queue_settings.lease, self._stopping.wait
+            self.store,
+            self.owner,
+            types,
+            self.queue_settings.lease,
+            self._stopping.wait,
+            limits=app.limits,
+            held=self._pool.held_types,
+            recheck=self._poll,
         )
         self._wakeup = Wakeup(self.store, self._poll, stream=self.queue_settings.change_streams)
         self._linger = 0.0
@@ -96,12 +104,14 @@ class Worker:
                 "types": self.profile.types,
             },
         )
+        self._check_limits()
         self._pool.start()
         self._watchdog.start()
         self._heartbeat.start()
         self._wakeup.start()
         scheduler = self._start_cron()
         self._claim_loop()
+        self._pool.hand_over(self._claimer.pending())  # a failed claim's jobs: handed back below
         self._wakeup.stop()
         if scheduler is not None:
             scheduler.stop()  # resign first: another node takes over cron while we drain
@@ -135,6 +145,18 @@ class Worker:
     def counts(self) -> tuple[int, int]:
         """(jobs claimed and not started, jobs running) in this process."""
         return self._pool.counts()
+
+    def _check_limits(self) -> None:
+        """A cluster-wide limit needs transactions: refuse to start without them, by name."""
+        limited = [t for t in self.profile.types if t in self.app.limits]
+        wide = [t for t in limited if self.app.limits[t].cluster_wide]
+        if wide and not self.store.has_transactions():
+            raise SettingsError(needs_transactions(wide[0]))
+
+    def _ended(self, job_type: Any) -> None:
+        """A job left the pool: a limited type held back by it may be claimed again now."""
+        if self._claimer.ended(job_type):
+            self._wakeup.poke()
 
     def _start_cron(self) -> Scheduler | None:
         schedules = self.app.registry.schedules
@@ -189,7 +211,7 @@ class Worker:
             if more_waiting:
                 self._wakeup.busy()
             elif not self._stopping.is_set() and not lost_a_burst:
-                woken = self._wakeup.wait(self._next_due())
+                woken = self._wakeup.wait(_soonest(self._next_due(), self._claimer.next_look()))
 
     def _stage_if_due(self) -> None:
         """Before a scan: scheduled jobs that came due become ready, when the wait ended on a
@@ -220,3 +242,7 @@ class Worker:
             return due is not None and due <= self.store.now()
         except WorkersError:
             return True
+
+
+def _soonest(*moments: datetime | None) -> datetime | None:
+    return min((moment for moment in moments if moment is not None), default=None)

@@ -12,6 +12,7 @@ from workers.store.claims import CLAIM_INDEX
 from workers.store.cron import CronQueries
 from workers.store.indexes import IndexQueries, IndexSpec, IndexState
 from workers.store.jobs import LOST_MESSAGE, RESCUE_INDEX, UNIQUE_INDEX, Completion, JobQueries
+from workers.store.limits import Limited, LimitQueries, needs_transactions
 from workers.store.metrics import MetricsQueries
 from workers.store.nodes import NodeQueries
 from workers.store.outcomes import FinishedStream, JobState, OutcomeQueries, StateStream
@@ -38,6 +39,7 @@ RETIRED_INDEXES = (
 
 class Store(
     JobQueries,
+    LimitQueries,
     OverviewQueries,
     OutcomeQueries,
     NodeQueries,
@@ -68,10 +70,12 @@ __all__ = [
     "IndexSpec",
     "IndexState",
     "JobState",
+    "Limited",
     "ReadyChange",
     "ReadyStream",
     "StateStream",
     "Store",
     "bson_problem",
+    "needs_transactions",
     "new_id",
 ]

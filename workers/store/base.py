@@ -281,6 +281,8 @@ class Connection:
         self.cron: Collection[Document] = self.db[f"{prefix}.cron"]
         self.metrics: Collection[Document] = self.db[f"{prefix}.metrics"]
         self.web: Collection[Document] = self.db[f"{prefix}.web"]
+        # one document per type under a cluster-wide limit (limits.py)
+        self.limits: Collection[Document] = self.db[f"{prefix}.limits"]
         # candidate lists shared by claimers (claims.py): hints, so not journaled (a list lost
         # in a crash costs one scan)
         self.candidates: Collection[Document] = self.db.get_collection(
@@ -303,6 +305,11 @@ class Connection:
             self._write_concern = auto_write_concern(self._client.admin.command("hello"))
             self._bind(self.db.name)
         return self._write_concern
+
+    @translated
+    def has_transactions(self) -> bool:
+        """Does the server run transactions (a replica set member or mongos)?"""
+        return replicated(self._client.admin.command("hello"))
 
     @property
     def write_concern(self) -> str:
@@ -468,7 +475,12 @@ def version_tuple(version: str) -> tuple[int, ...]:
 def auto_write_concern(hello: Document) -> str:
     """ "majority" where a failover can roll back a write one member holds (a replica set
     member reports `setName`, a mongos `msg: isdbgrid`), else "journaled"."""
-    return "majority" if hello.get("setName") or hello.get("msg") == "isdbgrid" else "journaled"
+    return "majority" if replicated(hello) else "journaled"
+
+
+def replicated(hello: Document) -> bool:
+    """A replica set member (`setName`) or a mongos (`msg: isdbgrid`), as `hello` says."""
+    return bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
 
 
 def _provisional(write_concern: str) -> str:

@@ -250,6 +250,10 @@ class Stats(BaseModel):
     throughput: list[dict[str, Any]] = Field(
         description="completed and failed per minute, last hour"
     )
+    limits: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="each limited type's caps, their use now, and its jobs waiting for them",
+    )
 
 
 @router.get("/stats", response_model=Stats, responses=_READ, tags=["queue"])
@@ -258,7 +262,7 @@ def stats(
     _: Annotated[Principal, Depends(reader)],
     counts: Annotated[dict[str, Any], Depends(cached_counts)],
 ) -> Stats:
-    return Stats(**counts, throughput=views.throughput(app))
+    return Stats(**counts, throughput=views.throughput(app), limits=views.limits(app))
 
 
 @router.get("/nodes", response_model=list[dict[str, Any]], responses=_READ, tags=["queue"])

@@ -10,6 +10,9 @@
 - `workers_node_heartbeat_age_seconds{node,host}`, `workers_oldest_ready_job_age_seconds`,
   `workers_cron_lag_seconds{schedule}` (how long the latest due tick has waited to be fired)
   and `workers_cron_leader` (1 while a live leader holds the lease).
+- `workers_limit{type,limit}`, `workers_limit_in_use{type,limit}` and
+  `workers_limit_waiting_jobs{type}`: each limited type's caps, their use now, and its
+  due jobs held back by a full cap (views.limits).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class QueueCollector(Collector):
             value=counts["counted_seconds_ago"],
         )
         yield from self._totals()
+        yield from self._limits()
         yield from self._nodes()
         yield from self._cron()
 
@@ -85,6 +89,35 @@ class QueueCollector(Collector):
                     buckets.append((_le(bound), cumulative))
                 histogram.add_metric([str(doc.get("type"))], buckets, float(hist.get("sum", 0)))
             yield histogram
+
+    def _limits(self) -> Iterator[Metric]:
+        cap = GaugeMetricFamily(
+            "workers_limit",
+            "A type's cap: running per process or cluster, starts per window",
+            labels=["type", "limit"],
+        )
+        use = GaugeMetricFamily(
+            "workers_limit_in_use",
+            "Running across the cluster, or starts in the window",
+            labels=["type", "limit"],
+        )
+        waiting = GaugeMetricFamily(
+            "workers_limit_waiting_jobs", "Due jobs held back by a full cap", labels=["type"]
+        )
+        for row in views.limits(self._app):
+            name = row["type"]
+            if row["concurrency"] is not None:
+                cap.add_metric([name, "concurrency"], row["concurrency"])
+            if row["global_concurrency"] is not None:
+                cap.add_metric([name, "global_concurrency"], row["global_concurrency"])
+                use.add_metric([name, "global_concurrency"], row["running"])
+            if row["rate_count"] is not None:
+                cap.add_metric([name, "rate_limit"], row["rate_count"])
+                use.add_metric([name, "rate_limit"], row["starts_in_window"])
+            waiting.add_metric([name], row["waiting"])
+        yield cap
+        yield use
+        yield waiting
 
     def _nodes(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(

@@ -95,6 +95,7 @@ def overview(
         counts=counts,
         chart=chart(series),
         series=series,
+        limits=views.limits(app),
     )
 
 

@@ -266,6 +266,30 @@ def counts(app: App, by_pair: dict[tuple[str, str], int], age: float = 0.0) -> d
     }
 
 
+def limits(app: App) -> list[dict[str, Any]]:
+    """Each limited type's caps, their use now, and its due jobs held back by them: those
+    ready while a cluster-wide cap is full (a per-process cap is not judged here)."""
+    shown = []
+    for job_type, limit in sorted(app.limits.items()):
+        window = limit.rate.seconds if limit.rate else None
+        use = app.store.limit_use(job_type, window)
+        full = limit.global_concurrency is not None and use["running"] >= limit.global_concurrency
+        full = full or (limit.rate is not None and use["starts"] >= limit.rate.count)
+        shown.append(
+            {
+                "type": job_type,
+                **limit.describe(),
+                "rate_count": limit.rate.count if limit.rate else None,
+                "rate_seconds": window,
+                "running": use["running"],
+                "starts_in_window": use["starts"],
+                "at_cap": full,
+                "waiting": use["ready"] if full else 0,
+            }
+        )
+    return shown
+
+
 def throughput(app: App, minutes: int = 60) -> list[dict[str, Any]]:
     """Jobs completed and failed per minute over the last `minutes` (metrics collection)."""
     now = app.store.now().replace(second=0, microsecond=0)

@@ -1,0 +1,246 @@
+"""Flow control per type: `concurrency` per process, `global_concurrency` and `rate_limit`
+across the cluster, enforced in the claim; measured from the jobs' own records of when
+each attempt began and ended (by the server's clock), on real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import workers
+from tests.conftest import settings_dict, wait_for, workers_command, workers_env
+from tests.headless_node import HeadlessNode
+from tests.web_support import client_for
+from workers.app import App
+from workers.errors import DiscoveryError, SettingsError
+from workers.job import Job
+from workers.limits import Limit, Rate, limits_for, parse_rate
+from workers.settings import validate
+
+LIMIT_JOBS = ["tests.limitjobs"]
+
+
+@pytest.fixture
+def limited_settings(settings_file: Callable[..., Path]) -> Callable[..., Path]:
+    def write(**overrides: Any) -> Path:
+        return settings_file(jobs=LIMIT_JOBS, **overrides)
+
+    return write
+
+
+@pytest.fixture
+def limited_app(mongo_url: str, db_name: str, db: Any) -> Iterator[App]:
+    settings = settings_dict(mongo_url, db_name, jobs=LIMIT_JOBS)
+    yield workers.boot(settings=validate(settings))
+    workers.shutdown()
+
+
+def push(app: App, job_type: str, count: int, **params: Any) -> list[str]:
+    return [app.push_named(job_type, dict(params)) for _ in range(count)]
+
+
+def all_completed(db: Any, ids: list[str]) -> bool:
+    done = db["workers.jobs"].count_documents({"_id": {"$in": ids}, "status": "completed"})
+    return done == len(ids)
+
+
+def most_at_once(intervals: list[tuple[datetime, datetime]]) -> int:
+    """The largest number of intervals open at one instant (an end before a start at a tie)."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = running = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def intervals(db: Any, job_type: str, pid: int | None = None) -> list[tuple[datetime, datetime]]:
+    query: dict[str, Any] = {"type": job_type, "end": {"$exists": True}}
+    if pid is not None:
+        query["pid"] = pid
+    return [(run["start"], run["end"]) for run in db.runs.find(query)]
+
+
+def test_global_concurrency_caps_two_processes_of_four_threads(
+    limited_settings: Callable[..., Path], tmp_path: Path, db: Any, limited_app: App
+) -> None:
+    ids = push(limited_app, "CappedJob", 10, seconds=0.4)
+    path = limited_settings(cluster__count=2, workers__count=4)
+    with HeadlessNode(path, tmp_path) as node:
+        wait_for(lambda: all_completed(db, ids), timeout=90, what="the capped jobs")
+        assert node.stop() == 0
+    ran = intervals(db, "CappedJob")
+    assert len(ran) == 10
+    # never more than 2 at once, and the cap is used: a claim takes both free slots at once
+    assert most_at_once(ran) == 2, sorted(ran)
+    assert len({run["pid"] for run in db.runs.find()}) == 2  # both processes took some
+
+
+def test_concurrency_caps_each_process_on_its_own(
+    limited_settings: Callable[..., Path], tmp_path: Path, db: Any, limited_app: App
+) -> None:
+    ids = push(limited_app, "LocalJob", 6, seconds=0.3)
+    path = limited_settings(cluster__count=2, workers__count=4)
+    with HeadlessNode(path, tmp_path) as node:
+        wait_for(lambda: all_completed(db, ids), timeout=90, what="the local jobs")
+        assert node.stop() == 0
+    pids = db.runs.distinct("pid")
+    for pid in pids:
+        assert most_at_once(intervals(db, "LocalJob", pid)) == 1
+    assert len(intervals(db, "LocalJob")) == 6
+
+
+def test_rate_limit_holds_in_every_one_second_window(
+    limited_settings: Callable[..., Path], tmp_path: Path, db: Any, limited_app: App
+) -> None:
+    ids = push(limited_app, "RatedJob", 15)
+    path = limited_settings(cluster__count=2, workers__count=4)
+    with HeadlessNode(path, tmp_path) as node:
+        wait_for(lambda: all_completed(db, ids), timeout=90, what="the rated jobs")
+        assert node.stop() == 0
+    # the claim's own start times ($$NOW): 5 per second means the 6th start after any start
+    # comes a second or more after it
+    starts = sorted(doc["started"] for doc in db["workers.jobs"].find({"_id": {"$in": ids}}))
+    gaps = [later - earlier for earlier, later in zip(starts, starts[5:], strict=False)]
+    assert min(gaps) >= timedelta(seconds=1), starts
+    # and the rate is used: the first five start together, within the first second
+    assert starts[4] - starts[0] < timedelta(seconds=1), starts
+
+
+def test_other_types_flow_while_one_waits_for_its_window_without_spinning(
+    limited_settings: Callable[..., Path], tmp_path: Path, db: Any, limited_app: App
+) -> None:
+    rated = push(limited_app, "SlowRatedJob", 5)  # 2 a minute
+    free = push(limited_app, "FreeJob", 20)
+    path = limited_settings(workers__count=4)
+    limits = db["workers.limits"]
+    with HeadlessNode(path, tmp_path) as node:
+        wait_for(lambda: all_completed(db, free), timeout=60, what="the free jobs")
+        wait_for(lambda: all_completed(db, rated[:2]), timeout=60, what="two rated jobs")
+        # every look at the type bumps its document; held back until the window opens,
+        # in 60 s, the claimer does not try again (the free jobs ran meanwhile)
+        looks = limits.find_one({"_id": "SlowRatedJob"})["looks"]
+        assert looks == 2  # the one that took two, the one that found the window full
+        time.sleep(2)  # a span observed: nothing may happen in it, however long it is
+        assert limits.find_one({"_id": "SlowRatedJob"})["looks"] == looks
+        statuses = [doc["status"] for doc in db["workers.jobs"].find({"_id": {"$in": rated}})]
+        assert sorted(statuses) == ["completed"] * 2 + ["ready"] * 3
+        assert node.stop() == 0
+
+
+def test_a_killed_holders_slot_frees_when_its_lease_is_rescued(
+    limited_settings: Callable[..., Path], tmp_path: Path, db: Any, limited_app: App
+) -> None:
+    held = limited_app.push_named("HoldJob", {"first": 120})  # its first attempt never ends
+    path = limited_settings(workers__count=2)
+    env = workers_env()
+    holder = subprocess.Popen(workers_command("worker", "--settings", str(path)), env=env)
+    taker: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: db.runs.find_one({"job_id": held}), timeout=60, what="the holder")
+        other = limited_app.push_named("HoldJob", {"seconds": 0.2})
+        taker = subprocess.Popen(workers_command("worker", "--settings", str(path)), env=env)
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+        wait_for(lambda: all_completed(db, [held, other]), timeout=90, what="both HoldJobs")
+    finally:
+        for process in (holder, taker):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=60)
+    # the killed attempt held its slot until the rescue; nothing overlapped it or each other
+    job = db["workers.jobs"].find_one({"_id": held})
+    rescued = next(e["time"] for e in job["log"] if str(e.get("message")).startswith("lost"))
+    killed = db.runs.find_one({"job_id": held, "attempt": 1})
+    assert "end" not in killed
+    ran = [*intervals(db, "HoldJob"), (killed["start"], rescued)]
+    assert len(ran) == 3
+    assert most_at_once(ran) == 1, sorted(ran)
+
+
+def test_the_dashboard_and_metrics_show_each_cap_its_use_and_who_waits(
+    limited_app: App, db: Any
+) -> None:
+    ids = push(limited_app, "HoldJob", 3)
+    held = limited_app.store.claim_limited("test#1", "HoldJob", 30, 3, 1, None)
+    assert [doc["_id"] for doc in held.jobs] == ids[:1]  # the cap: one of three
+    assert held.waiting
+    again = limited_app.store.claim_limited("test#2", "HoldJob", 30, 3, 1, None)
+    assert again.jobs == [] and again.waiting and again.retry_at is None
+
+    client = client_for(limited_app, trust_loopback=True)
+    metrics = client.get("/metrics").text
+    assert 'workers_limit{limit="global_concurrency",type="HoldJob"} 1.0' in metrics
+    assert 'workers_limit_in_use{limit="global_concurrency",type="HoldJob"} 1.0' in metrics
+    assert 'workers_limit_waiting_jobs{type="HoldJob"} 2.0' in metrics
+    assert 'workers_limit{limit="rate_limit",type="RatedJob"} 5.0' in metrics
+    assert 'workers_limit{limit="concurrency",type="LocalJob"} 1.0' in metrics
+    stats = client.get("/api/stats").json()
+    row = next(r for r in stats["limits"] if r["type"] == "HoldJob")
+    assert (row["running"], row["global_concurrency"], row["waiting"]) == (1, 1, 2)
+    assert row["at_cap"] is True
+    page = client.get("/", headers={"Accept": "text/html"}).text
+    assert '<tr data-type="HoldJob" class="at-cap">' in page
+
+
+def test_a_rate_claim_says_when_its_window_opens(limited_app: App) -> None:
+    push(limited_app, "SlowRatedJob", 3)
+    first = limited_app.store.claim_limited("test#1", "SlowRatedJob", 30, 3, None, (2, 60.0))
+    assert len(first.jobs) == 2 and first.waiting
+    second = limited_app.store.claim_limited("test#2", "SlowRatedJob", 30, 3, None, (2, 60.0))
+    assert second.jobs == [] and second.retry_at is not None
+    opens = second.retry_at - min(doc["started"] for doc in first.jobs)
+    assert timedelta(seconds=59) < opens <= timedelta(seconds=61)
+
+
+# -- what is read and checked ------------------------------------------------------------
+
+
+def test_rates_read_as_starts_per_window() -> None:
+    assert parse_rate("100/m", "x") == Rate(100, 60.0, "100/m")
+    assert parse_rate(" 5 / s ", "x") == Rate(5, 1.0, "5 / s")
+    assert parse_rate("1000/h", "x").seconds == 3600.0
+    assert parse_rate("3/10s", "x") == Rate(3, 10.0, "3/10s")
+    for bad in ("100", "100/min", "0/s", "-1/s", "1/0s", "100000/s", 100, None):
+        with pytest.raises(ValueError, match="where"):
+            parse_rate(bad, "where")
+
+
+def test_a_bad_limit_names_the_class_or_the_settings_key() -> None:
+    class BadJob(Job):
+        rate_limit = "fast"
+
+    class ZeroJob(Job):
+        global_concurrency = 0
+
+    class FineJob(Job):
+        concurrency = 2
+
+    with pytest.raises(DiscoveryError, match=r"test_limits.BadJob.rate_limit must be"):
+        limits_for({"BadJob": BadJob}, {})
+    with pytest.raises(DiscoveryError, match=r"ZeroJob.global_concurrency must be a whole"):
+        limits_for({"ZeroJob": ZeroJob}, {})
+    with pytest.raises(SettingsError, match=r"workers\.limits names NoSuchJob, which no job"):
+        limits_for({"FineJob": FineJob}, {"NoSuchJob": {"concurrency": 1}})
+    with pytest.raises(SettingsError, match=r"workers.limits.FineJob.rate_limit must be"):
+        limits_for({"FineJob": FineJob}, {"FineJob": {"rate_limit": "often"}})
+    # the settings win, key by key
+    limits = limits_for({"FineJob": FineJob}, {"FineJob": {"global_concurrency": 3}})
+    assert limits == {"FineJob": Limit(concurrency=2, global_concurrency=3)}
+    assert limits_for({"FineJob": FineJob}, {"FineJob": {"concurrency": None}}) == {
+        "FineJob": Limit(concurrency=2)
+    }
+
+
+def test_the_settings_refuse_a_bad_rate_naming_it(mongo_url: str, db_name: str) -> None:
+    raw = settings_dict(mongo_url, db_name, workers__limits={"RatedJob": {"rate_limit": "1/y"}})
+    with pytest.raises(SettingsError, match=r"workers\.limits\.RatedJob\.rate_limit"):
+        validate(raw)

@@ -1,0 +1,242 @@
+"""The claim of a type under a cluster-wide limit: `global_concurrency` and `rate_limit`.
+
+Such a claim runs in a transaction that first bumps the type's document in the
+`limits` collection (`looks`, and `looked` by $$NOW: how often and when a claimer last
+looked at the type). Every claimer of the type writes that document, so two
+racing claims conflict and one of them retries on a newer snapshot: a count
+read in the transaction cannot be overtaken by another claim (no write skew),
+and the cap never overshoots.
+
+- Concurrency: the type's `running` jobs are counted in the transaction, on the
+  claim index (status, type); the claim takes at most cap - running. The count is
+  derived from the jobs, so nothing is written when a job ends, and a crashed
+  holder's slot frees when the sweep rescues its lease.
+- Rate: the document keeps the start times ($$NOW) of the newest `count` starts;
+  the claim takes at most `count` less those within the window, and says when the
+  window lets the next one start.
+
+Cost: one transaction per claim of a limited type (its bump, the count, the scan,
+the claim write, and for a rate the log), none per job beyond the claim. Types
+without a cluster-wide limit never come here. Transactions need a replica set or
+mongos: on a standalone server a limited claim is refused (`needs_transactions`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ReadPreference, ReturnDocument, WriteConcern
+from pymongo.client_session import ClientSession
+from pymongo.errors import ConnectionFailure, OperationFailure
+from pymongo.read_concern import ReadConcern
+
+from workers.errors import ClaimIncomplete, StoreError
+from workers.record import READY, RUNNING
+from workers.store.base import Document, _as_write_concern, number, translated
+from workers.store.claims import CLAIM_INDEX, CLAIM_SORT, ClaimQueries, _claimed, _still_ready
+
+_TRIES = 4  # transactions that lost a race to another claimer, before giving the turn up
+_CONFLICT_PAUSE = (0.002, 0.02)  # seconds between tries, at random: racers drift apart
+_NO_TRANSACTIONS = (20, 263)  # IllegalOperation on a standalone; not supported
+
+
+@dataclass(frozen=True)
+class Limited:
+    """What a limited claim took, and what it learned: `waiting` due jobs of the type were
+    left ready because of the limit; `retry_at` (the server's clock) is when the rate's
+    window lets the next one start (None: when a running one ends)."""
+
+    jobs: list[Document]
+    waiting: bool = False
+    retry_at: datetime | None = None
+
+
+class LimitQueries(ClaimQueries):
+    _limit_docs: set[str]  # the types whose document this store made (or found)
+
+    @translated
+    def claim_limited(
+        self,
+        token: str,
+        job_type: str,
+        lease: float,
+        want: int,
+        cap: int | None,
+        rate: tuple[int, float] | None,
+    ) -> Limited:
+        """Take up to `want` due ready jobs of `job_type` under `token`, within `cap` running
+        and `rate` = (count, seconds) starts; raises ClaimIncomplete when the commit's
+        outcome is unknown (the jobs it may have taken are read back by token)."""
+        if want < 1 or not self._any_due(job_type):
+            return Limited([])
+        self._make_document(job_type)
+        for attempt in range(_TRIES):
+            tried: list[Any] = []
+            try:
+                with self._client.start_session() as session:
+                    return self._claim_in(session, token, job_type, lease, want, cap, rate, tried)
+            except OperationFailure as exc:
+                if exc.code in _NO_TRANSACTIONS:
+                    raise StoreError(needs_transactions(job_type)) from exc
+                if tried and exc.has_error_label("UnknownTransactionCommitResult"):
+                    raise ClaimIncomplete(token, tried, exc) from exc
+                if not exc.has_error_label("TransientTransactionError"):
+                    raise
+            except ConnectionFailure as exc:
+                if tried:  # the commit was sent: it may have taken them
+                    raise ClaimIncomplete(token, tried, exc) from exc
+                raise
+            if attempt < _TRIES - 1:
+                time.sleep(random.uniform(*_CONFLICT_PAUSE))  # noqa: S311 (jitter)
+        return Limited([], waiting=True)  # others are claiming it now: look again soon
+
+    def _claim_in(
+        self,
+        session: ClientSession,
+        token: str,
+        job_type: str,
+        lease: float,
+        want: int,
+        cap: int | None,
+        rate: tuple[int, float] | None,
+        tried: list[Any],
+    ) -> Limited:
+        with session.start_transaction(  # leaving it by an exception aborts
+            read_concern=ReadConcern("snapshot"),
+            write_concern=WriteConcern(**_as_write_concern(self.write_concern)),
+            read_preference=ReadPreference.PRIMARY,
+        ):
+            doc = self.limits.find_one_and_update(
+                {"_id": job_type},
+                [{"$set": {"looks": {"$add": [number("$looks"), 1]}, "looked": "$$NOW"}}],
+                return_document=ReturnDocument.AFTER,
+                session=session,
+            )
+            now: datetime = doc["looked"] if doc else self.now()
+            allowed, retry_at, starts = want, None, []
+            if cap is not None:
+                allowed = min(allowed, cap - self._running(job_type, session))
+            if rate is not None:
+                starts = _in_window(doc, now, rate[1])
+                allowed = min(allowed, rate[0] - len(starts))
+                if len(starts) >= rate[0]:
+                    retry_at = starts[len(starts) - rate[0]] + timedelta(seconds=rate[1])
+            if allowed < 1:  # committed all the same: `looks` counts every look
+                return Limited([], waiting=True, retry_at=retry_at)
+            ids = self._first_due(job_type, now, allowed, session)
+            if not ids:
+                return Limited([])
+            update = [{"$set": _claimed(token, lease)}]
+            taken = self.jobs.update_many(_still_ready(ids, now), update, session=session)
+            if rate is not None and taken.matched_count:
+                self._log_starts(job_type, starts, taken.matched_count, rate[0], session)
+            tried += ids
+            session.commit_transaction()
+        jobs = self._held_under(token, ids)
+        return Limited(jobs, waiting=len(ids) == allowed < want)
+
+    def _any_due(self, job_type: str) -> bool:
+        """Is a job of the type due? One indexed read, outside any transaction: an idle
+        limited type costs no transaction."""
+        query = self._due_query([job_type], self.now())
+        return self.jobs.find_one(query, {"_id": 1}, hint=self.scan_hint(CLAIM_INDEX)) is not None
+
+    def _make_document(self, job_type: str) -> None:
+        """The type's document, made once outside a transaction (a transaction's upsert
+        into a new collection fails on older servers)."""
+        made: set[str] = self.__dict__.setdefault("_limit_docs", set())
+        if job_type not in made:
+            self.limits.update_one(
+                {"_id": job_type}, {"$setOnInsert": {"looks": 0, "starts": []}}, upsert=True
+            )
+            made.add(job_type)
+
+    def _running(self, job_type: str, session: ClientSession) -> int:
+        """The type's running jobs, on the claim index (status, type): at most the cap,
+        plus any whose holders died and whose leases are not yet rescued."""
+        hint = self.scan_hint(CLAIM_INDEX)
+        options: dict[str, Any] = {"hint": hint} if hint else {}
+        query = {"status": RUNNING, "type": job_type}
+        return self.jobs.count_documents(query, session=session, **options)
+
+    def _first_due(
+        self, job_type: str, now: datetime, limit: int, session: ClientSession
+    ) -> list[Any]:
+        found = self.jobs.find(
+            self._due_query([job_type], now),
+            {"_id": 1},
+            sort=CLAIM_SORT,
+            hint=self.scan_hint(CLAIM_INDEX),
+            limit=limit,
+            session=session,
+        )
+        return [doc["_id"] for doc in found]
+
+    def _log_starts(
+        self, job_type: str, starts: list[datetime], taken: int, count: int, session: ClientSession
+    ) -> None:
+        """The window's starts, with `taken` more at $$NOW (not earlier than the claimed
+        jobs' `started`), the newest `count` kept."""
+        grown = {"$concatArrays": [{"$literal": starts}, ["$$NOW"] * taken]}
+        self.limits.update_one(
+            {"_id": job_type},
+            [{"$set": {"starts": {"$slice": [grown, -count]}}}],
+            session=session,
+        )
+
+    @translated
+    def limit_use(self, job_type: str, window: float | None) -> dict[str, Any]:
+        """For the dashboard: the type's running jobs, its due ready ones, and its starts in
+        the last `window` seconds (None: no rate). Indexed reads and one read by `_id`."""
+        now = self.now()
+        starts = None
+        if window is not None:
+            doc = self.limits.find_one({"_id": job_type}, {"starts": 1})
+            starts = len(_in_window(doc, now, window))
+        return {
+            "running": self.jobs.count_documents({"status": RUNNING, "type": job_type}),
+            "ready": self.jobs.count_documents(self._due_query([job_type], now)),
+            "starts": starts,
+        }
+
+    def hot_path_queries(self, types: list[str]) -> dict[str, tuple[Document, Document]]:
+        """The claim path's queries (claims.py), and a limited claim's own reads."""
+        queries = super().hot_path_queries(types)
+        for name, command in self._limited_queries(types[0]).items():
+            queries[name] = self.explain_find(command)
+        return queries
+
+    def _limited_queries(self, job_type: str) -> dict[str, Document]:
+        by_claim_index = {"hint": self.index(CLAIM_INDEX)}
+        return {
+            "limited running count": {
+                "filter": {"status": RUNNING, "type": job_type},
+                **by_claim_index,
+            },
+            "limited due check": {
+                "filter": {"status": READY, "type": job_type, "run_at": {"$lte": self.now()}},
+                "sort": dict(CLAIM_SORT),
+                "limit": 1,
+                **by_claim_index,
+            },
+        }
+
+
+def _in_window(doc: Document | None, now: datetime, seconds: float) -> list[datetime]:
+    """The logged starts later than `seconds` before `now`, oldest first."""
+    since = now - timedelta(seconds=seconds)
+    logged = (doc or {}).get("starts")
+    starts = logged if isinstance(logged, list) else []
+    return sorted(t for t in starts if isinstance(t, datetime) and t > since)
+
+
+def needs_transactions(job_type: str) -> str:
+    return (
+        f"{job_type} has a global_concurrency or rate_limit, which is enforced in a "
+        "transaction, and this MongoDB server has none (a standalone server): run it as a "
+        "replica set (one member is enough) or drop the limit"
+    )
