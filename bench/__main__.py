@@ -82,6 +82,7 @@ def run(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]
             )
         results["throughput"].update(rates)
     results["crowded"] = crowded(url, runs, window, CROWDS)
+    results["limits"] = limits_cost(url, runs, window)
     for streams in (True, False):
         step(f"pickup {'with' if streams else 'without'} change streams")
         results["pickup"]["streams" if streams else "polling"] = median_of(
@@ -115,6 +116,30 @@ def crowded(url: str, runs: int, window: int, crowds: dict[str, tuple[int, int]]
     }
     crowds_ = {k: list(v) for k, v in crowds.items()}
     return {"drain": drains, "push": pushes, "dashboard": pages, "crowds": crowds_}
+
+
+def limits_cost(url: str, runs: int, window: int) -> dict[str, float]:
+    """A 2 x 4 drain of 1,000 jobs of a type without limits, with and without two limited
+    types held back at their caps beside it, in turns (measure.limited_throughput)."""
+    step("flow control: a drain of 1,000 at 2 x 4 beside types held at their caps, in turns")
+    return interleaved(
+        runs,
+        {
+            name: _told(name, functools.partial(
+                measure.limited_throughput, url, 2, 4, 1000, window, name == "limited"))
+            for name in ("unlimited", "limited")
+        },
+    )  # fmt: skip
+
+
+def limits_lines(results: dict[str, Any]) -> list[str]:
+    found = results.get("limits")
+    if not found:
+        return []
+    return [
+        f"2x4 drain of 1,000 beside 2 types held at their caps {found['limited']:9.1f}   "
+        f"{found['limited'] / found['unlimited']:5.2f}x without ({found['unlimited']:.1f})"
+    ]
 
 
 def _told(name: str, figure: Callable[[], float]) -> Callable[[], float]:
@@ -187,6 +212,7 @@ def table(results: dict[str, Any]) -> str:
     lines += scaling_lines(results)
     lines += alone_lines(results)
     lines += crowded_lines(results)
+    lines += limits_lines(results)
     for mode, p in results["pickup"].items():
         lines.append(
             f"pickup ({mode:8}) ms               p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  "
@@ -375,7 +401,22 @@ def main() -> None:
     parser.add_argument(
         "--crowds", default=",".join(CROWDS), help=f"with --crowded-only: some of {list(CROWDS)}"
     )
+    parser.add_argument(
+        "--limits-only",
+        action="store_true",
+        help="only what flow control costs a type without limits (printed, and written as "
+        "bench-limits.json)",
+    )
     args = parser.parse_args()
+    if args.limits_only:
+        with database_url() as (url, server):
+            machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+            print(f"on {machine}, {server}; median of {args.runs} run(s)")
+            found: dict[str, Any] = {"limits": limits_cost(url, args.runs, args.window)}
+            print("\n".join(limits_lines(found)))
+        found.update(machine=f"{machine}, {server}", runs=args.runs)
+        Path(args.out, "bench-limits.json").write_text(json.dumps(found, indent=2) + "\n")
+        return
     if args.crowded_only:
         crowds = {name: CROWDS[name] for name in dict.fromkeys(["empty", *args.crowds.split(",")])}
         with database_url() as (url, server):

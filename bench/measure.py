@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import workers
-from bench.jobs import NoopJob
+from bench.jobs import GlobalBenchJob, NoopJob, RatedBenchJob
 from workers import Job
 from workers.app import App
 from workers.settings import validate
@@ -218,12 +218,20 @@ def push_many(url: str, count: int = 5000) -> float:
 
 
 @contextmanager
-def headless(url: str, database: str, processes: int, threads: int, **queue: Any) -> Iterator[None]:
+def headless(
+    url: str,
+    database: str,
+    processes: int,
+    threads: int,
+    limits: dict[str, Any] | None = None,
+    **queue: Any,
+) -> Iterator[None]:
     """`workers --headless` with its own settings file, as a user runs it; TERM on exit."""
     folder = Path(tempfile.mkdtemp(prefix="workers-bench-"))
     raw = settings(url, database, **queue)
     raw["cluster"] = {"count": processes}
     raw["workers"]["count"] = threads
+    raw["workers"]["limits"] = limits or {}
     (folder / "settings.json").write_text(json.dumps(raw))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MONGO_URL", None)
@@ -301,6 +309,36 @@ def crowded_push(url: str, scheduled: int, finished: int) -> dict[str, float]:
     return {"insert_one": raw, "push": one, "push_many": many}
 
 
+# -- what flow control costs a type without limits -------------------------------------------
+
+LIMITS = {"GlobalBenchJob": {"global_concurrency": 1}, "RatedBenchJob": {"rate_limit": "1/h"}}
+
+
+def held_back(app: App) -> None:
+    """Two limited types with jobs waiting at their caps through the whole drain, which their
+    claimers look at again every `poll_interval`: 20 jobs of a type whose one slot is held
+    elsewhere (a running job, its lease an hour long), and 20 of a type allowed one start
+    an hour, one of which starts."""
+    running = {"status": "running", "lease_owner": "elsewhere#1", "attempts": 1}
+    lease = {"lease_expires": app.store.now() + dt.timedelta(hours=1)}
+    held = app.job_document(new_id(), "GlobalBenchJob", {"n": -1})
+    app.store.jobs.insert_one({**held, **running, **lease})
+    Job.push_many([GlobalBenchJob(n=n) for n in range(20)])
+    Job.push_many([RatedBenchJob(n=n) for n in range(20)])
+
+
+def limited_throughput(
+    url: str, processes: int, threads: int, backlog: int, window: int, limited: bool
+) -> float:
+    """`throughput` of NoopJob, which has no limit, with (`limited`) or without two other
+    types held back at their caps beside it (`held_back`)."""
+    extra: dict[str, Any] = {"limits": LIMITS, "prepare": held_back} if limited else {}
+    for _ in range(_ATTEMPTS - 1):
+        with contextlib.suppress(PushTooSlow):
+            return _drain(url, processes, threads, backlog, window, **extra)
+    return _drain(url, processes, threads, backlog, window, **extra)
+
+
 def throughput(
     url: str, processes: int, threads: int, backlog: int, window: int, **queue: Any
 ) -> float:
@@ -332,11 +370,15 @@ def _drain(
     window: int,
     crowded: tuple[int, int] = (0, 0),
     spare: float = 1.0,
+    limits: dict[str, Any] | None = None,
+    prepare: Callable[[App], None] | None = None,
     **queue: Any,
 ) -> float:
     with booted(url) as app:
         crowd(app, *crowded)
-        with headless(url, app.store.db.name, processes, threads, **queue):
+        if prepare is not None:
+            prepare(app)
+        with headless(url, app.store.db.name, processes, threads, limits, **queue):
             _wait(lambda: len(app.store.list_nodes()) >= processes, 60, every=0.2)
             time.sleep(_SETTLE)  # the wake-up streams open, and each claimer looks once
             due, ids = _push_due_after_the_push(app, backlog, spare)
@@ -359,8 +401,8 @@ def _drained(app: App, ids: list[str], finished: int) -> int:
     or, beside `finished` others, what is left of the backlog ready or running. A count by
     `_id` of 1,000 ids each second slowed a 2 x 4 drain from 307 to 173 jobs/s, and one of
     20,000 ready jobs each second took a whole scan's time from the drain it measured."""
-    if finished == 0:
-        return app.store.jobs.count_documents({"status": "completed"})
+    if finished == 0:  # the backlog's type: other types may run beside it (`held_back`)
+        return app.store.jobs.count_documents({"status": "completed", "type": "NoopJob"})
     left = app.store.jobs.count_documents({"status": {"$in": ["ready", "running"]}})
     return len(ids) - left
 
