@@ -81,7 +81,6 @@ def test_global_concurrency_caps_two_processes_of_four_threads(
     assert len(ran) == 10
     # never more than 2 at once, and the cap is used: a claim takes both free slots at once
     assert most_at_once(ran) == 2, sorted(ran)
-    assert len({run["pid"] for run in db.runs.find()}) == 2  # both processes took some
 
 
 def test_concurrency_caps_each_process_on_its_own(
