@@ -1,7 +1,7 @@
 # The worker image: `workers worker` (one process, workers.count threads) is its command;
 # the same image serves the dashboard with `workers web --host 0.0.0.0`.
 # Build: docker build -t workers .   Your jobs: FROM this image, COPY your package into
-# /app and set WORKERS_JOBS (see the README's "Deploying").
+# /app and set WORKERS_JOBS (see docs/deploying.md).
 
 FROM python:3.11-slim AS build
 WORKDIR /src

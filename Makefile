@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint setup browser screenshots clean stop-db bench
+.PHONY: run test lint setup browser screenshots clean stop-db bench docs
 
 $(STAMP):
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -13,7 +13,7 @@ $(STAMP):
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi && \
 	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[embedded,web,otel,test,bench]'
+	$(BIN)/python -m pip install -q -e '.[embedded,web,otel,test,bench,docs]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)
@@ -31,8 +31,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# the tests build the docs site too (tests/test_docs.py)
 test: lint browser
 	$(BIN)/pytest
+
+# The docs site into site/ (git-ignored), strict: a broken link or reference fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The dashboard's browser tests drive Debian's chromium through chromedriver (browsers cannot
 # be downloaded here): installed with apt when missing.
@@ -61,4 +66,4 @@ stop-db: $(STAMP)
 	$(BIN)/workers db stop
 
 clean:
-	rm -rf $(VENV) .workers *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .workers site *.egg-info .mypy_cache .ruff_cache .pytest_cache

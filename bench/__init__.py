@@ -1,1 +1,1 @@
-"""The benchmark: `python -m bench` (see bench/README.md). Not part of the test suite."""
+"""The benchmark: `python -m bench` (see docs/performance.md). Not part of the test suite."""

@@ -1,7 +1,7 @@
 """What a million jobs cost on MongoDB, from what the code creates, not from guesses: jobs pushed,
 claimed and completed by a real worker, the indexes as created, the documents as stored, and the
 oplog the server wrote for them. `pytest -s tests/test_at_scale.py` prints the table the
-README's Performance section quotes; the asserts hold the figures a change would move.
+docs/performance.md quotes; the asserts hold the figures a change would move.
 
 This module has a server of its own, so its oplog holds nothing but these jobs' writes."""
 

@@ -310,8 +310,8 @@ def test_the_hpa_scales_on_a_metric_we_serve() -> None:
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment("headless")["metadata"]["name"]
 
 
-def test_the_readme_deploys_with_commands_that_name_real_folders() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_deploy_with_commands_that_name_real_folders() -> None:
+    readme = (ROOT / "docs" / "deploying.md").read_text()
     for line in re.findall(r"kubectl apply -k (\S+)", readme):
         assert (ROOT / shlex.split(line)[0] / "kustomization.yaml").exists(), line
     assert "kubectl apply -k deploy/kubernetes/keda" in readme

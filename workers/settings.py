@@ -110,9 +110,13 @@ class TypesSettings(_Section):
 class LimitSettings(_Section):
     """Flow control of one job type (limits.py); each key overrides the class attribute."""
 
-    concurrency: int | None = Field(None, ge=1)
-    global_concurrency: int | None = Field(None, ge=1)
-    rate_limit: str | None = None
+    concurrency: int | None = Field(None, ge=1, description="at most this many running per process")
+    global_concurrency: int | None = Field(
+        None, ge=1, description="at most this many running across every process and node"
+    )
+    rate_limit: str | None = Field(
+        None, description="at most this many starts in any window: '100/m' (/s, /h, /10s)"
+    )
 
     @field_validator("rate_limit")
     @classmethod
@@ -140,9 +144,13 @@ class TokenSettings(_Section):
     """An API token of the dashboard and HTTP API: only its SHA-256 is kept
     (`workers token` makes one)."""
 
-    name: str = Field(min_length=1)
-    role: Literal["admin", "manager", "creator", "worker", "viewer"]
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str = Field(min_length=1, description="who holds it, as the dashboard shows")
+    role: Literal["admin", "manager", "creator", "worker", "viewer"] = Field(
+        description="what it may do (the dashboard page: Who may do what)"
+    )
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="the token's SHA-256, hex (`workers token`)"
+    )
 
 
 class WebSettings(_Section):

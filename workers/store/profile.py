@@ -4,8 +4,8 @@ one that is right on MongoDB, and a workaround applies only where its server is 
 SecantusDB (the embedded default) answers a hinted find by reading every entry of the
 hinted index, and its own plan by filtering a collection scan: with 1,000 ready jobs
 among 51,000, the claim's candidate scan took 980 ms hinted and 45 ms unhinted, and the
-same 45 ms with 1,000 ready jobs alone (2026-12-05, /tmp probes noted in the README's
-Performance section). On MongoDB the hint pins the plan the explain tests check.
+same 45 ms with 1,000 ready jobs alone (2026-12-05, /tmp probes noted in
+docs/performance.md). On MongoDB the hint pins the plan the explain tests check.
 """
 
 from __future__ import annotations

@@ -1,0 +1,70 @@
+"""The docs site: it builds in strict mode (a broken link or reference fails), its
+references are generated from the code (every settings key and every command is on the
+built pages), and the README stays a landing page."""
+
+from __future__ import annotations
+
+import html
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from docgen.references import commands, setting_keys
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    out = tmp_path_factory.mktemp("site")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    yield out
+
+
+def page(site: Path, name: str) -> str:
+    return html.unescape((site / name / "index.html").read_text())
+
+
+def test_every_settings_key_is_on_the_settings_page(site: Path) -> None:
+    text = page(site, "settings")
+    missing = [key for key, _ in setting_keys() if f"<code>{key}</code>" not in text]
+    assert not missing, missing
+    assert "WORKERS_WORKERS__QUEUE__LEASE" in text
+
+
+def test_every_command_and_option_is_on_the_command_line_page(site: Path) -> None:
+    text = page(site, "cli")
+    for path, parser in commands():
+        assert f"<code>{path}</code>" in text, path
+        for action in parser._actions:
+            for option in action.option_strings:
+                assert option in text, (path, option)
+
+
+def test_the_python_and_http_references_are_generated(site: Path) -> None:
+    api = page(site, "api")
+    for name in ("workers.Job.push", "workers.lifecycle.Pushed.result", "workers.app.wait"):
+        assert f'id="{name}"' in api, name
+    assert 'id="workers.errors.JobFailed"' in api
+    http = page(site, "http-api")
+    assert "<code>/api/jobs/{job_id}/{action}</code>" in http
+
+
+def test_the_readme_is_a_landing_page_that_links_into_the_docs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    assert readme.startswith("# workers\n\n```sh\nmake run")
+    for link in ("docs/getting-started.md", "docs/settings.md", "docs/cli.md"):
+        assert f"({link})" in readme and (ROOT / link).exists(), link
