@@ -7,7 +7,6 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY setup.cfg pyproject.toml README.md ./
 COPY workers ./workers
-COPY app_jobs ./app_jobs
 # every wheel the project and its web extra need, built here, where compilers may be
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[web]"
 
@@ -19,6 +18,8 @@ RUN pip install --no-cache-dir --no-index --find-links=/wheels /wheels/*.whl \
     && useradd --create-home --uid 10001 --user-group workers
 USER 10001:10001
 WORKDIR /app
+# the example jobs (WORKERS_JOBS=app_jobs): the current folder is importable
+COPY app_jobs ./app_jobs
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 # the database answers and this container's worker process beats within a lease

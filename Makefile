@@ -13,6 +13,8 @@ $(STAMP):
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi && \
 	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
+	@# the distribution was called workers before it became mongo-workers: the old one goes
+	@$(BIN)/python -m pip uninstall -q -y workers 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[embedded,web,otel,test,bench,docs]'
 	@rm -f $(VENV)/.installed-* && touch $@
 

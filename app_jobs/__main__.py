@@ -6,6 +6,7 @@ python -m app_jobs --headless   headless: run the jobs (the same code, booted as
 
 from __future__ import annotations
 
+import os
 import sys
 
 from app_jobs.examples import AlwaysFailsJob, FlakyJob
@@ -37,4 +38,5 @@ def push_examples(app: App) -> int:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("WORKERS_JOBS", "app_jobs")  # this app's jobs, unless told otherwise
     sys.exit(main(prog="python -m app_jobs", web=push_examples))

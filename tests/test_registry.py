@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from workers.errors import DiscoveryError
@@ -58,3 +60,16 @@ def test_a_broken_subpackage_is_not_silently_skipped() -> None:
 def test_a_package_that_does_not_exist_stops_startup() -> None:
     with pytest.raises(DiscoveryError, match="no_such_jobs_package failed to import"):
         discover(["no_such_jobs_package"])
+
+
+def test_a_syntax_error_in_a_jobs_package_names_its_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "typo_jobs"
+    package.mkdir()
+    (package / "__init__.py").write_text("from workers import Job\n\nclass TypoJob(Job)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(DiscoveryError) as raised:
+        discover(["typo_jobs"])
+    assert f"(in {package / '__init__.py'}, line 3)" in str(raised.value)
+    assert "SyntaxError" in str(raised.value)

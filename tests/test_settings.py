@@ -23,7 +23,7 @@ def write(tmp_path: Path, content: object) -> Path:
 def test_an_empty_file_gives_the_documented_defaults(tmp_path: Path) -> None:
     settings = settings_module.load(str(write(tmp_path, {})))
     assert settings.mode == "web"
-    assert settings.jobs == ["app_jobs"]
+    assert settings.jobs == []  # a headless start asks for them (test_cli)
     assert settings.cluster.count == 2
     assert settings.workers.count == 10
     assert settings.workers.queue.poll_interval == 1.0
@@ -63,7 +63,10 @@ def _keys(value: object, prefix: str = "") -> set[str]:
         ({"workers": {"queue": {"poll_interval": "fast"}}}, "workers.queue.poll_interval"),
         ({"workers": {"queue": {"lease": 1}}}, "workers.queue.lease"),
         ({"workers": {"cron": {"log": "yes"}}}, "workers.cron.log"),
-        ({"wrokers": {}}, "wrokers: unknown key"),
+        ({"wrokers": {}}, "wrokers: unknown key; did you mean workers?"),
+        ({"cluser": {"count": 2}}, "cluser: unknown key; did you mean cluster?"),
+        ({"workers": {"queue": {"leese": 9}}}, "workers.queue.leese: unknown key; did you mean"),
+        ({"workers": {"limits": {"A": {"rate": "1/s"}}}}, "limits.A.rate: unknown key; did you"),
         ({"workers": {"monq": {}}}, "workers.monq: unknown key"),
         ({"mode": "daemon"}, "mode"),
         ({"jobs": "app_jobs"}, "jobs"),

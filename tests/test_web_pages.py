@@ -4,8 +4,10 @@ lists page by index, a fragment is the content alone, and the live feed follows 
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -257,6 +259,31 @@ def test_workers_web_behind_a_proxy_at_a_prefix_links_under_it(
 
     assert 'href="/workers/jobs"' in page and 'href="/workers/static/app.css"' in page
     assert f"http://127.0.0.1:{port}/workers/" in said
+
+
+@pytest.mark.parametrize("between", [0.0, 0.3])
+def test_ctrl_c_twice_stops_workers_web_without_a_traceback(
+    settings_file: Callable[..., Path], tmp_path: Path, between: float
+) -> None:
+    """At once, the second Ctrl-C meets the server stopping; later, the process exiting."""
+    port = free_port()
+    path = settings_file(web__tokens=token_settings())
+    command = workers_command("web", "--settings", str(path), "--port", str(port))
+    server = subprocess.Popen(command, cwd=tmp_path, env=workers_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/jobs"
+        wait_for(lambda: _fetch(url, bearer("viewer")), timeout=60, what="workers web")
+        server.send_signal(signal.SIGINT)
+        time.sleep(between)  # the moment of the second Ctrl-C, not a wait for anything
+        server.send_signal(signal.SIGINT)
+        said, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode in (0, 130), said
+    assert "Traceback" not in said, said
 
 
 def _fetch(url: str, headers: dict[str, str]) -> str | None:

@@ -23,6 +23,7 @@ from workers.cron import iso
 from workers.errors import DatabaseUnavailable, WorkersError
 from workers.retrying import Backoff
 from workers.settings import Settings
+from workers.version import DISTRIBUTION
 
 log = logging.getLogger(__name__)
 
@@ -116,41 +117,41 @@ def main(
     args = parser(prog).parse_args(argv)
     setup_logging()
     try:
-        return _dispatch(args, web or _report)
+        return _dispatch(args, web or _report, prog)
     except WorkersError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
 
 
-def _dispatch(args: argparse.Namespace, web: WebMain) -> int:
+def _dispatch(args: argparse.Namespace, web: WebMain, prog: str) -> int:
     settings = settings_module.load(
         args.settings, mode="headless" if args.headless else None, types=args.types
     )
     _make_importable(settings)
-    if args.command == "worker":
+    if args.command == "worker":  # supervisord's child: its parent said where settings came from
         return run_worker(settings)
-    if args.command == "db":
-        return (
-            _indexes(settings, args.create)
-            if args.action == "indexes"
-            else _db(settings, args.action)
-        )
-    if args.command == "status":
-        return _status(settings)
-    if args.command == "health":
-        return _health(settings, args.timeout)
-    if args.command == "cron":
-        return _cron(settings)
-    if args.command in ("jobs", "push"):
-        return commands_module.run(args, settings)
-    if args.command == "web":
-        return _serve(settings, args.host, args.port, args.root_path)
     if args.command == "token":
         return _token(args.name, args.role)
+    command = _COMMANDS.get(args.command)
+    if command is not None:
+        _say_settings(settings, prog, only_if_missing=args.command != "web")
+        return command(args, settings)
     if settings.mode == "headless":
         registry.discover_checked(settings)  # broken jobs, schedules or limits stop startup
+        _say_settings(settings, prog)
         return headless.run(settings)
+    _say_settings(settings, prog)
     return _web(settings, web)
+
+
+def _say_settings(settings: Settings, prog: str, *, only_if_missing: bool = False) -> None:
+    """One line on stderr: the settings file in use, or that none was found (the defaults
+    apply, and with them the embedded database in ./.workers/)."""
+    if settings.source is None:
+        looked = settings_module.settings_path()[0].resolve()
+        print(f"{prog}: no settings file ({looked} not found): the defaults apply", file=sys.stderr)
+    elif not only_if_missing:
+        print(f"{prog}: settings from {settings.source}", file=sys.stderr)
 
 
 def _make_importable(settings: Settings) -> None:
@@ -171,6 +172,7 @@ def run_worker(settings: Settings) -> int:
     """
     from workers.worker import Worker
 
+    registry.require_jobs(settings)
     stop_requested = threading.Event()
     workers: list[Worker] = []
 
@@ -234,7 +236,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, root_path: st
         from workers.web.server import run
     except ImportError as exc:
         raise WorkersError(
-            f"workers web needs the web extra ({exc.name} is missing): pip install 'workers[web]'"
+            f"workers web needs the web extra ({exc.name} is missing): "
+            f"pip install '{DISTRIBUTION}[web]'"
         ) from None
     return run(settings, host, port, root_path)
 
@@ -330,3 +333,15 @@ def _db(settings: Settings, action: str) -> int:
     state = embedded.status(folder)
     print(f"running: pid {state['pid']}, port {state['port']}" if state else "not running")
     return 0
+
+
+# the commands that connect, by name: each takes the parsed arguments and the settings
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "db": lambda a, s: _indexes(s, a.create) if a.action == "indexes" else _db(s, a.action),
+    "status": lambda a, s: _status(s),
+    "health": lambda a, s: _health(s, a.timeout),
+    "cron": lambda a, s: _cron(s),
+    "jobs": commands_module.run,
+    "push": commands_module.run,
+    "web": lambda a, s: _serve(s, a.host, a.port, a.root_path),
+}

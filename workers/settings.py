@@ -7,11 +7,12 @@ settings.example.json mirrors them and a test keeps the two in step.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from dotenv import load_dotenv
 from pydantic import (
@@ -195,7 +196,8 @@ class Settings(_Section):
     # inline: Job.push runs the job at once in the pushing process (an app's unit tests)
     mode: Literal["web", "headless", "inline"] = "web"
     mongo: MongoSettings = MongoSettings()
-    jobs: list[str] = Field(default_factory=lambda: ["app_jobs"], min_length=1)
+    # the packages of *Job classes: none by default (a headless start asks for them)
+    jobs: list[str] = Field(default_factory=list)
     cluster: ClusterSettings = ClusterSettings()
     workers: WorkersSettings = WorkersSettings()
     web: WebSettings = WebSettings()
@@ -321,6 +323,23 @@ def _describe(exc: ValidationError, environment: Overrides) -> str:
         if error["type"] != "extra_forbidden" and "input" in error:
             detail += f" (got {json.dumps(error['input'], default=str)})"
         if error["type"] == "extra_forbidden":
-            detail = "unknown key"
+            detail = "unknown key" + _did_you_mean(error["loc"])
         parts.append(f"{key}: {detail}")
     return "; ".join(parts)
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """ "; did you mean cluster?" for a misspelt key (`cluser`), from the keys its section
+    has; "" when none is close."""
+    section: Any = Settings
+    for part in loc[:-1]:
+        if get_origin(section) in (dict, list):  # a map's key or a list's index: its values'
+            section = get_args(section)[-1]
+            continue
+        fields = getattr(section, "model_fields", {})
+        if part not in fields:
+            return ""
+        section = fields[part].annotation
+    known = list(getattr(section, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]}?" if close else ""

@@ -1,4 +1,4 @@
-"""OpenTelemetry, when the `otel` extra is installed (`pip install 'workers[otel]'`).
+"""OpenTelemetry, when the `otel` extra is installed (`pip install 'mongo-workers[otel]'`).
 
 A push stores the pushing code's trace context with the job (W3C `traceparent`, and
 `tracestate` when there is one), and each attempt of a class-based job runs in a span

@@ -7,6 +7,7 @@ import functools
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import uvicorn
@@ -205,13 +206,32 @@ def run(
     previous = signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         web = served_app(settings, booted_app=booted_app, host=host, port=port)
-        uvicorn.run(web, host=host, port=port, root_path=root_path, log_level="warning")
+        config = uvicorn.Config(
+            web, host=host, port=port, root_path=root_path, log_level="warning",
+            timeout_graceful_shutdown=_GRACE,
+        )  # fmt: skip
+        _PatientServer(config).run()
     except SystemExit as stop:
         return int(stop.code or 0)
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn stopped, then raised it again (or a second one)
+        return 130
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping already: more Ctrl-Cs wait
         app_module.shutdown()
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+_GRACE = 5  # seconds open connections get to finish once the server stops
+
+
+class _PatientServer(uvicorn.Server):
+    """A second Ctrl-C does not force the exit, which cancels the app's lifespan mid-way
+    and prints its traceback: the first already stops the server, within `_GRACE` s."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._captured_signals.append(sig)  # raised again once stopped: Ctrl-C exits 130
+        self.should_exit = True
 
 
 def _exit_quietly(signum: int, _: object) -> None:

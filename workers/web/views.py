@@ -9,11 +9,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from workers.app import App
-from workers.cron import iso
 from workers.errors import WorkersError
 from workers.record import FOLLOWUPS, READY, STATUSES
 
@@ -21,6 +20,12 @@ log = logging.getLogger(__name__)
 
 SEARCH_WINDOW = 2000  # documents a text search examines per page, newest first
 _SEARCH_CHUNK = 200
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 in UTC with a Z, to the millisecond: what MongoDB stores (cron's ticks keep
+    their own form, `cron.iso`, which their unique keys are made of)."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def plain(value: Any) -> Any:
