@@ -345,3 +345,30 @@ def test_a_command_takes_its_database_from_the_environment_alone(
     )
     assert bad.returncode == 1
     assert "WORKERS_CLUSTER__COUNT (cluster.count)" in bad.stderr
+
+
+# --- where the settings came from, and a start with nothing to run ----------------------
+
+
+def test_a_headless_start_with_no_jobs_package_says_how_to_name_one(tmp_path: Path) -> None:
+    done = run_workers("--headless", cwd=tmp_path)  # no settings file, no WORKERS_JOBS
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "no jobs package to run" in lines[0] and "WORKERS_JOBS=myapp.jobs" in lines[0]
+    assert "no file found, the defaults apply" in lines[0]
+    assert not (tmp_path / ".workers").exists()  # nothing started, no database made
+
+
+def test_a_command_says_when_no_settings_file_was_found(
+    tmp_path: Path, mongo_url: str, db_name: str, db: Any
+) -> None:
+    env = workers_env(WORKERS_MONGO__URL=mongo_url, WORKERS_MONGO__DATABASE=db_name)
+    done = run_command(workers_command("cron"), cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    missing = tmp_path.resolve() / "settings.json"
+    assert f"no settings file ({missing} not found): the defaults apply" in done.stderr
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"jobs": ["tests.jobs"]}))
+    done = run_command(workers_command("cron"), cwd=tmp_path, env=env)
+    assert "no settings file" not in done.stderr  # a file found goes without saying here

@@ -284,6 +284,7 @@ def test_ctrl_c_twice_stops_workers_web_without_a_traceback(
             server.wait()
     assert server.returncode in (0, 130), said
     assert "Traceback" not in said, said
+    assert f"workers: settings from {path.resolve()}" in said  # which file, in one line
 
 
 def _fetch(url: str, headers: dict[str, str]) -> str | None:
