@@ -62,6 +62,7 @@ class App:
 
     @property
     def retry_defaults(self) -> RetryPolicy:
+        """The retries, wait and backoff of a push that names none (workers.queue)."""
         queue = self.settings.workers.queue
         return RetryPolicy(queue.retries, queue.retry_wait, queue.backoff)
 
@@ -164,6 +165,8 @@ class App:
         return cls.__name__
 
     def close(self) -> None:
+        """Stop this app's waiters and listeners, close its connections and release the
+        embedded server; the app is unusable after."""
         self.closed = True  # what outlives it (the dashboard's feed) stops on this
         waiting.close(self.store)
         listening.close(self.store)

@@ -42,6 +42,7 @@ class StructuredFormatter(logging.Formatter):
     """Appends the `extra=` fields of a record as key=value pairs."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The message, then the record's extra fields as JSON."""
         line = super().format(record)
         extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_KEYS}
         if extras:
@@ -50,6 +51,7 @@ class StructuredFormatter(logging.Formatter):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr, one line per record with its extra fields, at `level`."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         StructuredFormatter(
@@ -60,6 +62,8 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def parser(prog: str = "workers") -> argparse.ArgumentParser:
+    """The command line's parser: every command and option of `workers` (prog: the name
+    an app's own entry point shows)."""
     top = argparse.ArgumentParser(prog=prog, description="A MongoDB-backed job queue.")
     top.add_argument("--settings", metavar="PATH", help=SETTINGS_HELP)
     # --settings is accepted after the command too (`workers cron --settings s.json`)

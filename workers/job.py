@@ -20,9 +20,13 @@ class Pusher(Protocol):
 
     store: Store
 
-    def push(self, job: Job, **options: Any) -> Pushed: ...
+    def push(self, job: Job, **options: Any) -> Pushed:
+        """Validate and insert one job; raises PushError."""
+        ...
 
-    def push_many(self, jobs: Sequence[Job], **options: Any) -> list[str]: ...
+    def push_many(self, jobs: Sequence[Job], **options: Any) -> list[str]:
+        """Validate every job, then insert them all; raises PushError naming each refused."""
+        ...
 
 
 _app_getter: Callable[[], Pusher] | None = None
@@ -98,6 +102,7 @@ class Job:
 
     @property
     def id(self) -> str | None:
+        """The job's id while an attempt runs (None outside one)."""
         return self.attempt.job_id if self.attempt else None
 
     # -- the hooks a subclass implements -----------------------------------------
@@ -106,6 +111,8 @@ class Job:
         """Runs before handle_job; raising here fails the attempt. May be `async def`."""
 
     def handle_job(self) -> Any:
+        """The job's work: its return value is stored as the result, an exception fails the
+        attempt (retried while retries remain). May be `async def`. Subclasses implement it."""
         raise NotImplementedError(f"{type(self).__name__} does not implement handle_job()")
 
     def after_job(self, error: BaseException | None) -> Any:
@@ -245,30 +252,37 @@ class Job:
 
     @staticmethod
     def pause_many(ids: Iterable[str]) -> ActionResult:
+        """Pause these jobs (waiting, ready or scheduled); the result says what each became."""
         return _act("pause", ids)
 
     @staticmethod
     def resume_many(ids: Iterable[str]) -> ActionResult:
+        """Resume these paused jobs."""
         return _act("resume", ids)
 
     @staticmethod
     def cancel_many(
         ids: Iterable[str], *, dependents: bool = True, antecedents: bool = False
     ) -> ActionResult:
+        """Cancel these jobs (and, by default, the jobs that depend on them)."""
         return _act("cancel", ids, dependents=dependents, antecedents=antecedents)
 
     @staticmethod
     def restart_many(
         ids: Iterable[str], *, antecedents: bool = True, dependents: bool = False, retries: int = 0
     ) -> ActionResult:
+        """Run these failed or cancelled jobs again (and their failed antecedents), with
+        `retries` more attempts."""
         return _act("restart", ids, antecedents=antecedents, dependents=dependents, retries=retries)
 
     @staticmethod
     def rerun_many(ids: Iterable[str], *, delay: float = 0) -> ActionResult:
+        """Push a copy of each of these finished jobs, due after `delay` seconds."""
         return _act("rerun", ids, delay=delay)
 
     @staticmethod
     def remove_many(ids: Iterable[str]) -> ActionResult:
+        """Delete these finished, cancelled or paused jobs for good."""
         return _act("remove", ids)
 
 

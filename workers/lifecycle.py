@@ -35,6 +35,8 @@ class Pushed(str):
     _store: Store | None
 
     def __new__(cls, job_id: str, existing: bool = False, store: Store | None = None) -> Pushed:
+        """A pushed job's id (`existing`: a unique push found the job already there), bound
+        to the store it waits on."""
         pushed = super().__new__(cls, job_id)
         pushed.existing = existing
         pushed._store = store
@@ -53,10 +55,12 @@ class Pushed(str):
         return outcome(self.wait(timeout))
 
     async def wait_async(self, timeout: float | None = None) -> StoredJob:
+        """`wait` for asyncio: no thread per waiter. Raises TimeoutError, JobNotFound."""
         (job,) = await wait_jobs_async(self._waits_on(), [str(self)], timeout)
         return job
 
     async def result_async(self, timeout: float | None = None) -> Any:
+        """`result` for asyncio. Raises JobFailed, JobCancelled, TimeoutError, JobNotFound."""
         return outcome(await self.wait_async(timeout))
 
     def _waits_on(self) -> Store:
@@ -127,9 +131,12 @@ class StoredJob:
     # -- actions ---------------------------------------------------------------------
 
     def pause(self) -> StoredJob:
+        """Pause the job (waiting, ready or scheduled); returns it as it is now. Raises
+        TransitionRefused when its status does not allow it, JobNotFound when it is gone."""
         return self._act("pause")
 
     def resume(self) -> StoredJob:
+        """Resume the paused job; returns it as it is now. Raises TransitionRefused otherwise."""
         return self._act("resume")
 
     def cancel(self, *, dependents: bool = True, antecedents: bool = False) -> StoredJob:
@@ -213,6 +220,7 @@ def outcome(job: StoredJob) -> Any:
 
 
 def get(store: Store, job_id: str) -> StoredJob | None:
+    """The stored job of `job_id`, or None."""
     doc = store.get_job(job_id)
     return StoredJob(store, doc) if doc is not None else None
 
@@ -225,6 +233,7 @@ def find(
     limit: int = 50,
     before: str | None = None,
 ) -> list[StoredJob]:
+    """Jobs of a type and/or status, newest first (at most `limit`), on an index."""
     if status is not None and status not in STATUSES:
         choices = ", ".join(STATUSES)
         raise WorkersError(f"Job.find: status must be one of {choices}; got {status!r}")

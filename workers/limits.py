@@ -50,6 +50,7 @@ class Limit:
         return self.global_concurrency is not None or self.rate is not None
 
     def describe(self) -> dict[str, Any]:
+        """The limits as settings keys, for the dashboard and the API."""
         return {
             "concurrency": self.concurrency,
             "global_concurrency": self.global_concurrency,
@@ -58,7 +59,7 @@ class Limit:
 
 
 def parse_rate(text: Any, where: str) -> Rate:
-    """ "100/m" -> 100 starts per 60 s. `where` names the attribute or key, for the error."""
+    """Read "100/m" as 100 starts per 60 s; `where` names the attribute or key in an error."""
     match = _RATE.match(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(

@@ -72,6 +72,7 @@ class JobEvent:
         return f"{at} {self.kind:<9} {self.type} {self.job_id}{' ' + extra if extra else ''}"
 
     def as_json(self) -> str:
+        """The event as one line of JSON (`workers jobs watch --json`)."""
         return json.dumps({**self.__dict__, "at": self.at.isoformat() if self.at else None},
                           default=str)  # fmt: skip
 
@@ -124,9 +125,11 @@ class Subscription:
     _listeners: Listeners | None = field(default=None, repr=False)
 
     def wants(self, event: JobEvent) -> bool:
+        """Whether the event is of this subscription's kinds and types."""
         return event.kind in self.kinds and (self.types is None or event.type in self.types)
 
     def close(self) -> None:
+        """Stop the callbacks; events already queued are dropped."""
         if self._listeners is not None:
             self._listeners.unsubscribe(self)
             self._listeners = None
@@ -182,6 +185,7 @@ class EventStream:
         return self._aiter()
 
     def close(self) -> None:
+        """Stop the iteration: a loop over it ends."""
         self._subscription.close()
 
 
@@ -207,6 +211,8 @@ class Listeners:
         self.polling = False
 
     def subscribe(self, subscription: Subscription) -> Subscription:
+        """Deliver the stream's events to `subscription` from now on; raises WorkersError
+        once the app is closed."""
         with self._cond:
             if self._closed:
                 raise WorkersError("events: the app is closed")
@@ -223,6 +229,7 @@ class Listeners:
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        """Deliver nothing more to `subscription`."""
         with self._cond:
             self._subscriptions = [s for s in self._subscriptions if s is not subscription]
 

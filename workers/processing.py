@@ -33,6 +33,7 @@ class JobProcessor:
         self._worker.pause(True)
 
     def resume(self) -> None:
+        """Go on claiming after `pause`."""
         self._worker.pause(False)
 
     def shutdown(self, level: str = "normal", timeout: float | None = None) -> None:
@@ -58,6 +59,7 @@ class JobProcessor:
 
     @property
     def stopped(self) -> bool:
+        """Whether the worker has ended (after `shutdown`, or a crash of its thread)."""
         return not self._thread.is_alive()
 
 
