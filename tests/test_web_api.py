@@ -58,6 +58,10 @@ def test_a_push_of_an_unknown_type_or_bad_options_is_a_problem_naming_it(api: Te
     assert "NoSuchJob" in unknown.json()["detail"] and "RecordJob" in unknown.json()["detail"]
     assert bad_after.status_code == 422 and "next tuesday-ish" in bad_after.json()["detail"]
     assert bad_body.status_code == 422 and bad_body.json()["errors"][0]["where"] == "body.params"
+    for field in ("timeout", "delay", "retries", "priority"):  # true is not a number in JSON
+        boolean = api.post("/api/jobs", json={"type": "RecordJob", field: True})
+        assert boolean.status_code == 422, (field, boolean.text)
+        assert boolean.json()["errors"][0]["where"].startswith(f"body.{field}")
     assert Job.find(limit=5) == []
 
 

@@ -37,7 +37,8 @@ router = APIRouter(prefix="/api", tags=["jobs"])
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: true is not a number (JSON has booleans), "5" is not a count
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class PushRequest(_Strict):
@@ -176,7 +177,9 @@ def find_jobs(
 JobId = Annotated[str, Path(min_length=1, max_length=200)]
 
 
-@router.get("/jobs/{job_id}", response_model=JobDetail, responses=responses(401, 403, 404, 503))
+@router.get(
+    "/jobs/{job_id}", response_model=JobDetail, responses=responses(401, 403, 404, 422, 503)
+)
 def get_job(job_id: JobId, app: App_, _: Annotated[Principal, Depends(reader)]) -> JobDetail:
     doc = app.store.get_job(job_id)
     if doc is None:
