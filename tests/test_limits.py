@@ -81,6 +81,11 @@ def test_global_concurrency_caps_two_processes_of_four_threads(
     assert len(ran) == 10
     # never more than 2 at once, and the cap is used: a claim takes both free slots at once
     assert most_at_once(ran) == 2, sorted(ran)
+    # a freed slot is taken by the next claim (the end here wakes it, a recheck there), never
+    # left to the 30 s safety poll: 5 s is a hundred rechecks of these settings
+    starts, ends = sorted(start for start, _ in ran), sorted(end for _, end in ran)
+    gaps = [start - end for end, start in zip(ends, starts[2:], strict=False)]
+    assert max(gaps) < timedelta(seconds=5), gaps
 
 
 def test_concurrency_caps_each_process_on_its_own(

@@ -140,22 +140,25 @@ class Claimer:
         return docs
 
     def _claim_type(self, job_type: str, limit: Limit, room: int) -> Limited:
-        if not limit.cluster_wide:
-            return Limited(self.store.claim(self._token(), [job_type], self.lease, room))
+        if not limit.cluster_wide:  # a full room may leave more due: held back till one ends
+            jobs = self.store.claim(self._token(), [job_type], self.lease, room)
+            return Limited(jobs, waiting=len(jobs) == room)
         rate = (limit.rate.count, limit.rate.seconds) if limit.rate else None
         return self.store.claim_limited(
             self._token(), job_type, self.lease, room, limit.global_concurrency, rate
         )
 
     def _note(self, watched: _Watched, got: Limited, now: float) -> None:
-        """When to look at the type again: at once after it gave jobs; when the window opens
-        or `recheck` later when it is held back; `recheck` later (or when woken) when idle."""
-        watched.held_back = got.waiting and not got.jobs
+        """When to look at the type again. Held back (due jobs left waiting by the limit, some
+        taken or none): when the window opens, when one of its jobs ends here, or `recheck`
+        later for a slot freed elsewhere. Otherwise at once after it gave jobs (more may be
+        due), or `recheck` later (or when woken) when it had none."""
+        watched.held_back = got.waiting
         watched.by_rate = got.retry_at is not None
-        if got.jobs:
-            watched.look_at = 0.0
-        elif got.retry_at is not None:
+        if got.retry_at is not None:
             watched.look_at = now + max(0.0, self._seconds_until(got.retry_at))
+        elif got.jobs and not got.waiting:
+            watched.look_at = 0.0
         else:
             watched.look_at = now + self._recheck
 
