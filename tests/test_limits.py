@@ -24,6 +24,7 @@ from workers.errors import DiscoveryError, SettingsError
 from workers.job import Job
 from workers.limits import Limit, Rate, limits_for, parse_rate
 from workers.settings import validate
+from workers.store import LimitedAsk
 
 LIMIT_JOBS = ["tests.limitjobs"]
 
@@ -174,10 +175,10 @@ def test_the_dashboard_and_metrics_show_each_cap_its_use_and_who_waits(
     limited_app: App, db: Any
 ) -> None:
     ids = push(limited_app, "HoldJob", 3)
-    held = limited_app.store.claim_limited("test#1", "HoldJob", 30, 3, 1, None)
+    held = limited_app.store.claim_limited(LimitedAsk("test#1", "HoldJob", 30, 3, cap=1))
     assert [doc["_id"] for doc in held.jobs] == ids[:1]  # the cap: one of three
     assert held.waiting
-    again = limited_app.store.claim_limited("test#2", "HoldJob", 30, 3, 1, None)
+    again = limited_app.store.claim_limited(LimitedAsk("test#2", "HoldJob", 30, 3, cap=1))
     assert again.jobs == [] and again.waiting and again.retry_at is None
 
     client = client_for(limited_app, trust_loopback=True)
@@ -197,9 +198,13 @@ def test_the_dashboard_and_metrics_show_each_cap_its_use_and_who_waits(
 
 def test_a_rate_claim_says_when_its_window_opens(limited_app: App) -> None:
     push(limited_app, "SlowRatedJob", 3)
-    first = limited_app.store.claim_limited("test#1", "SlowRatedJob", 30, 3, None, (2, 60.0))
+    first = limited_app.store.claim_limited(
+        LimitedAsk("test#1", "SlowRatedJob", 30, 3, rate=(2, 60.0))
+    )
     assert len(first.jobs) == 2 and first.waiting
-    second = limited_app.store.claim_limited("test#2", "SlowRatedJob", 30, 3, None, (2, 60.0))
+    second = limited_app.store.claim_limited(
+        LimitedAsk("test#2", "SlowRatedJob", 30, 3, rate=(2, 60.0))
+    )
     assert second.jobs == [] and second.retry_at is not None
     opens = second.retry_at - min(doc["started"] for doc in first.jobs)
     assert timedelta(seconds=59) < opens <= timedelta(seconds=61)

@@ -26,7 +26,7 @@ from typing import Any
 
 from workers.errors import ClaimIncomplete, WorkersError
 from workers.limits import Limit
-from workers.store import Document, Limited, Store
+from workers.store import Document, Limited, LimitedAsk, Store
 from workers.store.shared_scans import Spare
 
 log = logging.getLogger(__name__)
@@ -144,9 +144,8 @@ class Claimer:
             jobs = self.store.claim(self._token(), [job_type], self.lease, room)
             return Limited(jobs, waiting=len(jobs) == room)
         rate = (limit.rate.count, limit.rate.seconds) if limit.rate else None
-        return self.store.claim_limited(
-            self._token(), job_type, self.lease, room, limit.global_concurrency, rate
-        )
+        ask = LimitedAsk(self._token(), job_type, self.lease, room, limit.global_concurrency, rate)
+        return self.store.claim_limited(ask)
 
     def _note(self, watched: _Watched, got: Limited, now: float) -> None:
         """When to look at the type again. Held back (due jobs left waiting by the limit, some
@@ -156,17 +155,11 @@ class Claimer:
         watched.held_back = got.waiting
         watched.by_rate = got.retry_at is not None
         if got.retry_at is not None:
-            watched.look_at = now + max(0.0, self._seconds_until(got.retry_at))
+            watched.look_at = now + max(0.0, self.store.seconds_until(got.retry_at, self._recheck))
         elif got.jobs and not got.waiting:
             watched.look_at = 0.0
         else:
             watched.look_at = now + self._recheck
-
-    def _seconds_until(self, moment: datetime) -> float:
-        try:
-            return (moment - self.store.now()).total_seconds()
-        except WorkersError:
-            return self._recheck
 
     def ended(self, job_type: Any) -> bool:
         """A job of ours ended: its type, if limited, is looked at by the next claim. True

@@ -125,10 +125,7 @@ class Wakeup:
             return sorted(self._woken, key=self._woken.__getitem__)
 
     def _seconds_until(self, moment: datetime) -> float:
-        try:
-            return (moment - self.store.now()).total_seconds()
-        except WorkersError:
-            return self.poll_interval
+        return self.store.seconds_until(moment, self.poll_interval)
 
     def _note(self, change: ReadyChange) -> None:
         with self._cond:

@@ -21,6 +21,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from workers import tracing
 from workers.app import App
 from workers.claimer import Claimer
 from workers.cron import Scheduler
@@ -105,6 +106,7 @@ class Worker:
             },
         )
         self._check_limits()
+        tracing.load()
         self._pool.start()
         self._watchdog.start()
         self._heartbeat.start()

@@ -12,7 +12,7 @@ from workers.store.claims import CLAIM_INDEX
 from workers.store.cron import CronQueries
 from workers.store.indexes import IndexQueries, IndexSpec, IndexState
 from workers.store.jobs import LOST_MESSAGE, RESCUE_INDEX, UNIQUE_INDEX, Completion, JobQueries
-from workers.store.limits import Limited, LimitQueries, needs_transactions
+from workers.store.limits import Limited, LimitedAsk, LimitQueries, needs_transactions
 from workers.store.metrics import MetricsQueries
 from workers.store.nodes import NodeQueries
 from workers.store.outcomes import FinishedStream, JobState, OutcomeQueries, StateStream
@@ -71,6 +71,7 @@ __all__ = [
     "IndexState",
     "JobState",
     "Limited",
+    "LimitedAsk",
     "ReadyChange",
     "ReadyStream",
     "StateStream",

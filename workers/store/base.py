@@ -416,6 +416,14 @@ class Connection:
             raise DatabaseUnavailable("the database clock was not measured")
         return datetime.fromtimestamp(wall_clock(), UTC) + offset
 
+    def seconds_until(self, moment: datetime, otherwise: float) -> float:
+        """Seconds from the database clock's now to `moment` (negative once it passed), or
+        `otherwise` when the clock cannot be read: the caller then looks again that late."""
+        try:
+            return (moment - self.now()).total_seconds()
+        except WorkersError:
+            return otherwise
+
     def _first_sync(self) -> None:
         """One thread measures; threads that were waiting for it take its answer, an error
         included, so k pushes during an outage fail after one timeout, not k of them."""

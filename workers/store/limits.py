@@ -55,56 +55,51 @@ class Limited:
     retry_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class LimitedAsk:
+    """One limited claim: up to `want` due ready jobs of `job_type` under `token`, within
+    `cap` running and `rate` = (count, seconds) starts."""
+
+    token: str
+    job_type: str
+    lease: float
+    want: int
+    cap: int | None = None
+    rate: tuple[int, float] | None = None
+
+
 class LimitQueries(ClaimQueries):
     _limit_docs: set[str]  # the types whose document this store made (or found)
 
     @translated
-    def claim_limited(
-        self,
-        token: str,
-        job_type: str,
-        lease: float,
-        want: int,
-        cap: int | None,
-        rate: tuple[int, float] | None,
-    ) -> Limited:
-        """Take up to `want` due ready jobs of `job_type` under `token`, within `cap` running
-        and `rate` = (count, seconds) starts; raises ClaimIncomplete when the commit's
-        outcome is unknown (the jobs it may have taken are read back by token)."""
-        if want < 1 or not self._any_due(job_type):
+    def claim_limited(self, ask: LimitedAsk) -> Limited:
+        """Claim what `ask` allows; raises ClaimIncomplete when the commit's outcome is
+        unknown (the jobs it may have taken are read back by its token)."""
+        if ask.want < 1 or not self._any_due(ask.job_type):
             return Limited([])
-        self._make_document(job_type)
+        self._make_document(ask.job_type)
         for attempt in range(_TRIES):
             tried: list[Any] = []
             try:
                 with self._client.start_session() as session:
-                    return self._claim_in(session, token, job_type, lease, want, cap, rate, tried)
+                    return self._claim_in(session, ask, tried)
             except OperationFailure as exc:
                 if exc.code in _NO_TRANSACTIONS:
-                    raise StoreError(needs_transactions(job_type)) from exc
+                    raise StoreError(needs_transactions(ask.job_type)) from exc
                 if tried and exc.has_error_label("UnknownTransactionCommitResult"):
-                    raise ClaimIncomplete(token, tried, exc) from exc
+                    raise ClaimIncomplete(ask.token, tried, exc) from exc
                 if not exc.has_error_label("TransientTransactionError"):
                     raise
             except ConnectionFailure as exc:
                 if tried:  # the commit was sent: it may have taken them
-                    raise ClaimIncomplete(token, tried, exc) from exc
+                    raise ClaimIncomplete(ask.token, tried, exc) from exc
                 raise
             if attempt < _TRIES - 1:
                 time.sleep(random.uniform(*_CONFLICT_PAUSE))  # noqa: S311 (jitter)
         return Limited([], waiting=True)  # others are claiming it now: look again soon
 
-    def _claim_in(
-        self,
-        session: ClientSession,
-        token: str,
-        job_type: str,
-        lease: float,
-        want: int,
-        cap: int | None,
-        rate: tuple[int, float] | None,
-        tried: list[Any],
-    ) -> Limited:
+    def _claim_in(self, session: ClientSession, ask: LimitedAsk, tried: list[Any]) -> Limited:
+        job_type, cap, rate = ask.job_type, ask.cap, ask.rate
         with session.start_transaction(  # leaving it by an exception aborts
             read_concern=ReadConcern("snapshot"),
             write_concern=WriteConcern(**_as_write_concern(self.write_concern)),
@@ -117,7 +112,7 @@ class LimitQueries(ClaimQueries):
                 session=session,
             )
             now: datetime = doc["looked"] if doc else self.now()
-            allowed, retry_at, starts = want, None, []
+            allowed, retry_at, starts = ask.want, None, []
             if cap is not None:
                 allowed = min(allowed, cap - self._running(job_type, session))
             if rate is not None:
@@ -130,14 +125,14 @@ class LimitQueries(ClaimQueries):
             ids = self._first_due(job_type, now, allowed, session)
             if not ids:
                 return Limited([])
-            update = [{"$set": _claimed(token, lease)}]
+            update = [{"$set": _claimed(ask.token, ask.lease)}]
             taken = self.jobs.update_many(_still_ready(ids, now), update, session=session)
             if rate is not None and taken.matched_count:
                 self._log_starts(job_type, starts, taken.matched_count, rate[0], session)
             tried += ids
             session.commit_transaction()
-        jobs = self._held_under(token, ids)
-        return Limited(jobs, waiting=len(ids) == allowed < want)
+        jobs = self._held_under(ask.token, ids)
+        return Limited(jobs, waiting=len(ids) == allowed < ask.want)
 
     def _any_due(self, job_type: str) -> bool:
         """Is a job of the type due? One indexed read, outside any transaction: an idle
