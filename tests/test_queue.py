@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -228,8 +229,9 @@ def test_the_list_of_a_slow_scan_lives_scans_apart_times_that_scan(
 
 
 def test_a_claimer_waits_a_bounded_time_for_another_scanning_then_scans_itself(
-    app: App, db: Any
+    app: App, db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(shared, "TURN_MAX", 1.0)  # 10 s in use: the bound, not its size
     for n in range(12):
         Job.push(RecordJob(n=n))
     scans, types = count_candidate_scans(app.store), app.registry.types
@@ -239,9 +241,18 @@ def test_a_claimer_waits_a_bounded_time_for_another_scanning_then_scans_itself(
     db[app.store.candidates.name].update_many(
         {}, {"$set": {"scanning_until": busy, "generation": "gone", "ids": []}}
     )
-    # Then a claimer whose spare is dry still claims, by a scan of its own
-    claimed = app.store.claim("two#1", types, 5, 3, Spare())
+    # Then a claimer whose spare is dry waits for its list at most TURN_MAX in all, and
+    # still claims, by a scan of its own
+    waits: list[float] = []
+
+    def pause(seconds: float) -> bool:
+        waits.append(seconds)
+        time.sleep(seconds)
+        return False
+
+    claimed = app.store.claim("two#1", types, 5, 3, Spare(pause=pause))
     assert len(claimed) == 3 and scans["n"] == 2
+    assert len(waits) > 1 and sum(waits) <= 1.0 + 1e-6
 
 
 def test_the_shared_candidate_list_is_read_by_id(app: App, db: Any) -> None:
