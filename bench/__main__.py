@@ -166,6 +166,7 @@ def crowded_lines(results: dict[str, Any]) -> list[str]:
             f"{push[name]['push_many']:6.0f} "
             f"({push[name]['push_many'] / push['empty']['push_many']:4.2f}x)  raw insert_one "
             f"{push[name]['insert_one'] / push['empty']['insert_one']:4.2f}x"
+            + _many_line(push, name)
         )
     pages = found.get("dashboard", {})
     for name, page in pages.items():
@@ -177,6 +178,13 @@ def crowded_lines(results: dict[str, Any]) -> list[str]:
             f"{page['raw_ms']:7.0f} ms"
         )
     return lines
+
+
+def _many_line(push: dict[str, Any], name: str) -> str:
+    """The raw `insert_many` ratio, where the run measured it (since 2026-12-06)."""
+    if "insert_many" not in push[name]:
+        return ""
+    return f"  raw insert_many {push[name]['insert_many'] / push['empty']['insert_many']:4.2f}x"
 
 
 def run_peers(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]:
