@@ -62,20 +62,30 @@ def booted(url: str, web: dict[str, Any] | None = None, **queue: Any) -> Iterato
 
 def raw_insert_one(url: str, count: int = 1000) -> float:
     with booted(url) as app:
-        docs = _documents(app, count)
-        started = time.perf_counter()
-        for doc in docs:
-            app.store.jobs.insert_one(doc)
-        return count / (time.perf_counter() - started)
+        return _insert_one_rate(app, count)
+
+
+def _insert_one_rate(app: App, count: int) -> float:
+    """The server's own `insert_one` of `count` job documents, one call each."""
+    docs = _documents(app, count)
+    started = time.perf_counter()
+    for doc in docs:
+        app.store.jobs.insert_one(doc)
+    return count / (time.perf_counter() - started)
+
+
+def _insert_many_rate(app: App, count: int) -> float:
+    """The server's own `insert_many` of `count` job documents, 1,000 a call."""
+    docs = _documents(app, count)
+    started = time.perf_counter()
+    for at in range(0, count, 1000):
+        app.store.jobs.insert_many(docs[at : at + 1000])
+    return count / (time.perf_counter() - started)
 
 
 def raw_insert_many(url: str, count: int = 5000) -> float:
     with booted(url) as app:
-        docs = _documents(app, count)
-        started = time.perf_counter()
-        for at in range(0, count, 1000):
-            app.store.jobs.insert_many(docs[at : at + 1000])
-        return count / (time.perf_counter() - started)
+        return _insert_many_rate(app, count)
 
 
 def raw_claim(url: str, backlog: int, window: int) -> float:
@@ -198,20 +208,30 @@ def _documents(app: App, count: int) -> list[dict[str, Any]]:
 def push_one(url: str, count: int = 1000) -> float:
     with booted(url):
         Job.push(NoopJob(n=-1))
-        started = time.perf_counter()
-        for n in range(count):
-            Job.push(NoopJob(n=n))
-        return count / (time.perf_counter() - started)
+        return _push_rate(count)
 
 
 def push_many(url: str, count: int = 5000) -> float:
     with booted(url):
         Job.push(NoopJob(n=-1))
-        jobs = [NoopJob(n=n) for n in range(count)]
-        started = time.perf_counter()
-        for at in range(0, count, 1000):
-            Job.push_many(jobs[at : at + 1000])
-        return count / (time.perf_counter() - started)
+        return _push_many_rate(count)
+
+
+def _push_rate(count: int) -> float:
+    """`Job.push` of `count` no-op jobs, one call each, into the booted app's database."""
+    started = time.perf_counter()
+    for n in range(count):
+        Job.push(NoopJob(n=n))
+    return count / (time.perf_counter() - started)
+
+
+def _push_many_rate(count: int) -> float:
+    """`Job.push_many` of `count` no-op jobs, 1,000 a call."""
+    jobs = [NoopJob(n=n) for n in range(count)]
+    started = time.perf_counter()
+    for at in range(0, count, 1000):
+        Job.push_many(jobs[at : at + 1000])
+    return count / (time.perf_counter() - started)
 
 
 # -- throughput, pickup and memory of real headless trees -------------------------------------
@@ -293,25 +313,9 @@ def crowded_push(url: str, scheduled: int, finished: int) -> dict[str, float]:
     on this server (beside 100,000 + 100,000, `insert_many` ran at 0.73x its empty rate)."""
     with booted(url) as app:
         crowd(app, scheduled, finished)
-        docs = _documents(app, 1000)
-        started = time.perf_counter()
-        for doc in docs:
-            app.store.jobs.insert_one(doc)
-        raw = 1000 / (time.perf_counter() - started)
-        docs = _documents(app, 5000)
-        started = time.perf_counter()
-        for at in range(0, 5000, 1000):
-            app.store.jobs.insert_many(docs[at : at + 1000])
-        raw_many = 5000 / (time.perf_counter() - started)
-        started = time.perf_counter()
-        for n in range(1000):
-            Job.push(NoopJob(n=n))
-        one = 1000 / (time.perf_counter() - started)
-        jobs = [NoopJob(n=n) for n in range(5000)]
-        started = time.perf_counter()
-        for at in range(0, 5000, 1000):
-            Job.push_many(jobs[at : at + 1000])
-        many = 5000 / (time.perf_counter() - started)
+        raw = _insert_one_rate(app, 1000)
+        raw_many = _insert_many_rate(app, 5000)
+        one, many = _push_rate(1000), _push_many_rate(5000)
     return {"insert_one": raw, "insert_many": raw_many, "push": one, "push_many": many}
 
 
