@@ -253,3 +253,35 @@ def test_the_settings_refuse_a_bad_rate_naming_it(mongo_url: str, db_name: str) 
     raw = settings_dict(mongo_url, db_name, workers__limits={"RatedJob": {"rate_limit": "1/y"}})
     with pytest.raises(SettingsError, match=r"workers\.limits\.RatedJob\.rate_limit"):
         validate(raw)
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [{"global_concurrency": 2}, {"rate_limit": "5/s"}, {"concurrency": 1}, {}],
+    ids=["global_concurrency", "rate_limit", "concurrency", "no limit"],
+)
+def test_a_retry_of_a_limited_type_starts_when_its_wait_ends(
+    limit: dict[str, Any],
+    limited_settings: Callable[..., Path],
+    tmp_path: Path,
+    db: Any,
+    limited_app: App,
+) -> None:
+    # the default poll interval: the retry must not wait for the next poll or cron tick.
+    # Two jobs: the second retry comes due after the first, which the claimer must not lose
+    path = limited_settings(
+        workers__queue__poll_interval=1.0, workers__limits={"FlakyJob": limit}, workers__count=2
+    )
+    with HeadlessNode(path, tmp_path) as node:
+        ids = [
+            limited_app.push_named("FlakyJob", {}, retry={"retries": 2, "wait": 1})
+            for _ in range(2)
+        ]
+        wait_for(lambda: all_completed(db, ids), timeout=60, what="the flaky jobs")
+        assert node.stop() == 0
+    for job_id in ids:
+        runs = sorted(db.runs.find({"job_id": job_id}), key=lambda run: run["attempt"])
+        assert [run["attempt"] for run in runs] == [1, 2]
+        late = runs[1]["start"] - runs[0]["end"]
+        # its wait (1 s) plus a second: a poll or a cron tick is not what starts it
+        assert late < timedelta(seconds=2), f"{job_id}: the retry began {late} after the failure"

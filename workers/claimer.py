@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class _Watched:
     look_at: float = 0.0
     held_back: bool = False
     by_rate: bool = False  # held back until the window opens: a job's end does not help
+    ends: int = 0  # jobs of the type that ended here: one that ends during a claim counts
 
 
 class Claimer:
@@ -70,6 +72,7 @@ class Claimer:
         self._watched = {t: _Watched(limit) for t, limit in (limits or {}).items() if t in types}
         self._free_types = [t for t in types if t not in self._watched]
         self._held = held
+        self._ends_lock = threading.Lock()  # `ended` runs on the job threads
         self._recheck = recheck
         # shared scans where the server profile says they pay (profile.py); else the plain
         # claim: a scan of the claim index, a write by _id, a read-back
@@ -79,17 +82,21 @@ class Claimer:
     def shares_scans(self) -> bool:
         return self._spare is not None
 
-    def claim(self, limit: int, woken: list[Any] | None = None) -> list[Document]:
+    def claim(
+        self, limit: int, woken: list[Any] | None = None, *, after_wait: bool = False
+    ) -> list[Document]:
         """Up to `limit` jobs, now held under fresh tokens: the limited types' first, within
         their limits; then those of `woken` (ids the wake-up stream reported ready) that are
-        still ready, or else the queue's best. Raises WorkersError on failure (an
-        interrupted claim is then recovered, and what was taken handed over, next call)."""
+        still ready, or else the queue's best. `after_wait`: the claimer waited before this
+        claim (woken by the stream, a due time or a poke), so every limited type not held
+        back is looked at. Raises WorkersError on failure (an interrupted claim is then
+        recovered, and what was taken handed over, next call)."""
         docs, self._pending = self._pending, []
         if self._interrupted is not None:
             return docs + self._recover(self._interrupted)
         try:
             if self._watched:
-                docs += self._claim_limited(limit - len(docs), woken is not None)
+                docs += self._claim_limited(limit - len(docs), after_wait or woken is not None)
             rest = limit - len(docs)
             if rest > 0 and self._free_types:
                 docs += self._claim_free(rest, woken)
@@ -118,8 +125,12 @@ class Claimer:
 
     def _claim_limited(self, limit: int, woken: bool) -> list[Document]:
         """Each limited type whose turn it is, within its limits and `limit` in all. After a
-        wake by the stream every type not held back is looked at: the woken ids may be its."""
+        wait every type not held back is looked at: the woken ids may be its, and the due
+        time that ended the wait may be one of its jobs' (a retry's). Only a claimer kept
+        busy by other types looks at an idle limited type once per `recheck`."""
         docs: list[Document] = []
+        with self._ends_lock:  # an end after this read is seen by `_settle`
+            ends = {job_type: watched.ends for job_type, watched in self._watched.items()}
         held = self._held()
         now = time.monotonic()
         for job_type, watched in self._watched.items():
@@ -131,11 +142,10 @@ class Claimer:
             if local is not None:
                 room = min(room, local - held.get(job_type, 0))
                 if room < 1:  # looked at again when one of ours ends (`ended`), or soon
-                    watched.look_at, watched.held_back = now + self._recheck, True
-                    watched.by_rate = False
+                    self._settle(watched, Limited([], waiting=True), now, ends[job_type])
                     continue
             got = self._claim_type(job_type, watched.limit, room)
-            self._note(watched, got, now)
+            self._settle(watched, got, now, ends[job_type])
             docs += got.jobs
         return docs
 
@@ -146,6 +156,15 @@ class Claimer:
         rate = (limit.rate.count, limit.rate.seconds) if limit.rate else None
         ask = LimitedAsk(self._token(), job_type, self.lease, room, limit.global_concurrency, rate)
         return self.store.claim_limited(ask)
+
+    def _settle(self, watched: _Watched, got: Limited, now: float, ends: int) -> None:
+        """`_note`, unless a job of the type ended here since `held` was read (`ends` then):
+        its `ended` came too early to release a hold set only now, so the hold ends at once
+        (`next_look` is now: the claimer does not wait)."""
+        with self._ends_lock:
+            self._note(watched, got, now)
+            if watched.ends != ends and watched.held_back and not watched.by_rate:
+                watched.look_at = 0.0
 
     def _note(self, watched: _Watched, got: Limited, now: float) -> None:
         """When to look at the type again. Held back (due jobs left waiting by the limit, some
@@ -165,10 +184,14 @@ class Claimer:
         """A job of ours ended: its type, if limited, is looked at by the next claim. True
         when the claimer should be woken for it."""
         watched = self._watched.get(job_type)
-        if watched is None or not watched.held_back or watched.by_rate:
+        if watched is None:
             return False
-        watched.look_at, watched.held_back = 0.0, False
-        return True
+        with self._ends_lock:
+            watched.ends += 1
+            if not watched.held_back or watched.by_rate:
+                return False
+            watched.look_at, watched.held_back = 0.0, False
+            return True
 
     def next_look(self) -> datetime | None:
         """When a limited type held back by its limit is to be looked at again (the server's

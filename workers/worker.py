@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from workers import tracing
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 _BACKOFF_MAX = 10.0
+# how far the estimate of the database clock may be off the server's $$NOW in a claim
+_CLOCK_MARGIN = timedelta(seconds=0.05)
 _LINGER_MAX = 0.05  # at most this long for more threads to free up while jobs are waiting
 
 __all__ = ["EXIT_OK", "EXIT_RECYCLE", "Profile", "Worker", "new_owner_id"]
@@ -91,6 +93,7 @@ class Worker:
         self._linger = 0.0
         self._due: tuple[bool, datetime | None] = (False, None)  # the last next-due read
         self._due_opens = -1  # the stream's opens at that read
+        self._claimed_at: datetime | None = None  # when the last claim began (database clock)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -188,6 +191,7 @@ class Worker:
         backoff = Backoff(poll, _BACKOFF_MAX)
         more_waiting = False  # the last claim filled every idle thread: jobs are likely waiting
         woken: list[Any] | None = None  # jobs the stream reported ready: claimed by _id
+        waited = False  # the claim follows a wait: every limited type is looked at
         while not self._stopping.is_set():
             linger = self._linger if more_waiting else None
             free = self._pool.idle(self._stopping, self._poll, linger)
@@ -197,8 +201,9 @@ class Worker:
             if woken is None:
                 self._stage_if_due()
             began = time.monotonic()
+            self._claimed_at = self._clock()
             try:
-                docs = self._claimer.claim(free, woken)
+                docs = self._claimer.claim(free, woken, after_wait=waited)
             except WorkersError as exc:
                 level = logging.WARNING if isinstance(exc, DatabaseUnavailable) else logging.ERROR
                 backoff.wait_after(exc, "claim", "claim_failed", self._stopping, level)
@@ -209,11 +214,12 @@ class Worker:
             # a burst woke us with more ids than we tried, and others took those we tried:
             # the rest may still be ready, so look by a scan now rather than at the next wake
             lost_a_burst = woken is not None and len(woken) > free and len(docs) < free
-            more_waiting, woken = len(docs) >= free, None
+            more_waiting, woken, waited = len(docs) >= free, None, False
             if more_waiting:
                 self._wakeup.busy()
             elif not self._stopping.is_set() and not lost_a_burst:
                 woken = self._wakeup.wait(_soonest(self._next_due(), self._claimer.next_look()))
+                waited = True
 
     def _stage_if_due(self) -> None:
         """Before a scan: scheduled jobs that came due become ready, when the wait ended on a
@@ -221,6 +227,8 @@ class Worker:
         passed. Otherwise nothing is due, and the scan need not wait for a stage."""
         known, due = self._due
         if self._wakeup.due_reached or not known or self._passed(due):
+            if self._wakeup.due_reached:  # the stream keeps only the soonest due time: the
+                self._due = (False, None)  # next one (a second retry's) is read again
             self._wakeup.due_reached = False
             self._claimer.stage()
 
@@ -232,12 +240,32 @@ class Worker:
         job that becomes ready or scheduled later, with its `run_at`, which the wait keeps
         until it comes. One read less per claim per process."""
         known, due = self._due
+        if self._missed(due):
+            return due  # the wait ends at once, and a scan takes it
         opens = self._wakeup.opens
         reopened = opens != self._due_opens
         if not known or reopened or not self._wakeup.streaming or self._passed(due):
             self._due_opens = opens
             self._due = self._claimer.next_due()
         return self._due[1]
+
+    def _missed(self, due: datetime | None) -> bool:
+        """True when `due` passed after the last claim began (less the clock's margin of
+        error): that claim may have come a moment too early for the job, which a read of
+        the next due time would then skip as due already."""
+        began = self._claimed_at
+        return (
+            began is not None
+            and self._passed(due)
+            and due is not None
+            and began - _CLOCK_MARGIN < due
+        )
+
+    def _clock(self) -> datetime | None:
+        try:
+            return self.store.now()
+        except WorkersError:
+            return None
 
     def _passed(self, due: datetime | None) -> bool:
         try:

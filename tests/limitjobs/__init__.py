@@ -58,3 +58,12 @@ class SlowRatedJob(Recorded):
 
 class FreeJob(Recorded):
     """No limit: flows beside the limited types."""
+
+
+class FlakyJob(Recorded):
+    """Fails its first attempt, after its record; the tests give it a limit by settings."""
+
+    def handle_job(self) -> None:
+        super().handle_job()
+        if self.attempt is not None and self.attempt.number == 1:
+            raise RuntimeError("the first attempt fails")
