@@ -232,3 +232,35 @@ def test_the_installed_script_imports_the_jobs_package_beside_the_settings(
             what="HelloJob to run in the user's project",
         )
     assert done_doc["result"] == "hello from myjobs"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"jobs": ["tests.badjobs.no_job_classes"]},
+            "the jobs package tests.badjobs.no_job_classes defines no class whose name ends "
+            "in Job; found Helper, ReportTask (a workers.Job: rename it ReportJob)",
+        ),
+        (
+            {"workers__types__include": ["RecordJob"], "workers__types__exclude": ["RecordJob"]},
+            "workers.types leaves this node no job type to run",
+        ),
+    ],
+    ids=["no *Job class", "every type excluded"],
+)
+def test_a_node_with_no_type_to_run_exits_1_naming_why_without_restarting(
+    settings_file: Callable[..., Path],
+    tmp_path: Path,
+    db: Any,
+    overrides: dict[str, Any],
+    expected: str,
+) -> None:
+    path = settings_file(**overrides)
+    with HeadlessNode(path, tmp_path) as node:
+        assert node.process is not None
+        code = node.process.wait(timeout=60)
+        output = node.output()
+    assert code == 1, output[-2000:]
+    assert output.count(expected) == 1, output[-2000:]
+    assert "Traceback" not in output

@@ -189,14 +189,14 @@ def run_worker(settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         app = _boot_when_reachable(settings, stop_requested)
+        if app is None:
+            return 0
+        workers.append(Worker(app))
     except WorkersError as exc:  # bad settings, an index conflict: restarting cannot help
         if headless.report_boot_failure(f"a worker process could not boot: {exc}"):
             log.error("could not boot: %s", exc)
             return headless.EXIT_BOOT_FAILED
         raise
-    if app is None:
-        return 0
-    workers.append(Worker(app))
     code = 0 if stop_requested.is_set() else workers[0].run()
     app_module.shutdown()
     logging.shutdown()

@@ -27,6 +27,8 @@ from workers.settings import Settings
 class Registry:
     classes: Mapping[str, type[Job]] = field(default_factory=dict)
     schedules: list[Schedule] = field(default_factory=list)
+    # the other classes the packages define: named in the error when no job class is found
+    others: Mapping[str, type] = field(default_factory=dict)
 
     def get(self, job_type: str) -> type[Job] | None:
         return self.classes.get(job_type)
@@ -49,7 +51,11 @@ class Registry:
         chosen = [t for t in (self.types if include is None else sorted(set(include)))]
         chosen = [t for t in chosen if t not in exclude]
         if not chosen:
-            raise DiscoveryError("workers.types (--types) leaves this node no job type to run")
+            raise DiscoveryError(
+                f"workers.types leaves this node no job type to run (include: "
+                f"{', '.join(include) if include is not None else 'every type'}; exclude: "
+                f"{', '.join(exclude) or 'none'}; the job types are {', '.join(self.types)})"
+            )
         return chosen
 
     def limits(self, settings: Settings) -> dict[str, Limit]:
@@ -70,6 +76,8 @@ def discover_checked(settings: Settings) -> Registry:
     if settings.mode == "headless":
         require_jobs(settings)
     jobs = discover(settings.jobs)
+    if settings.mode == "headless" and not jobs.classes:
+        raise DiscoveryError(_no_job_classes(settings.jobs, jobs.others))
     if jobs.classes or settings.workers.types.include:  # web mode may have no job class
         jobs.select(settings.workers.types.include, settings.workers.types.exclude)
     jobs.limits(settings)
@@ -86,6 +94,22 @@ def require_jobs(settings: Settings) -> None:
         )
 
 
+def _no_job_classes(packages: Sequence[str], others: Mapping[str, type]) -> str:
+    """Why a headless node has nothing to run, with the classes it did find: a job class
+    named `...Task` is the usual slip."""
+    found = [
+        f"{name} (a workers.Job: rename it {name.removesuffix('Task')}Job)"
+        if issubclass(cls, Job)
+        else name
+        for name, cls in sorted(others.items())
+    ]
+    plural = "packages" if len(packages) > 1 else "package"
+    return (
+        f"the jobs {plural} {', '.join(packages)} defines no class whose name ends in Job; "
+        f"found {', '.join(found) or 'no class at all'}"
+    )
+
+
 def discover(packages: Sequence[str]) -> Registry:
     """Import every module of `packages` and register its module-level *Job classes.
 
@@ -93,7 +117,9 @@ def discover(packages: Sequence[str]) -> Registry:
     stops startup (CronError) in every mode.
     """
     found: dict[str, type[Job]] = {}
+    others: dict[str, type] = {}
     for module in _modules(packages):
+        others.update(_other_classes(module))
         for cls in _job_classes(module):
             other = found.get(cls.__name__)
             if other is not None and other is not cls:
@@ -102,7 +128,7 @@ def discover(packages: Sequence[str]) -> Registry:
                     f"{cls.__module__} (a job's type is its class name; rename one)"
                 )
             found[cls.__name__] = cls
-    return Registry(dict(found), schedules_for(list(found.values())))
+    return Registry(dict(found), schedules_for(list(found.values())), others)
 
 
 def _modules(packages: Sequence[str]) -> Iterator[ModuleType]:
@@ -137,11 +163,20 @@ def _where(exc: BaseException) -> str:
     return f" (in {ours[-1].filename}, line {ours[-1].lineno})" if ours else ""
 
 
-def _job_classes(module: ModuleType) -> Iterator[type[Job]]:
+def _own_classes(module: ModuleType) -> Iterator[tuple[str, type]]:
+    """The classes defined at the module's top level (not imported into it)."""
     for name, obj in vars(module).items():
-        if not (inspect.isclass(obj) and obj.__module__ == module.__name__):
-            continue
-        if obj.__qualname__ != name or not name.endswith("Job"):
+        if inspect.isclass(obj) and obj.__module__ == module.__name__ and obj.__qualname__ == name:
+            yield name, obj
+
+
+def _other_classes(module: ModuleType) -> Iterator[tuple[str, type]]:
+    return ((name, obj) for name, obj in _own_classes(module) if not name.endswith("Job"))
+
+
+def _job_classes(module: ModuleType) -> Iterator[type[Job]]:
+    for name, obj in _own_classes(module):
+        if not name.endswith("Job"):
             continue
         if not issubclass(obj, Job):
             raise DiscoveryError(
