@@ -20,8 +20,11 @@ USER 10001:10001
 WORKDIR /app
 # the example jobs (WORKERS_JOBS=app_jobs): the current folder is importable
 COPY app_jobs ./app_jobs
+# production: a container that misses its MongoDB URL stops, instead of running on an
+# embedded server of its own that no other container sees
 ENV PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    WORKERS_MONGO__EMBEDDED=never
 # the database answers and this container's worker process beats within a lease
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["workers", "health"]

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 import workers
-from workers import overrides
+from workers import embedded, overrides
 from workers.app import App
 from workers.settings import Settings, validate
 
@@ -115,6 +115,15 @@ def own_server() -> Iterator[str]:
         yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
     finally:
         stop_server(process)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_embedded_server_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A CLI command leaves the embedded server it started running for the next command:
+    the ones the tests' commands left in their folders are stopped at the end."""
+    yield
+    for state in tmp_path_factory.getbasetemp().glob("**/.workers/db/server.json"):
+        embedded.stop(state.parent)
 
 
 @pytest.fixture(scope="session")

@@ -42,9 +42,9 @@ def read_json(path: Path) -> Any:
 
 
 def status(cwd: Path) -> dict[str, int]:
-    done = run_workers("status", cwd=cwd)
+    done = run_workers("status", "--json", cwd=cwd)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[0])  # type: ignore[no-any-return]
+    return json.loads(done.stdout)["jobs"]  # type: ignore[no-any-return]
 
 
 def test_web_and_headless_processes_of_one_folder_share_one_embedded_server(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_web_and_headless_processes_of_one_folder_share_one_embedded_server(tmp_
         )
         pushed = run_command([sys.executable, "-c", PUSH], cwd=tmp_path)
         assert pushed.returncode == 0, pushed.stderr
-        assert "embedded SecantusDB" not in pushed.stderr  # only the process that starts it says so
+        assert "started the embedded server" not in pushed.stderr  # only its starter says so
         with pymongo.MongoClient(
             f"mongodb://127.0.0.1:{state['port']}/?directConnection=true"
         ) as raw:
@@ -78,12 +78,29 @@ def test_web_and_headless_processes_of_one_folder_share_one_embedded_server(tmp_
             )
         assert alive(state["pid"])  # the web process left; the headless node still uses it
         assert node.stop() == 0
-        assert "started the embedded SecantusDB server" in node.output()
+        assert "started the embedded server on 127.0.0.1:" in node.output()
     assert "pid" not in read_json(state_file)  # the last user stopped it (the port is kept)
     assert not alive(state["pid"])
     # the data folder survives: a new server on the same folder still has the job
     assert status(tmp_path) == {"completed": 1}
     assert (tmp_path / ".workers" / "db" / "data").is_dir()
+
+
+def test_a_command_leaves_the_server_it_started_for_the_next_one(tmp_path: Path) -> None:
+    folder = tmp_path / ".workers" / "db"
+    first = run_workers("status", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "it stays up for the next command: `workers db stop` stops it" in first.stderr
+    started = embedded.status(folder)
+    assert started is not None and alive(started["pid"])
+    try:
+        again = run_workers("jobs", "ls", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "started the embedded server" not in again.stderr  # the same server, reused
+        assert embedded.status(folder) == started
+    finally:
+        assert run_workers("db", "stop", cwd=tmp_path).stdout.strip() == "stopped"
+    assert not alive(started["pid"])
 
 
 def test_db_stop_stops_a_server_left_running(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def test_well_while_the_worker_beats_and_not_once_it_stops_beating(
         timeout=60,
         what="the worker's first beat",
     )
-    assert well.stdout.startswith("well: the database answers; 1 worker process(es) on ")
+    assert well.stdout.startswith("healthy: the database answers; 1 worker process(es) on ")
     worker.send_signal(signal.SIGSTOP)  # alive, but it beats no more: its jobs are stuck
     stale = wait_for(
         lambda: (done := health(path, tmp_path)).returncode == 1 and done,

@@ -3,6 +3,7 @@ of other types wait for a node that runs them, and a name no class has stops sta
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,10 @@ def test_a_pool_runs_its_types_and_the_others_wait_for_their_own_node(
         assert statuses(db, "SleepJob") == ["ready"] * 4  # waiting, not failed or taken
         status = run_workers("status", "--settings", str(path), cwd=tmp_path).stdout
         assert "runs RecordJob, last beat" in status
+        # the type no live node runs is named, not left to wait in silence
+        assert "no live worker process runs SleepJob: its 4 job(s) to run wait for one" in status
+        report = run_workers("status", "--json", "--settings", str(path), cwd=tmp_path).stdout
+        assert json.loads(report)["without_node"] == {"SleepJob": 4}
         # a second node for the other type, given by the environment
         env = workers_env(WORKERS_WORKERS__TYPES__INCLUDE="SleepJob")
         worker = subprocess.Popen(

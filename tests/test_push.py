@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -122,10 +124,18 @@ def test_params_that_are_not_bson_are_refused_naming_the_key_and_write_nothing(a
         Job.push(RecordJob(tags={"a", "b"}))
     with pytest.raises(PushError, match=r"items\.1: .*store the object's fields as a dict"):
         Job.push(RecordJob(items=[1, object()]))
-    with pytest.raises(PushError, match=r"ok\.1 \(keys must be strings"):
+    with pytest.raises(PushError, match=r"ok\.1 \(keys must be UTF-8 strings"):
         Job.push(RecordJob({"ok": {1: "x"}}))
-    with pytest.raises(PushError, match=r"ok\.'a\\x00b' \(keys must be strings without NUL"):
+    with pytest.raises(PushError, match=r"ok\.'a\\x00b' \(keys must be UTF-8 strings without NUL"):
         Job.push(RecordJob({"ok": {"a\x00b": "x"}}))
+    with pytest.raises(PushError, match=r"price: .*; store a Decimal as a string"):
+        Job.push(RecordJob(price=decimal.Decimal("1.50")))
+    with pytest.raises(PushError, match=r"ids\.0: .*; store a UUID as a string"):
+        Job.push(RecordJob(ids=[uuid.uuid4()]))
+    with pytest.raises(PushError, match=r"name: .*surrogates not allowed"):
+        Job.push(RecordJob(name="\ud800"))
+    with pytest.raises(PushError, match=r"'\\ud800' \(keys must be UTF-8 strings"):
+        Job.push(RecordJob({"\ud800": 1}))
     assert app.store.count_by_status() == {}
 
 

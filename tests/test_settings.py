@@ -146,6 +146,44 @@ def test_an_unset_url_and_no_mongo_url_means_the_embedded_default(
     assert settings.mongo_url() is None
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("mongo://app:s3cret@db.example/", "it begins with 'mongo://'"),
+        ("mongodb:///app", "names no host"),
+        ("mongodb://app:s3cret@db.example:port/", "Port contains non-digit characters"),
+    ],
+)
+def test_a_malformed_mongo_url_is_one_line_naming_it_without_the_password(
+    tmp_path: Path, url: str, said: str
+) -> None:
+    done = run_command(workers_command("status"), cwd=tmp_path, env=workers_env(MONGO_URL=url))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("workers: error:") and "MONGO_URL" in error and said in error, error
+    assert "s3cret" not in done.stderr
+    assert not (tmp_path / ".workers").exists()  # no embedded server instead
+
+
+def test_a_malformed_url_in_the_file_names_the_key_and_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, {"mongo": {"url": "localhost:27017"}})
+    settings = settings_module.load(str(path))
+    with pytest.raises(SettingsError, match=rf"mongo.url \(in {path}\) is not a MongoDB URL"):
+        settings.mongo_url()
+
+
+def test_embedded_never_refuses_to_start_without_a_url(tmp_path: Path) -> None:
+    env = workers_env(WORKERS_MONGO__EMBEDDED="never")
+    done = run_command(workers_command("status"), cwd=tmp_path, env=env)
+    assert done.returncode == 1
+    assert (
+        'no MongoDB URL: set MONGO_URL (or mongo.url) to your server; mongo.embedded is "never"'
+        in done.stderr
+    )
+    assert not (tmp_path / ".workers").exists()
+
+
 def test_the_cli_refuses_a_bad_file_in_one_line_and_starts_nothing(tmp_path: Path) -> None:
     path = write(tmp_path, {"workers": {"count": 0}})
     done = run_workers("--headless", "--settings", str(path), cwd=tmp_path)

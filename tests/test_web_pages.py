@@ -69,6 +69,39 @@ def test_every_page_renders_what_the_queue_holds(browser: TestClient, web_app: A
     assert "EverySecondJob" in cron and "Leader: <code>node-1</code>" in cron
 
 
+def test_a_type_no_live_node_runs_is_named_on_the_overview_the_job_page_and_metrics(
+    browser: TestClient, web_app: App
+) -> None:
+    job_id = str(web_app.push_named("SleepJob", {"seconds": 0}))
+    # a live node that runs another type only
+    web_app.store.beat("node-1", {"host": "web-1", "pid": 42, "threads": 4, "running": [],
+                                  "version": "0.1.0", "state": "running",
+                                  "types": ["RecordJob"], "pool": True})  # fmt: skip
+
+    overview = browser.get("/").text
+    job = browser.get(f"/jobs/{job_id}").text
+    metrics = browser.get("/metrics").text
+    assert 'id="unrun"' in overview and ">SleepJob</a> (1 to run)" in overview
+    assert "No live worker process runs SleepJob" in job
+    assert 'workers_jobs_without_node{type="SleepJob"} 1.0' in metrics
+    assert browser.get("/api/stats").json()["unrun"] == {"SleepJob": 1}
+
+    # once a live node runs it, nothing is said
+    web_app.store.beat("node-2", {"host": "web-2", "pid": 43, "threads": 4, "running": [],
+                                  "version": "0.1.0", "state": "running",
+                                  "types": ["SleepJob"], "pool": True})  # fmt: skip
+    assert 'id="unrun"' not in browser.get("/").text
+    assert 'id="unrun"' not in browser.get(f"/jobs/{job_id}").text
+    assert "workers_jobs_without_node{" not in browser.get("/metrics").text
+
+
+def test_the_overview_says_what_its_chart_and_its_counts_count(browser: TestClient) -> None:
+    overview = browser.get("/").text
+    assert "<h2>Attempts in the last hour</h2>" in overview
+    assert "an attempt that failed and will retry counts as failed" in overview
+    assert "Jobs by status as counted 0 s ago" in overview
+
+
 def test_params_logs_and_errors_are_escaped(browser: TestClient, web_app: App) -> None:
     evil = "<script>alert(1)</script>"
     job_id = str(web_app.push_named("RecordJob", {"name": evil}))

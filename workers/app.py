@@ -49,6 +49,7 @@ class App:
         self.store = store
         self.registry = jobs
         self.server = server
+        self.one_shot = False  # a CLI command's: the embedded server is left running after
         self.closed = False
         self.tally = Tally()  # this app's attempts, for /metrics; its workers' heartbeat writes it
         self.completions = Completions(store)  # its job threads' completions, written together
@@ -172,7 +173,10 @@ class App:
         listening.close(self.store)
         self.store.close()
         if self.server is not None:
-            self.server.release()
+            if self.one_shot:
+                self.server.leave()
+            else:
+                self.server.release()
             self.server = None
 
 
@@ -194,8 +198,10 @@ def boot(
     *,
     mode: str | None = None,
     settings: Settings | None = None,
+    one_shot: bool = False,
 ) -> App:
-    """Load settings, discover job classes, connect and ensure indexes. Starts no workers."""
+    """Load settings, discover job classes, connect and ensure indexes. Starts no workers.
+    `one_shot`: a CLI command, which leaves an embedded server it starts running."""
     global _current
     with _lock:
         if _current is not None:
@@ -203,9 +209,10 @@ def boot(
             _current = None
     settings = settings or settings_module.load(settings_path, mode=mode)
     jobs = registry.discover_checked(settings)
-    store, server = connect(settings)
+    store, server = connect(settings, one_shot=one_shot)
     try:
         store.check_server()
+        log.log(logging.DEBUG if one_shot else logging.INFO, "using MongoDB at %s", store.where())
         store.ensure_indexes(
             create=settings.mongo.create_indexes, time_limit=settings.mongo.index_build_timeout
         )
@@ -215,19 +222,23 @@ def boot(
             server.release()
         raise
     app = App(settings, store, jobs, server)
+    app.one_shot = one_shot
     with _lock:
         _current = app
     return app
 
 
 def connect(
-    settings: Settings, *, app_name: str = "workers"
+    settings: Settings, *, app_name: str = "workers", one_shot: bool = False
 ) -> tuple[Store, embedded.EmbeddedServer | None]:
-    """A store on the configured server, or on the embedded one (started if needed)."""
+    """A store on the configured server, or on the embedded one (started if needed; left
+    running after a `one_shot` command, for the next one to reuse)."""
     url = settings.mongo_url()
     server = None
     if url is None:
-        server = embedded.acquire(settings.embedded_dir(), one_cpu=settings.mongo.embedded_one_cpu)
+        server = embedded.acquire(
+            settings.embedded_dir(), one_cpu=settings.mongo.embedded_one_cpu, stays=one_shot
+        )
         atexit.register(server.release)
         url = server.url
     mongo = settings.mongo
@@ -246,8 +257,8 @@ def connect(
 
 @contextlib.contextmanager
 def connected(settings: Settings) -> Iterator[Store]:
-    """A store for one command (status, cron): closed, and the embedded server released, after."""
-    store, server = connect(settings)
+    """A store for one command (status, cron): closed after, the embedded server left running."""
+    store, server = connect(settings, one_shot=True)
     try:
         store.check_server()
         store.use_indexes()
@@ -255,7 +266,7 @@ def connected(settings: Settings) -> Iterator[Store]:
     finally:
         store.close()
         if server is not None:
-            server.release()
+            server.leave()
 
 
 def current() -> App:

@@ -11,13 +11,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from workers import app as app_module
 from workers import commands as commands_module
-from workers import embedded, headless, registry
+from workers import embedded, headless, health, registry
 from workers import settings as settings_module
 from workers.cron import iso
 from workers.errors import DatabaseUnavailable, WorkersError
@@ -79,7 +80,11 @@ def parser(prog: str = "workers") -> argparse.ArgumentParser:
     add = functools.partial(commands.add_parser, parents=[common])
     worker = add("worker", help="run one worker process (supervisord's, or a container's command)")
     worker.add_argument("--types", **{**TYPES_FLAG, "default": argparse.SUPPRESS})
-    add("status", help="count the jobs by status and list the live worker processes")
+    status = add(
+        "status",
+        help="count the jobs by status, list the worker processes and the types none runs",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON document instead of prose")
     health = add(
         "health",
         help="exit 0 if the database answers and this host's worker processes beat in time",
@@ -266,19 +271,45 @@ def _health(settings: Settings, seconds: float) -> int:
     return 0 if health.well else 1
 
 
-def _status(settings: Settings) -> int:
+def _status(settings: Settings, as_json: bool) -> int:
     with app_module.connected(settings) as store:
-        print(json.dumps(store.count_by_status(), sort_keys=True))
+        by_type: dict[str, dict[str, int]] = {}
+        for (status, job_type), n in store.count_by_status_and_type().items():
+            by_type.setdefault(job_type, {})[status] = n
         now, lease = store.now(), settings.workers.queue.lease
-        for node in store.list_nodes():
-            silent = (now - node["last_beat"]).total_seconds()
-            state = f"silent for {silent:.0f} s" if silent > lease else node.get("state")
-            busy = f"{len(node.get('running', []))}/{node.get('threads')}"
-            print(
-                f"node {node['_id']} ({state}): {busy} threads busy, "
-                f"runs {runs(node)}, last beat {iso(node['last_beat'])}"
-            )
+        nodes = [_node_state(node, now, lease) for node in store.list_nodes()]
+        unrun = health.without_node(by_type, store.live_types(lease))
+    totals: dict[str, int] = {}
+    for row in by_type.values():
+        for status, n in row.items():
+            totals[status] = totals.get(status, 0) + n
+    if as_json:
+        report = {"jobs": dict(sorted(totals.items())), "nodes": nodes, "without_node": unrun}
+        print(json.dumps(report, default=str, sort_keys=True))
+        return 0
+    shown = ", ".join(f"{n} {status}" for status, n in sorted(totals.items()))
+    print(f"jobs: {shown or 'none'}")
+    for job_type, n in unrun.items():
+        print(f"no live worker process runs {job_type}: its {n} job(s) to run wait for one")
+    for node in nodes:
+        print(
+            f"node {node['id']} ({node['state']}): {node['busy']} threads busy, "
+            f"runs {node['runs']}, last beat {node['last_beat']}"
+        )
+    if not nodes:
+        print("no worker process has beaten: none is running (start one: workers --headless)")
     return 0
+
+
+def _node_state(node: dict[str, Any], now: datetime, lease: float) -> dict[str, Any]:
+    silent = (now - node["last_beat"]).total_seconds()
+    return {
+        "id": node["_id"],
+        "state": f"silent for {silent:.0f} s" if silent > lease else node.get("state"),
+        "busy": f"{len(node.get('running', []))}/{node.get('threads')}",
+        "runs": runs(node),
+        "last_beat": iso(node["last_beat"]),
+    }
 
 
 def runs(node: dict[str, Any]) -> str:
@@ -342,7 +373,7 @@ def _db(settings: Settings, action: str) -> int:
 # the commands that connect, by name: each takes the parsed arguments and the settings
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "db": lambda a, s: _indexes(s, a.create) if a.action == "indexes" else _db(s, a.action),
-    "status": lambda a, s: _status(s),
+    "status": lambda a, s: _status(s, a.json),
     "health": lambda a, s: _health(s, a.timeout),
     "cron": lambda a, s: _cron(s),
     "jobs": commands_module.run,

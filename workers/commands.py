@@ -89,7 +89,7 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    app = app_module.boot(settings=settings)
+    app = app_module.boot(settings=settings, one_shot=True)
     try:
         if args.command == "push":
             return _push(app, args)

@@ -69,10 +69,21 @@ class EmbeddedServer:
             self._users = None
             return last
 
+    def leave(self) -> None:
+        """Stop using the server and leave it running, for the next command of this folder
+        to reuse (a one-shot command: `workers db stop`, or the last process of a `make
+        run` to leave, stops it)."""
+        if self._users is not None and os.getpid() == self._owner_pid:
+            self._users.close()
+            self._users = None
 
-def acquire(folder: Path, *, announce: bool = True, one_cpu: bool = True) -> EmbeddedServer:
+
+def acquire(
+    folder: Path, *, announce: bool = True, one_cpu: bool = True, stays: bool = False
+) -> EmbeddedServer:
     """Reuse the folder's running server or start one (kept on one CPU, see `keep_on_one_cpu`,
-    unless `one_cpu` is off), and register this process as a user."""
+    unless `one_cpu` is off), and register this process as a user. `stays`: the caller is
+    a one-shot command that will `leave` it running, and says so when it starts it."""
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / "start.lock"):
         state = _running_state(folder)
@@ -91,16 +102,39 @@ def acquire(folder: Path, *, announce: bool = True, one_cpu: bool = True) -> Emb
         _users=users,
         _owner_pid=os.getpid(),
     )
-    message = (
-        f"workers: started the embedded SecantusDB server at {server.url} (pid {server.pid}, "
-        f"data in {folder / 'data'}, log in {folder / 'server.log'}; it listens on 127.0.0.1 "
-        "only and has no authentication); set MONGO_URL to use your own MongoDB"
-    )
     if announce and started:
-        print(message, file=sys.stderr)
-    else:
-        log.debug("using the embedded server at %s (pid %d)", server.url, server.pid)
+        print(_started_line(server, stays), file=sys.stderr)
+    log.debug(
+        "using the embedded server at %s (pid %d, data in %s, log in %s; it listens on "
+        "127.0.0.1 only and has no authentication)",
+        server.url,
+        server.pid,
+        folder / "data",
+        folder / "server.log",
+    )
     return server
+
+
+def _started_line(server: EmbeddedServer, stays: bool) -> str:
+    address = server.url.removeprefix("mongodb://").split("/")[0]
+    where = _shown(server.folder)
+    if stays:
+        return (
+            f"workers: started the embedded server on {address} (data in {where}); it stays "
+            "up for the next command: `workers db stop` stops it"
+        )
+    return (
+        f"workers: started the embedded server on {address} (data in {where}); "
+        "set MONGO_URL to use your own MongoDB"
+    )
+
+
+def _shown(folder: Path) -> str:
+    """The folder relative to the current one where it lies below it: a short line."""
+    try:
+        return str(folder.relative_to(Path.cwd()))
+    except ValueError:
+        return str(folder)
 
 
 def url_of(port: int) -> str:

@@ -52,6 +52,10 @@ def render_config(settings: Settings, run_dir: Path, *, python: str = sys.execut
         "[supervisord]",
         "nodaemon=true",
         *([f"user={_escape(getpass.getuser())}"] if os.geteuid() == 0 else []),
+        # its own lines at warn and above: an unexpected exit, a restart given up; the
+        # workers log their own start and stop (as root, `user=` keeps a CRIT away, and
+        # would log "Set uid to user 0 succeeded" at info)
+        "loglevel=warn",
         f"logfile={_escape(str(run_dir / 'supervisord.log'))}",
         "logfile_maxbytes=10MB",
         "logfile_backups=2",

@@ -17,8 +17,19 @@ from typing import Any
 
 from workers import embedded, processes
 from workers.errors import DatabaseUnavailable, WorkersError
+from workers.record import READY, SCHEDULED, WAITING
 from workers.settings import Settings
 from workers.store import Store
+
+# the statuses of a job that still needs a worker process of its type
+TO_RUN = (READY, SCHEDULED, WAITING)
+
+
+def without_node(by_type: dict[str, dict[str, int]], live: set[str]) -> dict[str, int]:
+    """The types with jobs still to run (`by_type`: status -> count per type) that no live
+    worker process runs (`live`: `Store.live_types`), and how many such jobs each has."""
+    pending = {t: sum(row.get(s, 0) for s in TO_RUN) for t, row in sorted(by_type.items())}
+    return {t: n for t, n in pending.items() if n and t not in live}
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ def _beats(store: Store, lease: float) -> Health:
         )
     return Health(
         True,
-        f"well: the database answers; {len(running)} worker process(es) on {host}, "
+        f"healthy: the database answers; {len(running)} worker process(es) on {host}, "
         f"the oldest beat {max(ages.values()):.1f} s ago",
     )
 

@@ -46,6 +46,10 @@ class MongoSettings(_Section):
     prefix: str = Field("workers", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     timeout: float = Field(10.0, gt=0)
     pool_size: int = Field(8, ge=1)
+    # auto: no URL (mongo.url, MONGO_URL) starts the embedded server, for development;
+    # never: no URL is an error at boot (production: a process that missed MONGO_URL must
+    # not run on a private database of its own)
+    embedded: Literal["auto", "never"] = "auto"
     embedded_path: str = ".workers/db"
     # keep the embedded server on one CPU (see embedded.keep_on_one_cpu): faster on this server
     embedded_one_cpu: bool = True
@@ -214,11 +218,46 @@ class Settings(_Section):
         return Path(self.source).parent if self.source else Path.cwd()
 
     def mongo_url(self) -> str | None:
-        """The configured server (mongo.url, else $MONGO_URL), or None for the embedded default."""
-        return self.mongo.url or os.environ.get("MONGO_URL") or None
+        """The configured server (mongo.url, else $MONGO_URL), or None for the embedded default.
+
+        SettingsError: a URL that is not a MongoDB URL, or none where `mongo.embedded` is
+        "never"; the message names where the URL came from and never shows a password."""
+        url, where = self.mongo.url, f"mongo.url (in {self.source or 'the settings'})"
+        if not url:
+            url, where = os.environ.get("MONGO_URL"), "MONGO_URL"
+        if url:
+            check_mongo_url(url, where)
+            return url
+        if self.mongo.embedded == "never":
+            raise SettingsError(
+                "no MongoDB URL: set MONGO_URL (or mongo.url) to your server; mongo.embedded "
+                'is "never", so no embedded server is started (set it to "auto" for development)'
+            )
+        return None
 
     def embedded_dir(self) -> Path:
         return (self.base_dir / self.mongo.embedded_path).resolve()
+
+
+_SCHEMES = ("mongodb://", "mongodb+srv://")
+
+
+def check_mongo_url(url: str, where: str) -> None:
+    """The shape of a MongoDB URL, checked before a driver sees it (its errors name no
+    setting): the scheme and a host. The driver checks the rest when it connects."""
+    if not url.startswith(_SCHEMES):
+        scheme = url.split("://", 1)[0] + "://" if "://" in url else url[:12]
+        raise SettingsError(
+            f"{where} is not a MongoDB URL: it must begin with mongodb:// or mongodb+srv://, "
+            f"and it begins with {scheme!r}"
+        )
+    rest = url.split("://", 1)[1]
+    hosts = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if not hosts.strip(","):
+        raise SettingsError(
+            f"{where} names no host: write it as mongodb://host:27017/ "
+            "(or mongodb://user:password@host1,host2/?replicaSet=rs0)"
+        )
 
 
 def settings_path(explicit: str | None = None) -> tuple[Path, bool]:

@@ -9,10 +9,13 @@ with a skewed clock neither delays nor hurries jobs.
 from __future__ import annotations
 
 import contextlib
+import decimal
 import functools
 import itertools
 import threading
 import time
+import urllib.parse
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -23,9 +26,15 @@ from bson import ObjectId
 from pymongo import ReadPreference
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import ConfigurationError, ConnectionFailure, PyMongoError
 
-from workers.errors import DatabaseUnavailable, ServerTooOld, StoreError, WorkersError
+from workers.errors import (
+    DatabaseUnavailable,
+    ServerTooOld,
+    SettingsError,
+    StoreError,
+    WorkersError,
+)
 from workers.record import (
     DATA_LIMIT,
     HORIZON,
@@ -77,11 +86,16 @@ def new_id() -> str:
     return str(ObjectId())
 
 
+# what bson.encode raises for a value it cannot store (ValueError: a UUID with no
+# representation, a string with a lone surrogate)
+ENCODING_ERRORS = (bson.errors.InvalidDocument, OverflowError, TypeError, ValueError)
+
+
 def bson_problem(value: dict[str, Any]) -> str | None:
     """Why `value` cannot be stored as a BSON document, naming the key path; None if it can."""
     try:
         bson.encode(value)
-    except (bson.errors.InvalidDocument, OverflowError, TypeError) as exc:
+    except ENCODING_ERRORS as exc:
         path = _first_bad_path(value)
         return f"{path or 'value'}: {exc}{_hint(_at(value, path))}"
     return None
@@ -105,6 +119,10 @@ def _hint(bad: Any) -> str:
         return "; use a datetime, or an ISO-8601 string, instead of a date"
     if isinstance(bad, int):
         return "; MongoDB integers are 64-bit: store a larger number as a string"
+    if isinstance(bad, decimal.Decimal):
+        return "; store a Decimal as a string (str(value)), or as bson.Decimal128(value)"
+    if isinstance(bad, uuid.UUID):
+        return "; store a UUID as a string (str(value))"
     if bad is not None and not isinstance(bad, (str, bytes, float, bool, dict, list, tuple)):
         return f"; store the {type(bad).__name__}'s fields as a dict, or its id"
     return ""
@@ -113,8 +131,8 @@ def _hint(bad: Any) -> str:
 def _first_bad_path(value: Any, path: str = "") -> str | None:
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str) or "\x00" in key:
-                return f"{path}{key!r} (keys must be strings without NUL)"
+            if _bad_key(key):
+                return f"{path}{key!r} (keys must be UTF-8 strings without NUL)"
             found = _first_bad_path(item, f"{path}{key}.")
             if found:
                 return found
@@ -127,9 +145,19 @@ def _first_bad_path(value: Any, path: str = "") -> str | None:
         return None
     try:
         bson.encode({"v": value})
-    except (bson.errors.InvalidDocument, OverflowError, TypeError):
+    except ENCODING_ERRORS:
         return path.rstrip(".") or None
     return None
+
+
+def _bad_key(key: Any) -> bool:
+    if not isinstance(key, str) or "\x00" in key:
+        return True
+    try:
+        key.encode("utf-8")  # a lone surrogate ("\ud800") is not UTF-8
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 # -- pipeline expressions, robust to whatever a damaged document holds ----------------
@@ -237,18 +265,23 @@ class Connection:
         bounded: dict[str, Any] = {}
         if operation_timeout:  # CSOT: pool wait, server selection and retries included
             bounded["timeoutMS"] = int(operation_timeout * 1000)
-        self._client: pymongo.MongoClient[Document] = pymongo.MongoClient(
-            url,
-            tz_aware=True,
-            appname=app_name,
-            maxPoolSize=pool_size,
-            serverSelectionTimeoutMS=ms,
-            connectTimeoutMS=ms,
-            socketTimeoutMS=ms * 3,
-            retryWrites=True,
-            **WRITE_CONCERNS[_provisional(write_concern)],
-            **bounded,
-        )
+        try:  # a bad port, option or escape in the URL (InvalidURI is a ConfigurationError)
+            self._client: pymongo.MongoClient[Document] = pymongo.MongoClient(
+                url,
+                tz_aware=True,
+                appname=app_name,
+                maxPoolSize=pool_size,
+                serverSelectionTimeoutMS=ms,
+                connectTimeoutMS=ms,
+                socketTimeoutMS=ms * 3,
+                retryWrites=True,
+                **WRITE_CONCERNS[_provisional(write_concern)],
+                **bounded,
+            )
+        except (ConfigurationError, ValueError) as exc:
+            raise SettingsError(
+                f"the MongoDB URL (mongo.url or MONGO_URL) is not valid: {exc}"
+            ) from None
         self._prefix, self._app_name = prefix, app_name
         self._pool_size, self._write_concern = pool_size, write_concern
         self._app_client: pymongo.MongoClient[Document] | None = None
@@ -262,6 +295,7 @@ class Connection:
         #: our index name -> the name of the index serving it (an equivalent a DBA made)
         self.index_names: dict[str, str] = {}
         self._info: Document | None = None
+        self.replica_set: str | None = None  # the server's, read by check_server
         self._offset: timedelta | None = None
         self._synced_at = 0.0
         self._clock_lock = threading.Lock()
@@ -301,10 +335,23 @@ class Connection:
         """At boot: refuse a server too old for the queries (`check_version`), and settle a
         write concern of "auto" by what `hello` says. Returns the write concern in force."""
         self.check_version()
+        hello = self._client.admin.command("hello")
+        self.replica_set = hello.get("setName")
         if self._write_concern == "auto":
-            self._write_concern = auto_write_concern(self._client.admin.command("hello"))
+            self._write_concern = auto_write_concern(hello)
             self._bind(self.db.name)
         return self._write_concern
+
+    def where(self) -> str:
+        """Which server and database this store uses, for the boot log: the hosts of the
+        URL, the replica set (after `check_server`), the database and the user, never the
+        password."""
+        netloc = self.url.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+        user, _, hosts = netloc.rpartition("@")
+        name = urllib.parse.unquote(user.split(":", 1)[0]) if user else "none"
+        replica = f", replica set {self.replica_set}" if self.replica_set else ""
+        version = self._build_info().get("version", "?")
+        return f"{hosts}{replica} (version {version}), database {self.db.name}, user {name}"
 
     @translated
     def has_transactions(self) -> bool:

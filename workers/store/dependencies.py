@@ -22,7 +22,6 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-import bson
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError
 
 from workers.errors import PushError
@@ -39,7 +38,14 @@ from workers.record import (
     clone_document,
     due_status,
 )
-from workers.store.base import Document, appended, new_id, ready_or_scheduled, translated
+from workers.store.base import (
+    ENCODING_ERRORS,
+    Document,
+    appended,
+    new_id,
+    ready_or_scheduled,
+    translated,
+)
 from workers.store.claims import ClaimQueries
 from workers.store.indexes import IndexSpec
 
@@ -143,7 +149,7 @@ class DependencyQueries(ClaimQueries):
         left to the caller, whose key it is)."""
         try:
             self.jobs.insert_one(document)
-        except (bson.errors.InvalidDocument, OverflowError) as exc:  # encoding: nothing was sent
+        except ENCODING_ERRORS as exc:  # encoding: nothing was sent
             raise PushError(f"the job document cannot be encoded as BSON: {exc}") from exc
         except DocumentTooLarge as exc:
             raise PushError(f"the job document is too large for MongoDB: {exc}") from exc

@@ -181,6 +181,9 @@ class IndexQueries(Connection):
                 )
             elif state.state == "missing":
                 self._build(state.spec, time_limit)
+        if missing:
+            names = ", ".join(state.spec.name for state in missing)
+            _log.info("built %d missing index(es): %s", len(missing), names)
         if create:
             self._drop_retired()
         self._name_serving(states)
@@ -197,7 +200,7 @@ class IndexQueries(Connection):
         """createIndexes under a time limit: on a replica set the build waits for every voting
         member (the default commit quorum), and a member that is down holds it."""
         collection = getattr(self, spec.collection)
-        _log.info(
+        _log.debug(
             "building index %s on %s (a replica set waits for its voting members)%s",
             spec.name,
             collection.full_name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from workers.store.base import Connection, Document, translated
@@ -41,3 +42,11 @@ class NodeQueries(Connection):
     def nodes_on_host(self, host: str) -> list[Document]:
         """The worker processes a host runs (or ran: a crashed one's record stays a day)."""
         return list(self.nodes.find({"host": host}))
+
+    @translated
+    def live_types(self, lease: float) -> set[str]:
+        """The job types some worker process runs that beat within `lease` seconds (the
+        server's clock): a type outside it has no live node, and its jobs wait in silence.
+        The nodes are few (one document per process): no index needed."""
+        since = self.now() - timedelta(seconds=lease)
+        return {str(t) for t in self.nodes.distinct("types", {"last_beat": {"$gte": since}})}

@@ -250,8 +250,14 @@ class Stats(BaseModel):
     counted_seconds_ago: float = Field(
         0.0, description="how long ago the counts were taken (a snapshot every process shares)"
     )
+    unrun: dict[str, int] = Field(
+        default_factory=dict,
+        description="the types with jobs still to run that no live worker process runs, "
+        "and how many such jobs each has",
+    )
     throughput: list[dict[str, Any]] = Field(
-        description="completed and failed per minute, last hour"
+        description="attempts completed and failed per minute, last hour (an attempt that "
+        "will retry counts as failed)"
     )
     limits: list[dict[str, Any]] = Field(
         default_factory=list,

@@ -10,6 +10,8 @@
 - `workers_node_heartbeat_age_seconds{node,host}`, `workers_oldest_ready_job_age_seconds`,
   `workers_cron_lag_seconds{schedule}` (how long the latest due tick has waited to be fired)
   and `workers_cron_leader` (1 while a live leader holds the lease).
+- `workers_jobs_without_node{type}`: jobs still to run of a type that no live worker
+  process runs (they wait in silence until a node that runs the type starts).
 - `workers_limit{type,limit}`, `workers_limit_in_use{type,limit}` and
   `workers_limit_waiting_jobs{type}`: each limited type's caps, their use now, and its
   due jobs held back by a full cap (views.limits).
@@ -59,6 +61,14 @@ class QueueCollector(Collector):
             "How long the oldest due ready job has waited",
             value=oldest or 0,
         )
+        unrun = GaugeMetricFamily(
+            "workers_jobs_without_node",
+            "Jobs still to run (ready, scheduled, waiting) of a type no live worker process runs",
+            labels=["type"],
+        )
+        for job_type, n in counts["unrun"].items():
+            unrun.add_metric([job_type], n)
+        yield unrun
         yield GaugeMetricFamily(
             "workers_jobs_counted_age_seconds",
             "How long ago workers_jobs was counted (a snapshot shared by every process)",

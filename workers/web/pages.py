@@ -164,6 +164,7 @@ def job(request: Request, job_id: str, app: App_, who: Reader) -> Response:
         who,
         page="jobs",
         job=detail,
+        unrun=not views.runs_type(app, detail),
         related=views.related(app, doc),
         message=request.query_params.get("message"),
     )

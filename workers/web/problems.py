@@ -21,7 +21,24 @@ from workers.errors import (
 )
 
 PROBLEM_TYPE = "application/problem+json"
-_BASE = "https://workers.dev/problems/"  # stable identifiers; not fetched by anything
+# Problem types are identifiers, not addresses (RFC 9457 allows a URI that is not
+# fetched): a URN under the distribution's name, and each is listed with its meaning on
+# the HTTP API page of the docs (tests/test_docs.py keeps the two in step).
+_BASE = "urn:mongo-workers:problem:"
+TYPES = {
+    "unauthorized": "no valid credentials: send an API token (Bearer) or log in",
+    "forbidden": "the credentials do not allow this action on these jobs",
+    "csrf-check-failed": "a form or script changed state without its page's CSRF token",
+    "not-found": "no job (or route) has that id",
+    "method-not-allowed": "the route does not take that HTTP method",
+    "transition-refused": "the job is not in a status the action takes (`allowed` says which)",
+    "invalid-job": "the job cannot be pushed as given (an unknown type, bad params or options)",
+    "invalid-request": "the body or the query does not fit the route (`errors` names the field)",
+    "content-too-large": "the request body is over web.max_body bytes",
+    "database-unavailable": "MongoDB did not answer in time: try again",
+    "request-failed": "the queue refused the request (the detail says why)",
+    "error": "any other HTTP error",
+}
 
 
 class ProblemModel(BaseModel):
@@ -43,6 +60,7 @@ class Problem(Exception):
 
     def body(self) -> dict[str, Any]:
         slug = self.title.lower().replace(" ", "-")
+        slug = slug if slug in TYPES else "error"
         return {
             "type": _BASE + slug,
             "title": self.title,

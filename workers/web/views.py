@@ -14,6 +14,7 @@ from typing import Any
 
 from workers.app import App
 from workers.errors import WorkersError
+from workers.health import TO_RUN, without_node
 from workers.record import FOLLOWUPS, READY, STATUSES
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,22 @@ def counts(app: App, by_pair: dict[tuple[str, str], int], age: float = 0.0) -> d
         "oldest_ready_seconds": wait,
         "oldest_ready_type": oldest and oldest.get("type"),
         "counted_seconds_ago": round(age, 1),
+        "unrun": unrun(app, by_type),
     }
+
+
+def unrun(app: App, by_type: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The types with jobs still to run that no live worker process runs (health.py)."""
+    if not any(row.get(s) for row in by_type.values() for s in TO_RUN):
+        return {}
+    return without_node(by_type, app.store.live_types(app.settings.workers.queue.lease))
+
+
+def runs_type(app: App, job: dict[str, Any]) -> bool:
+    """Whether a live worker process runs this job's type (True for a finished job)."""
+    if job.get("status") not in TO_RUN:
+        return True
+    return str(job.get("type")) in app.store.live_types(app.settings.workers.queue.lease)
 
 
 def limits(app: App) -> list[dict[str, Any]]:
