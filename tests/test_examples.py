@@ -3,10 +3,12 @@ node beside it: a job pushed through the app's route runs, and the route reads i
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -42,12 +44,24 @@ def call(url: str, method: str = "GET") -> Any:
         return None
 
 
+def status_of(url: str, headers: dict[str, str] | None = None) -> int:
+    """The HTTP status of a GET (an error status too, not an exception)."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 @pytest.mark.parametrize("example", ["fastapi_app", "flask_app", "django_app"])
 def test_a_job_pushed_through_the_app_runs_and_its_result_comes_back(
     example: str, tmp_path: Path, mongo_url: str, db_name: str, db: Any
 ) -> None:
     folder = shutil.copytree(EXAMPLES / example, tmp_path / example)
-    env = workers_env(WORKERS_MONGO__URL=mongo_url, WORKERS_MONGO__DATABASE=db_name)
+    env = workers_env(
+        WORKERS_MONGO__URL=mongo_url, WORKERS_MONGO__DATABASE=db_name, DASHBOARD_PASSWORD="s3cret"
+    )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     web = subprocess.Popen(serve_command(example, port), cwd=folder, env=env,
@@ -62,7 +76,13 @@ def test_a_job_pushed_through_the_app_runs_and_its_result_comes_back(
             done = wait_for(lambda: _completed(call(url)), timeout=60, what="the report")
             if example == "fastapi_app":
                 waited = call(f"{base}/reports/{pushed['id']}/wait")
-                dashboard = urllib.request.urlopen(f"{base}/workers/", timeout=10)
+                unknown = [status_of(f"{base}/reports/{'0' * 24}{end}") for end in ("", "/wait")]
+                login = "Basic " + base64.b64encode(b"admin:s3cret").decode()
+                dashboard = status_of(f"{base}/workers/", {"Authorization": login})
+                # a client on this machine gets in with the password only
+                refused = status_of(f"{base}/workers/api/stats")
+                wrong = "Basic " + base64.b64encode(b"admin:guess").decode()
+                refused_wrong = status_of(f"{base}/workers/api/stats", {"Authorization": wrong})
             assert node.stop() == 0, node.output()
     finally:
         web.terminate()
@@ -71,7 +91,8 @@ def test_a_job_pushed_through_the_app_runs_and_its_result_comes_back(
     assert db["workers.jobs"].count_documents({"type": "ReportJob", "status": "completed"}) == 1
     if example == "fastapi_app":
         assert waited == {"result": done["result"]}
-        assert dashboard.status == 200 and b"Overview" in dashboard.read()
+        assert unknown == [404, 404]  # an unknown id is not a 500
+        assert dashboard == 200 and refused == refused_wrong == 401
     if example == "django_app":
         assert done["result"]["debug"] is True  # the job ran with Django set up
 

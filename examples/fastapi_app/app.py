@@ -3,15 +3,18 @@
 Run it from this folder: `uvicorn app:app` (web mode) and `workers --headless`.
 """
 
+import hmac
+import os
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.security import HTTPBasic
 from reports import ReportJob
 
 import workers
 import workers.web
-from workers import Job
+from workers import Job, JobNotFound
 
 workers.boot()  # settings.json from here: connect, check the indexes, find the jobs
 
@@ -33,19 +36,33 @@ def start_report(project: str) -> dict[str, str]:
 @app.get("/reports/{job_id}")
 def report(job_id: str) -> dict[str, Any]:
     job = Job.get(job_id)
-    return {"status": job.status, "result": job.result} if job else {"status": "unknown"}
+    if job is None:
+        raise HTTPException(404, f"no report has the id {job_id}")
+    return {"status": job.status, "result": job.result}
 
 
 @app.get("/reports/{job_id}/wait")
 async def wait_for_report(job_id: str) -> dict[str, Any]:
     """Waits without a thread: one change stream per process wakes every waiter."""
-    return {"result": await workers.Pushed(job_id).result_async(timeout=30)}
+    try:
+        return {"result": await workers.Pushed(job_id).result_async(timeout=30)}
+    except JobNotFound:
+        raise HTTPException(404, f"no report has the id {job_id}") from None
 
 
-def demo_login(request: Request) -> tuple[str, str] | None:
-    """Your app's own login goes here; in this demo a client on this machine is admin."""
-    client = request.client
-    return ("local", "admin") if client and client.host == "127.0.0.1" else None
+_basic = HTTPBasic(auto_error=False)
 
 
-app.mount("/workers", workers.web.app(auth=demo_login))
+async def dashboard_login(request: Request) -> tuple[str, str] | None:
+    """Your app's own login goes here. This one asks for HTTP Basic credentials: the user
+    `admin` and the password in DASHBOARD_PASSWORD (no password set: nobody gets in)."""
+    password = os.environ.get("DASHBOARD_PASSWORD", "")
+    given = await _basic(request)
+    if not password or given is None or given.username != "admin":
+        return None
+    if not hmac.compare_digest(given.password.encode(), password.encode()):
+        return None
+    return ("admin", "admin")
+
+
+app.mount("/workers", workers.web.app(auth=dashboard_login))
