@@ -2,11 +2,15 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+SUM := $(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+# what `make run` needs (the service on the embedded default, the dashboard), and everything
+# the tests, the docs and the bench need on top: a first `make run` installs only the first
+RUN_STAMP := $(VENV)/.installed-run-$(SUM)
+STAMP := $(VENV)/.installed-all-$(SUM)
 
-.PHONY: run test lint setup browser screenshots clean stop-db bench docs
+.PHONY: run test lint setup browser screenshots clean stop-db bench docs release-check
 
-$(STAMP):
+$(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  echo "python3 -m venv failed: installing Debian's python3-venv"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv; \
@@ -15,15 +19,21 @@ $(STAMP):
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# the distribution was called workers before it became mongo-workers: the old one goes
 	@$(BIN)/python -m pip uninstall -q -y workers 2>/dev/null || true
+
+$(RUN_STAMP): | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e '.[embedded,web]'
+	@rm -f $(VENV)/.installed-run-* && touch $@
+
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install -q -e '.[embedded,web,otel,test,bench,docs]'
-	@rm -f $(VENV)/.installed-* && touch $@
+	@rm -f $(VENV)/.installed-all-* && touch $@
 
 setup: $(STAMP)
 
 # The example app on the embedded default: push a few jobs (web mode), serve the dashboard
 # at http://127.0.0.1:8181/ and run the jobs (headless mode: 2 processes x 10 threads under
 # supervisord). Ctrl-C stops both.
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python -m app_jobs
 	@$(BIN)/python -m app_jobs web & web=$$!; trap 'kill $$web 2>/dev/null; wait $$web' EXIT; \
 	  $(BIN)/python -m app_jobs --headless
@@ -64,8 +74,13 @@ bench: $(STAMP)
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server; fi; }
 	$(BIN)/python -m bench --peers $(ARGS)
 
-stop-db: $(STAMP)
+stop-db: $(RUN_STAMP)
 	$(BIN)/workers db stop
 
 clean:
 	rm -rf $(VENV) .workers site *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# The release one command away (nothing is published): build the wheel and sdist, twine
+# check them, install the wheel with each extra into a clean venv and run one job inline.
+release-check: $(STAMP)
+	$(BIN)/python release/check.py
