@@ -47,8 +47,10 @@ lint: $(STAMP)
 test: lint browser
 	$(BIN)/pytest
 
-# The docs site into site/ (git-ignored), strict: a broken link or reference fails the build.
+# The docs site into site/ (git-ignored), strict: a broken link or reference fails the build;
+# the references are written into their pages first (python -m docgen).
 docs: $(STAMP)
+	$(BIN)/python -m docgen
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The dashboard's browser tests drive Debian's chromium through chromedriver (browsers cannot

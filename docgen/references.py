@@ -21,7 +21,7 @@ _EXAMPLE = ROOT / "settings.example.json"
 
 def _cell(text: str) -> str:
     """Text for a table cell: its bars escaped."""
-    return text.replace("|", "\\|")
+    return text.replace("|", "\\|").replace("<", "&lt;")
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -165,17 +165,112 @@ def cli_reference() -> str:
 
 
 def http_reference() -> str:
-    """Every route of the HTTP API from its OpenAPI document: method, path, summary."""
+    """Every route of the HTTP API from its OpenAPI document: what it does, its parameters,
+    its request and response bodies with an example, and its errors."""
     from fastapi.openapi.utils import get_openapi
 
+    from workers.web.problems import TYPES
     from workers.web.server import create_app
 
     web = create_app(settings=Settings())  # the routes only: no app booted, no type listed
     document = get_openapi(title=web.title, version=web.version, routes=web.routes)
+    schemas = document["components"]["schemas"]
+    parts = [_route_index(document)]
+    for path, operations in sorted(document["paths"].items()):
+        for method, operation in operations.items():
+            parts.append(_route(method, path, operation, schemas))
+    parts.append(_problem_types(TYPES))
+    return "\n\n".join(parts)
+
+
+def _route_index(document: dict[str, Any]) -> str:
     rows = ["| method | path | what it does |", "|---|---|---|"]
     for path, operations in sorted(document["paths"].items()):
         for method, operation in operations.items():
-            text = operation.get("description") or operation.get("summary") or ""
-            summary = _cell(text.split("\n")[0])
-            rows.append(f"| `{method.upper()}` | `{path}` | {summary} |")
+            rows.append(f"| `{method.upper()}` | `{path}` | {_cell(operation['summary'])} |")
+    return "\n".join(rows)
+
+
+def _route(method: str, path: str, operation: dict[str, Any], schemas: dict[str, Any]) -> str:
+    lines = [f"### `{method.upper()} {path}`", "", operation["summary"]]
+    if operation.get("description"):
+        lines += ["", operation["description"].strip()]
+    parameters = operation.get("parameters") or []
+    if parameters:
+        lines += ["", "| parameter | in | type | what it is |", "|---|---|---|---|"]
+        for one in parameters:
+            kind = _schema_type(one.get("schema", {}), schemas)
+            what = one.get("description") or one.get("schema", {}).get("description") or ""
+            lines.append(f"| `{one['name']}` | {one['in']} | {kind} | {_cell(what)} |")
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+    if body:
+        lines += ["", "**Request body**", "", *_fields(body["schema"], schemas)]
+        lines += _example(body["schema"], schemas, "request")
+    for status, answer in sorted(operation.get("responses", {}).items()):
+        if status.startswith("2"):
+            schema = answer.get("content", {}).get("application/json", {}).get("schema", {})
+            lines += ["", f"**Response {status}**: {answer.get('description', '')}", ""]
+            lines += _fields(schema, schemas)
+            lines += _example(schema, schemas, "response")
+    errors = [(s, a) for s, a in sorted(operation.get("responses", {}).items()) if s[0] in "45"]
+    if errors:
+        lines += ["", "**Errors** (problem details, `application/problem+json`)", ""]
+        lines += [f"- `{status}`: {answer.get('description', '')}" for status, answer in errors]
+    return "\n".join(lines)
+
+
+def _resolve(schema: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
+    if "anyOf" in schema:  # an optional body: the schema that is not null
+        options = [s for s in schema["anyOf"] if s.get("type") != "null"]
+        if len(options) == 1:
+            return _resolve(options[0], schemas)
+    return schema
+
+
+def _schema_type(schema: dict[str, Any], schemas: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
+    if "anyOf" in schema:
+        return " or ".join(_schema_type(s, schemas) for s in schema["anyOf"])
+    if schema.get("type") == "array":
+        return f"list of {_schema_type(schema.get('items', {}), schemas)}"
+    if "enum" in schema:
+        return "one of " + ", ".join(f"`{value}`" for value in schema["enum"])
+    return str(schema.get("type", "any"))
+
+
+def _fields(schema: dict[str, Any], schemas: dict[str, Any]) -> list[str]:
+    resolved = _resolve(schema, schemas)
+    if resolved.get("type") == "array":
+        item = _schema_type(resolved.get("items", {}), schemas)
+        return [f"A JSON list of {item}."]
+    properties = resolved.get("properties")
+    if not properties:
+        return ["A JSON object."]
+    required = set(resolved.get("required", []))
+    rows = ["| field | type | required | what it is |", "|---|---|---|---|"]
+    for name, field in properties.items():
+        kind = _cell(_schema_type(field, schemas))
+        what = _cell(field.get("description", ""))
+        rows.append(f"| `{name}` | {kind} | {'yes' if name in required else 'no'} | {what} |")
+    return rows
+
+
+def _example(schema: dict[str, Any], schemas: dict[str, Any], what: str) -> list[str]:
+    examples = _resolve(schema, schemas).get("examples")
+    if not examples:
+        return []
+    return ["", f"Example {what}:", "", "```json", json.dumps(examples[0], indent=2), "```"]
+
+
+def _problem_types(types: dict[str, str]) -> str:
+    rows = ["### Problem types", "",
+            "Every error is a problem details document (RFC 9457) whose `type` is one of these "
+            "identifiers (not addresses: nothing is fetched from them):", "",
+            "| type | what it means |", "|---|---|"]  # fmt: skip
+    rows += [
+        f"| `urn:mongo-workers:problem:{slug}` | {_cell(text)} |" for slug, text in types.items()
+    ]
     return "\n".join(rows)

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mkdocs.exceptions import PluginError
 
+from docgen import hooks, pages, voice
 from docgen.references import commands, setting_keys
 from tests.conftest import ROOT
 
@@ -42,6 +44,7 @@ def test_every_settings_key_is_on_the_settings_page(site: Path) -> None:
     missing = [key for key, _ in setting_keys() if f"<code>{key}</code>" not in text]
     assert not missing, missing
     assert "WORKERS_WORKERS__QUEUE__LEASE" in text
+    assert "collections are <prefix>.jobs" in text  # shown, not swallowed as a tag
 
 
 def test_every_command_and_option_is_on_the_command_line_page(site: Path) -> None:
@@ -68,3 +71,28 @@ def test_the_readme_is_a_landing_page_that_links_into_the_docs() -> None:
     assert readme.startswith("# workers\n\n```sh\nmake run")
     for link in ("docs/getting-started.md", "docs/settings.md", "docs/cli.md"):
         assert f"({link})" in readme and (ROOT / link).exists(), link
+
+
+def test_the_generated_references_in_the_pages_are_current() -> None:
+    # the pages read whole in the repository: `python -m docgen` (make docs) rewrites them
+    assert pages.stale() == []
+    text = (ROOT / "docs" / "settings.md").read_text()
+    assert "collections are &lt;prefix>.jobs" in text  # not an HTML tag that hides it
+
+
+def test_the_docs_build_refuses_an_issue_number_or_a_first_person_note() -> None:
+    bad = "# A page\n\nAs issue 22 asked, I measured it twice.\n\nFine: `my_var`, (#1 in code)\n"
+    assert voice.problems(bad) == ["line 3: As issue 22 asked, I measured it twice."]
+    assert voice.problems("We speak to users.\n```\nI = 1  # my code\n```\n") == []
+
+    class Page:
+        class file:
+            src_path = "bad.md"
+
+    with pytest.raises(PluginError, match=r"bad.md speaks of our issues .*line 3"):
+        hooks.on_page_markdown(bad, page=Page)
+
+
+def test_every_page_of_the_docs_speaks_to_users() -> None:
+    for path in [*sorted((ROOT / "docs").glob("*.md")), ROOT / "CHANGELOG.md"]:
+        assert voice.problems(path.read_text()) == [], path

@@ -42,8 +42,24 @@ class _Strict(BaseModel):
 
 
 class PushRequest(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "LoadRetentionJob",
+                    "params": {"project_id": "p1"},
+                    "priority": "high",
+                    "delay": 60,
+                    "unique": "retention:p1",
+                }
+            ]
+        }
+    )
+
     type: str = Field(min_length=1, description="a registered job class name")
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the job's params, a JSON object stored as BSON"
+    )
     delay: float | None = Field(
         None, ge=0, le=MAX_DELAY, allow_inf_nan=False, description="seconds from now"
     )
@@ -51,15 +67,23 @@ class PushRequest(_Strict):
     priority: int | str | None = Field(
         None, description="an int or low/normal/medium/high/critical"
     )
-    retries: int | None = Field(None, ge=0)
-    timeout: float | None = Field(None, gt=0)
+    retries: int | None = Field(None, ge=0, description="retries after a failed attempt")
+    timeout: float | None = Field(None, gt=0, description="seconds an attempt may run")
     depends: list[str] | None = Field(
         None, description="ids of jobs to wait for (a creator's own jobs only)"
     )
-    unique: str | None = Field(None, min_length=1)
+    unique: str | None = Field(
+        None, min_length=1, description="a key: a push with a key already held returns that job"
+    )
 
 
 class Pushed(BaseModel):
+    """The pushed job's id; `existing`: its unique key was held, and this is that job."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": "6b16b79df59465c1914904f5", "existing": False}]}
+    )
+
     id: str
     existing: bool
 
@@ -101,7 +125,15 @@ class ActionOptions(_Strict):
 
 
 class BulkRequest(ActionOptions):
-    ids: list[str] = Field(min_length=1, max_length=MAX_IDS)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"ids": ["6b16b79df59465c1914904f5", "6b16b79df59465c1914904f6"], "retries": 3}
+            ]
+        }
+    )
+
+    ids: list[str] = Field(min_length=1, max_length=MAX_IDS, description="the jobs to act on")
 
 
 class ActionDone(BaseModel):
@@ -134,7 +166,13 @@ _OPTIONS = {
 App_ = Annotated[App, Depends(booted)]
 
 
-@router.post("/jobs", status_code=201, response_model=Pushed, responses=_WRITE)
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=Pushed,
+    responses=_WRITE,
+    summary="Push a job of a registered type.",
+)
 def push_job(body: PushRequest, app: App_, who: Annotated[Principal, Depends(pusher)]) -> Pushed:
     """Push a job of a registered type; the caller is recorded as its owner."""
     if body.type not in app.registry:
@@ -151,7 +189,7 @@ def push_job(body: PushRequest, app: App_, who: Annotated[Principal, Depends(pus
     return Pushed(id=str(pushed), existing=pushed.existing)
 
 
-@router.get("/jobs", response_model=JobPage, responses=_READ)
+@router.get("/jobs", response_model=JobPage, responses=_READ, summary="List jobs, newest first.")
 def find_jobs(
     app: App_,
     _: Annotated[Principal, Depends(reader)],
@@ -178,16 +216,25 @@ JobId = Annotated[str, Path(min_length=1, max_length=200)]
 
 
 @router.get(
-    "/jobs/{job_id}", response_model=JobDetail, responses=responses(401, 403, 404, 422, 503)
+    "/jobs/{job_id}",
+    response_model=JobDetail,
+    responses=responses(401, 403, 404, 422, 503),
+    summary="Read one job: its params, log, result, error and timeline.",
 )
 def get_job(job_id: JobId, app: App_, _: Annotated[Principal, Depends(reader)]) -> JobDetail:
+    """The whole job, with the jobs it depends on and the jobs waiting for it."""
     doc = app.store.get_job(job_id)
     if doc is None:
         raise not_found(f"no job has the id {job_id}")
     return JobDetail(**views.job_detail(doc), **views.related(app, doc))
 
 
-@router.post("/jobs/{job_id}/{action}", response_model=ActionDone, responses=_WRITE)
+@router.post(
+    "/jobs/{job_id}/{action}",
+    response_model=ActionDone,
+    responses=_WRITE,
+    summary="Act on one job: cancel, pause, resume, restart, rerun, remove and more.",
+)
 def act_on_job(
     job_id: JobId,
     action: Action,
@@ -210,7 +257,12 @@ def act_on_job(
     )
 
 
-@router.post("/actions/{action}", response_model=BulkDone, responses=_WRITE)
+@router.post(
+    "/actions/{action}",
+    response_model=BulkDone,
+    responses=_WRITE,
+    summary="Act on many jobs at once, by their ids.",
+)
 def act_on_jobs(
     action: Action, body: BulkRequest, app: App_, who: Annotated[Principal, Depends(actor)]
 ) -> BulkDone:
@@ -265,20 +317,41 @@ class Stats(BaseModel):
     )
 
 
-@router.get("/stats", response_model=Stats, responses=_READ, tags=["queue"])
+@router.get(
+    "/stats",
+    response_model=Stats,
+    responses=_READ,
+    tags=["queue"],
+    summary="Count the jobs by status and type, with the last hour's attempts.",
+)
 def stats(
     app: App_,
     _: Annotated[Principal, Depends(reader)],
     counts: Annotated[dict[str, Any], Depends(cached_counts)],
 ) -> Stats:
+    """The counts are a snapshot every web process shares (`counted_seconds_ago`)."""
     return Stats(**counts, throughput=views.throughput(app), limits=views.limits(app))
 
 
-@router.get("/nodes", response_model=list[dict[str, Any]], responses=_READ, tags=["queue"])
+@router.get(
+    "/nodes",
+    response_model=list[dict[str, Any]],
+    responses=_READ,
+    tags=["queue"],
+    summary="List the worker processes, with what each runs and when it last beat.",
+)
 def nodes(app: App_, _: Annotated[Principal, Depends(reader)]) -> list[dict[str, Any]]:
+    """A process silent for longer than a lease is marked `silent`."""
     return views.nodes(app)
 
 
-@router.get("/cron", response_model=dict[str, Any], responses=_READ, tags=["queue"])
+@router.get(
+    "/cron",
+    response_model=dict[str, Any],
+    responses=_READ,
+    tags=["queue"],
+    summary="List the cron schedules, their next and last ticks, and the leader.",
+)
 def cron(app: App_, _: Annotated[Principal, Depends(reader)]) -> dict[str, Any]:
+    """A schedule's lag is how long its oldest tick not fired yet has been due."""
     return views.cron(app)
