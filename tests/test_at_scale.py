@@ -70,6 +70,7 @@ def _last_ts(client: Any) -> Any:
     return last["ts"] if last else bson.Timestamp(0, 0)
 
 
+@pytest.mark.slow
 def test_what_a_million_jobs_cost(app: App, client: Any, db: Any, db_name: str) -> None:
     jobs = db[app.store.jobs.name]
     since = _last_ts(client)

@@ -128,6 +128,7 @@ def test_unknown_types_are_left_for_a_node_that_knows_them(app: App) -> None:
     assert account_for(app, doc) == "not claimable: left untouched"
 
 
+@pytest.mark.slow
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_documents_never_escape_the_attempt(app: App, data: st.DataObject) -> None:

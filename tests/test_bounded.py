@@ -8,6 +8,7 @@ import datetime as dt
 from typing import Any
 
 import bson
+import pytest
 
 from tests.conftest import wait_for
 from tests.jobs import LogManyJob, RaiseHugeJob, RecordJob
@@ -19,6 +20,7 @@ from workers.record import LOG_KEPT, LOG_LIMIT, TEXT_LIMIT, TRACEBACK_LIMIT
 MAX_BSON = 16 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_the_log_keeps_its_newest_entries_and_clips_long_messages(app: App) -> None:
     job_id = Job.push(LogManyJob(count=LOG_LIMIT + 40, size=20_000))
     with running(app):
@@ -33,6 +35,7 @@ def test_the_log_keeps_its_newest_entries_and_clips_long_messages(app: App) -> N
     assert doc["log"][0]["message"].endswith("characters cut]")
 
 
+@pytest.mark.slow
 def test_a_log_write_past_the_limit_is_one_small_oplog_entry_and_change_event(
     app: App, client: Any, db: Any
 ) -> None:

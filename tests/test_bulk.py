@@ -51,6 +51,7 @@ def many(listener: Commands, app: App) -> Iterator[tuple[list[str], Callable[[],
 BATCHES = -(-COUNT // BATCH)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action", ["pause_many", "cancel_many", "remove_many", "restart_many"])
 def test_an_action_on_a_thousand_ids_takes_a_few_round_trips(
     app: App, many: tuple[list[str], Callable[[], list[str]]], action: str
@@ -69,6 +70,7 @@ def test_an_action_on_a_thousand_ids_takes_a_few_round_trips(
     assert len(names) <= 8 * BATCHES, names
 
 
+@pytest.mark.slow
 def test_rerun_of_a_thousand_takes_a_read_and_an_insert_per_batch(
     app: App, many: tuple[list[str], Callable[[], list[str]]]
 ) -> None:

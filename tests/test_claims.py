@@ -26,6 +26,7 @@ from workers.store.shared_scans import TURN_MAX, Spare, list_key
 CLAIM_CALLS = ("find", "update_many", "find_one_and_update", "update_one")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("round_trip", [1, 2, 3])
 def test_a_claim_that_loses_any_reply_still_runs_every_job_it_took(
     app: App, db: Any, round_trip: int
@@ -73,6 +74,7 @@ def test_an_interrupted_claim_is_recovered_by_its_token(app: App) -> None:
     assert {doc["lease_owner"] for doc in recovered} == {"node-a#1"}
 
 
+@pytest.mark.slow
 def test_a_stale_attempt_cannot_write_over_the_attempt_that_replaced_it(app: App, db: Any) -> None:
     # Given a job running as attempt 1 in this process
     job_id = Job.push(SlowEchoJob(seconds=3))
@@ -180,6 +182,8 @@ print(json.dumps(taken))
 """
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_four_racing_processes_never_claim_the_same_job(
     app: App, mongo_url: str, db_name: str
 ) -> None:
@@ -238,6 +242,7 @@ def test_a_quarantine_that_finds_the_job_no_longer_ready_leaves_its_unique_key(a
     assert Job.push(RecordJob(n=2), unique="retention:42") == bad  # the holder, as ever
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", [MONGODB, SECANTUS], ids=["mongodb", "secantusdb"])
 def test_each_server_profile_drains_by_its_own_claim_path(
     app: App, db: Any, profile: ServerProfile

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import run_workers, workers_command, workers_env
 
 
@@ -31,6 +33,8 @@ def pushed(settings: Path, *args: str) -> str:
     return str(json.loads(done.stdout)["id"])
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_push_then_list_and_show_the_job(settings_file: Callable[..., Path], db: Any) -> None:
     settings = settings_file()
     job_id = pushed(
@@ -53,6 +57,8 @@ def test_push_then_list_and_show_the_job(settings_file: Callable[..., Path], db:
     assert shown.returncode == 0 and "RecordJob" in shown.stdout and '"echo": "cli"' in shown.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_an_action_by_id_and_a_refusal_with_its_reason(
     settings_file: Callable[..., Path], db: Any
 ) -> None:
@@ -69,6 +75,8 @@ def test_an_action_by_id_and_a_refusal_with_its_reason(
     assert db["workers.jobs"].find_one({"_id": job_id})["status"] == "cancelled"
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_a_bulk_action_by_filter_asks_first_unless_yes(
     settings_file: Callable[..., Path], db: Any
 ) -> None:
@@ -84,6 +92,8 @@ def test_a_bulk_action_by_filter_asks_first_unless_yes(
     assert len(json.loads(done.stdout)["changed"]) == 3
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_bad_input_is_refused_with_the_reason(settings_file: Callable[..., Path], db: Any) -> None:
     settings = settings_file()
     for args, said in (

@@ -34,7 +34,7 @@ class Writes(StartedListener):
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name == "update" and event.command.get("update") == self.collection:
-            self.updates.append(event.command)
+            self.updates.append(dict(event.command))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_a_job_the_server_refuses_to_complete_does_not_take_the_others_with_it(a
     # Given three held jobs, the second a document so near the size limit that a 50 KB
     # result (small enough to share the request) cannot be stored in it
     ids = claimed(app, "node#1", 3)
-    size = len(bson.encode(app.store.get_job(ids[1])))
+    size = len(bson.encode(app.store.get_job(ids[1]) or {}))
     padding = "p" * (MAX_BSON - size - 20_000)
     app.store.jobs.update_one({"_id": ids[1]}, {"$set": {"padding": padding}})
     # When all three are completed together

@@ -61,6 +61,7 @@ def test_a_bad_schedule_stops_startup_naming_the_class(package: str, message: st
         discover([f"tests.badjobs.{package}"])
 
 
+@pytest.mark.processes
 def test_the_cli_refuses_to_start_with_a_bad_schedule(tmp_path: Path) -> None:
     settings = tmp_path / "settings.json"
     settings.write_text('{"jobs": ["tests.badjobs.cron_timezone"]}')
@@ -211,6 +212,8 @@ def ticks_fired(app_db: Any) -> int:
     return int(app_db["workers.jobs"].count_documents({"type": "EverySecondJob"}))
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_three_nodes_fire_every_tick_exactly_once_through_kill_9_and_sigterm(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -268,6 +271,7 @@ def test_three_nodes_fire_every_tick_exactly_once_through_kill_9_and_sigterm(
     assert 'action="cron_fired"' in output and "node=" in output
 
 
+@pytest.mark.processes
 def test_the_cron_command_lists_schedules_next_ticks_and_the_leader(
     settings_file: Callable[..., Path], tmp_path: Path, cron_app: App
 ) -> None:
@@ -281,6 +285,7 @@ def test_the_cron_command_lists_schedules_next_ticks_and_the_leader(
     assert sum(x.startswith("ReportJob  '0 9 * * *'") for x in lines) == 2
 
 
+@pytest.mark.processes
 def test_the_cron_command_says_when_there_are_no_schedules(
     settings_file: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -355,8 +360,9 @@ def test_no_node_leads_cron_without_the_unique_tick_index(
 # -- daylight saving time -------------------------------------------------------------
 
 
-def paris(*fields: int) -> dt.datetime:
-    return dt.datetime(*fields, tzinfo=ZoneInfo("Europe/Paris")).astimezone(dt.UTC)
+def paris(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> dt.datetime:
+    paris_time = dt.datetime(year, month, day, hour, minute, tzinfo=ZoneInfo("Europe/Paris"))
+    return paris_time.astimezone(dt.UTC)
 
 
 def test_a_fixed_local_time_fires_once_on_the_autumn_change_day() -> None:

@@ -200,6 +200,7 @@ workers.Job.get(sys.argv[2]).cancel()
 """
 
 
+@pytest.mark.processes
 def test_a_cancel_cascade_cut_short_between_levels_is_finished_by_the_sweep(
     app: App, mongo_url: str, db_name: str, tmp_path: Path
 ) -> None:

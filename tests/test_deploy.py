@@ -25,6 +25,8 @@ from workers import settings as settings_module
 from workers.app import App
 from workers.headless import stop_wait
 
+pytestmark = pytest.mark.tooling
+
 DEPLOY = ROOT / "deploy" / "kubernetes"
 BIN = Path(sys.executable).parent
 
@@ -62,6 +64,7 @@ def configured_settings() -> dict[str, Any]:
 # --- the image -----------------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
     done = subprocess.run(
         [str(BIN / "hadolint"), "Dockerfile"], cwd=ROOT, capture_output=True, text=True
@@ -85,6 +88,7 @@ def test_the_image_is_multi_stage_slim_non_root_and_checks_its_health() -> None:
 # --- the Kubernetes manifests --------------------------------------------------------
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("path", [p for p in manifests() if core(p)], ids=lambda p: p.name)
 def test_each_core_manifest_passes_kubernetes_validate_strict(path: Path) -> None:
     done = subprocess.run(

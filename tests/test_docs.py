@@ -18,6 +18,8 @@ from docgen import hooks, pages, voice
 from docgen.references import commands, setting_keys
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.tooling
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -39,6 +41,7 @@ def page(site: Path, name: str) -> str:
     return html.unescape((site / name / "index.html").read_text())
 
 
+@pytest.mark.processes
 def test_every_settings_key_is_on_the_settings_page(site: Path) -> None:
     text = page(site, "settings")
     missing = [key for key, _ in setting_keys() if f"<code>{key}</code>" not in text]
@@ -47,6 +50,7 @@ def test_every_settings_key_is_on_the_settings_page(site: Path) -> None:
     assert "collections are <prefix>.jobs" in text  # shown, not swallowed as a tag
 
 
+@pytest.mark.processes
 def test_every_command_and_option_is_on_the_command_line_page(site: Path) -> None:
     text = page(site, "cli")
     for path, parser in commands():
@@ -56,6 +60,7 @@ def test_every_command_and_option_is_on_the_command_line_page(site: Path) -> Non
                 assert option in text, (path, option)
 
 
+@pytest.mark.processes
 def test_the_python_and_http_references_are_generated(site: Path) -> None:
     api = page(site, "api")
     for name in ("workers.Job.push", "workers.lifecycle.Pushed.result", "workers.app.wait"):

@@ -44,6 +44,7 @@ def stored(url: str, database: str) -> dict[str, str]:
         return {doc["_id"]: doc["status"] for doc in jobs.find({}, {"status": 1})}
 
 
+@pytest.mark.slow
 def test_every_acknowledged_push_and_outcome_survives_a_kill_9_of_the_database(
     killable_server: dict[str, Any],
 ) -> None:

@@ -47,6 +47,8 @@ def status(cwd: Path) -> dict[str, int]:
     return json.loads(done.stdout)["jobs"]  # type: ignore[no-any-return]
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_web_and_headless_processes_of_one_folder_share_one_embedded_server(tmp_path: Path) -> None:
     (tmp_path / "settings.json").write_text(
         json.dumps(
@@ -86,6 +88,8 @@ def test_web_and_headless_processes_of_one_folder_share_one_embedded_server(tmp_
     assert (tmp_path / ".workers" / "db" / "data").is_dir()
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_a_command_leaves_the_server_it_started_for_the_next_one(tmp_path: Path) -> None:
     folder = tmp_path / ".workers" / "db"
     first = run_workers("status", cwd=tmp_path)
@@ -103,6 +107,8 @@ def test_a_command_leaves_the_server_it_started_for_the_next_one(tmp_path: Path)
     assert not alive(started["pid"])
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_db_stop_stops_a_server_left_running(tmp_path: Path) -> None:
     folder = tmp_path / ".workers" / "db"
 
@@ -123,6 +129,7 @@ def _server_cpus(pid: int) -> list[set[int]]:
     return [os.sched_getaffinity(int(thread)) for thread in os.listdir(f"/proc/{pid}/task")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     len(os.sched_getaffinity(0)) < 2, reason="keeping the server on one CPU needs two"
 )
@@ -145,6 +152,7 @@ def test_the_embedded_server_is_kept_on_one_cpu_and_this_process_is_not(
         server.release()
 
 
+@pytest.mark.slow
 def test_a_forked_child_never_stops_the_server_under_its_parent(tmp_path: Path) -> None:
     folder = tmp_path / "db"
     server = embedded.acquire(folder, announce=False)
@@ -160,6 +168,7 @@ def test_a_forked_child_never_stops_the_server_under_its_parent(tmp_path: Path) 
     assert not alive(server.pid)
 
 
+@pytest.mark.slow
 def test_a_restarted_server_comes_back_on_the_port_running_processes_know(tmp_path: Path) -> None:
     folder = tmp_path / "db"
     first = embedded.acquire(folder, announce=False)
@@ -173,6 +182,7 @@ def test_a_restarted_server_comes_back_on_the_port_running_processes_know(tmp_pa
         again.release()
 
 
+@pytest.mark.slow
 def test_a_port_taken_by_another_program_is_not_mistaken_for_the_server(tmp_path: Path) -> None:
     folder = tmp_path / "db"
     first = embedded.acquire(folder, announce=False)
@@ -198,6 +208,8 @@ print(Job.push(SleepJob(name="long", seconds=60)))
 """
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_the_embedded_server_outlives_workers_handing_jobs_back_after_supervisord_died(
     tmp_path: Path,
 ) -> None:
@@ -239,6 +251,8 @@ def test_the_embedded_server_outlives_workers_handing_jobs_back_after_supervisor
     assert doc["log"][-1]["message"].startswith("handed back by")
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_workers_web_stopped_by_sigterm_stops_the_server_it_started(tmp_path: Path) -> None:
     state_file = tmp_path / ".workers" / "db" / "server.json"
     port = free_port()

@@ -39,6 +39,8 @@ def node(settings_file: Callable[..., Path], tmp_path: Path) -> Iterator[Headles
         assert headless.stop() == 0
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_every_event_arrives_from_two_processes_each_completion_once(
     pushing: App, node: HeadlessNode
 ) -> None:
@@ -84,6 +86,8 @@ def test_every_event_arrives_from_two_processes_each_completion_once(
     assert {e.job_id for e in seen if e.kind == "started"} >= set(done)
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_the_events_survive_a_server_restart_with_every_completion(
     restartable_server: tuple[str, Callable[[], None], Callable[[], None]],
     db_name: str,
@@ -142,6 +146,8 @@ def _ids(seen: list[JobEvent], kind: str) -> set[str]:
     return {event.job_id for event in seen if event.kind == kind}
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_a_raising_or_slow_callback_does_not_stop_the_others(
     pushing: App, node: HeadlessNode
 ) -> None:
@@ -171,6 +177,8 @@ def test_a_raising_or_slow_callback_does_not_stop_the_others(
     assert thread.name == "workers-callbacks" and thread is not stream_thread
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_without_a_stream_the_finished_jobs_are_still_sent(
     pushing: App, node: HeadlessNode
 ) -> None:
@@ -183,6 +191,8 @@ def test_without_a_stream_the_finished_jobs_are_still_sent(
     assert listeners_of(pushing.store).caught_up >= 1
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_async_iteration(pushing: App, node: HeadlessNode) -> None:
     jobs = [pushing.push_named("RecordJob", {"echo": n}) for n in range(3)]
 
@@ -202,6 +212,8 @@ def test_an_unknown_kind_is_refused_naming_the_kinds(pushing: App) -> None:
         workers.on("done", print)
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_workers_jobs_watch_prints_the_events_live(
     tmp_path: Path, pushing: App, node: HeadlessNode
 ) -> None:

@@ -54,6 +54,8 @@ def status_of(url: str, headers: dict[str, str] | None = None) -> int:
         return exc.code
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 @pytest.mark.parametrize("example", ["fastapi_app", "flask_app", "django_app"])
 def test_a_job_pushed_through_the_app_runs_and_its_result_comes_back(
     example: str, tmp_path: Path, mongo_url: str, db_name: str, db: Any

@@ -71,6 +71,8 @@ def assert_every_job_completed_exactly_once(db: Any, ids: set[str]) -> dict[str,
     return rescued
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_kill_9_during_long_jobs_loses_nothing(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -99,6 +101,8 @@ def test_kill_9_during_long_jobs_loses_nothing(
         assert (doc["finished"] - killed_at).total_seconds() < LEASE + 1 + 4 + 3
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_ten_random_kills_during_a_300_job_run_lose_nothing(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -136,6 +140,8 @@ def _killable_worker(db: Any) -> int | None:
     return random.choice(candidates) if candidates else None
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_a_database_restart_mid_run_loses_and_duplicates_nothing(
     tmp_path: Path,
     restartable_server: tuple[str, Callable[[], None], Callable[[], None]],

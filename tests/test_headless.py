@@ -25,6 +25,8 @@ def completed(db: Any) -> int:
     return int(db["workers.jobs"].count_documents({"status": "completed"}))
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_two_processes_by_three_threads_run_200_jobs_exactly_once(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -48,6 +50,8 @@ def test_two_processes_by_three_threads_run_200_jobs_exactly_once(
     assert not any(alive(pid) for pid in pids)
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_a_crashed_worker_process_is_restarted_by_supervisor(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -76,6 +80,7 @@ def test_a_crashed_worker_process_is_restarted_by_supervisor(
     assert "exited: workers-00 (terminated by SIGKILL" in output, output[-3000:]
 
 
+@pytest.mark.processes
 def test_web_mode_boots_and_runs_no_job(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -92,6 +97,8 @@ def test_web_mode_boots_and_runs_no_job(
     assert "claim_queue" in db["workers.jobs"].index_information()
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_the_example_app_pushes_in_web_mode_and_runs_in_headless_mode(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -136,6 +143,8 @@ def test_the_supervisord_config_follows_the_settings(tmp_path: Path) -> None:
     assert "MONGO_URL" not in config  # secrets stay in the environment
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_a_second_term_to_the_headless_process_makes_the_shutdown_hard(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -158,6 +167,8 @@ def test_a_second_term_to_the_headless_process_makes_the_shutdown_hard(
     assert "shutdown (hard)" in doc["log"][-1]["message"]
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_a_worker_that_cannot_boot_makes_headless_exit_non_zero_with_the_reason(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -173,6 +184,8 @@ def test_a_worker_that_cannot_boot_makes_headless_exit_non_zero_with_the_reason(
     assert "claim_queue" in output
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 @pytest.mark.parametrize("killed", ["supervisord", "workers --headless"])
 def test_a_node_whose_supervising_process_is_killed_leaves_no_orphans(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any, killed: str
@@ -203,6 +216,8 @@ class HelloJob(Job):
 """
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_the_installed_script_imports_the_jobs_package_beside_the_settings(
     tmp_path: Path, mongo_url: str, db_name: str, db: Any, make_settings: Callable[..., Any]
 ) -> None:
@@ -234,6 +249,7 @@ def test_the_installed_script_imports_the_jobs_package_beside_the_settings(
     assert done_doc["result"] == "hello from myjobs"
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

@@ -40,6 +40,8 @@ def health(path: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str
     return run_workers("health", "--settings", str(path), *args, cwd=cwd)
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_well_while_the_worker_beats_and_not_once_it_stops_beating(
     worker: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
@@ -62,6 +64,7 @@ def test_well_while_the_worker_beats_and_not_once_it_stops_beating(
     wait_for(lambda: health(path, tmp_path).returncode == 0, timeout=60, what="well again")
 
 
+@pytest.mark.processes
 def test_no_worker_process_on_this_host_is_unhealthy(
     settings_file: Callable[..., Path], tmp_path: Path, app: App
 ) -> None:
@@ -72,6 +75,8 @@ def test_no_worker_process_on_this_host_is_unhealthy(
     assert done.stdout.startswith("unhealthy: the workers: no worker process is running on ")
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_a_database_that_does_not_answer_is_named_first(
     settings_file: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -85,6 +90,7 @@ def test_a_database_that_does_not_answer_is_named_first(
     assert done.stdout.startswith("unhealthy: the database does not answer within 1 s")
 
 
+@pytest.mark.processes
 def test_the_embedded_server_is_not_started_by_a_health_check(tmp_path: Path) -> None:
     env = {k: v for k, v in workers_env().items() if k != "MONGO_URL"}
     (tmp_path / "settings.json").write_text(json.dumps({"jobs": ["tests.jobs"]}))
@@ -122,6 +128,7 @@ def test_the_probes_answer_without_auth_host_check_or_job_data(
     assert stats.status_code == 200  # the rest still answers by name, with a token
 
 
+@pytest.mark.slow
 def test_readyz_is_503_while_the_database_does_not_answer(
     make_settings: Callable[..., Settings],
 ) -> None:

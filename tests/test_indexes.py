@@ -13,6 +13,7 @@ import pytest
 import workers
 from tests.conftest import run_workers
 from tests.jobs import RecordJob
+from workers.app import App
 from workers.errors import IndexBuildTimeout, IndexConflict, IndexesMissing
 from workers.settings import Settings
 from workers.store import INDEXES, Store
@@ -28,10 +29,11 @@ def names(collection: Any) -> set[str]:
     return {ix["name"] for ix in collection.list_indexes()}
 
 
-def boot(make_settings: Callable[..., Settings], **overrides: Any) -> workers.App:
+def boot(make_settings: Callable[..., Settings], **overrides: Any) -> App:
     return workers.boot(settings=make_settings(**overrides))
 
 
+@pytest.mark.processes
 def test_a_fresh_database_gets_every_index_and_the_command_says_each_is_present(
     make_settings: Callable[..., Settings], settings_file: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -103,6 +105,8 @@ def _ttl(collection: Any, name: str) -> int:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_without_create_indexes_boot_names_the_missing_ones_until_they_are_made_out_of_band(
     make_settings: Callable[..., Settings],
     settings_file: Callable[..., Path],
@@ -129,6 +133,7 @@ def test_without_create_indexes_boot_names_the_missing_ones_until_they_are_made_
     workers.shutdown()
 
 
+@pytest.mark.slow
 def test_an_index_build_past_its_time_limit_stops_the_boot_naming_the_index(
     make_settings: Callable[..., Settings], db: Any
 ) -> None:

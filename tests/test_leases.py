@@ -25,6 +25,7 @@ def rescues(doc: dict[str, Any]) -> list[str]:
     return [e["message"] for e in doc["log"] if e["message"].startswith("lost: worker")]
 
 
+@pytest.mark.slow
 def test_a_job_longer_than_its_lease_keeps_it_while_the_process_beats(app: App) -> None:
     # settings: lease 5 s, so a beat every 5/3 s; the job runs 7 s
     job_id = Job.push(SleepJob(seconds=7))
@@ -34,6 +35,7 @@ def test_a_job_longer_than_its_lease_keeps_it_while_the_process_beats(app: App) 
     assert doc["attempts"] == 1 and rescues(doc) == []
 
 
+@pytest.mark.slow
 def test_a_cpu_bound_job_longer_than_its_lease_keeps_it_too(app: App) -> None:
     job_id = Job.push(SpinJob(seconds=7))
     with running(app):
@@ -41,6 +43,7 @@ def test_a_cpu_bound_job_longer_than_its_lease_keeps_it_too(app: App) -> None:
     assert doc["status"] == "completed" and doc["attempts"] == 1 and rescues(doc) == []
 
 
+@pytest.mark.slow
 def test_a_job_whose_owner_died_is_rescued_and_run_again(app: App, db: Any) -> None:
     job_id = Job.push(RecordJob())
     app.store.claim("dead-node", app.registry.types, 3, 1)  # and then never beats
@@ -54,6 +57,7 @@ def test_a_job_whose_owner_died_is_rescued_and_run_again(app: App, db: Any) -> N
     assert db.executions.count_documents({"job_id": job_id}) == 1
 
 
+@pytest.mark.slow
 def test_a_lost_job_out_of_retries_fails_as_lost(app: App) -> None:
     job_id = Job.push(RecordJob(), retry=0)
     app.store.claim("dead-node", app.registry.types, 3, 1)
@@ -135,6 +139,7 @@ def test_renewing_under_an_older_token_of_the_same_process_is_refused(app: App) 
     assert app.store.complete(job_id, "node-a#2", "live") is True
 
 
+@pytest.mark.slow
 def test_each_process_records_itself_in_nodes_while_it_runs(app: App) -> None:
     job_id = Job.push(SleepJob(seconds=2))
     with running(app) as worker:
@@ -172,6 +177,8 @@ def test_after_job_is_told_when_the_outcome_was_refused_because_the_lease_was_lo
     assert doc is not None and doc["status"] == "running" and doc["lease_owner"] == "other-node#1"
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_slow_app_queries_that_exhaust_the_pool_cannot_starve_the_heartbeat(
     settings_file: Any, make_settings: Any, tmp_path: Path, db: Any
 ) -> None:

@@ -70,6 +70,9 @@ def intervals(db: Any, job_type: str, pid: int | None = None) -> list[tuple[date
     return [(run["start"], run["end"]) for run in db.runs.find(query)]
 
 
+@pytest.mark.processes
+@pytest.mark.slow
+@pytest.mark.serial
 def test_global_concurrency_caps_two_processes_of_four_threads(
     limited_settings: Callable[..., Path], tmp_path: Path, db: Any, limited_app: App
 ) -> None:
@@ -89,6 +92,8 @@ def test_global_concurrency_caps_two_processes_of_four_threads(
     assert max(gaps) < timedelta(seconds=5), gaps
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_concurrency_caps_each_process_on_its_own(
     limited_settings: Callable[..., Path], tmp_path: Path, db: Any, limited_app: App
 ) -> None:
@@ -103,6 +108,9 @@ def test_concurrency_caps_each_process_on_its_own(
     assert len(intervals(db, "LocalJob")) == 6
 
 
+@pytest.mark.processes
+@pytest.mark.slow
+@pytest.mark.serial
 def test_rate_limit_holds_in_every_one_second_window(
     limited_settings: Callable[..., Path], tmp_path: Path, db: Any, limited_app: App
 ) -> None:
@@ -120,6 +128,8 @@ def test_rate_limit_holds_in_every_one_second_window(
     assert starts[4] - starts[0] < timedelta(seconds=1), starts
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_other_types_flow_while_one_waits_for_its_window_without_spinning(
     limited_settings: Callable[..., Path], tmp_path: Path, db: Any, limited_app: App
 ) -> None:
@@ -141,6 +151,8 @@ def test_other_types_flow_while_one_waits_for_its_window_without_spinning(
         assert node.stop() == 0
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_a_killed_holders_slot_frees_when_its_lease_is_rescued(
     limited_settings: Callable[..., Path], tmp_path: Path, db: Any, limited_app: App
 ) -> None:
@@ -255,6 +267,9 @@ def test_the_settings_refuse_a_bad_rate_naming_it(mongo_url: str, db_name: str) 
         validate(raw)
 
 
+@pytest.mark.processes
+@pytest.mark.slow
+@pytest.mark.serial
 @pytest.mark.parametrize(
     "limit",
     [{"global_concurrency": 2}, {"rate_limit": "5/s"}, {"concurrency": 1}, {}],
@@ -274,7 +289,7 @@ def test_a_retry_of_a_limited_type_starts_when_its_wait_ends(
     )
     with HeadlessNode(path, tmp_path) as node:
         ids = [
-            limited_app.push_named("FlakyJob", {}, retry={"retries": 2, "wait": 1})
+            str(limited_app.push_named("FlakyJob", {}, retry={"retries": 2, "wait": 1}))
             for _ in range(2)
         ]
         wait_for(lambda: all_completed(db, ids), timeout=60, what="the flaky jobs")

@@ -71,6 +71,8 @@ def start_database(network: Network, tmp_path: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_three_hosts_run_every_job_once_through_a_cut_and_a_slow_link(
     network: Network, tmp_path: Path, db_name: str
 ) -> None:
@@ -134,6 +136,7 @@ def _run(
     wait_for(lambda: len(_live_nodes(store)) == 6, timeout=60, what="6 worker processes")
     wait_for(lambda: _leader_host(store), timeout=30, what="a cron leader")
     cut_name = _leader_host(store)
+    assert cut_name is not None
     cut = names.index(cut_name)
     slow = (cut + 1) % len(names)
     cut_pids = sorted(n["pid"] for n in store.list_nodes() if n["host"] == cut_name)

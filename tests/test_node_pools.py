@@ -22,6 +22,8 @@ def statuses(db: Any, job_type: str) -> list[str]:
     return [doc["status"] for doc in db["workers.jobs"].find({"type": job_type})]
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_a_pool_runs_its_types_and_the_others_wait_for_their_own_node(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any, app: App
 ) -> None:
@@ -62,6 +64,7 @@ def test_a_pool_runs_its_types_and_the_others_wait_for_their_own_node(
     assert len(ran) == 10
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     "args",
     [

@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import ROOT
 from workers.version import DISTRIBUTION, __version__
 
+pytestmark = pytest.mark.tooling
+
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -49,6 +51,7 @@ def wheel_of(dist: Path) -> Path:
     return wheel
 
 
+@pytest.mark.processes
 def test_twine_passes_the_wheel_and_the_sdist(dist: Path) -> None:
     files = sorted(str(path) for path in dist.iterdir())
     assert len(files) == 2, files
@@ -61,6 +64,7 @@ def test_twine_passes_the_wheel_and_the_sdist(dist: Path) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+@pytest.mark.processes
 def test_the_wheel_holds_the_typed_library_alone_under_its_own_name(dist: Path) -> None:
     wheel = wheel_of(dist)
     assert wheel.name == f"mongo_workers-{__version__}-py3-none-any.whl"
@@ -74,6 +78,7 @@ def test_the_wheel_holds_the_typed_library_alone_under_its_own_name(dist: Path) 
     assert f"Version: {__version__}\n" in metadata.decode()
 
 
+@pytest.mark.processes
 def test_the_wheel_runs_from_an_empty_folder_without_the_checkout(
     dist: Path, tmp_path: Path
 ) -> None:

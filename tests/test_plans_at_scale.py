@@ -34,6 +34,8 @@ from workers.app import App
 from workers.settings import validate
 from workers.store import new_id
 
+pytestmark = [pytest.mark.tooling, pytest.mark.slow]
+
 FINISHED, DELAYED, READY = 50_000, 45_000, 5_000
 CHUNK = 5_000
 EXPECTED = {

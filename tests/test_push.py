@@ -166,6 +166,7 @@ def test_push_uses_the_default_settings_lookup_without_an_explicit_boot(
         shutdown()
 
 
+@pytest.mark.serial
 def test_threads_that_need_the_clock_during_an_outage_share_one_failed_measurement() -> None:
     # A store whose server is away (nothing listens on the port), 1 s timeout
     store = Store(f"mongodb://127.0.0.1:{free_port()}/?directConnection=true", "t", timeout=1)

@@ -18,6 +18,7 @@ from workers.store import shared_scans as shared
 from workers.store.shared_scans import SHARE, SPARE_SECONDS, Spare
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("query", "index"),
     [

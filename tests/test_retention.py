@@ -29,6 +29,7 @@ def short_retention(make_settings: Callable[..., Settings]) -> Iterator[App]:
     workers.shutdown()
 
 
+@pytest.mark.slow
 def test_finished_jobs_expire_by_status_and_the_ttl_index_removes_them(
     short_retention: App,
 ) -> None:

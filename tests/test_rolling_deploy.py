@@ -12,6 +12,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import workers
 from tests.conftest import settings_dict, wait_for, workers_env
 from tests.headless_node import HeadlessNode
@@ -41,6 +43,8 @@ def done(app: App, job_type: str) -> int:
     return int(app.store.jobs.count_documents({"type": job_type, "status": "completed"}))
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_a_rolling_deploy_loses_nothing_and_hands_cron_to_the_new_version(
     mongo_url: str, db_name: str, db: Any, tmp_path: Path
 ) -> None:

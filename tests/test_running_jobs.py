@@ -51,7 +51,8 @@ def test_a_fatal_self_fail_skips_the_remaining_retries(app: App, db: Any) -> Non
 
 def test_progress_is_validated_and_log_takes_jobcollections_levels() -> None:
     job = ProgressJob()
-    for completed, total in ((5, 4), (-1, 4), (1, 0), ("1", 2)):
+    cases: list[tuple[Any, Any]] = [(5, 4), (-1, 4), (1, 0), ("1", 2)]
+    for completed, total in cases:
         with pytest.raises(ValueError, match="0 <= completed <= total"):
             job.progress(completed, total)
     for level in ("info", "success", "warning", "danger", "debug", "error"):

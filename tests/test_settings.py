@@ -146,6 +146,8 @@ def test_an_unset_url_and_no_mongo_url_means_the_embedded_default(
     assert settings.mongo_url() is None
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 @pytest.mark.parametrize(
     ("url", "said"),
     [
@@ -173,6 +175,7 @@ def test_a_malformed_url_in_the_file_names_the_key_and_the_file(tmp_path: Path) 
         settings.mongo_url()
 
 
+@pytest.mark.processes
 def test_embedded_never_refuses_to_start_without_a_url(tmp_path: Path) -> None:
     env = workers_env(WORKERS_MONGO__EMBEDDED="never")
     done = run_command(workers_command("status"), cwd=tmp_path, env=env)
@@ -184,6 +187,7 @@ def test_embedded_never_refuses_to_start_without_a_url(tmp_path: Path) -> None:
     assert not (tmp_path / ".workers").exists()
 
 
+@pytest.mark.processes
 def test_the_cli_refuses_a_bad_file_in_one_line_and_starts_nothing(tmp_path: Path) -> None:
     path = write(tmp_path, {"workers": {"count": 0}})
     done = run_workers("--headless", "--settings", str(path), cwd=tmp_path)
@@ -364,6 +368,8 @@ def test_a_dotenv_file_can_hold_the_overrides(
     assert settings.cluster.count == 6
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_a_command_takes_its_database_from_the_environment_alone(
     tmp_path: Path, mongo_url: str, db_name: str, db: Any
 ) -> None:
@@ -388,6 +394,7 @@ def test_a_command_takes_its_database_from_the_environment_alone(
 # --- where the settings came from, and a start with nothing to run ----------------------
 
 
+@pytest.mark.processes
 def test_a_headless_start_with_no_jobs_package_says_how_to_name_one(tmp_path: Path) -> None:
     done = run_workers("--headless", cwd=tmp_path)  # no settings file, no WORKERS_JOBS
     assert done.returncode == 1
@@ -398,6 +405,8 @@ def test_a_headless_start_with_no_jobs_package_says_how_to_name_one(tmp_path: Pa
     assert not (tmp_path / ".workers").exists()  # nothing started, no database made
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_a_command_says_when_no_settings_file_was_found(
     tmp_path: Path, mongo_url: str, db_name: str, db: Any
 ) -> None:

@@ -26,6 +26,7 @@ def statuses(db: Any) -> dict[str, str]:
     return {d["params"]["name"]: d["status"] for d in db["workers.jobs"].find()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("level", "expected"),
     [
@@ -103,6 +104,8 @@ def run_node_and_terminate(
         return code, node.output()
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 @pytest.mark.parametrize("level", ["soft", "normal"])
 def test_sigterm_lets_running_jobs_finish(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any, level: str
@@ -114,6 +117,8 @@ def test_sigterm_lets_running_jobs_finish(
     assert statuses(db) == {"a": "completed", "b": "completed", "queued": "ready"}
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_sigterm_hard_hands_running_jobs_back_at_once(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -124,7 +129,7 @@ def test_sigterm_hard_hands_running_jobs_back_at_once(
     assert statuses(db) == {"a": "ready", "b": "ready", "queued": "ready"}
     assert db.executions.count_documents({"phase": "end"}) == 0
     # handed back means claimable now, not after a lease expires
-    app = boot(settings_file(cluster__count=1, workers__count=2))
+    app = boot(str(settings_file(cluster__count=1, workers__count=2)))
     try:
         names = {d["params"]["name"] for d in app.store.claim("next", app.registry.types, 5, 3)}
     finally:
@@ -132,6 +137,8 @@ def test_sigterm_hard_hands_running_jobs_back_at_once(
     assert names == {"a", "b", "queued"}
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_sigterm_hands_back_what_is_still_running_when_the_grace_period_ends(
     settings_file: Callable[..., Path], tmp_path: Path, db: Any
 ) -> None:
@@ -144,6 +151,7 @@ def test_sigterm_hands_back_what_is_still_running_when_the_grace_period_ends(
         assert doc["log"][-1]["message"].endswith("grace period over at shutdown")
 
 
+@pytest.mark.slow
 def test_the_grace_period_is_counted_from_the_stop_request(
     make_settings: Callable[..., Settings], db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

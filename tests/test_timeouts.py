@@ -66,6 +66,8 @@ def test_the_timeout_comes_from_push_then_class_then_settings(
         shutdown()
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "job", [SleepJob(seconds=120), SpinJob(seconds=120)], ids=["sleeps", "spins"]
 )
@@ -105,6 +107,7 @@ def test_a_job_that_never_returns_gets_its_process_recycled(
     assert db.executions.find_one({"job_id": after})["pid"] != stuck_pid
 
 
+@pytest.mark.slow
 def test_a_job_that_returned_in_time_keeps_its_outcome_while_the_write_outlasts_the_deadline(
     app: App, db: Any
 ) -> None:
@@ -134,6 +137,7 @@ def test_a_job_that_returned_in_time_keeps_its_outcome_while_the_write_outlasts_
     assert db.executions.count_documents({"job_id": job_id, "phase": "start"}) == 1
 
 
+@pytest.mark.slow
 def test_the_watchdog_records_a_timeout_through_an_outage(app: App, db: Any) -> None:
     job_id = Job.push(TimeoutAfterJob(seconds=1.0), retry=0)  # class timeout: 0.5 s
     refusals = {"left": 3}

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from tests.conftest import ROOT, workers_env
 
 
@@ -22,6 +24,8 @@ def probe(mongo_url: str, db_name: str, *flags: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout.splitlines()[-1]))
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_each_attempt_runs_in_a_span_linked_to_the_push(
     mongo_url: str, db_name: str, db: Any
 ) -> None:
@@ -42,6 +46,8 @@ def test_each_attempt_runs_in_a_span_linked_to_the_push(
     assert failed["events"] == ["exception"]
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_without_opentelemetry_nothing_is_imported_or_stored(
     mongo_url: str, db_name: str, db: Any
 ) -> None:
@@ -51,6 +57,7 @@ def test_without_opentelemetry_nothing_is_imported_or_stored(
     assert seen["spans"] == []
 
 
+@pytest.mark.processes
 def test_a_worker_loads_opentelemetry_at_its_start_not_at_its_first_attempt() -> None:
     """`Worker.run` calls `tracing.load()` before its pool starts: the import (some 30 ms and
     0.4 MB) is paid at start, where the bench's idle reading counts it, not as growth."""

@@ -39,6 +39,7 @@ def job_in(app: App, status: str) -> str:
 CASES = [(action, status) for action in ACTIONS for status in STATUSES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("action", "status"), CASES)
 def test_each_action_changes_exactly_the_statuses_it_allows(
     app: App, action: str, status: str

@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import ROOT, workers_env
 from tests.jobs import RecordJob, UniqueByProjectJob
 from workers import Job
@@ -79,6 +81,7 @@ print(workers.Job.push(RecordJob(), unique="two-processes"))
 """
 
 
+@pytest.mark.processes
 def test_two_processes_pushing_one_key_make_one_job(
     app: App, mongo_url: str, db_name: str, tmp_path: Path
 ) -> None:

@@ -41,6 +41,8 @@ def pushing(make_settings: Callable[..., Settings]) -> Iterator[App]:
     workers.shutdown()
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_result_and_wait_for_completed_failed_and_cancelled_jobs(
     pushing: App, worker: None
 ) -> None:
@@ -81,6 +83,8 @@ def test_a_timeout_and_an_unknown_id_are_told_apart(pushing: App) -> None:
         workers.wait([unknown, later], timeout=30)
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_wait_for_many_all_or_the_first(pushing: App, worker: None) -> None:
     slow = pushing.push_named("SleepJob", {"seconds": 3})
     fast = [pushing.push_named("RecordJob", {"echo": n}) for n in range(3)]
@@ -93,6 +97,8 @@ def test_wait_for_many_all_or_the_first(pushing: App, worker: None) -> None:
         workers.wait(fast, return_when="any")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_a_thousand_async_waiters_share_one_stream_and_few_reads(
     pushing: App, worker: None
 ) -> None:
@@ -111,6 +117,8 @@ def test_a_thousand_async_waiters_share_one_stream_and_few_reads(
     assert threading.active_count() < 40  # no thread per waiter
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_without_a_change_stream_waiting_polls_for_everyone(pushing: App, worker: None) -> None:
     waiters = waiters_of(pushing.store)
     waiters.polling = True  # as on a server without change streams
@@ -139,6 +147,7 @@ def test_in_inline_mode_the_job_has_finished_when_push_returns(
         workers.shutdown()
 
 
+@pytest.mark.processes
 def test_a_pushed_id_alone_waits_on_the_booted_app(pushing: App, worker: None) -> None:
     pushed = pushing.push_named("RecordJob", {"echo": 1})
     again = workers.Pushed(str(pushed))  # an id kept as text and made a Pushed again

@@ -71,6 +71,7 @@ def test_a_retried_job_wakes_the_worker_at_once_or_when_its_wait_is_over(
     assert (runs[(later, 2)] - failed_at).total_seconds() >= 1.5 - 0.05  # not before its time
 
 
+@pytest.mark.slow
 def test_a_delayed_job_wakes_the_worker_at_its_run_at(idle_app: App, db: Any) -> None:
     with running(idle_app) as worker:
         wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
@@ -94,6 +95,7 @@ def test_without_change_streams_the_worker_polls(make_settings: Callable[..., Se
         workers.shutdown()
 
 
+@pytest.mark.slow
 def test_the_stream_resumes_after_the_server_restarts(
     restartable_server: tuple[str, Callable[[], None], Callable[[], None]], db_name: str
 ) -> None:
@@ -115,6 +117,7 @@ def test_the_stream_resumes_after_the_server_restarts(
         workers.shutdown()
 
 
+@pytest.mark.slow
 def test_a_busy_worker_rests_its_stream_and_an_idle_one_wakes_by_it_again(
     make_settings: Callable[..., Settings],
 ) -> None:
@@ -148,6 +151,7 @@ def test_an_idle_worker_claims_the_job_the_stream_reported_without_a_scan(idle_a
     assert scans["n"] == 0, "the stream named the job: it should have been claimed by _id"
 
 
+@pytest.mark.slow
 def test_wakes_by_the_stream_do_not_read_the_next_due_time_again(idle_app: App, db: Any) -> None:
     """A healthy stream reports the jobs that become ready later itself: after a claim by
     woken ids the claimer keeps its last answer instead of one read per wake-up."""
@@ -203,6 +207,7 @@ def test_scans_while_the_stream_delivers_do_not_read_the_next_due_time_again(
     assert reads["n"] == 0, f"{reads['n']} reads of the next due time for 3 scans"
 
 
+@pytest.mark.slow
 def test_a_delayed_job_still_runs_at_its_time_when_another_job_wakes_the_claimer_first(
     idle_app: App, db: Any
 ) -> None:

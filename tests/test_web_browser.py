@@ -28,6 +28,8 @@ from workers.settings import Settings
 from workers.web.server import served_app
 from workers.worker import Worker
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(

@@ -47,6 +47,7 @@ def metrics_app(make_settings: Callable[..., Settings]) -> Iterator[App]:
     workers.shutdown()
 
 
+@pytest.mark.slow
 def test_a_worker_s_counts_reach_metrics_through_its_heartbeat(metrics_app: App) -> None:
     from tests.jobs import FailJob, RecordJob
 

@@ -190,6 +190,7 @@ class DroppedChange(AnyChange):
         return super().open(max_wait)
 
 
+@pytest.mark.slow
 def test_a_failed_live_feed_resumes_its_stream_after_the_last_change_it_saw(
     web_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,6 +275,7 @@ def test_mounted_in_a_host_app_every_link_and_redirect_keeps_the_prefix(web_app:
     assert web_app.store.get_job(job_id)["status"] == "paused"  # type: ignore[index]
 
 
+@pytest.mark.processes
 def test_workers_web_behind_a_proxy_at_a_prefix_links_under_it(
     settings_file: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -294,6 +296,8 @@ def test_workers_web_behind_a_proxy_at_a_prefix_links_under_it(
     assert f"http://127.0.0.1:{port}/workers/" in said
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 @pytest.mark.parametrize("between", [0.0, 0.3])
 def test_ctrl_c_twice_stops_workers_web_without_a_traceback(
     settings_file: Callable[..., Path], tmp_path: Path, between: float

@@ -71,6 +71,7 @@ def test_only_admins_and_creators_push(web_app: App, role: str) -> None:
         assert web_app.store.get_job(response.json()["id"])["owner"] == role  # type: ignore[index]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("action", list(NEEDS))
 @pytest.mark.parametrize("role", ROLES)
 def test_each_role_and_each_action_on_someone_elses_job(
@@ -222,6 +223,7 @@ def test_without_auth_only_this_machine_gets_in(make_settings: Callable[..., Set
     assert "only clients on this machine" in remote.json()["detail"]
 
 
+@pytest.mark.processes
 def test_workers_web_refuses_to_listen_beyond_this_machine_without_tokens(
     settings_file: Callable[..., Any], tmp_path: Any
 ) -> None:
@@ -233,6 +235,7 @@ def test_workers_web_refuses_to_listen_beyond_this_machine_without_tokens(
     assert "no API tokens are configured" in result.stderr and "0.0.0.0" in result.stderr
 
 
+@pytest.mark.processes
 def test_workers_token_prints_a_token_and_only_its_digest_for_the_settings(tmp_path: Any) -> None:
     result = run_workers("token", "--name", "ci", "--role", "creator", cwd=tmp_path)
 

@@ -20,6 +20,8 @@ from workers.app import App
 from workers.settings import Settings
 from workers.web.server import create_app
 
+pytestmark = pytest.mark.tooling
+
 # Per operation. The suite's run is derandomized, so CI sees the same cases every time;
 # HYPOTHESIS_PROFILE=fuzz explores at random, with more of them.
 FUZZ = os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"

@@ -160,6 +160,8 @@ def test_a_creator_may_depend_only_on_its_own_jobs(web_app: App) -> None:
 # -- 2 and 3. the Host check and loopback trust ---------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.processes
 def test_workers_web_refuses_a_rebound_host_name_with_400(
     settings_file: Callable[..., Any], tmp_path: Any
 ) -> None:

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from tests.conftest import wait_for
 from tests.jobs import (
     AfterJobRecorderJob,
@@ -154,6 +156,7 @@ def test_progress_and_log_are_recorded_on_the_job(app: App) -> None:
     assert entry["level"] == "info" and entry["data"] == {"step": 1} and "time" in entry
 
 
+@pytest.mark.slow
 def test_a_delayed_job_runs_only_once_its_time_has_come(app: App, db: Any) -> None:
     job_id = Job.push(RecordJob(), delay=1.5)
     with running(app):
@@ -162,6 +165,7 @@ def test_a_delayed_job_runs_only_once_its_time_has_come(app: App, db: Any) -> No
     assert (doc["started"] - doc["created"]).total_seconds() >= 1.5
 
 
+@pytest.mark.slow
 def test_one_thread_runs_jobs_in_priority_order(
     make_settings: Callable[..., Settings], db: Any
 ) -> None:
