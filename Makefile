@@ -58,7 +58,7 @@ check: lint
 COV_FLOOR := 80
 test: lint browser
 	@start=$$(date +%s); \
-	$(BIN)/pytest -n 2 -m "not serial" --cov --cov-report= && \
+	$(BIN)/pytest -n 2 --dist worksteal -m "not serial" --cov --cov-report= && \
 	$(BIN)/pytest -m serial --cov --cov-append --cov-report=term:skip-covered \
 	  --cov-fail-under=$(COV_FLOOR); \
 	code=$$?; echo "make test: $$(( $$(date +%s) - start )) s"; exit $$code

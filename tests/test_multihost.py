@@ -142,8 +142,11 @@ def _run(
     cut_pids = sorted(n["pid"] for n in store.list_nodes() if n["host"] == cut_name)
     wait_for(lambda: store.count_by_status().get("completed", 0) >= 30, timeout=60,
              what="the first 30 jobs")  # fmt: skip
+    # cut while its threads hold running jobs: under load the others may have taken them all
+    wait_for(lambda: _running_on(store, cut_name) > 0, timeout=30,
+             what=f"{cut_name} to hold running jobs")  # fmt: skip
     cut_at = store.now()
-    network.cut(cut)  # while its threads hold running jobs
+    network.cut(cut)
     time.sleep(CUT_FOR)
     leader_while_cut = _leader_host(store)
     network.cut(cut, False)
@@ -171,6 +174,12 @@ def _push(app: App, rng: random.Random, count: int) -> None:
 
 def _naps_completed(store: Any) -> int:
     return int(store.jobs.count_documents({"type": "NapJob", "status": "completed"}))
+
+
+def _running_on(store: Any, host: str) -> int:
+    """The jobs a host's processes hold running now (their claim tokens start `host:`)."""
+    query = {"type": "NapJob", "status": "running", "lease_owner": {"$regex": f"^{host}:"}}
+    return int(store.jobs.count_documents(query))
 
 
 def _live_nodes(store: Any) -> list[dict[str, Any]]:
