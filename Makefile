@@ -35,10 +35,11 @@ setup: $(STAMP)
 # The example app on the embedded default: push a few jobs (web mode), serve the dashboard
 # at http://127.0.0.1:8181/ and run the jobs (headless mode: 2 processes x 10 threads under
 # supervisord). Ctrl-C stops both.
+# The dashboard starts first: the embedded server it starts stays up for the push and the
+# workers (pushing first stopped it at the push's exit, and the others cold-started it again).
 run: $(RUN_STAMP)
-	$(BIN)/python -m app_jobs
 	@$(BIN)/python -m app_jobs web & web=$$!; trap 'kill $$web 2>/dev/null; wait $$web' EXIT; \
-	  $(BIN)/python -m app_jobs --headless
+	  $(BIN)/python -m app_jobs && $(BIN)/python -m app_jobs --headless
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
