@@ -153,6 +153,7 @@ def test_an_unset_url_and_no_mongo_url_means_the_embedded_default(
     [
         ("mongo://app:s3cret@db.example/", "it begins with 'mongo://'"),
         ("mongodb:///app", "names no host"),
+        ("app:s3cret@db.example:27017", "and it has none"),
         ("mongodb://app:s3cret@db.example:port/", "Port contains non-digit characters"),
     ],
 )

@@ -44,12 +44,14 @@ class App:
         store: Store,
         jobs: Registry,
         server: embedded.EmbeddedServer | None = None,
+        *,
+        one_shot: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
         self.registry = jobs
         self.server = server
-        self.one_shot = False  # a CLI command's: the embedded server is left running after
+        self.one_shot = one_shot  # a CLI command's: the embedded server is left running after
         self.closed = False
         self.tally = Tally()  # this app's attempts, for /metrics; its workers' heartbeat writes it
         self.completions = Completions(store)  # its job threads' completions, written together
@@ -221,8 +223,7 @@ def boot(
         if server is not None:
             server.release()
         raise
-    app = App(settings, store, jobs, server)
-    app.one_shot = one_shot
+    app = App(settings, store, jobs, server, one_shot=one_shot)
     with _lock:
         _current = app
     return app

@@ -246,10 +246,11 @@ def check_mongo_url(url: str, where: str) -> None:
     """The shape of a MongoDB URL, checked before a driver sees it (its errors name no
     setting): the scheme and a host. The driver checks the rest when it connects."""
     if not url.startswith(_SCHEMES):
-        scheme = url.split("://", 1)[0] + "://" if "://" in url else url[:12]
+        # only the scheme is shown: without one, the text may begin with user:password@
+        begins = f"begins with {url.split('://', 1)[0] + '://'!r}" if "://" in url else "has none"
         raise SettingsError(
             f"{where} is not a MongoDB URL: it must begin with mongodb:// or mongodb+srv://, "
-            f"and it begins with {scheme!r}"
+            f"and it {begins}"
         )
     rest = url.split("://", 1)[1]
     hosts = rest.split("/", 1)[0].rsplit("@", 1)[-1]
