@@ -97,15 +97,26 @@ def test_without_change_streams_the_worker_polls(make_settings: Callable[..., Se
 
 @pytest.mark.slow
 def test_the_stream_resumes_after_the_server_restarts(
-    restartable_server: tuple[str, Callable[[], None], Callable[[], None]], db_name: str
+    restartable_server: tuple[str, Callable[[], None], Callable[[], None]],
+    db_name: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     url, stop_db, start_db = restartable_server
-    app = workers.boot(settings=validate(settings_dict(url, db_name, workers__queue=NO_POLL)))
+    raw = settings_dict(url, db_name, workers__queue=NO_POLL, mongo__timeout=1)
+    app = workers.boot(settings=validate(raw))
     try:
         with running(app) as worker:
             wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
             stop_db()
             wait_for(lambda: not streaming(worker), timeout=SOON, what="the stream to fail")
+            # a claim fails while the server is away (a poke makes one now): the claimer
+            # backs off, and the stream reopening ends that wait, not a 30 s poll later
+            worker.pause(False)
+            wait_for(
+                lambda: any(r.getMessage().startswith("claim failed") for r in caplog.records),
+                timeout=SOON,  # each read waits out server selection (1 s here) first
+                what="a claim to fail",
+            )
             start_db()
             # pushed while the stream is still down or reconnecting: the resumed stream
             # replays it, or a stream that could not resume looks once for missed jobs

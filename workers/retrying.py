@@ -7,6 +7,7 @@ import logging
 import shutil
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,11 @@ class Backoff:
         action: str,
         stop: threading.Event,
         level: int = logging.WARNING,
+        nap: Callable[[float], object] | None = None,
     ) -> None:
         """Log that `what` failed and wait the next backoff, or until `stop` is set: the one
-        shape of every retry loop of the runtime (claimer, cron, wake-up stream)."""
+        shape of every retry loop of the runtime (claimer, cron, wake-up stream). `nap`, when
+        given, waits instead and may end early (the claimer's ends when the stream reopens)."""
         delay = self.next()
         log.log(
             level,
@@ -48,7 +51,7 @@ class Backoff:
             failure,
             extra={"action": action},
         )
-        stop.wait(delay)
+        (nap or stop.wait)(delay)
 
 
 def executable(name: str) -> str | None:

@@ -124,6 +124,14 @@ class Wakeup:
                 return None
             return sorted(self._woken, key=self._woken.__getitem__)
 
+    def nap(self, seconds: float) -> None:
+        """The claimer's wait after a failed claim: `seconds`, or less when the stream
+        reopens (the database is back) or the worker stops, both of which poke."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            while not self._ready and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+
     def _seconds_until(self, moment: datetime) -> float:
         return self.store.seconds_until(moment, self.poll_interval)
 

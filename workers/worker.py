@@ -38,7 +38,8 @@ from workers.watchdog import EXIT_RECYCLE, Watchdog
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
-_BACKOFF_MAX = 10.0
+_BACKOFF_FIRST = 0.5  # a claim that failed (the database is away) is tried again after this,
+_BACKOFF_MAX = 10.0  # doubling up to this, or at once when the wake-up stream reopens
 # how far the estimate of the database clock may be off the server's $$NOW in a claim
 _CLOCK_MARGIN = timedelta(seconds=0.05)
 _LINGER_MAX = 0.05  # at most this long for more threads to free up while jobs are waiting
@@ -188,7 +189,7 @@ class Worker:
 
     def _claim_loop(self) -> None:
         poll = self._poll
-        backoff = Backoff(poll, _BACKOFF_MAX)
+        backoff = Backoff(min(poll, _BACKOFF_FIRST), _BACKOFF_MAX)
         more_waiting = False  # the last claim filled every idle thread: jobs are likely waiting
         woken: list[Any] | None = None  # jobs the stream reported ready: claimed by _id
         waited = False  # the claim follows a wait: every limited type is looked at
@@ -206,7 +207,9 @@ class Worker:
                 docs = self._claimer.claim(free, woken, after_wait=waited)
             except WorkersError as exc:
                 level = logging.WARNING if isinstance(exc, DatabaseUnavailable) else logging.ERROR
-                backoff.wait_after(exc, "claim", "claim_failed", self._stopping, level)
+                backoff.wait_after(
+                    exc, "claim", "claim_failed", self._stopping, level, self._wakeup.nap
+                )
                 continue
             backoff.reset()
             self._linger = min(_LINGER_MAX, time.monotonic() - began)
