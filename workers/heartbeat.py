@@ -30,7 +30,7 @@ class Heartbeat:
         lease: float,
         held: Callable[[], dict[Any, str]],
         on_lost: Callable[[list[Any]], None],
-        node_info: Callable[[], dict[str, Any]],
+        node_info: Callable[[], dict[str, Any] | None],
         tally: Tally,
     ) -> None:
         self.store = store
@@ -75,7 +75,9 @@ class Heartbeat:
         """One beat; False if it failed (logged; the caller tries again soon)."""
         try:
             self._renew()
-            self.store.beat(self.owner, self._node_info())
+            info = self._node_info()
+            if info is not None:  # None: a sweep with no node of its own (dispatch.py)
+                self.store.beat(self.owner, info)
             self._rescue()
             self.store.settle_finished()  # follow-ups a crash cut short: dependents, repeats
             self._flush_metrics()

@@ -79,6 +79,10 @@ async def actor(request: Request) -> Principal:
     return await _may(request, "can_act", "act on jobs", writes=True)
 
 
+async def worker(request: Request) -> Principal:
+    return await _may(request, "can_work", "take or report on jobs", writes=True)
+
+
 async def _may(request: Request, permission: str, doing: str, *, writes: bool) -> Principal:
     """The principal if its role has `permission` (403 naming the role if not); a request
     that changes something must also carry the CSRF token."""

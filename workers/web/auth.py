@@ -7,7 +7,7 @@ The roles are jobCollection's, plus a read-only one:
 | admin   | yes  | yes  | on any job        |
 | manager | yes  | no   | on any job        |
 | creator | yes  | yes  | on the jobs it pushed (`owner`) |
-| worker  | no   | no   | no (reserved for remote workers) |
+| worker  | no   | no   | no; takes jobs and reports on them (`/api/work`) |
 | viewer  | yes  | no   | no                |
 
 Who is who, in this order: a `Bearer` API token (settings `web.tokens`, kept as
@@ -40,6 +40,7 @@ READERS = frozenset({"admin", "manager", "creator", "viewer"})
 PUSHERS = frozenset({"admin", "creator"})
 MANAGERS = frozenset({"admin", "manager"})  # may act on any job
 OWNERS = frozenset({"creator"})  # may act on its own jobs
+WORKERS = frozenset({"admin", "worker"})  # may take jobs and report on them (/api/work)
 TOKEN_COOKIE = "workers_token"  # noqa: S105 (a cookie's name, not a secret)
 LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")  # Host header names of this machine
@@ -64,6 +65,10 @@ class Principal:
     @property
     def can_push(self) -> bool:
         return self.role in PUSHERS
+
+    @property
+    def can_work(self) -> bool:
+        return self.role in WORKERS
 
     @property
     def can_act(self) -> bool:

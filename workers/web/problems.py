@@ -32,6 +32,8 @@ TYPES = {
     "not-found": "no job (or route) has that id",
     "method-not-allowed": "the route does not take that HTTP method",
     "transition-refused": "the job is not in a status the action takes (`allowed` says which)",
+    "attempt-lost": "a worker's report names an attempt that no longer holds the job (its "
+    "lease moved on: rescued, handed back, cancelled or finished); nothing changed",
     "invalid-job": "the job cannot be pushed as given (an unknown type, bad params or options)",
     "invalid-request": "the body or the query does not fit the route (`errors` names the field)",
     "content-too-large": "the request body is over web.max_body bytes",

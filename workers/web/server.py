@@ -19,8 +19,10 @@ import workers.web.api as api
 import workers.web.pages as pages
 import workers.web.problems as problems
 import workers.web.views as views
+import workers.web.work as work
 from workers import app as app_module
 from workers.app import App
+from workers.dispatch import Dispatcher
 from workers.errors import DatabaseUnavailable, SettingsError, StoreError
 from workers.settings import Settings
 from workers.version import __version__
@@ -58,11 +60,14 @@ def create_app(
     get_app: Callable[[], App] = (lambda: booted_app) if booted_app else app_module.current
     settings = settings or (booted_app.settings if booted_app else get_app().settings)
     feed = Feed(get_app)
+    dispatcher = functools.cache(lambda: Dispatcher(get_app()))  # made by the first /api/work
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         feed.stop()  # served by uvicorn (`workers web`): the feed ends with the server
+        if dispatcher.cache_info().currsize:
+            dispatcher().stop()
 
     web = FastAPI(
         lifespan=lifespan,
@@ -77,6 +82,7 @@ def create_app(
     web.state.auth = Authenticator(settings.web.tokens, auth, trust_loopback=trust_loopback)
     web.state.counts = views.Counts(get_app, settings.web.cache)
     web.state.feed = feed
+    web.state.dispatcher = dispatcher
     web.state.csrf_key = functools.cache(lambda: get_app().store.csrf_key())  # read once
     web.state.secure_cookies = settings.web.secure_cookies
     web.state.max_body = settings.web.max_body
@@ -89,6 +95,7 @@ def create_app(
         web.add_middleware(HostCheck, allowed_hosts=list(allowed_hosts))
     web.add_middleware(SecurityHeaders)
     web.include_router(api.router)
+    web.include_router(work.router)
     web.include_router(pages.router)
     web.mount("/static", StaticFiles(directory=_STATIC), name="static")
     _add_streams(web)
