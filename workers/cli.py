@@ -102,6 +102,22 @@ def parser(prog: str = "workers") -> argparse.ArgumentParser:
         default="",
         help="the path prefix a reverse proxy serves it under (/workers), for its links",
     )
+    remote = add(
+        "remote",
+        help="work jobs from another machine, through `workers web` with a token (no database)",
+    )
+    remote.add_argument("--url", help="the service, http(s)://... (default: $WORKERS_REMOTE__URL)")
+    remote.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="a file holding the token (default: $WORKERS_REMOTE__TOKEN or __TOKEN_FILE)",
+    )
+    remote.add_argument(
+        "--jobs", required=True, metavar="PACKAGE", help="the *Job classes' package"
+    )
+    remote.add_argument("--types", **{**TYPES_FLAG, "help": "only these of its job types"})
+    remote.add_argument("--threads", type=int, default=4, help="jobs at once (4)")
+    remote.add_argument("--name", help="this worker's name on the nodes page (host-pid)")
     token = add("token", help="make an API token and print the settings entry that admits it")
     token.add_argument("--name", required=True, help="who uses it (a creator's jobs are its own)")
     token.add_argument("--role", required=True, choices=settings_module.ROLES)
@@ -133,6 +149,10 @@ def main(
 
 
 def _dispatch(args: argparse.Namespace, web: WebMain, prog: str) -> int:
+    if args.command == "remote":  # no settings and no database: a URL and a token
+        from workers import remote
+
+        return remote.run(args)
     settings = settings_module.load(
         args.settings, mode="headless" if args.headless else None, types=args.types
     )

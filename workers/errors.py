@@ -124,3 +124,16 @@ class JobFailed(WorkersError):
         self.fatal = fatal
         self.job_id = job_id
         self.error = error or {}
+
+
+class RemoteError(WorkersError):
+    """The service (workers web) refused a request of workers.remote: a 4xx, or a 5xx that
+    is not transient."""
+
+    def __init__(self, status: int, detail: str, body: Any = None) -> None:
+        super().__init__(f"the service answered {status}: {detail}")
+        self.status, self.detail, self.body = status, detail, body
+
+
+class Unreachable(WorkersError):
+    """The service did not answer within the retries given (no connection, or 502-504)."""

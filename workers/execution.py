@@ -248,7 +248,7 @@ def record_timeout(app: App, held: Held) -> None:
 def _call_handler(
     app: App, owner: str, job_class: type[Job], record: JobRecord, held: Held, loop: EventLoop
 ) -> tuple[Job, Any, BaseException | None]:
-    job = _instantiate(job_class, record.params)
+    job = instantiate(job_class, record.params)
     try:
         job.__init__(**record.params)  # type: ignore[misc]  # the subclass's own __init__, if any
         job.attempt = Attempt(app.store, record.id, owner, record.attempts)
@@ -294,7 +294,7 @@ def awaited(value: Any, loop: EventLoop, deadline: float | None = None) -> Any:
     return loop.run(asyncio.wait_for(value, left))
 
 
-def _instantiate(job_class: type[Job], params: dict[str, Any]) -> Job:
+def instantiate(job_class: type[Job], params: dict[str, Any]) -> Job:
     """A bare instance with params set, so after_job runs even if the subclass's __init__ fails."""
     job = job_class.__new__(job_class)
     Job.__init__(job, params)

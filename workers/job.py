@@ -59,12 +59,30 @@ LOG_LEVELS = {
 }
 
 
+class Reports(Protocol):
+    """Where a running attempt's progress and log go: the store, or, on a remote worker,
+    the service over HTTP (remote_worker.py). Each write is refused (False) unless the
+    attempt (`owner`, its claim token) still holds the job."""
+
+    def set_progress(self, job_id: str, owner: str, progress: dict[str, Any]) -> bool:
+        """Record the attempt's progress document."""
+        ...
+
+    def add_log(self, job_id: str, owner: str, entry: dict[str, Any]) -> bool:
+        """Append an entry to the job's log."""
+        ...
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job as stored (at least its `status`), or None."""
+        ...
+
+
 @dataclass
 class Attempt:
-    """What a running job needs to report back: its store, its id and its lease owner, and
-    whether the job failed itself (`Job.fail`)."""
+    """What a running job needs to report back: where to (the store), its id and its lease
+    owner, and whether the job failed itself (`Job.fail`)."""
 
-    store: Store
+    store: Reports
     job_id: str
     owner: str
     number: int

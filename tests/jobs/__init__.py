@@ -10,13 +10,15 @@ from typing import Any
 from pymongo import CursorType
 
 from workers import Job, database
+from workers.store import Store
 
 
 def _record(collection: str, job: Job, **fields: Any) -> None:
     """One document per call, stamped with the server's clock (ms resolution), in the
     database of the app that runs the attempt: an attempt a stopped worker left running
     finishes later into its own test's database, never into the next test's."""
-    db = job.attempt.store.app_database() if job.attempt else database()
+    store = job.attempt.store if job.attempt else None
+    db = store.app_database() if isinstance(store, Store) else database()
     server_time = db.client.admin.command("hello")["localTime"]
     attempt = job.attempt.number if job.attempt else None
     db[collection].insert_one(

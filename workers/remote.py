@@ -1,0 +1,268 @@
+"""A client of a workers service over its HTTP API, with a token instead of the database's
+credentials: push and manage jobs, and work them from another machine.
+
+    client = workers.remote.connect("https://jobs.example.com", token="...")
+    client.push(EmailJob(to="ada@example.com"), delay=60)
+    queue = client.process_jobs(["EmailJob"], send_email, concurrency=4)
+
+`url` and `token` default to `WORKERS_REMOTE__URL` and `WORKERS_REMOTE__TOKEN` (or
+`WORKERS_REMOTE__TOKEN_FILE`, a file holding it). Transient failures (no connection,
+a timeout, 502, 503, 504) are retried with backoff and jitter; a 4xx is not: it raises
+`RemoteError` naming the status and the service's reason. The worker side (`JobQueue`)
+is in remote_worker.py; `run` here is `workers remote`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from workers import registry
+from workers.errors import DiscoveryError, RemoteError, SettingsError, Unreachable
+from workers.remote_worker import Handler, JobQueue, class_handler
+
+if TYPE_CHECKING:
+    from workers.job import Job
+
+__all__ = ["Client", "JobQueue", "RemoteError", "Unreachable", "connect"]
+
+URL_ENV, TOKEN_ENV, TOKEN_FILE_ENV = (
+    "WORKERS_REMOTE__URL",
+    "WORKERS_REMOTE__TOKEN",
+    "WORKERS_REMOTE__TOKEN_FILE",
+)
+TRANSIENT = frozenset({502, 503, 504})
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.25, 10.0
+
+
+def connect(url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> Client:
+    """A client of the service at `url` (default: WORKERS_REMOTE__URL)."""
+    url = url or os.environ.get(URL_ENV)
+    if not url:
+        raise SettingsError(f"workers.remote.connect: no url given and {URL_ENV} is not set")
+    if not url.startswith(("http://", "https://")):
+        raise SettingsError(f"workers.remote.connect: {url!r} is not an http(s) URL")
+    return Client(url, token if token is not None else token_from_environment(), timeout=timeout)
+
+
+def token_from_environment() -> str | None:
+    """WORKERS_REMOTE__TOKEN, else the first line of the file WORKERS_REMOTE__TOKEN_FILE names."""
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        return token
+    path = os.environ.get(TOKEN_FILE_ENV)
+    return read_token_file(path, TOKEN_FILE_ENV) if path else None
+
+
+def read_token_file(path: str, where: str) -> str:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise SettingsError(f"{where}: cannot read the token file {path}: {exc}") from None
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise SettingsError(f"{where}: the token file {path} is empty")
+    return token
+
+
+class Client:
+    """One service, one token; safe to share between threads (httpx's pool)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        timeout: float = 30.0,
+        retry_for: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self.retry_for = retry_for  # seconds a request is retried through transient failures
+        self._http = httpx.Client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- creators and managers ------------------------------------------------------------
+
+    def push(self, job: Job, **options: Any) -> str:
+        """Push a job object (its class name is its type); returns its id."""
+        return self.push_named(type(job).__name__, dict(job.params), **options)
+
+    def push_named(
+        self, job_type: str, params: Mapping[str, Any] | None = None, **options: Any
+    ) -> str:
+        body = {"type": job_type, "params": dict(params or {}), **_push_options(options)}
+        return str(self.request("POST", "/api/jobs", json=body)["id"])
+
+    def push_many(self, jobs: Iterable[Job], **options: Any) -> list[str]:
+        return [self.push(job, **options) for job in jobs]
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job as `GET /api/jobs/{id}` shows it; None if there is no such job."""
+        try:
+            found: dict[str, Any] = self.request("GET", f"/api/jobs/{job_id}")
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return found
+
+    def find(
+        self, *, type: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        query = {
+            k: v
+            for k, v in {"type": type, "status": status, "limit": limit}.items()
+            if v is not None
+        }
+        jobs: list[dict[str, Any]] = self.request("GET", "/api/jobs", params=query)["jobs"]
+        return jobs
+
+    def act(self, action: str, job_id: str, **options: Any) -> dict[str, Any]:
+        """A lifecycle action on one job: cancel, pause, resume, restart, rerun, remove..."""
+        done: dict[str, Any] = self.request(
+            "POST", f"/api/jobs/{job_id}/{action}", json=options or None
+        )
+        return done
+
+    def act_many(self, action: str, ids: list[str], **options: Any) -> dict[str, Any]:
+        done: dict[str, Any] = self.request(
+            "POST", f"/api/actions/{action}", json={"ids": ids, **options}
+        )
+        return done
+
+    def cancel(self, job_id: str, **options: Any) -> dict[str, Any]:
+        return self.act("cancel", job_id, **options)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def process_jobs(
+        self,
+        types: str | list[str],
+        handler: Handler,
+        *,
+        concurrency: int = 4,
+        cargo: int = 1,
+        name: str | None = None,
+        wait: float = 20.0,
+    ) -> JobQueue:
+        """Work jobs of `types` with `handler(job)` (or `handler(jobs)` with `cargo` > 1) on
+        `concurrency` threads, as meteor-job's processJobs; the queue starts at once."""
+        kinds = [types] if isinstance(types, str) else list(types)
+        return JobQueue(
+            self, kinds, handler, concurrency=concurrency, cargo=cargo, name=name, wait=wait
+        )
+
+    # -- the wire -------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> Any:
+        """The JSON answer; transient failures retried for `retry_for` seconds (with
+        backoff and jitter), or not at all when `retry` is off."""
+        deadline = time.monotonic() + self.retry_for
+        wait = _BACKOFF_FIRST
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                failure: str = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code not in TRANSIENT:
+                    return _answer(response)
+                failure = f"HTTP {response.status_code}"
+            if not retry or time.monotonic() + wait > deadline or self._closed.is_set():
+                raise Unreachable(f"{method} {self.url}{path} failed: {failure}")
+            self._closed.wait(wait * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not a secret)
+            wait = min(wait * 2, _BACKOFF_MAX)
+
+
+def _answer(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.is_success:
+        return body
+    detail = body.get("detail") if isinstance(body, dict) else None
+    raise RemoteError(response.status_code, str(detail or response.reason_phrase), body)
+
+
+def _push_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The local push's options as the HTTP push takes them (`retry` by count)."""
+    options = dict(options)
+    retry = options.pop("retry", None)
+    if isinstance(retry, Mapping):
+        retry = retry.get("retries")
+    if retry is not None:
+        options["retries"] = retry
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def run(args: Any) -> int:
+    """`workers remote`: the `*Job` classes of `--jobs` worked through the service at
+    `--url`, with no settings file and no database: only the token. SIGTERM or Ctrl-C
+    stops it at the `normal` level (running jobs finish, taken ones go back); a second
+    one at `hard`."""
+    classes = _job_classes(args.jobs, args.types)
+    token = read_token_file(args.token_file, "--token-file") if args.token_file else None
+    client = connect(args.url, token)
+    queue = JobQueue(client, sorted(classes), class_handler(classes),
+                     concurrency=args.threads, name=args.name)  # fmt: skip
+    stops: list[int] = []
+    done = threading.Event()
+
+    def shut(level: str) -> None:
+        queue.shutdown(level)
+        done.set()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stops.append(signum)
+        level = "normal" if len(stops) == 1 else "hard"
+        threading.Thread(target=shut, args=(level,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"workers remote: {queue.name} works {', '.join(sorted(classes))} from {client.url} "
+          f"on {args.threads} threads", file=sys.stderr)  # fmt: skip
+    while not done.wait(0.5):
+        pass
+    client.close()
+    return 0
+
+
+def _job_classes(package: str, types: list[str] | None) -> dict[str, type[Job]]:
+    """The package's `*Job` classes (importable from the current folder), or `types` of them."""
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    found = dict(registry.discover([package]).classes)
+    if not found:
+        raise DiscoveryError(f"workers remote: the jobs package {package} defines no *Job class")
+    unknown = sorted(set(types or ()) - set(found))
+    if unknown:
+        raise DiscoveryError(
+            f"workers remote --types: {', '.join(unknown)} not found in {package} "
+            f"(its job classes: {', '.join(sorted(found))})"
+        )
+    return {name: cls for name, cls in found.items() if not types or name in types}
