@@ -5,6 +5,7 @@ reads and acts as its role allows; a JobQueue pauses, resumes and shuts down by 
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import threading
@@ -204,3 +205,50 @@ def test_a_job_queue_pauses_resumes_and_hands_back_by_level(service: tuple[str, 
         queue.shutdown("normal", timeout=30)
     statuses = [app.store.get_job(i)["status"] for i in ids]  # type: ignore[index]
     assert statuses == ["completed"] * 4
+
+
+NODE, CURL, JQ = shutil.which("node"), shutil.which("curl"), shutil.which("jq")
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.mark.skipif(NODE is None, reason="node (Node.js 18+) is not installed on this machine")
+def test_a_worker_in_node_with_fetch_alone_runs_jobs(service: tuple[str, App]) -> None:
+    url, app = service
+    with remote.connect(url, token_of("admin")) as client:
+        ids = [client.push_named("EchoJob", {"echo": n}) for n in range(5)]
+    env = {**workers_env(), "WORKERS_URL": url, "WORKERS_TOKEN": token_of("worker")}
+    command = [str(NODE), str(EXAMPLES / "remote-node" / "worker.mjs"), "EchoJob"]
+    worker = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        wait_for(
+            lambda: all(app.store.get_job(i)["status"] == "completed" for i in ids),  # type: ignore[index]
+            timeout=60,
+            what="the node worker to run every job",
+        )
+    finally:
+        said = stop(worker)
+    assert worker.returncode == 0 and "stopped" in said, said
+    for n, job_id in enumerate(ids):
+        doc = app.store.get_job(job_id)
+        assert doc is not None and doc["result"] == {
+            "echo": n, "pid": worker.pid, "attempt": 1, "by": "node"
+        }  # fmt: skip
+        assert doc["progress"]["percent"] == 50.0
+        assert any(entry["message"] == "echoing from node" for entry in doc["log"])
+
+
+@pytest.mark.skipif(CURL is None or JQ is None, reason="curl and jq are not both installed")
+def test_curl_takes_and_completes_one_job(service: tuple[str, App], tmp_path: Path) -> None:
+    url, app = service
+    with remote.connect(url, token_of("admin")) as client:
+        job_id = client.push_named("EchoJob", {"echo": "curl"})
+    env = {**workers_env(), "WORKERS_URL": url, "WORKERS_TOKEN": token_of("worker")}
+    script = EXAMPLES / "remote-curl.sh"
+    done = subprocess.run(["sh", str(script), "EchoJob"], env=env, capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert '{"status":"completed"}' in done.stdout
+    doc = app.store.get_job(job_id)
+    assert doc is not None and doc["result"] == {"by": "curl"} and doc["progress"]["percent"] == 100
