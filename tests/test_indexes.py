@@ -4,6 +4,7 @@ createIndex privilege boots on indexes made out of band, and builds have a time 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,24 @@ def test_an_index_build_past_its_time_limit_stops_the_boot_naming_the_index(
     message = str(refused.value)
     assert "was not built within 0.001 s (mongo.index_build_timeout)" in message
     assert "a member that is down or lagging holds the build" in message
+
+
+@pytest.mark.slow
+def test_an_index_build_longer_than_the_socket_timeout_is_waited_for(
+    mongo_url: str, db_name: str, db: Any
+) -> None:
+    """The build has its own time limit (mongo.index_build_timeout), not the client's socket
+    timeout (mongo.timeout x 3, 0.3 s here): a large collection's build outlasts that."""
+    db["workers.jobs"].insert_many([{"status": "completed", "n": n} for n in range(20_000)])
+    store = Store(mongo_url, db_name, timeout=0.1, pool_size=1)
+    try:
+        began = time.monotonic()
+        store.ensure_indexes(time_limit=60)
+        took = time.monotonic() - began
+    finally:
+        store.close()
+    assert took > 0.3, f"the builds took {took:.2f} s: too quick to outlast the socket timeout"
+    assert LINKS_INDEX in names(db["workers.jobs"])
 
 
 def test_the_retired_links_index_makes_way_for_the_one_the_sweep_needs(

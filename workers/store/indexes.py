@@ -12,13 +12,15 @@ boot with one line that says what is there, what is needed and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pymongo.errors import ExecutionTimeout, OperationFailure
+import pymongo
+from pymongo.errors import ExecutionTimeout, NetworkTimeout, OperationFailure
 
 from workers.errors import IndexBuildTimeout, IndexConflict, IndexesMissing
 from workers.store.base import Connection, Document, translated
@@ -207,11 +209,14 @@ class IndexQueries(Connection):
             f", at most {time_limit:g} s" if time_limit else "",
         )
         command: Document = {"createIndexes": collection.name, "indexes": [spec.definition()]}
-        if time_limit:
-            command["maxTimeMS"] = int(time_limit * 1000)
+        # the build may take its whole time limit, however short the client's socket timeout
+        # (mongo.timeout x 3): under pymongo.timeout the driver sends maxTimeMS itself and
+        # waits on the socket as long
+        limit = pymongo.timeout(time_limit) if time_limit else contextlib.nullcontext()
         try:
-            self.db.command(command)
-        except ExecutionTimeout as exc:
+            with limit:
+                self.db.command(command)
+        except (ExecutionTimeout, NetworkTimeout) as exc:
             raise IndexBuildTimeout(
                 f"index {spec.name} on {collection.full_name} was not built within "
                 f"{time_limit:g} s (mongo.index_build_timeout): on a replica set a member that "
