@@ -239,3 +239,19 @@ def test_a_local_attempt_s_token_is_refused_over_http(web_app: App, api: TestCli
     answer = api.post(f"/api/work/{job_id}/done", json={"token": doc["lease_owner"]})
     assert answer.status_code == 409
     assert Job.get(job_id).status == "running"  # type: ignore[union-attr]
+
+
+def test_a_reader_waits_for_a_job_to_finish(web_app: App, api: TestClient) -> None:
+    job_id = Job.push(RecordJob())
+    viewer = client_for(web_app, headers=bearer("viewer"))
+    early = viewer.get(f"/api/jobs/{job_id}/wait", params={"timeout": 0.2}).json()
+    assert early["finished"] is False and early["job"]["status"] == "ready"
+    (job,) = take(api, ["RecordJob"])
+    finisher = threading.Timer(
+        0.3, lambda: api.post(f"/api/work/{job_id}/done", json={"token": job["token"], "result": 5})
+    )
+    finisher.start()
+    waited = viewer.get(f"/api/jobs/{job_id}/wait", params={"timeout": 20}).json()
+    finisher.join()
+    assert waited["finished"] is True and waited["job"]["result"] == 5
+    assert viewer.get("/api/jobs/6b16b79df59465c1914904f5/wait").status_code == 404

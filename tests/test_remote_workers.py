@@ -160,6 +160,26 @@ def test_the_client_pushes_reads_and_acts_as_its_role_allows(service: tuple[str,
         worker.find()
 
 
+def test_a_pushed_job_is_waited_for_and_its_result_read_over_http(
+    service: tuple[str, App], tmp_path: Path
+) -> None:
+    url, _ = service
+    with remote.connect(url, token_of("creator")) as client:
+        echo = client.push_named("EchoJob", {"echo": "back"})
+        with pytest.raises(TimeoutError, match=f"job {echo} did not finish within 0.2 s"):
+            echo.wait(0.2)
+        fatal = client.push_named("FlakyEchoJob", retry=0)  # its first attempt fails it
+        worker = start_remote(url, tmp_path, "waited-for")
+        try:
+            assert echo.result(30)["echo"] == "back"
+            with pytest.raises(workers.JobFailed, match="the first attempt fails"):
+                fatal.result(30)
+        finally:
+            stop(worker)
+        with pytest.raises(workers.JobNotFound):
+            client.wait("6b16b79df59465c1914904f5", 1)
+
+
 def test_connect_names_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(remote.URL_ENV, raising=False)
     with pytest.raises(workers.WorkersError, match="WORKERS_REMOTE__URL is not set"):

@@ -28,13 +28,21 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from workers import registry
-from workers.errors import DiscoveryError, RemoteError, SettingsError, Unreachable
+from workers.errors import (
+    DiscoveryError,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    RemoteError,
+    SettingsError,
+    Unreachable,
+)
 from workers.remote_worker import Handler, JobQueue, class_handler
 
 if TYPE_CHECKING:
     from workers.job import Job
 
-__all__ = ["Client", "JobQueue", "RemoteError", "Unreachable", "connect"]
+__all__ = ["Client", "JobQueue", "RemoteError", "RemotePushed", "Unreachable", "connect"]
 
 URL_ENV, TOKEN_ENV, TOKEN_FILE_ENV = (
     "WORKERS_REMOTE__URL",
@@ -43,6 +51,7 @@ URL_ENV, TOKEN_ENV, TOKEN_FILE_ENV = (
 )
 TRANSIENT = frozenset({502, 503, 504})
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.25, 10.0
+_LONG_POLL = 30.0  # seconds one wait request may last (the service's cap)
 
 
 def connect(url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> Client:
@@ -107,17 +116,39 @@ class Client:
 
     # -- creators and managers ------------------------------------------------------------
 
-    def push(self, job: Job, **options: Any) -> str:
+    def push(self, job: Job, **options: Any) -> RemotePushed:
         """Push a job object (its class name is its type); returns its id."""
         return self.push_named(type(job).__name__, dict(job.params), **options)
 
     def push_named(
         self, job_type: str, params: Mapping[str, Any] | None = None, **options: Any
-    ) -> str:
+    ) -> RemotePushed:
         body = {"type": job_type, "params": dict(params or {}), **_push_options(options)}
-        return str(self.request("POST", "/api/jobs", json=body)["id"])
+        pushed = self.request("POST", "/api/jobs", json=body)
+        return RemotePushed(str(pushed["id"]), self, existing=bool(pushed.get("existing")))
 
-    def push_many(self, jobs: Iterable[Job], **options: Any) -> list[str]:
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The job once it finished (completed, failed or cancelled); TimeoutError past
+        `timeout` seconds (None: never), JobNotFound if there is no such job. Each request
+        is a long poll of at most 30 s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _LONG_POLL if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                answer = self.request("GET", f"/api/jobs/{job_id}/wait",
+                                      params={"timeout": min(left, _LONG_POLL)},
+                                      timeout=min(left, _LONG_POLL) + 30)  # fmt: skip
+            except RemoteError as exc:
+                if exc.status == 404:
+                    raise JobNotFound(f"wait: no job has the id {job_id}") from None
+                raise
+            if answer["finished"]:
+                job: dict[str, Any] = answer["job"]
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"wait: job {job_id} did not finish within {timeout:g} s")
+
+    def push_many(self, jobs: Iterable[Job], **options: Any) -> list[RemotePushed]:
         return [self.push(job, **options) for job in jobs]
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -196,6 +227,32 @@ class Client:
                 raise Unreachable(f"{method} {self.url}{path} failed: {failure}")
             self._closed.wait(wait * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not a secret)
             wait = min(wait * 2, _BACKOFF_MAX)
+
+
+class RemotePushed(str):
+    """A pushed job's id, with `wait` and `result` over the service (as a local `Pushed`)."""
+
+    client: Client
+    existing: bool
+
+    def __new__(cls, job_id: str, client: Client, *, existing: bool = False) -> RemotePushed:
+        pushed = super().__new__(cls, job_id)
+        pushed.client, pushed.existing = client, existing
+        return pushed
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        return self.client.wait(str(self), timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The result once the job completed; JobFailed with its error if it failed,
+        JobCancelled if it was cancelled; TimeoutError and JobNotFound as `wait`."""
+        job = self.wait(timeout)
+        if job["status"] == "completed":
+            return job.get("result")
+        if job["status"] == "cancelled":
+            raise JobCancelled(f"job {self} was cancelled")
+        error = job.get("error") or {}
+        raise JobFailed(f"job {self} failed: {error.get('type')}: {error.get('message')}")
 
 
 def _answer(response: httpx.Response) -> Any:

@@ -12,7 +12,6 @@ boot with one line that says what is there, what is needed and how to fix it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Iterable
@@ -25,6 +24,7 @@ from pymongo.errors import ExecutionTimeout, NetworkTimeout, OperationFailure
 from workers.errors import IndexBuildTimeout, IndexConflict, IndexesMissing
 from workers.store.base import Connection, Document, translated
 
+_UNBOUNDED = 24 * 3600.0  # seconds a build with no time limit may take (not the socket's)
 _log = logging.getLogger("workers.store")
 _CONFLICT_CODES = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
 
@@ -212,14 +212,14 @@ class IndexQueries(Connection):
         # the build may take its whole time limit, however short the client's socket timeout
         # (mongo.timeout x 3): under pymongo.timeout the driver sends maxTimeMS itself and
         # waits on the socket as long
-        limit = pymongo.timeout(time_limit) if time_limit else contextlib.nullcontext()
+        seconds = time_limit or _UNBOUNDED
         try:
-            with limit:
+            with pymongo.timeout(seconds):
                 self.db.command(command)
         except (ExecutionTimeout, NetworkTimeout) as exc:
             raise IndexBuildTimeout(
                 f"index {spec.name} on {collection.full_name} was not built within "
-                f"{time_limit:g} s (mongo.index_build_timeout): on a replica set a member that "
+                f"{seconds:g} s (mongo.index_build_timeout): on a replica set a member that "
                 "is down or lagging holds the build; bring it back, or build the indexes out of "
                 f"band with `workers db indexes --create` ({exc})"
             ) from exc

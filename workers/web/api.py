@@ -9,12 +9,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 import workers.web.views as views
 from workers import lifecycle
 from workers.app import App
+from workers.dispatch import MAX_WAIT
 from workers.options import MAX_DELAY
 from workers.record import ALLOWED, STATUSES
+from workers.waiting import waiters_of
 from workers.web.access import (
     actor,
     booted,
@@ -227,6 +230,38 @@ def get_job(job_id: JobId, app: App_, _: Annotated[Principal, Depends(reader)]) 
     if doc is None:
         raise not_found(f"no job has the id {job_id}")
     return JobDetail(**views.job_detail(doc), **views.related(app, doc))
+
+
+class Waited(BaseModel):
+    finished: bool = Field(description="false: `timeout` ran out first (`job` as it is now)")
+    job: JobDetail
+
+
+@router.get(
+    "/jobs/{job_id}/wait",
+    response_model=Waited,
+    responses=responses(401, 403, 404, 422, 503),
+    summary="Wait up to `timeout` seconds for a job to finish, then read it.",
+)
+async def wait_for_job(
+    job_id: JobId,
+    app: App_,
+    _: Annotated[Principal, Depends(reader)],
+    timeout: Annotated[float, Query(ge=0, le=MAX_WAIT, allow_inf_nan=False)] = 30.0,
+) -> Waited:
+    """A long poll on the stream every waiter of this process shares (waiting.py): the
+    answer comes when the job completes, fails, is cancelled or removed."""
+    finished = True
+    try:
+        await waiters_of(app.store).wait_async([job_id], timeout)
+    except TimeoutError:
+        finished = False
+    doc = await run_in_threadpool(app.store.get_job, job_id)
+    if doc is None:
+        raise not_found(f"no job has the id {job_id}")
+    return Waited(
+        finished=finished, job=JobDetail(**views.job_detail(doc), **views.related(app, doc))
+    )
 
 
 @router.post(
