@@ -23,7 +23,7 @@ from workers.app import App
 from workers.remote_worker import JobQueue, RemoteJob
 from workers.settings import Settings
 
-pytestmark = pytest.mark.processes
+pytestmark = [pytest.mark.processes, pytest.mark.slow]  # each starts workers web and workers
 LEASE = 3.0
 
 

@@ -372,12 +372,16 @@ class Dispatcher:
     def _watch(self) -> None:
         """Ring the bell when a job may have become ready: the stream's events, a delayed
         job's due time (staged first), or the poll when there is no stream."""
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not self.app.closed:
             self._wakeup.clear()
             self.bell.ring()
             self._wakeup.wait(self._next_due())
             if self._wakeup.due_reached:
                 _quietly(self.store.stage_due)
+        if self.app.closed:  # the app closed under a dashboard that was never stopped
+            self._stop.set()
+            self._wakeup.stop()
+            self._sweep.stop()
 
     def _next_due(self) -> datetime | None:
         types = sorted({t for remote in self._types() for t in remote})

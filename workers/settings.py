@@ -145,6 +145,12 @@ class WorkersSettings(_Section):
 ROLES = ("admin", "manager", "creator", "worker", "viewer")
 
 
+# what a token's allow and deny rules name: reading (pages, GET API), pushing, working
+# (taking jobs and reporting on them), and each lifecycle action
+RuleAction = Literal["read", "push", "work", "pause", "resume", "cancel", "restart", "rerun",
+                     "remove"]  # fmt: skip
+
+
 class TokenSettings(_Section):
     """An API token of the dashboard and HTTP API: only its SHA-256 is kept
     (`workers token` makes one)."""
@@ -155,6 +161,15 @@ class TokenSettings(_Section):
     )
     sha256: str = Field(
         pattern=r"^[0-9a-f]{64}$", description="the token's SHA-256, hex (`workers token`)"
+    )
+    types: list[str] | None = Field(
+        None, description="only jobs of these types: to take, push and act on (null: any)"
+    )
+    allow: list[RuleAction] | None = Field(
+        None, description="only these actions, within the role (null: all the role has)"
+    )
+    deny: list[RuleAction] = Field(
+        default_factory=list, description="never these actions (deny wins over allow)"
     )
 
 

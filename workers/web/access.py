@@ -16,6 +16,8 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -68,34 +70,97 @@ _NO_AUTH = (
 
 
 async def reader(request: Request) -> Principal:
-    return await _may(request, "can_read", "use the dashboard or the API", writes=False)
+    return await _may(request, "can_read", "use the dashboard or the API", "read", writes=False)
 
 
 async def pusher(request: Request) -> Principal:
-    return await _may(request, "can_push", "push jobs", writes=True)
+    return await _may(request, "can_push", "push jobs", "push", writes=True)
 
 
 async def actor(request: Request) -> Principal:
-    return await _may(request, "can_act", "act on jobs", writes=True)
+    # each action and each job's type are checked by check_ownership
+    return await _may(request, "can_act", "act on jobs", None, writes=True)
 
 
 async def worker(request: Request) -> Principal:
-    return await _may(request, "can_work", "take or report on jobs", writes=True)
+    return await _may(request, "can_work", "take or report on jobs", "work", writes=True)
 
 
-async def _may(request: Request, permission: str, doing: str, *, writes: bool) -> Principal:
-    """The principal if its role has `permission` (403 naming the role if not); a request
-    that changes something must also carry the CSRF token."""
+async def _may(
+    request: Request, permission: str, doing: str, action: str | None, *, writes: bool
+) -> Principal:
+    """The principal if its role has `permission` (403 naming the role if not) and its
+    rules allow `action`; a request that changes something must also carry the CSRF token."""
     who = await principal(request)
     if not getattr(who, permission):
         raise forbidden(f"the {who.role} role cannot {doing}", role=who.role)
+    if action is not None:
+        authorize(request, who, action)
     if writes:
         check_csrf(request, who)
     return who
 
 
-def check_ownership(app: App, who: Principal, ids: list[str], doing: str = "act on") -> None:
-    """A creator acts only on the jobs it pushed: 403 naming the others, and nothing done."""
+Rule = Callable[[Principal, str, "str | None", "dict[str, Any] | None"], bool]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The host app's rules, as jobCollection's allow and deny: each gets (principal,
+    action, job type, params) and returns a bool; a deny that says True refuses, and so
+    does an allow that says False. Deny wins."""
+
+    allow: Rule | None = None
+    deny: Rule | None = None
+
+    def refusal(
+        self, who: Principal, action: str, job_type: str | None, params: dict[str, Any] | None
+    ) -> str | None:
+        if self.deny is not None and self.deny(who, action, job_type, params):
+            return "the host app's deny rule refuses it"
+        if self.allow is not None and not self.allow(who, action, job_type, params):
+            return "the host app's allow rule does not allow it"
+        return None
+
+    @property
+    def see_params(self) -> bool:
+        return self.allow is not None or self.deny is not None
+
+
+def authorize(
+    request: Request,
+    who: Principal,
+    action: str,
+    job_type: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> None:
+    """403 naming the rule when the principal's own rules (a token's `types`, `allow` and
+    `deny`) or the host app's refuse `action` (on a job of `job_type` with `params`)."""
+    rules: Rules = request.app.state.rules
+    why = who.refusal(action, job_type) or rules.refusal(who, action, job_type, params)
+    if why:
+        on = f" {job_type}" if job_type else ""
+        raise forbidden(f"{who.name} ({who.role}) may not {action}{on}: {why}", rule=why)
+
+
+def check_ownership(
+    request: Request,
+    app: App,
+    who: Principal,
+    ids: list[str],
+    doing: str = "act on",
+    action: str | None = None,
+) -> None:
+    """A creator acts only on the jobs it pushed: 403 naming the others, and nothing done.
+    With `action`, every job's type and params must pass the rules too (`authorize`)."""
+    rules: Rules = request.app.state.rules
+    narrowed = who.types is not None or who.allow is not None or bool(who.deny)
+    if action is not None and (narrowed or rules.see_params):
+        authorize(request, who, action)
+        docs = app.store.jobs_by_ids(list(ids)) if rules.see_params else app.store.jobs_by_id(ids)
+        for doc in docs:
+            params = doc.get("params") if isinstance(doc.get("params"), dict) else None
+            authorize(request, who, action, str(doc.get("type")), params)
     if scope_of(who) is None:
         return
     # an id no job has is nobody's: the action reports it as refused (no such job)

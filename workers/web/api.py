@@ -7,7 +7,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -20,6 +20,7 @@ from workers.record import ALLOWED, STATUSES
 from workers.waiting import waiters_of
 from workers.web.access import (
     actor,
+    authorize,
     booted,
     cached_counts,
     check_ownership,
@@ -176,15 +177,21 @@ App_ = Annotated[App, Depends(booted)]
     responses=_WRITE,
     summary="Push a job of a registered type.",
 )
-def push_job(body: PushRequest, app: App_, who: Annotated[Principal, Depends(pusher)]) -> Pushed:
+def push_job(
+    body: PushRequest,
+    request: Request,
+    app: App_,
+    who: Annotated[Principal, Depends(pusher)],
+) -> Pushed:
     """Push a job of a registered type; the caller is recorded as its owner."""
+    authorize(request, who, "push", body.type, body.params)
     if body.type not in app.registry:
         known = ", ".join(app.registry.types) or "none"
         raise Problem(
             422, "Invalid job", f"no job class is registered as {body.type!r} (known: {known})"
         )
     if body.depends:
-        check_ownership(app, who, body.depends, doing="depend on")
+        check_ownership(request, app, who, body.depends, doing="depend on")
     options = body.model_dump(exclude={"type", "params", "retries"}, exclude_none=True)
     if body.retries is not None:
         options["retry"] = body.retries
@@ -273,6 +280,7 @@ async def wait_for_job(
 def act_on_job(
     job_id: JobId,
     action: Action,
+    request: Request,
     app: App_,
     who: Annotated[Principal, Depends(actor)],
     body: ActionOptions | None = None,
@@ -280,7 +288,7 @@ def act_on_job(
     """One job; 409 with the job's status and the allowed ones when its status refuses."""
     name = action.value
     options = _options(name, body)
-    check_ownership(app, who, [job_id])
+    check_ownership(request, app, who, [job_id], action=name)
     result = lifecycle.act_on_one(app.store, name, job_id, owner=scope_of(who), **options)
     doc = app.store.get_job(job_id)
     return ActionDone(
@@ -299,13 +307,17 @@ def act_on_job(
     summary="Act on many jobs at once, by their ids.",
 )
 def act_on_jobs(
-    action: Action, body: BulkRequest, app: App_, who: Annotated[Principal, Depends(actor)]
+    action: Action,
+    body: BulkRequest,
+    request: Request,
+    app: App_,
+    who: Annotated[Principal, Depends(actor)],
 ) -> BulkDone:
     """Many jobs: each changed or refused (with its status); a creator's request naming a job
     it did not push is refused whole (403)."""
     name = action.value
     options = _options(name, ActionOptions(**body.model_dump(exclude={"ids"})))
-    check_ownership(app, who, body.ids)
+    check_ownership(request, app, who, body.ids, action=name)
     result = lifecycle.act(app.store, name, body.ids, owner=scope_of(who), **options)
     return BulkDone(
         action=name,

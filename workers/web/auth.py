@@ -31,11 +31,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from workers.settings import ROLES, TokenSettings
+from workers.settings import ROLES, RuleAction, TokenSettings
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+RULE_ACTIONS: tuple[str, ...] = RuleAction.__args__  # type: ignore[attr-defined]
 READERS = frozenset({"admin", "manager", "creator", "viewer"})
 PUSHERS = frozenset({"admin", "creator"})
 MANAGERS = frozenset({"admin", "manager"})  # may act on any job
@@ -53,10 +54,31 @@ class Principal:
     name: str
     role: str
     via: str = "resolver"  # bearer, cookie, resolver or local
+    # narrowed within the role (a token's `types`, `allow` and `deny`): None is no narrowing
+    types: frozenset[str] | None = None
+    allow: frozenset[str] | None = None
+    deny: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"unknown role {self.role!r}; roles are {', '.join(ROLES)}")
+        unknown = sorted(((self.allow or frozenset()) | self.deny) - set(RULE_ACTIONS))
+        if unknown:
+            raise ValueError(
+                f"unknown action {', '.join(unknown)} in allow or deny; the actions are "
+                f"{', '.join(RULE_ACTIONS)}"
+            )
+
+    def refusal(self, action: str, job_type: str | None = None) -> str | None:
+        """Why this principal's own rules refuse `action` (on a job of `job_type`), or None.
+        Deny wins; then allow, when given, lists all it may do; then its types."""
+        if action in self.deny:
+            return f"its rules deny {action}"
+        if self.allow is not None and action not in self.allow:
+            return f"its rules allow only {', '.join(sorted(self.allow)) or 'nothing'}"
+        if job_type is not None and self.types is not None and job_type not in self.types:
+            return f"it is limited to the types {', '.join(sorted(self.types))}"
+        return None
 
     @property
     def can_read(self) -> bool:
@@ -156,7 +178,11 @@ class Authenticator:
         for entry in self._tokens:
             if hmac.compare_digest(digest, entry.sha256):
                 found = entry
-        return Principal(found.name, found.role, via) if found else None
+        if found is None:
+            return None
+        types = frozenset(found.types) if found.types is not None else None
+        allow = frozenset(found.allow) if found.allow is not None else None
+        return Principal(found.name, found.role, via, types, allow, frozenset(found.deny))
 
     async def _resolve(self, request: Request) -> Principal | None:
         if self._resolver is None:

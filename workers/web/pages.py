@@ -195,7 +195,8 @@ async def act(request: Request, app: App_) -> Response:
         return RedirectResponse(_with_message(back, "no job was selected"), status_code=303)
     if not who.can_act:
         raise forbidden(f"the {who.role} role cannot act on jobs", role=who.role)
-    await run_in_threadpool(check_ownership, app, who, ids)  # pymongo blocks: not on the loop
+    # pymongo blocks: not on the loop
+    await run_in_threadpool(check_ownership, request, app, who, ids, "act on", action)
     if form.get("confirm") != "yes":
         return render(request, "confirm.html", who, page="jobs", action=action, ids=ids, back=back)
     owner = scope_of(who)

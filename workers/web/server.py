@@ -26,7 +26,7 @@ from workers.dispatch import Dispatcher
 from workers.errors import DatabaseUnavailable, SettingsError, StoreError
 from workers.settings import Settings
 from workers.version import __version__
-from workers.web.access import Session, booted, reader
+from workers.web.access import Rule, Rules, Session, booted, reader
 from workers.web.auth import (
     LOCAL_HOSTS,
     LOOPBACK_NAMES,
@@ -49,14 +49,18 @@ def create_app(
     settings: Settings | None = None,
     trust_loopback: bool = False,
     allowed_hosts: Sequence[str] | None = None,
+    allow: Rule | None = None,
+    deny: Rule | None = None,
 ) -> FastAPI:
     """The dashboard, API and /metrics as one ASGI app.
 
     `auth(request)` is the host app's own login: it returns a `Principal`, a
     `(name, role)` pair or None; it sees the request's headers and cookies, not its
     body. `booted_app` defaults to the process's booted app (`workers.boot()`, or the
-    settings lookup on first use). Mounted in a host app, loopback is not trusted and
-    the host app's own Host check decides (`served_app` is what `workers web` serves)."""
+    settings lookup on first use). `allow` and `deny` are the host app's rules,
+    `(principal, action, job_type, params) -> bool` (access.Rules). Mounted in a host
+    app, loopback is not trusted and the host app's own Host check decides (`served_app`
+    is what `workers web` serves)."""
     get_app: Callable[[], App] = (lambda: booted_app) if booted_app else app_module.current
     settings = settings or (booted_app.settings if booted_app else get_app().settings)
     feed = Feed(get_app)
@@ -79,6 +83,7 @@ def create_app(
         openapi_url=None,  # /openapi.json needs a reader (below)
     )
     web.state.booted = get_app
+    web.state.rules = Rules(allow, deny)
     web.state.auth = Authenticator(settings.web.tokens, auth, trust_loopback=trust_loopback)
     web.state.counts = views.Counts(get_app, settings.web.cache)
     web.state.feed = feed

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from workers.dispatch import MAX_WAIT, Dispatcher, Refused
-from workers.web.access import worker
+from workers.web.access import authorize, worker
 from workers.web.auth import Principal
 from workers.web.problems import Problem, responses
 
@@ -160,9 +160,12 @@ JobId = Annotated[str, Path(min_length=1, max_length=200)]
     responses=responses(401, 403, 422, 503),
     summary="Take up to `max` jobs of `types`, waiting up to `wait` seconds for one.",
 )
-async def take_work(body: WorkRequest, request: Request, _: Worker, dispatch: Dispatch) -> Work:
+async def take_work(body: WorkRequest, request: Request, who: Worker, dispatch: Dispatch) -> Work:
     """Claims as a local worker does (priorities, delays, limits); each job comes with the
-    token its reports must name, and a lease to keep by beating."""
+    token its reports must name, and a lease to keep by beating. A token limited to some
+    types may only ask for those (403 naming the rule)."""
+    for job_type in body.types:
+        authorize(request, who, "work", job_type)
     host = request.client.host if request.client else ""
     jobs = await dispatch.work(body.worker, body.types, body.max, body.wait, host)
     return Work(jobs=[WorkJob(**job) for job in jobs])
