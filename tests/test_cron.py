@@ -273,10 +273,15 @@ def test_three_nodes_fire_every_tick_exactly_once_through_kill_9_and_sigterm(
 
 @pytest.mark.processes
 def test_the_cron_command_lists_schedules_next_ticks_and_the_leader(
-    settings_file: Callable[..., Path], tmp_path: Path, cron_app: App
+    settings_file: Callable[..., Path], tmp_path: Path, make_settings: Callable[..., Settings]
 ) -> None:
     path = settings_file(jobs=["tests.cronjobs"])
-    Scheduler(cron_app, "host:123:abc", [Schedule("EverySecondJob", "* * * * * *")]).step()
+    # a lease long enough to outlast the command's start on a busy machine (3 s did not)
+    app = boot(settings=make_settings(jobs=["tests.cronjobs"], workers__queue={"lease": 120}))
+    try:
+        Scheduler(app, "host:123:abc", [Schedule("EverySecondJob", "* * * * * *")]).step()
+    finally:
+        shutdown()
     done = run_workers("cron", "--settings", str(path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
