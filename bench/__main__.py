@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import measure, peers, redis_peers
+from bench import measure, peers, redis_peers, remote
 from bench.server import database_url
 
 CONFIGS = [(1, 1), (1, 4), (2, 4), (4, 4)]
@@ -90,7 +90,38 @@ def run(url: str, runs: int, backlogs: list[int], window: int) -> dict[str, Any]
         )
     step("memory after 10,000 jobs")
     results["memory"] = median_of(1, lambda: measure.memory(url))
+    results["remote"] = remote_figures(url, runs)
     return results
+
+
+def remote_figures(url: str, runs: int, backlog: int = 1000) -> dict[str, Any]:
+    """2 remote workers x 4 threads (`workers remote` through one `workers web`) against a
+    local 2 x 4 tree, in turns, each draining `backlog` no-op jobs to the last; and the
+    pickup of a remote worker waiting in a long poll."""
+    step(f"remote 2 x 4 against local 2 x 4, {backlog} jobs to the last, in turns")
+    rates = interleaved(
+        runs,
+        {
+            "remote": functools.partial(remote.throughput, url, 2, 4, backlog, backlog),
+            "local": functools.partial(measure.throughput, url, 2, 4, backlog, backlog),
+        },
+    )
+    step("pickup by a remote worker waiting in POST /api/work")
+    picked = median_of(runs, functools.partial(remote.pickup, url))
+    return {**rates, "ratio": rates["remote"] / rates["local"], "pickup": picked}
+
+
+def remote_lines(results: dict[str, Any]) -> list[str]:
+    found = results.get("remote")
+    if not found:
+        return []
+    pickup = found["pickup"]
+    return [
+        f"remote workers 2 x 4 over HTTP: {found['remote']:.0f} jobs/s, local 2 x 4: "
+        f"{found['local']:.0f} jobs/s ({found['ratio']:.2f}x the local drain)",
+        f"remote pickup (a worker waiting in POST /api/work): p50 {pickup['p50']:.0f} ms, "
+        f"p95 {pickup['p95']:.0f} ms",
+    ]
 
 
 def crowded(url: str, runs: int, window: int, crowds: dict[str, tuple[int, int]]) -> dict[str, Any]:
@@ -221,6 +252,7 @@ def table(results: dict[str, Any]) -> str:
     lines += alone_lines(results)
     lines += crowded_lines(results)
     lines += limits_lines(results)
+    lines += remote_lines(results)
     for mode, p in results["pickup"].items():
         lines.append(
             f"pickup ({mode:8}) ms               p50 {p['p50']:6.1f}  p95 {p['p95']:6.1f}  "
@@ -415,7 +447,22 @@ def main() -> None:
         help="only what flow control costs a type without limits (printed, and written as "
         "bench-limits.json)",
     )
+    parser.add_argument(
+        "--remote-only",
+        action="store_true",
+        help="only remote workers against a local tree, and their pickup (printed, and "
+        "written as bench-remote.json)",
+    )
     args = parser.parse_args()
+    if args.remote_only:
+        with database_url() as (url, server):
+            machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+            print(f"on {machine}, {server}; median of {args.runs} run(s)")
+            figures: dict[str, Any] = {"remote": remote_figures(url, args.runs)}
+            print("\n".join(remote_lines(figures)))
+        figures.update(machine=f"{machine}, {server}", runs=args.runs)
+        Path(args.out, "bench-remote.json").write_text(json.dumps(figures, indent=2) + "\n")
+        return
     if args.limits_only:
         with database_url() as (url, server):
             machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"

@@ -83,7 +83,12 @@ def test_every_event_arrives_from_two_processes_each_completion_once(
                          ["started", "retried", "failed"]), kinds  # fmt: skip
         assert by_job[(job_id, "failed")].error["message"] == "nope"  # type: ignore[index]
     assert by_job[(progress, "progress")].progress is not None
-    assert {e.job_id for e in seen if e.kind == "started"} >= set(done)
+    # `started` is best effort (docs/results.md): a job that completes before the server
+    # reads its started update for the event shows only as completed. None is doubled,
+    # and none comes for a job that was not run.
+    started = collections.Counter(e.job_id for e in seen if e.kind == "started")
+    assert set(started) <= set(done) | set(failing) | {progress} and started
+    assert all(count == 1 for job_id, count in started.items() if job_id in done)
 
 
 @pytest.mark.processes

@@ -180,6 +180,39 @@ def test_a_pushed_job_is_waited_for_and_its_result_read_over_http(
             client.wait("6b16b79df59465c1914904f5", 1)
 
 
+def test_the_client_follows_the_job_events_live(service: tuple[str, App]) -> None:
+    url, _ = service
+    seen: list[dict[str, Any]] = []
+    done: list[str] = []
+    with remote.connect(url, token_of("admin")) as client:
+
+        def follow() -> None:
+            for event in client.events(kinds=["completed"], types="EchoJob"):
+                seen.append(event)
+                return
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        # the feed opens in the background: complete EchoJobs until it reports one
+        wait_for(lambda: _complete_one(client, done) and bool(seen), timeout=30, what="an event")
+        follower.join(timeout=10)
+    assert seen[0]["kind"] == "completed" and seen[0]["type"] == "EchoJob"
+    assert seen[0]["job_id"] in done
+    viewer = remote.connect(url, token_of("viewer"))
+    with viewer, pytest.raises(remote.RemoteError, match="422: events: nope is not an event"):
+        next(iter(viewer.events(kinds="nope")))
+
+
+def _complete_one(client: remote.Client, done: list[str]) -> bool:
+    """Push an EchoJob, take it and complete it (its id joins `done`)."""
+    client.push_named("EchoJob")
+    answer = client.request("POST", "/api/work", json={"types": ["EchoJob"], "worker": "t"})
+    for job in answer["jobs"]:
+        client.request("POST", f"/api/work/{job['id']}/done", json={"token": job["token"]})
+        done.append(job["id"])
+    return True
+
+
 def test_connect_names_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(remote.URL_ENV, raising=False)
     with pytest.raises(workers.WorkersError, match="WORKERS_REMOTE__URL is not set"):

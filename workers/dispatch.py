@@ -139,8 +139,9 @@ class Dispatcher:
         owner = f"dispatch:{secrets.token_hex(6)}"
         # a node's heartbeat without a node: rescues, settles follow-ups, adds the metrics
         self._sweep = Heartbeat(
-            self.store, owner, self.lease, dict, lambda _: None, lambda: None, app.tally
-        )
+            self.store, owner, self.lease, dict, lambda _: None, lambda: None, app.tally,
+            alive=self._alive,
+        )  # fmt: skip
         self._thread = threading.Thread(target=self._watch, name="dispatch", daemon=True)
 
     # -- claims -------------------------------------------------------------------------
@@ -369,6 +370,14 @@ class Dispatcher:
         self._thread.join(timeout=self.store.timeout + 1)
         self._sweep.stop()
 
+    def _alive(self) -> bool:
+        """False once the app closed under a dashboard that was never stopped (a host app's
+        tests): the sweep ends, and the wake-up stream with it."""
+        if self.app.closed and not self._stop.is_set():
+            self._stop.set()
+            self._wakeup.stop()
+        return not self.app.closed and not self._stop.is_set()
+
     def _watch(self) -> None:
         """Ring the bell when a job may have become ready: the stream's events, a delayed
         job's due time (staged first), or the poll when there is no stream."""
@@ -378,10 +387,6 @@ class Dispatcher:
             self._wakeup.wait(self._next_due())
             if self._wakeup.due_reached:
                 _quietly(self.store.stage_due)
-        if self.app.closed:  # the app closed under a dashboard that was never stopped
-            self._stop.set()
-            self._wakeup.stop()
-            self._sweep.stop()
 
     def _next_due(self) -> datetime | None:
         types = sorted({t for remote in self._types() for t in remote})

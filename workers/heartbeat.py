@@ -32,6 +32,7 @@ class Heartbeat:
         on_lost: Callable[[list[Any]], None],
         node_info: Callable[[], dict[str, Any] | None],
         tally: Tally,
+        alive: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
         self.tally = tally
@@ -41,6 +42,7 @@ class Heartbeat:
         self._held = held
         self._on_lost = on_lost
         self._node_info = node_info
+        self._alive = alive  # False: what it beats for is gone, and the thread ends
         self._own_store = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -65,7 +67,7 @@ class Heartbeat:
             self.store.close()
 
     def _run(self) -> None:
-        while True:
+        while self._alive():
             beaten = self.beat()
             # a failed beat is tried again soon: the leases are still ours for a while
             if self._stop.wait(self.interval if beaten else min(self.interval, _RETRY)):

@@ -14,18 +14,20 @@ is in remote_worker.py; `run` here is `workers remote`.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import httpx_sse
 
 from workers import registry
 from workers.errors import (
@@ -148,6 +150,23 @@ class Client:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"wait: job {job_id} did not finish within {timeout:g} s")
 
+    def events(
+        self, kinds: str | Iterable[str] | None = None, types: str | Iterable[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The job events as they happen (server-sent events from `GET /api/events`): each
+        a dict with `kind`, `job_id`, `type`, `at` and the result, error or progress. The
+        iteration ends when the connection does (a `for` loop may `break` any time)."""
+        query = {k: _joined(v) for k, v in (("kinds", kinds), ("types", types)) if v is not None}
+        with httpx_sse.connect_sse(
+            self._http, "GET", "/api/events", params=query, timeout=httpx.Timeout(10, read=None)
+        ) as source:
+            if not source.response.is_success:
+                source.response.read()
+                _answer(source.response)
+            for message in source.iter_sse():
+                if message.data:  # the opening `retry:` carries none
+                    yield json.loads(message.data)
+
     def push_many(self, jobs: Iterable[Job], **options: Any) -> list[RemotePushed]:
         return [self.push(job, **options) for job in jobs]
 
@@ -264,6 +283,10 @@ def _answer(response: httpx.Response) -> Any:
         return body
     detail = body.get("detail") if isinstance(body, dict) else None
     raise RemoteError(response.status_code, str(detail or response.reason_phrase), body)
+
+
+def _joined(value: str | Iterable[str]) -> str:
+    return value if isinstance(value, str) else ",".join(value)
 
 
 def _push_options(options: dict[str, Any]) -> dict[str, Any]:

@@ -4,17 +4,22 @@ the OpenAPI document is at /openapi.json."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 import workers.web.views as views
-from workers import lifecycle
+from workers import lifecycle, listening
 from workers.app import App
 from workers.dispatch import MAX_WAIT
+from workers.errors import WorkersError
+from workers.listening import choose
 from workers.options import MAX_DELAY
 from workers.record import ALLOWED, STATUSES
 from workers.waiting import waiters_of
@@ -390,6 +395,61 @@ def stats(
 def nodes(app: App_, _: Annotated[Principal, Depends(reader)]) -> list[dict[str, Any]]:
     """A process silent for longer than a lease is marked `silent`."""
     return views.nodes(app)
+
+
+@router.get(
+    "/events",
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "one event per job event"},
+        **responses(401, 403, 422, 503),
+    },
+    tags=["queue"],
+    summary="Follow the job events live: server-sent events, one per event of `kinds`.",
+)
+async def follow_events(
+    request: Request,
+    app: App_,
+    who: Annotated[Principal, Depends(reader)],
+    kinds: Annotated[str | None, Query(description="comma-separated event kinds")] = None,
+    types: Annotated[str | None, Query(description="comma-separated job types")] = None,
+) -> StreamingResponse:
+    """Each event is `event: <kind>` with the event as JSON in `data` (`workers.events()`'s
+    fields); a comment every 15 s keeps the connection open. A token limited to some types
+    sees only those."""
+    try:
+        kind_set, type_set = choose(_listed(kinds), _listed(types))
+    except WorkersError as exc:
+        raise Problem(422, "Invalid request", str(exc)) from None
+    if who.types is not None:
+        type_set = (type_set or who.types) & who.types
+    stream = listening.events(app.store, kind_set, type_set)
+    return StreamingResponse(
+        _server_sent(stream, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _listed(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
+_KEEPALIVE = 15.0
+
+
+async def _server_sent(stream: listening.EventStream, request: Request) -> AsyncIterator[str]:
+    events = stream.__aiter__()
+    try:
+        yield "retry: 2000\n\n"
+        while not await request.is_disconnected():
+            try:
+                event = await asyncio.wait_for(anext(events), _KEEPALIVE)
+            except TimeoutError:
+                yield ": keepalive\n\n"
+                continue
+            yield f"event: {event.kind}\ndata: {event.as_json()}\n\n"
+    finally:
+        stream.close()
 
 
 @router.get(
