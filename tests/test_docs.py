@@ -18,7 +18,8 @@ from docgen import hooks, pages, voice
 from docgen.references import commands, setting_keys
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.tooling
+# one test process builds the site (make test's --dist loadgroup), not each of them
+pytestmark = [pytest.mark.tooling, pytest.mark.xdist_group("docs")]
 
 
 @pytest.fixture(scope="module")

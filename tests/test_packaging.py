@@ -17,7 +17,8 @@ import pytest
 from tests.conftest import ROOT
 from workers.version import DISTRIBUTION, __version__
 
-pytestmark = pytest.mark.tooling
+# one test process builds the wheel (make test's --dist loadgroup), not each of them
+pytestmark = [pytest.mark.tooling, pytest.mark.xdist_group("packaging")]
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,8 @@ from workers.app import App
 from workers.settings import validate
 from workers.store import new_id
 
-pytestmark = [pytest.mark.tooling, pytest.mark.slow]
+# one test process builds the 100,000 jobs (make test's --dist loadgroup), not each of them
+pytestmark = [pytest.mark.tooling, pytest.mark.slow, pytest.mark.xdist_group("plans_at_scale")]
 
 FINISHED, DELAYED, READY = 50_000, 45_000, 5_000
 CHUNK = 5_000
