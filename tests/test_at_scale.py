@@ -26,10 +26,6 @@ BACKLOG = 300
 MILLION = 1_000_000
 
 
-# one test process starts this module's server (make test's --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("at_scale")
-
-
 @pytest.fixture(scope="module")
 def mongo_url() -> Iterator[str]:
     with own_server() as url:

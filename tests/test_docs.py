@@ -18,8 +18,7 @@ from docgen import hooks, pages, voice
 from docgen.references import commands, setting_keys
 from tests.conftest import ROOT
 
-# one test process builds the site (make test's --dist loadgroup), not each of them
-pytestmark = [pytest.mark.tooling, pytest.mark.xdist_group("docs")]
+pytestmark = pytest.mark.tooling
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,7 @@ import pytest
 from tests.conftest import ROOT
 from workers.version import DISTRIBUTION, __version__
 
-# one test process builds the wheel (make test's --dist loadgroup), not each of them
-pytestmark = [pytest.mark.tooling, pytest.mark.xdist_group("packaging")]
+pytestmark = pytest.mark.tooling
 
 
 @pytest.fixture(scope="module")
