@@ -22,10 +22,10 @@ from bench.measure import (
     ROOT,
     _drained,
     _finished,
-    _percentile,
     _push_due_after_the_push,
     _wait,
     booted,
+    pickup_percentiles,
     settings,
 )
 from workers import Job
@@ -111,8 +111,4 @@ def pickup(url: str, count: int = 100, gap: float = 0.05) -> dict[str, float]:
             ids.append(Job.push(NoopJob(n=n)))
             time.sleep(gap)
         _wait(lambda: app.store.jobs.count_documents({"status": "completed"}) >= count, 120)
-        latencies = sorted(
-            (doc["started"] - doc["created"]).total_seconds() * 1000
-            for doc in app.store.jobs.find({"_id": {"$in": ids}}, {"started": 1, "created": 1})
-        )
-    return {f"p{q}": _percentile(latencies, q) for q in (50, 95, 99)}
+        return pickup_percentiles(app, ids)
