@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -437,23 +437,23 @@ def _push_due_after_the_push(
 
 def pickup(url: str, streams: bool, count: int = 200, gap: float = 0.02) -> dict[str, float]:
     """Push → start latency (ms) for jobs pushed one at a time to an idle 2 x 4 service."""
-    with booted(url) as app:
-        with headless(url, app.store.db.name, 2, 4, change_streams=streams):
-            _wait(lambda: len(app.store.list_nodes()) >= 2, 60)
-            time.sleep(3)  # the wake-up streams open
-            ids = []
-            for n in range(count):
-                ids.append(Job.push(NoopJob(n=n)))
-                time.sleep(gap)
-            _wait(lambda: app.store.jobs.count_documents({"status": "completed"}) >= count, 120)
-        return pickup_percentiles(app, ids)
+    with booted(url) as app, headless(url, app.store.db.name, 2, 4, change_streams=streams):
+        _wait(lambda: len(app.store.list_nodes()) >= 2, 60)
+        time.sleep(3)  # the wake-up streams open
+        return pushed_apart(app, count, gap)
 
 
-def pickup_percentiles(app: App, ids: Sequence[str]) -> dict[str, float]:
-    """p50, p95 and p99 of push -> start (ms, both by the server's clock) of `ids`."""
+def pushed_apart(app: App, count: int, gap: float) -> dict[str, float]:
+    """Push `count` no-op jobs `gap` seconds apart to an idle service, wait for them all, and
+    give p50, p95 and p99 of push -> start (ms, both by the server's clock)."""
+    ids = []
+    for n in range(count):
+        ids.append(Job.push(NoopJob(n=n)))
+        time.sleep(gap)
+    _wait(lambda: app.store.jobs.count_documents({"status": "completed"}) >= count, 120)
     latencies = sorted(
         (doc["started"] - doc["created"]).total_seconds() * 1000
-        for doc in app.store.jobs.find({"_id": {"$in": list(ids)}}, {"started": 1, "created": 1})
+        for doc in app.store.jobs.find({"_id": {"$in": ids}}, {"started": 1, "created": 1})
     )
     return {f"p{q}": _percentile(latencies, q) for q in (50, 95, 99)}
 

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.jobs import NoopJob
 from bench.measure import (
     ROOT,
     _drained,
@@ -25,10 +24,9 @@ from bench.measure import (
     _push_due_after_the_push,
     _wait,
     booted,
-    pickup_percentiles,
+    pushed_apart,
     settings,
 )
-from workers import Job
 from workers.web.auth import hash_token
 
 _TOKEN = "bench-remote-worker-token"
@@ -106,9 +104,4 @@ def pickup(url: str, count: int = 100, gap: float = 0.05) -> dict[str, float]:
     with booted(url) as app, remote_service(url, app.store.db.name, 1, 4):
         _wait(lambda: _remote_nodes(app, 1), 60, every=0.2)
         time.sleep(_SETTLE)
-        ids = []
-        for n in range(count):
-            ids.append(Job.push(NoopJob(n=n)))
-            time.sleep(gap)
-        _wait(lambda: app.store.jobs.count_documents({"status": "completed"}) >= count, 120)
-        return pickup_percentiles(app, ids)
+        return pushed_apart(app, count, gap)
