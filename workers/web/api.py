@@ -45,12 +45,12 @@ _WRITE = responses(401, 403, 404, 409, 422, 503)
 router = APIRouter(prefix="/api", tags=["jobs"])
 
 
-class _Strict(BaseModel):
+class StrictBody(BaseModel):
     # strict: true is not a number (JSON has booleans), "5" is not a count
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class PushRequest(_Strict):
+class PushRequest(StrictBody):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
@@ -124,7 +124,7 @@ class JobPage(BaseModel):
     searched: int | None = Field(description="jobs a text search examined")
 
 
-class ActionOptions(_Strict):
+class ActionOptions(StrictBody):
     dependents: bool | None = Field(None, description="cancel, restart")
     antecedents: bool | None = Field(None, description="cancel, restart")
     retries: int | None = Field(None, ge=0, le=1000, description="restart")

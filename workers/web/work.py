@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workers.dispatch import MAX_WAIT, Dispatcher, Refused
 from workers.web.access import authorize, worker
+from workers.web.api import StrictBody
 from workers.web.auth import Principal
 from workers.web.problems import Problem, responses
 
@@ -21,11 +22,7 @@ _REPORT = responses(401, 403, 409, 422, 503)
 router = APIRouter(prefix="/api/work", tags=["work"])
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class WorkRequest(_Strict):
+class WorkRequest(StrictBody):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [{"types": ["EmailJob"], "max": 4, "wait": 20, "worker": "gpu-1"}]
@@ -84,7 +81,7 @@ class Work(BaseModel):
     jobs: list[WorkJob]
 
 
-class Report(_Strict):
+class Report(StrictBody):
     token: str = Field(min_length=1, max_length=200, description="the attempt's token")
 
 
@@ -113,7 +110,7 @@ class DoneReport(Report):
     result: Any = Field(None, description="any JSON value, stored as the job's result")
 
 
-class ErrorDetail(_Strict):
+class ErrorDetail(StrictBody):
     message: str = Field(max_length=100_000)
     type: str = Field("RemoteError", max_length=200, description="the error's class name")
     traceback: str | None = Field(None, max_length=100_000)
