@@ -461,6 +461,7 @@ def main() -> None:
             figures: dict[str, Any] = {"remote": remote_figures(url, args.runs)}
             print("\n".join(remote_lines(figures)))
         figures.update(machine=f"{machine}, {server}", runs=args.runs)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
         Path(args.out, "bench-remote.json").write_text(json.dumps(figures, indent=2) + "\n")
         return
     if args.limits_only:
