@@ -276,15 +276,7 @@ def test_the_settings_refuse_a_bad_rate_naming_it(mongo_url: str, db_name: str) 
         {"global_concurrency": 2},
         {"rate_limit": "5/s"},
         {"concurrency": 1},
-        # an open bug, seen once in four fresh-clone runs: a retry of a type with no limit
-        # began 31 s after its failure (the 30 s safety poll), as if its due time never
-        # ended the claimer's wait; not strict, so a pass stays a pass while it is found
-        pytest.param(
-            {},
-            marks=pytest.mark.xfail(
-                strict=False, reason="open bug: an unlimited retry's due time can be missed"
-            ),
-        ),
+        {},
     ],
     ids=["global_concurrency", "rate_limit", "concurrency", "no limit"],
 )

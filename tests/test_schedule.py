@@ -67,6 +67,32 @@ def test_with_nothing_due_soon_the_next_look_is_at_the_end_of_the_window(app: Ap
     assert timedelta(0) < look - before <= NEXT_DUE_WINDOW + timedelta(seconds=1)
 
 
+def test_the_next_look_counts_from_when_the_claim_looked(app: App) -> None:
+    # Given a job that came due while a claim ran: after the claim looked, before now
+    looked = app.store.now()
+    job_id = Job.push(RecordJob(n=1), after=looked + timedelta(milliseconds=50))
+    run_at = app.store.get_job(job_id)["run_at"]  # type: ignore[index]
+    app.store._offset += timedelta(seconds=1)  # the claim took a second
+
+    # Then the next look counted from the claim is that job's (past: the claimer looks at
+    # once), where one counted from now would skip it to the end of the window
+    assert app.store.next_due(app.registry.types, looked) == run_at
+    assert app.store.next_due(app.registry.types) != run_at
+
+
+def test_a_wake_by_the_stream_after_a_due_time_passed_makes_the_claim_a_scan(app: App) -> None:
+    # Given a wait that knows a retry is due in a second, and another job the stream named
+    wakeup = Wakeup(app.store, 30.0, stream=False)
+    wakeup._note(ReadyChange(app.store.now() + timedelta(seconds=1)))
+    wakeup._note(ReadyChange(None, job_id="other", priority=0))
+    app.store._offset += timedelta(seconds=2)  # the retry came due before the claimer woke
+
+    # Then the claim is a scan, after a stage (the woken id is not the retry's), not a
+    # claim of the woken id alone that leaves the retry to the 30 s safety look
+    assert wakeup.wait(None) is None
+    assert wakeup.due_reached
+
+
 def test_staging_makes_each_due_job_ready_once_however_many_stage_at_once(app: App) -> None:
     due = [Job.push(RecordJob(n=n), delay=3600) for n in range(30)]
     not_yet = Job.push(RecordJob(n=99), delay=3600)

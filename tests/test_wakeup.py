@@ -172,9 +172,9 @@ def test_wakes_by_the_stream_do_not_read_the_next_due_time_again(idle_app: App, 
         wait_for(lambda: finished(idle_app, first), timeout=SOON, what="the first job")
         real, reads = idle_app.store.next_due, {"n": 0}
 
-        def counted(types: list[str]) -> Any:
+        def counted(types: list[str], after: Any = None) -> Any:
             reads["n"] += 1
-            return real(types)
+            return real(types, after)
 
         idle_app.store.next_due = counted  # type: ignore[method-assign]
         for n in range(1, 4):
@@ -190,9 +190,9 @@ def test_wakes_by_the_stream_do_not_read_the_next_due_time_again(idle_app: App, 
 def _count_next_due_reads(app: App) -> dict[str, int]:
     real, reads = app.store.next_due, {"n": 0}
 
-    def counted(types: list[str]) -> Any:
+    def counted(types: list[str], after: Any = None) -> Any:
         reads["n"] += 1
-        return real(types)
+        return real(types, after)
 
     app.store.next_due = counted  # type: ignore[method-assign]
     return reads

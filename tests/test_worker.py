@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -163,6 +164,32 @@ def test_a_delayed_job_runs_only_once_its_time_has_come(app: App, db: Any) -> No
         doc = wait_for(lambda: finished(app, job_id), timeout=20, what="the delayed job")
     assert doc["started"] >= doc["run_at"]
     assert (doc["started"] - doc["created"]).total_seconds() >= 1.5
+
+
+def test_a_job_that_comes_due_while_the_claim_of_another_runs_is_not_left_waiting(
+    app: App, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two delayed jobs due 100 ms apart (retries of jobs that failed together), two
+    # idle threads, and a claim of the first that takes 200 ms (the clock moves on by that
+    # much): the second comes due after that claim looked, before the claimer's next read
+    # of when a job is due
+    first = app.store.now() + timedelta(seconds=1)
+    ids = [
+        Job.push(RecordJob(n=n), after=first + timedelta(milliseconds=100 * n)) for n in range(2)
+    ]
+    claim = app.store.claim
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        docs = claim(*args, **kwargs)
+        if docs:
+            app.store._offset += timedelta(milliseconds=200)
+        return docs
+
+    monkeypatch.setattr(app.store, "claim", slow_claim)
+    with running(app):
+        # Then the second runs when due, not at the next safety poll (30 s later)
+        docs = [wait_for(lambda i=i: finished(app, i), timeout=10, what=i) for i in ids]
+    assert {doc["status"] for doc in docs} == {"completed"}
 
 
 @pytest.mark.slow

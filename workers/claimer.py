@@ -226,10 +226,11 @@ class Claimer:
         if staged:
             log.debug("staged due jobs", extra={"action": "jobs_staged", "jobs": staged})
 
-    def next_due(self) -> tuple[bool, datetime | None]:
-        """(known, when the next delayed job of our types is due: None if none)."""
+    def next_due(self, after: datetime | None = None) -> tuple[bool, datetime | None]:
+        """(known, when the next delayed job of our types not due at `after` (when the last
+        claim looked) is due: None if none)."""
         try:
-            return True, self.store.next_due(self.types)
+            return True, self.store.next_due(self.types, after)
         except WorkersError as exc:
             log.debug("could not read the next due time: %s", exc)
             return False, None

@@ -383,17 +383,26 @@ class Dispatcher:
         job's due time (staged first), or the poll when there is no stream."""
         while not self._stop.is_set() and not self.app.closed:
             self._wakeup.clear()
+            rang = self._clock()
             self.bell.ring()
-            self._wakeup.wait(self._next_due())
+            self._wakeup.wait(self._next_due(rang))
             if self._wakeup.due_reached:
                 _quietly(self.store.stage_due)
 
-    def _next_due(self) -> datetime | None:
+    def _clock(self) -> datetime | None:
+        try:
+            return self.store.now()
+        except WorkersError:
+            return None
+
+    def _next_due(self, rang: datetime | None) -> datetime | None:
+        """When the next delayed job is due, counted from when the bell rang: the claims it
+        woke looked after that, so a job that came due since is looked for at once."""
         types = sorted({t for remote in self._types() for t in remote})
         if not types:
             return None
         try:
-            return self.store.next_due(types)
+            return self.store.next_due(types, rang)
         except WorkersError:
             return None
 

@@ -102,7 +102,8 @@ class Wakeup:
         """Sleep until a job is ready, until the next due time (the database clock), or the
         poll fallback. Returns the ids of the jobs the stream reported ready, best priority
         first, when that is all that woke it (the claimer takes them by `_id`, without a
-        scan); None when it should look by a scan (woken by the clock, a poke or stop)."""
+        scan); None when it should look by a scan (woken by the clock, a poke or stop, or
+        by the stream after a due time passed: those woken ids may not include that job)."""
         began = time.monotonic()
         self._busy_since = None
         self.due_reached = False
@@ -115,14 +116,21 @@ class Wakeup:
                 if due is not None:
                     seconds = min(seconds, self._seconds_until(due))
                 if seconds <= 0:
-                    self.due_reached = due is not None
                     break
                 self._cond.wait(seconds)
-            if self._due is not None and self._seconds_until(self._due) <= 0:
-                self._due = None  # it came: the claim that follows looks for it
-            if not self._ready or self._scan or not self._woken:
+            self.due_reached = self._reached(next_due)
+            if not self._ready or self._scan or not self._woken or self.due_reached:
                 return None
             return sorted(self._woken, key=self._woken.__getitem__)
+
+    def _reached(self, next_due: datetime | None) -> bool:
+        """True when `next_due` or the due time an event carried has come, whatever ended
+        the wait: the claim that follows stages and scans for it. The event's is dropped
+        then (the claimer reads the next due time again after a due time was reached)."""
+        mine = self._due is not None and self._seconds_until(self._due) <= 0
+        if mine:
+            self._due = None
+        return mine or (next_due is not None and self._seconds_until(next_due) <= 0)
 
     def nap(self, seconds: float) -> None:
         """The claimer's wait after a failed claim: `seconds`, or less when the stream

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from workers import tracing
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 _BACKOFF_FIRST = 0.5  # a claim that failed (the database is away) is tried again after this,
 _BACKOFF_MAX = 10.0  # doubling up to this, or at once when the wake-up stream reopens
-# how far the estimate of the database clock may be off the server's $$NOW in a claim
-_CLOCK_MARGIN = timedelta(seconds=0.05)
 _LINGER_MAX = 0.05  # at most this long for more threads to free up while jobs are waiting
 
 __all__ = ["EXIT_OK", "EXIT_RECYCLE", "Profile", "Worker", "new_owner_id"]
@@ -241,28 +239,17 @@ class Worker:
         it may have missed events while down or resting). While it delivers, the last
         answer stands after any claim, by scan or by woken ids: the stream reports every
         job that becomes ready or scheduled later, with its `run_at`, which the wait keeps
-        until it comes. One read less per claim per process."""
+        until it comes (and a wait that ends past it makes the next claim a scan). One read
+        less per claim per process. The read counts from when the last claim looked: a job
+        that came due while that claim ran is then a moment past, so the wait ends at once
+        and a scan takes it."""
         known, due = self._due
-        if self._missed(due):
-            return due  # the wait ends at once, and a scan takes it
         opens = self._wakeup.opens
         reopened = opens != self._due_opens
         if not known or reopened or not self._wakeup.streaming or self._passed(due):
             self._due_opens = opens
-            self._due = self._claimer.next_due()
+            self._due = self._claimer.next_due(self._claimed_at)
         return self._due[1]
-
-    def _missed(self, due: datetime | None) -> bool:
-        """True when `due` passed after the last claim began (less the clock's margin of
-        error): that claim may have come a moment too early for the job, which a read of
-        the next due time would then skip as due already."""
-        began = self._claimed_at
-        return (
-            began is not None
-            and self._passed(due)
-            and due is not None
-            and began - _CLOCK_MARGIN < due
-        )
 
     def _clock(self) -> datetime | None:
         try:

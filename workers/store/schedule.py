@@ -64,11 +64,14 @@ class ScheduleQueries(Connection):
                 return staged
 
     @translated
-    def next_due(self, types: list[str]) -> datetime | None:
+    def next_due(self, types: list[str], after: datetime | None = None) -> datetime | None:
         """When to look again (None: no types, nothing to run): when the earliest ready job
-        of `types` not due yet comes due, or when the earliest scheduled job is to be staged
-        (its `run_at` less the HORIZON), or else at the end of `NEXT_DUE_WINDOW`. Read when a
-        claim came back short, so the claimer can sleep until then.
+        of `types` not due at `after` comes due, or when the earliest scheduled job is to be
+        staged (its `run_at` less the HORIZON), or else at the end of `NEXT_DUE_WINDOW`. Read
+        when a claim came back short, so the claimer can sleep until then. `after` is when
+        that claim looked (default: now): a job that came due while the claim ran is past
+        by now, yet the claim did not see it, so the answer is then a moment past and the
+        claimer looks again at once rather than at the end of the window.
 
         The ready ones on `ready_times` (partial on ready: one range of `run_at` per type,
         in index order; only what is due within the HORIZON is ready). The scheduled ones on
@@ -79,7 +82,8 @@ class ScheduleQueries(Connection):
             return None
         now = self.now()
         soonest = [now + NEXT_DUE_WINDOW]
-        ready = self._first_run_at(self._next_ready_query(types, now), READY_TIMES_INDEX)
+        looked = now if after is None else min(after, now)
+        ready = self._first_run_at(self._next_ready_query(types, looked), READY_TIMES_INDEX)
         staged = self._first_run_at(self._next_due_query(now), SCHEDULE_INDEX)
         soonest += [ready] if ready else []
         soonest += [staged - HORIZON] if staged else []
@@ -95,8 +99,8 @@ class ScheduleQueries(Connection):
         return None
 
     @staticmethod
-    def _next_ready_query(types: list[str], now: datetime) -> Document:
-        return {"status": READY, "type": {"$in": types}, "run_at": {"$gt": now}}
+    def _next_ready_query(types: list[str], after: datetime) -> Document:
+        return {"status": READY, "type": {"$in": types}, "run_at": {"$gt": after}}
 
     @staticmethod
     def _next_due_query(now: datetime) -> Document:
