@@ -5,7 +5,8 @@ whose lease moved on is 409 and changes nothing; done and fail repeated get one 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +16,9 @@ import workers
 from tests.conftest import wait_for
 from tests.faulty import count_candidate_scans
 from tests.jobs import RecordJob
-from tests.limitjobs import CappedJob
+from tests.limitjobs import CappedJob, RatedJob
+from tests.test_limits import most_at_once
+from tests.test_worker import running
 from tests.web_support import bearer, client_for, token_settings
 from workers import Job
 from workers.app import App
@@ -255,3 +258,52 @@ def test_a_reader_waits_for_a_job_to_finish(web_app: App, api: TestClient) -> No
     finisher.join()
     assert waited["finished"] is True and waited["job"]["result"] == 5
     assert viewer.get("/api/jobs/6b16b79df59465c1914904f5/wait").status_code == 404
+
+
+@pytest.mark.slow
+def test_rate_limit_and_global_concurrency_hold_across_local_and_remote_workers(
+    web_app: App, api: TestClient
+) -> None:
+    # Given jobs of a type at 5 starts a second and of one at 2 at once, and a remote worker
+    # that takes both (holding a capped job 0.3 s) beside a local worker of 2 threads
+    rated = [Job.push(RatedJob()) for _ in range(12)]
+    capped = [Job.push(CappedJob(seconds=0.3)) for _ in range(8)]
+    # the remote worker takes some of each first, then goes on beside the local worker
+    held = take(api, ["CappedJob"], max=1) + take(api, ["RatedJob"], max=3)
+    took = [job["id"] for job in held]
+    stop = threading.Event()
+
+    def report(job: dict[str, Any]) -> None:
+        if job["type"] == "CappedJob":
+            stop.wait(0.3)
+        done = {"token": job["token"], "result": None}
+        assert api.post(f"/api/work/{job['id']}/done", json=done).status_code == 200
+
+    def remote() -> None:
+        for job in held:
+            report(job)
+        while not stop.is_set():
+            for job in take(api, ["RatedJob", "CappedJob"], max=2, wait=1):
+                took.append(job["id"])
+                report(job)
+
+    thread = threading.Thread(target=remote, name="remote-worker")
+    with running(web_app):
+        thread.start()
+        try:
+            wait_for(lambda: finished_all(web_app, rated + capped), timeout=60, what="the jobs")
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+    docs = {doc["_id"]: doc for doc in web_app.store.jobs.find({"_id": {"$in": rated + capped}})}
+    # Then both kinds of worker ran each type, and the limits held over all of them
+    for ids in (rated, capped):
+        assert 0 < len(set(took) & set(ids)) < len(ids), "local and remote each took some"
+    starts = sorted(docs[i]["started"] for i in rated)
+    gaps = [later - earlier for earlier, later in zip(starts, starts[5:], strict=False)]
+    assert min(gaps) >= timedelta(seconds=1), starts
+    assert most_at_once([(docs[i]["started"], docs[i]["finished"]) for i in capped]) <= 2
+
+
+def finished_all(app: App, ids: Sequence[str]) -> bool:
+    return app.store.jobs.count_documents({"_id": {"$in": ids}, "status": "completed"}) == len(ids)

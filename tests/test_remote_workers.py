@@ -107,7 +107,7 @@ def test_workers_remote_runs_the_job_classes_with_only_a_token(
     retried = app.store.get_job(flaky)
     assert retried is not None and retried["attempts"] == 2
     assert "ConnectionError" in retried["error"]["type"]
-    assert "far-1 works EchoJob, FlakyEchoJob, NapJob" in said
+    assert "far-1 works CountedJob, EchoJob, FlakyEchoJob, NapJob" in said
 
 
 @pytest.mark.slow

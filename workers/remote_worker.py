@@ -60,6 +60,7 @@ class RemoteJob:
     timeout: float | None
     client: Service = field(repr=False)
     cancelled: bool = False
+    reporting: bool = False  # its outcome is on its way: a beat refused now is no news
     started: float = field(default_factory=time.monotonic)
     # called with the attempt's error (None: it completed) once its outcome is reported:
     # a Job class's after_job (`workers remote`)
@@ -276,6 +277,7 @@ class JobQueue:
             else [result] * len(jobs)
         )
         for job, one in zip(jobs, results, strict=True):
+            job.reporting = True
             status = None if self._hard.is_set() else report_outcome(self.client, job, one, error)
             with self._lock:
                 self._held.pop(job.id, None)
@@ -299,7 +301,7 @@ class JobQueue:
                 "POST", f"/api/work/{job.id}/beat", json={"token": job.token}, retry=False
             )
         except RemoteError as exc:
-            if exc.status == 409:  # rescued elsewhere: its outcome will be refused too
+            if exc.status == 409 and not job.reporting:  # rescued elsewhere: so is its outcome
                 log.warning("lost the lease of job %s: %s", job.id, exc.detail)
             return
         except WorkersError as exc:
