@@ -5,6 +5,7 @@ reads and acts as its role allows; a JobQueue pauses, resumes and shuts down by 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 import workers
 from tests.conftest import free_port, wait_for, workers_command, workers_env
+from tests.remotejobs import EchoJob
 from tests.web_support import token_of, token_settings
 from workers import remote
 from workers.app import App
@@ -201,6 +203,40 @@ def test_the_client_follows_the_job_events_live(service: tuple[str, App]) -> Non
     viewer = remote.connect(url, token_of("viewer"))
     with viewer, pytest.raises(remote.RemoteError, match="422: events: nope is not an event"):
         next(iter(viewer.events(kinds="nope")))
+
+
+def test_the_async_client_pushes_waits_acts_and_follows_events(
+    service: tuple[str, App], tmp_path: Path
+) -> None:
+    url, _ = service
+
+    async def scenario() -> tuple[Any, ...]:
+        async with remote.connect_async(url, token_of("admin")) as client:
+            feed = client.events(kinds="completed", types="EchoJob")
+            first = asyncio.ensure_future(anext(feed))  # the feed opens while we push
+            echo = await client.push(EchoJob(echo="async"))
+            later = await client.push_named("EchoJob", {"echo": 2}, delay=3600)
+            with pytest.raises(TimeoutError, match=r"did not finish within 0\.2 s"):
+                await echo.wait(0.2)
+            worker = start_remote(url, tmp_path, "async-fed", "--types", "EchoJob")
+            try:
+                result = await echo.result(30)
+                event = await asyncio.wait_for(first, 30)
+            finally:
+                stop(worker)
+            await feed.aclose()
+            found = [job["id"] for job in await client.find(type="EchoJob", status="scheduled")]
+            cancelled = (await client.cancel(later))["status"]
+            missing = await client.get("6b16b79df59465c1914904f5")
+        async with remote.connect_async(url, token_of("viewer")) as viewer:
+            with pytest.raises(remote.RemoteError, match="403: the viewer role cannot push"):
+                await viewer.push_named("EchoJob")
+        return echo, later, result, event, found, cancelled, missing
+
+    echo, later, result, event, found, cancelled, missing = asyncio.run(scenario())
+    assert result["echo"] == "async"
+    assert event["kind"] == "completed" and event["job_id"] == echo
+    assert found == [later] and cancelled == "cancelled" and missing is None
 
 
 def _complete_one(client: remote.Client, done: list[str]) -> bool:

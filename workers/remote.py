@@ -43,8 +43,17 @@ from workers.remote_worker import Handler, JobQueue, class_handler
 
 if TYPE_CHECKING:
     from workers.job import Job
+    from workers.remote_async import AsyncClient
 
-__all__ = ["Client", "JobQueue", "RemoteError", "RemotePushed", "Unreachable", "connect"]
+__all__ = [
+    "Client",
+    "JobQueue",
+    "RemoteError",
+    "RemotePushed",
+    "Unreachable",
+    "connect",
+    "connect_async",
+]
 
 URL_ENV, TOKEN_ENV, TOKEN_FILE_ENV = (
     "WORKERS_REMOTE__URL",
@@ -58,12 +67,28 @@ _LONG_POLL = 30.0  # seconds one wait request may last (the service's cap)
 
 def connect(url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> Client:
     """A client of the service at `url` (default: WORKERS_REMOTE__URL)."""
+    url, token = _where("connect", url, token)
+    return Client(url, token, timeout=timeout)
+
+
+def connect_async(
+    url: str | None = None, token: str | None = None, *, timeout: float = 30.0
+) -> AsyncClient:
+    """The asyncio client (remote_async.py) of the service at `url`; use `async with`."""
+    from workers.remote_async import AsyncClient
+
+    url, token = _where("connect_async", url, token)
+    return AsyncClient(url, token, timeout=timeout)
+
+
+def _where(verb: str, url: str | None, token: str | None) -> tuple[str, str | None]:
+    """The URL and token given, else the environment's; SettingsError naming what is off."""
     url = url or os.environ.get(URL_ENV)
     if not url:
-        raise SettingsError(f"workers.remote.connect: no url given and {URL_ENV} is not set")
+        raise SettingsError(f"workers.remote.{verb}: no url given and {URL_ENV} is not set")
     if not url.startswith(("http://", "https://")):
-        raise SettingsError(f"workers.remote.connect: {url!r} is not an http(s) URL")
-    return Client(url, token if token is not None else token_from_environment(), timeout=timeout)
+        raise SettingsError(f"workers.remote.{verb}: {url!r} is not an http(s) URL")
+    return url, token if token is not None else token_from_environment()
 
 
 def token_from_environment() -> str | None:
@@ -125,30 +150,21 @@ class Client:
     def push_named(
         self, job_type: str, params: Mapping[str, Any] | None = None, **options: Any
     ) -> RemotePushed:
-        body = {"type": job_type, "params": dict(params or {}), **_push_options(options)}
-        pushed = self.request("POST", "/api/jobs", json=body)
+        pushed = self.request("POST", "/api/jobs", json=push_body(job_type, params, options))
         return RemotePushed(str(pushed["id"]), self, existing=bool(pushed.get("existing")))
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The job once it finished (completed, failed or cancelled); TimeoutError past
         `timeout` seconds (None: never), JobNotFound if there is no such job. Each request
         is a long poll of at most 30 s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting = Waiting(job_id, timeout)
         while True:
-            left = _LONG_POLL if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                answer = self.request("GET", f"/api/jobs/{job_id}/wait",
-                                      params={"timeout": min(left, _LONG_POLL)},
-                                      timeout=min(left, _LONG_POLL) + 30)  # fmt: skip
+                answer = self.request("GET", f"/api/jobs/{job_id}/wait", **waiting.request())
             except RemoteError as exc:
-                if exc.status == 404:
-                    raise JobNotFound(f"wait: no job has the id {job_id}") from None
-                raise
-            if answer["finished"]:
-                job: dict[str, Any] = answer["job"]
+                raise waiting.refused(exc) from None
+            if (job := waiting.finished(answer)) is not None:
                 return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"wait: job {job_id} did not finish within {timeout:g} s")
 
     def events(
         self, kinds: str | Iterable[str] | None = None, types: str | Iterable[str] | None = None
@@ -156,13 +172,12 @@ class Client:
         """The job events as they happen (server-sent events from `GET /api/events`): each
         a dict with `kind`, `job_id`, `type`, `at` and the result, error or progress. The
         iteration ends when the connection does (a `for` loop may `break` any time)."""
-        query = {k: _joined(v) for k, v in (("kinds", kinds), ("types", types)) if v is not None}
         with httpx_sse.connect_sse(
-            self._http, "GET", "/api/events", params=query, timeout=httpx.Timeout(10, read=None)
+            self._http, "GET", "/api/events", **events_request(kinds, types)
         ) as source:
             if not source.response.is_success:
                 source.response.read()
-                _answer(source.response)
+                answer_of(source.response)
             for message in source.iter_sse():
                 if message.data:  # the opening `retry:` carries none
                     yield json.loads(message.data)
@@ -175,19 +190,14 @@ class Client:
         try:
             found: dict[str, Any] = self.request("GET", f"/api/jobs/{job_id}")
         except RemoteError as exc:
-            if exc.status == 404:
-                return None
-            raise
+            none_if_missing(exc)
+            return None
         return found
 
     def find(
         self, *, type: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
-        query = {
-            k: v
-            for k, v in {"type": type, "status": status, "limit": limit}.items()
-            if v is not None
-        }
+        query = find_query(type, status, limit)
         jobs: list[dict[str, Any]] = self.request("GET", "/api/jobs", params=query)["jobs"]
         return jobs
 
@@ -231,21 +241,17 @@ class Client:
     def request(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> Any:
         """The JSON answer; transient failures retried for `retry_for` seconds (with
         backoff and jitter), or not at all when `retry` is off."""
-        deadline = time.monotonic() + self.retry_for
-        wait = _BACKOFF_FIRST
+        retrying = Retrying(f"{method} {self.url}{path}", self.retry_for if retry else 0.0)
         while True:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                failure: str = f"{type(exc).__name__}: {exc}"
+                pause = retrying.after(exc, None, self._closed.is_set())
             else:
                 if response.status_code not in TRANSIENT:
-                    return _answer(response)
-                failure = f"HTTP {response.status_code}"
-            if not retry or time.monotonic() + wait > deadline or self._closed.is_set():
-                raise Unreachable(f"{method} {self.url}{path} failed: {failure}")
-            self._closed.wait(wait * random.uniform(0.5, 1.5))  # noqa: S311 (jitter, not a secret)
-            wait = min(wait * 2, _BACKOFF_MAX)
+                    return answer_of(response)
+                pause = retrying.after(None, response, self._closed.is_set())
+            self._closed.wait(pause)
 
 
 class RemotePushed(str):
@@ -265,16 +271,99 @@ class RemotePushed(str):
     def result(self, timeout: float | None = None) -> Any:
         """The result once the job completed; JobFailed with its error if it failed,
         JobCancelled if it was cancelled; TimeoutError and JobNotFound as `wait`."""
-        job = self.wait(timeout)
-        if job["status"] == "completed":
-            return job.get("result")
-        if job["status"] == "cancelled":
-            raise JobCancelled(f"job {self} was cancelled")
-        error = job.get("error") or {}
-        raise JobFailed(f"job {self} failed: {error.get('type')}: {error.get('message')}")
+        return outcome_of(self.wait(timeout))
 
 
-def _answer(response: httpx.Response) -> Any:
+# -- what the sync and the async client share (remote_async.py) ------------------------------
+
+
+class Retrying:
+    """Backoff with jitter through transient failures, for `seconds` (0: no retry)."""
+
+    def __init__(self, what: str, seconds: float) -> None:
+        self.what = what
+        self.deadline = time.monotonic() + seconds
+        self.wait = _BACKOFF_FIRST
+
+    def after(
+        self, error: Exception | None, response: httpx.Response | None, closed: bool
+    ) -> float:
+        """Seconds to pause before the next try; Unreachable when there is none."""
+        failure = (
+            f"{type(error).__name__}: {error}"
+            if error
+            else f"HTTP {response and response.status_code}"
+        )
+        if time.monotonic() + self.wait > self.deadline or closed:
+            raise Unreachable(f"{self.what} failed: {failure}")
+        pause = self.wait * random.uniform(0.5, 1.5)  # noqa: S311 (jitter, not a secret)
+        self.wait = min(self.wait * 2, _BACKOFF_MAX)
+        return pause
+
+
+class Waiting:
+    """The long polls of `GET /api/jobs/{id}/wait` until the job finished or `timeout`."""
+
+    def __init__(self, job_id: str, timeout: float | None) -> None:
+        self.job_id, self.timeout = job_id, timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    def request(self) -> dict[str, Any]:
+        """The next poll's query and timeout: each at most 30 s."""
+        left = _LONG_POLL if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        poll = min(left, _LONG_POLL)
+        return {"params": {"timeout": poll}, "timeout": poll + 30}
+
+    def finished(self, answer: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The job if it finished; None to poll again; TimeoutError past the deadline."""
+        if answer["finished"]:
+            job: dict[str, Any] = answer["job"]
+            return job
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimeoutError(f"wait: job {self.job_id} did not finish within {self.timeout:g} s")
+        return None
+
+    def refused(self, exc: RemoteError) -> Exception:
+        if exc.status == 404:
+            return JobNotFound(f"wait: no job has the id {self.job_id}")
+        return exc
+
+
+def outcome_of(job: Mapping[str, Any]) -> Any:
+    """A finished job's result, or the error that says why there is none."""
+    if job["status"] == "completed":
+        return job.get("result")
+    if job["status"] == "cancelled":
+        raise JobCancelled(f"job {job['id']} was cancelled")
+    error = job.get("error") or {}
+    raise JobFailed(f"job {job['id']} failed: {error.get('type')}: {error.get('message')}")
+
+
+def push_body(
+    job_type: str, params: Mapping[str, Any] | None, options: dict[str, Any]
+) -> dict[str, Any]:
+    return {"type": job_type, "params": dict(params or {}), **_push_options(options)}
+
+
+def find_query(job_type: str | None, status: str | None, limit: int) -> dict[str, Any]:
+    query = {"type": job_type, "status": status, "limit": limit}
+    return {k: v for k, v in query.items() if v is not None}
+
+
+def events_request(
+    kinds: str | Iterable[str] | None, types: str | Iterable[str] | None
+) -> dict[str, Any]:
+    query = {k: _joined(v) for k, v in (("kinds", kinds), ("types", types)) if v is not None}
+    return {"params": query, "timeout": httpx.Timeout(10, read=None)}
+
+
+def none_if_missing(exc: RemoteError) -> None:
+    """A 404 means no such job (the caller answers None); any other refusal is raised."""
+    if exc.status != 404:
+        raise exc
+
+
+def answer_of(response: httpx.Response) -> Any:
     try:
         body = response.json()
     except ValueError:
