@@ -176,6 +176,46 @@ def test_a_waiting_request_gets_a_job_pushed_while_it_waits(api: TestClient) -> 
     assert [[job["id"] for job in jobs] for jobs in got] == [[job_id]]
 
 
+def test_a_waiting_request_claims_the_pushed_job_by_id_without_a_scan(
+    web_app: App, api: TestClient
+) -> None:
+    take(api, ["RecordJob"])  # the stream is open before the count starts
+    wait_for(lambda: api.app.state.dispatcher()._wakeup.streaming, timeout=10, what="the stream")  # type: ignore[attr-defined]
+    got: list[list[dict[str, Any]]] = []
+    waiter = threading.Thread(target=lambda: got.append(take(api, ["RecordJob"], wait=20)))
+    waiter.start()
+    wait_for(lambda: waiting(api) == 1, timeout=10, what="the request to wait for a job")
+    scans = count_candidate_scans(web_app.store)
+    job_id = Job.push(RecordJob())
+    waiter.join(timeout=20)
+    # the stream named the job: the ring carried its id, and the waiter took it by _id
+    assert [[job["id"] for job in jobs] for jobs in got] == [[job_id]]
+    assert scans["n"] == 0, f"{scans['n']} claim scans for a job the stream named"
+
+
+def test_waiters_that_lose_the_named_job_look_by_a_scan_for_the_rest(
+    web_app: App, api: TestClient
+) -> None:
+    take(api, ["RecordJob"])
+    wait_for(lambda: api.app.state.dispatcher()._wakeup.streaming, timeout=10, what="the stream")  # type: ignore[attr-defined]
+    got: list[list[dict[str, Any]]] = []
+    waiters = [
+        threading.Thread(
+            target=lambda n=n: got.append(take(api, ["RecordJob"], wait=20, worker=f"w{n}"))
+        )
+        for n in range(3)
+    ]
+    for waiter in waiters:
+        waiter.start()
+    wait_for(lambda: waiting(api) == 3, timeout=10, what="three requests to wait for a job")
+    # three jobs in one insert: one ring names all three, and each waiter (max 1) tries the
+    # first of them by _id; the two that lose it look by a scan and take the others
+    ids = Job.push_many([RecordJob(n=n) for n in range(3)])
+    for waiter in waiters:
+        waiter.join(timeout=20)
+    assert sorted(job["id"] for jobs in got for job in jobs) == sorted(ids)
+
+
 def test_a_waiting_request_does_not_poll(web_app: App, api: TestClient) -> None:
     take(api, ["RecordJob"])  # the stream is open before the count starts
     wait_for(lambda: api.app.state.dispatcher()._wakeup.streaming, timeout=10, what="the stream")  # type: ignore[attr-defined]

@@ -87,11 +87,14 @@ def _by_type(held: dict[str, _Held]) -> dict[str, int]:
 class Bell:
     """Wakes the requests waiting for work (on the server's event loop) from the wake-up
     thread: `rung` counts the rings, so a ring between a waiter's claim and its wait is
-    not missed."""
+    not missed. A ring may carry the ids of the jobs the stream reported ready: a waiter
+    woken by that ring alone claims them by `_id`, without a scan (the local claimer's
+    way; a scan costs the embedded server as many reads as there are ready jobs)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.rung = 0
+        self._woken: list[Any] | None = None  # the last ring's ids (None: look by a scan)
         self._waiting: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     @property
@@ -100,26 +103,31 @@ class Bell:
         with self._lock:
             return len(self._waiting)
 
-    def ring(self) -> None:
+    def ring(self, woken: list[Any] | None = None) -> None:
         with self._lock:
             self.rung += 1
+            self._woken = woken
             for loop, event in self._waiting:
                 loop.call_soon_threadsafe(event.set)
 
-    async def wait(self, seen: int, seconds: float) -> None:
-        """Until a ring after `seen`, or `seconds`."""
+    async def wait(self, seen: int, seconds: float) -> list[Any] | None:
+        """Until a ring after `seen`, or `seconds`; the ids the ring carried when it is the
+        only one since `seen` (else None: the waiter looks by a scan)."""
         entry = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
-            if self.rung != seen:
-                return
-            self._waiting.add(entry)
-        try:
-            await asyncio.wait_for(entry[1].wait(), seconds)
-        except TimeoutError:
-            pass
-        finally:
-            with self._lock:
-                self._waiting.discard(entry)
+            quiet = self.rung == seen  # no ring since `seen`: wait for one
+            if quiet:
+                self._waiting.add(entry)
+        if quiet:
+            try:
+                await asyncio.wait_for(entry[1].wait(), seconds)
+            except TimeoutError:
+                pass
+            finally:
+                with self._lock:
+                    self._waiting.discard(entry)
+        with self._lock:
+            return self._woken if self.rung == seen + 1 else None
 
 
 class Dispatcher:
@@ -146,14 +154,20 @@ class Dispatcher:
 
     # -- claims -------------------------------------------------------------------------
 
-    def claim(self, name: str, types: list[str], count: int, host: str) -> list[dict[str, Any]]:
-        """Up to `count` jobs of `types` for the remote worker `name`, each with its token."""
+    def claim(
+        self, name: str, types: list[str], count: int, host: str, woken: list[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Up to `count` jobs of `types` for the remote worker `name`, each with its token:
+        of `woken` (ids the stream reported ready) when given, else by a scan; by a scan
+        too for the rest when others took some of those ids, or they were not all ours."""
         self._start()
         remote = self._remote(name, types, host, count)
         with remote.claiming:
             with self._lock:
                 _expire(remote)
-            docs = remote.claimer.claim(count, after_wait=True)
+            docs = remote.claimer.claim(count, woken, after_wait=True)
+            if woken is not None and len(docs) < min(count, len(woken)):
+                docs += remote.claimer.claim(count - len(docs), after_wait=True)
             jobs = [job for doc in docs if (job := self._handed(remote, doc)) is not None]
         self._beat_node(remote)
         return jobs
@@ -165,13 +179,14 @@ class Dispatcher:
         woken by the change stream (one stream for every waiting request), not a poll."""
         deadline = time.monotonic() + min(wait, MAX_WAIT)
         loop = asyncio.get_running_loop()
+        woken: list[Any] | None = None
         while True:
             seen = self.bell.rung
-            jobs = await loop.run_in_executor(None, self.claim, name, types, count, host)
+            jobs = await loop.run_in_executor(None, self.claim, name, types, count, host, woken)
             left = deadline - time.monotonic()
             if jobs or left <= 0:
                 return jobs
-            await self.bell.wait(seen, left)
+            woken = await self.bell.wait(seen, left)
 
     def _remote(self, name: str, types: list[str], host: str, threads: int) -> _Remote:
         with self._lock:
@@ -381,11 +396,12 @@ class Dispatcher:
     def _watch(self) -> None:
         """Ring the bell when a job may have become ready: the stream's events, a delayed
         job's due time (staged first), or the poll when there is no stream."""
+        woken: list[Any] | None = None
         while not self._stop.is_set() and not self.app.closed:
             self._wakeup.clear()
             rang = self._clock()
-            self.bell.ring()
-            self._wakeup.wait(self._next_due(rang))
+            self.bell.ring(woken)
+            woken = self._wakeup.wait(self._next_due(rang))
             if self._wakeup.due_reached:
                 _quietly(self.store.stage_due)
 
