@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
@@ -32,12 +30,20 @@ import httpx_sse
 from workers import registry
 from workers.errors import (
     DiscoveryError,
-    JobCancelled,
-    JobFailed,
-    JobNotFound,
     RemoteError,
     SettingsError,
     Unreachable,
+)
+from workers.remote_wire import (
+    TRANSIENT,
+    Retrying,
+    Waiting,
+    answer_of,
+    events_request,
+    find_query,
+    none_if_missing,
+    outcome_of,
+    push_body,
 )
 from workers.remote_worker import Handler, JobQueue, class_handler
 
@@ -60,9 +66,6 @@ URL_ENV, TOKEN_ENV, TOKEN_FILE_ENV = (
     "WORKERS_REMOTE__TOKEN",
     "WORKERS_REMOTE__TOKEN_FILE",
 )
-TRANSIENT = frozenset({502, 503, 504})
-_BACKOFF_FIRST, _BACKOFF_MAX = 0.25, 10.0
-_LONG_POLL = 30.0  # seconds one wait request may last (the service's cap)
 
 
 def connect(url: str | None = None, token: str | None = None, *, timeout: float = 30.0) -> Client:
@@ -272,121 +275,6 @@ class RemotePushed(str):
         """The result once the job completed; JobFailed with its error if it failed,
         JobCancelled if it was cancelled; TimeoutError and JobNotFound as `wait`."""
         return outcome_of(self.wait(timeout))
-
-
-# -- what the sync and the async client share (remote_async.py) ------------------------------
-
-
-class Retrying:
-    """Backoff with jitter through transient failures, for `seconds` (0: no retry)."""
-
-    def __init__(self, what: str, seconds: float) -> None:
-        self.what = what
-        self.deadline = time.monotonic() + seconds
-        self.wait = _BACKOFF_FIRST
-
-    def after(
-        self, error: Exception | None, response: httpx.Response | None, closed: bool
-    ) -> float:
-        """Seconds to pause before the next try; Unreachable when there is none."""
-        failure = (
-            f"{type(error).__name__}: {error}"
-            if error
-            else f"HTTP {response and response.status_code}"
-        )
-        if time.monotonic() + self.wait > self.deadline or closed:
-            raise Unreachable(f"{self.what} failed: {failure}")
-        pause = self.wait * random.uniform(0.5, 1.5)  # noqa: S311 (jitter, not a secret)
-        self.wait = min(self.wait * 2, _BACKOFF_MAX)
-        return pause
-
-
-class Waiting:
-    """The long polls of `GET /api/jobs/{id}/wait` until the job finished or `timeout`."""
-
-    def __init__(self, job_id: str, timeout: float | None) -> None:
-        self.job_id, self.timeout = job_id, timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-
-    def request(self) -> dict[str, Any]:
-        """The next poll's query and timeout: each at most 30 s."""
-        left = _LONG_POLL if self.deadline is None else max(0.0, self.deadline - time.monotonic())
-        poll = min(left, _LONG_POLL)
-        return {"params": {"timeout": poll}, "timeout": poll + 30}
-
-    def finished(self, answer: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The job if it finished; None to poll again; TimeoutError past the deadline."""
-        if answer["finished"]:
-            job: dict[str, Any] = answer["job"]
-            return job
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise TimeoutError(f"wait: job {self.job_id} did not finish within {self.timeout:g} s")
-        return None
-
-    def refused(self, exc: RemoteError) -> Exception:
-        if exc.status == 404:
-            return JobNotFound(f"wait: no job has the id {self.job_id}")
-        return exc
-
-
-def outcome_of(job: Mapping[str, Any]) -> Any:
-    """A finished job's result, or the error that says why there is none."""
-    if job["status"] == "completed":
-        return job.get("result")
-    if job["status"] == "cancelled":
-        raise JobCancelled(f"job {job['id']} was cancelled")
-    error = job.get("error") or {}
-    raise JobFailed(f"job {job['id']} failed: {error.get('type')}: {error.get('message')}")
-
-
-def push_body(
-    job_type: str, params: Mapping[str, Any] | None, options: dict[str, Any]
-) -> dict[str, Any]:
-    return {"type": job_type, "params": dict(params or {}), **_push_options(options)}
-
-
-def find_query(job_type: str | None, status: str | None, limit: int) -> dict[str, Any]:
-    query = {"type": job_type, "status": status, "limit": limit}
-    return {k: v for k, v in query.items() if v is not None}
-
-
-def events_request(
-    kinds: str | Iterable[str] | None, types: str | Iterable[str] | None
-) -> dict[str, Any]:
-    query = {k: _joined(v) for k, v in (("kinds", kinds), ("types", types)) if v is not None}
-    return {"params": query, "timeout": httpx.Timeout(10, read=None)}
-
-
-def none_if_missing(exc: RemoteError) -> None:
-    """A 404 means no such job (the caller answers None); any other refusal is raised."""
-    if exc.status != 404:
-        raise exc
-
-
-def answer_of(response: httpx.Response) -> Any:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if response.is_success:
-        return body
-    detail = body.get("detail") if isinstance(body, dict) else None
-    raise RemoteError(response.status_code, str(detail or response.reason_phrase), body)
-
-
-def _joined(value: str | Iterable[str]) -> str:
-    return value if isinstance(value, str) else ",".join(value)
-
-
-def _push_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The local push's options as the HTTP push takes them (`retry` by count)."""
-    options = dict(options)
-    retry = options.pop("retry", None)
-    if isinstance(retry, Mapping):
-        retry = retry.get("retries")
-    if retry is not None:
-        options["retries"] = retry
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def run(args: Any) -> int:

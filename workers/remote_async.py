@@ -22,7 +22,7 @@ import httpx
 import httpx_sse
 
 from workers.errors import RemoteError
-from workers.remote import (
+from workers.remote_wire import (
     TRANSIENT,
     Retrying,
     Waiting,
