@@ -8,8 +8,10 @@ from workers import Job, database
 
 
 class LoadRetentionJob(Job):
+    project_id: str  # a typed param: checked where the job is made, typed here
+
     def handle_job(self) -> dict[str, Any]:
-        project = database().projects.find_one({"_id": self.params["project_id"]})
+        project = database().projects.find_one({"_id": self.project_id})
         if project is None:
             raise LookupError("Project not found, could not load retention!")
         cohorts = project.get("cohorts", [])
@@ -20,4 +22,4 @@ class LoadRetentionJob(Job):
 
     def after_job(self, error: BaseException | None) -> None:
         outcome = "ok" if error is None else f"failed: {error}"
-        print(f"LoadRetentionJob {self.params['project_id']}: {outcome}", flush=True)
+        print(f"LoadRetentionJob {self.params.get('project_id')}: {outcome}", flush=True)

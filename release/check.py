@@ -31,12 +31,13 @@ class AddJob(Job):
 """
 SCRIPT = """
 import workers
+import workers.jobs
 from workers import Job
 from myjobs import AddJob
 
 workers.boot()
 pushed = Job.push(AddJob(a=2, b=3))
-job = Job.get(pushed)
+job = workers.jobs.get(pushed)
 assert job.status == "completed" and job.result == {"sum": 5}, (job.status, job.result)
 print("ran AddJob inline:", job.result)
 workers.shutdown()

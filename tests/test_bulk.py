@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from pymongo import monitoring
 
+import workers.jobs
 from tests.commands import StartedListener, registered
 from tests.jobs import RecordJob
 from workers import Job
@@ -58,7 +59,7 @@ def test_an_action_on_a_thousand_ids_takes_a_few_round_trips(
 ) -> None:
     ids, sent = many
     if action in ("remove_many", "restart_many"):
-        Job.cancel_many(ids, dependents=False)
+        workers.jobs.cancel(ids, dependents=False)
         sent()
     result = getattr(Job, action)(ids)
     names = sent()
@@ -77,7 +78,7 @@ def test_rerun_of_a_thousand_takes_a_read_and_an_insert_per_batch(
     ids, sent = many
     app.store.jobs.update_many({}, {"$set": {"status": "completed"}})
     sent()
-    result = Job.rerun_many(ids)
+    result = workers.jobs.rerun(ids)
     assert len(result.created) == COUNT
     assert [name for name in sent() if name != "getMore"] == ["find", "insert"] * BATCHES
     assert app.store.jobs.count_documents({"status": "ready"}) == COUNT

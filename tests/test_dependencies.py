@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import workers.jobs
 from tests.conftest import ROOT, run_command, settings_dict, wait_for
 from tests.faulty import FaultyCollection
 from tests.jobs import FailJob, RecordJob
@@ -22,7 +23,7 @@ from workers.record import FOLLOWUPS
 
 
 def status(job_id: str) -> str | None:
-    job = Job.get(job_id)
+    job = workers.jobs.get(job_id)
     return job.status if job else None
 
 
@@ -57,7 +58,7 @@ def test_a_chain_runs_in_order_after_a_delayed_antecedent(app: App, db: Any) -> 
         assert before["finished"] <= after["started"], (
             "a dependent started before its antecedent finished"
         )
-    assert Job.get(c).pending == []  # type: ignore[union-attr]
+    assert workers.jobs.get(c).pending == []  # type: ignore[union-attr]
 
 
 def test_a_diamond_runs_its_bottom_last(app: App) -> None:
@@ -74,23 +75,23 @@ def test_cancel_cascades_down_a_chain_and_a_diamond(app: App) -> None:
     x = Job.push(RecordJob(name="x"), delay=3600)
     y = Job.push(RecordJob(name="y"), depends=[x])
     z = Job.push(RecordJob(name="z"), depends=[y])
-    Job.get(a).cancel()  # type: ignore[union-attr]
+    workers.jobs.get(a).cancel()  # type: ignore[union-attr]
     assert statuses(a, b, c, d) == ["cancelled"] * 4
-    Job.get(x).cancel(dependents=False)  # type: ignore[union-attr]
+    workers.jobs.get(x).cancel(dependents=False)  # type: ignore[union-attr]
     assert statuses(x, y, z) == ["cancelled", "waiting", "waiting"]
 
 
 def test_cancel_can_go_up_to_the_antecedents(app: App) -> None:
     a, b, _c, _d = diamond(delay=3600)
-    Job.get(b).cancel(antecedents=True, dependents=False)  # type: ignore[union-attr]
+    workers.jobs.get(b).cancel(antecedents=True, dependents=False)  # type: ignore[union-attr]
     assert statuses(a, b) == ["cancelled", "cancelled"]
 
 
 def test_restart_brings_back_the_cancelled_antecedents_and_then_it_all_runs(app: App) -> None:
     a, b, c, d = diamond(delay=0.2)
-    Job.cancel_many([a])
+    workers.jobs.cancel([a])
     assert statuses(a, b, c, d) == ["cancelled"] * 4
-    Job.get(d).restart()  # type: ignore[union-attr]
+    workers.jobs.get(d).restart()  # type: ignore[union-attr]
     assert statuses(a, b, c, d) == ["ready", "waiting", "waiting", "waiting"]
     with running(app):
         wait_for(
@@ -102,10 +103,10 @@ def test_restart_with_dependents_restarts_the_chain_below(app: App) -> None:
     a = Job.push(RecordJob(name="a"), delay=3600)
     b = Job.push(RecordJob(name="b"), depends=[a])
     c = Job.push(RecordJob(name="c"), depends=[b])
-    Job.get(a).cancel()  # type: ignore[union-attr]
-    Job.get(a).restart(dependents=True)  # type: ignore[union-attr]
+    workers.jobs.get(a).cancel()  # type: ignore[union-attr]
+    workers.jobs.get(a).restart(dependents=True)  # type: ignore[union-attr]
     assert statuses(a, b, c) == ["ready", "waiting", "waiting"]
-    assert Job.get(c).pending == [b]  # type: ignore[union-attr]
+    assert workers.jobs.get(c).pending == [b]  # type: ignore[union-attr]
 
 
 def test_an_antecedent_that_fails_for_good_cancels_its_dependents(app: App) -> None:
@@ -123,7 +124,7 @@ def test_depends_on_a_failed_missing_or_cancelled_job_is_refused_and_writes_noth
     app: App,
 ) -> None:
     cancelled = Job.push(RecordJob(), delay=3600)
-    Job.cancel_many([cancelled])
+    workers.jobs.cancel([cancelled])
     for bad, said in ((cancelled, "cancelled"), ("0123456789abcdef01234567", "no job has that id")):
         with pytest.raises(PushError, match=said):
             Job.push(RecordJob(name="orphan"), depends=[bad])
@@ -151,8 +152,8 @@ def test_the_sweep_settles_what_a_crash_between_finish_and_settle_left(app: App)
 def test_removing_an_antecedent_cancels_the_jobs_waiting_on_it(app: App) -> None:
     a = Job.push(RecordJob(name="a"), delay=3600)
     b = Job.push(RecordJob(name="b"), depends=[a])
-    Job.get(a).cancel(dependents=False)  # type: ignore[union-attr]
-    Job.get(a).remove()  # type: ignore[union-attr]
+    workers.jobs.get(a).cancel(dependents=False)  # type: ignore[union-attr]
+    workers.jobs.get(a).remove()  # type: ignore[union-attr]
     assert status(b) == "cancelled"
 
 

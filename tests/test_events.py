@@ -170,7 +170,7 @@ def test_a_raising_or_slow_callback_does_not_stop_the_others(
         threads.add(threading.current_thread())
         got.append(event.job_id)
 
-    handles = [workers.on("completed", f, type="RecordJob") for f in (raising, slow, recording)]
+    handles = [workers.on("completed", f, types="RecordJob") for f in (raising, slow, recording)]
     jobs = [pushing.push_named("RecordJob", {}) for _ in range(5)]
     other = pushing.push_named("ProgressJob", {})  # another type: not for these callbacks
     wait_for(lambda: set(jobs) <= set(got), timeout=60, what="every completion")

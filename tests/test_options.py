@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import workers.jobs
 from tests.jobs import RecordJob
 from workers import Job, PushError
 from workers.app import App
@@ -64,7 +65,7 @@ def test_unparseable_options_are_refused_quoting_the_text(
 
 
 def test_a_relative_after_is_counted_on_the_database_clock(app: App) -> None:
-    job = Job.get(Job.push(RecordJob(), after="in 10 minutes"))
+    job = workers.jobs.get(Job.push(RecordJob(), after="in 10 minutes"))
     assert job is not None and job.run_at is not None and job.created is not None
     assert (job.run_at - job.created).total_seconds() == pytest.approx(600, abs=0.01)
 

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 import workers
+import workers.jobs
 from tests.conftest import wait_for
-from workers import Job, WorkersError, process_jobs
+from workers import WorkersError, process_jobs
 from workers.app import App
 from workers.job import JobHandle
 
@@ -42,19 +43,19 @@ def gate() -> Iterator[Gate]:
 
 
 def test_a_handler_gets_each_job_and_its_return_value_is_the_result(app: App) -> None:
-    ids = [workers.push("Mail", {"to": f"u{n}@example.com"}) for n in range(3)]
+    ids = [workers.push_named("Mail", {"to": f"u{n}@example.com"}) for n in range(3)]
 
     def send(job: JobHandle) -> dict[str, Any]:
         job.progress(1, 1)
         job.log("sent", level="success")
         return {"sent": job.params["to"], "type": job.type}
 
-    processor = process_jobs("Mail", send, concurrency=2, poll_interval=0.05)
+    processor = process_jobs("Mail", send, threads=2, poll_interval=0.05)
     try:
         wait_for(lambda: statuses(app) == ["completed"] * 3, timeout=30, what="the mails")
     finally:
         processor.shutdown()
-    job = Job.get(ids[0])
+    job = workers.jobs.get(ids[0])
     assert job is not None and job.result == {"sent": "u0@example.com", "type": "Mail"}
     assert job.progress["percent"] == 100.0 and job.log[0]["level"] == "success"
     assert processor.stopped and processor.idle()
@@ -76,12 +77,12 @@ def test_cargo_five_hands_over_up_to_five_jobs_at_once_with_results_each(app: Ap
     finally:
         processor.shutdown()
     assert sum(sizes) == 12 and max(sizes) == 5 and all(size <= 5 for size in sizes)
-    assert [Job.get(job_id).result for job_id in ids] == [n * 10 for n in range(12)]  # type: ignore[union-attr]
+    assert [workers.jobs.get(job_id).result for job_id in ids] == [n * 10 for n in range(12)]  # type: ignore[union-attr]
 
 
 def test_a_failing_handler_fails_the_attempt_and_fail_skips_retries(app: App) -> None:
-    raising = workers.push("Flaky", {}, retry={"retries": 1, "wait": 0})
-    fatal = workers.push("Fatal", {}, retry={"retries": 3, "wait": 0})
+    raising = workers.push_named("Flaky", {}, retry={"retries": 1, "wait": 0})
+    fatal = workers.push_named("Fatal", {}, retry={"retries": 3, "wait": 0})
 
     def handle(job: JobHandle) -> None:
         if job.type == "Flaky":
@@ -93,12 +94,15 @@ def test_a_failing_handler_fails_the_attempt_and_fail_skips_retries(app: App) ->
         wait_for(lambda: statuses(app) == ["failed", "failed"], timeout=30, what="the failures")
     finally:
         processor.shutdown()
-    assert (Job.get(raising).attempts, Job.get(raising).error["message"]) == (2, "flaky")  # type: ignore[union-attr]
-    assert Job.get(fatal).attempts == 1  # type: ignore[union-attr]
+    assert (workers.jobs.get(raising).attempts, workers.jobs.get(raising).error["message"]) == (
+        2,
+        "flaky",
+    )  # type: ignore[union-attr]
+    assert workers.jobs.get(fatal).attempts == 1  # type: ignore[union-attr]
 
 
 def test_an_async_handler_runs_on_an_event_loop(app: App) -> None:
-    job_id = workers.push("Async", {"x": 2})
+    job_id = workers.push_named("Async", {"x": 2})
 
     async def handle(job: JobHandle) -> int:
         await asyncio.sleep(0.01)
@@ -109,14 +113,14 @@ def test_an_async_handler_runs_on_an_event_loop(app: App) -> None:
         wait_for(lambda: statuses(app) == ["completed"], timeout=30, what="the async job")
     finally:
         processor.shutdown()
-    assert Job.get(job_id).result == 4  # type: ignore[union-attr]
+    assert workers.jobs.get(job_id).result == 4  # type: ignore[union-attr]
 
 
 def held_three(app: App, gate: Gate) -> Any:
     """One job running (held at the gate) and two prefetched, not started."""
     for n in range(3):
-        workers.push("Held", {"n": n})
-    processor = process_jobs("Held", gate, concurrency=1, prefetch=2, poll_interval=0.05)
+        workers.push_named("Held", {"n": n})
+    processor = process_jobs("Held", gate, threads=1, prefetch=2, poll_interval=0.05)
     wait_for(
         lambda: (processor.running(), processor.length()) == (1, 2),
         timeout=30,
@@ -171,14 +175,16 @@ def test_a_paused_processor_claims_nothing_until_resumed(app: App) -> None:
     processor = process_jobs("Later", lambda job: "ok", poll_interval=0.05)
     try:
         processor.pause()
-        job_id = workers.push("Later", {})
+        job_id = workers.push_named("Later", {})
         # ten polls and a stream event later, the job is still ready: nothing claims it
         for _ in range(10):
-            assert Job.get(job_id).status == "ready"  # type: ignore[union-attr]
+            assert workers.jobs.get(job_id).status == "ready"  # type: ignore[union-attr]
             threading.Event().wait(0.05)
         processor.resume()
         wait_for(
-            lambda: Job.get(job_id).status == "completed", timeout=30, what="the resumed claim"
+            lambda: workers.jobs.get(job_id).status == "completed",
+            timeout=30,
+            what="the resumed claim",
         )  # type: ignore[union-attr]
     finally:
         processor.shutdown()
@@ -189,7 +195,7 @@ def test_bad_arguments_are_refused_naming_them(app: App) -> None:
         ({"types": []}, "types must be job type names"),
         ({"handler": 3}, "handler must be callable"),
         ({"cargo": 0}, "cargo must be an int >= 1"),
-        ({"concurrency": "2"}, "concurrency must be an int >= 1"),
+        ({"threads": "2"}, "threads must be an int >= 1"),
         ({"prefetch": -1}, "prefetch must be an int >= 0"),
         ({"poll_interval": 0}, "poll_interval must be seconds > 0"),
     ):

@@ -98,7 +98,7 @@ def test_after_sets_an_absolute_run_at(app: App) -> None:
         ({"retry": {"wait": "long"}}, "retry.wait"),
         ({"retry": {"tries": 3}}, "unknown retry option"),
         ({"retry": {"backoff": "linear"}}, "retry.backoff"),
-        ({"retry": "often"}, "retry must be an int or a dict"),
+        ({"retry": "often"}, "retry must be a RetryPolicy, an int or a dict"),
         ({"timeout": 0}, "timeout must be a number of seconds > 0"),
     ],
 )
@@ -146,7 +146,7 @@ def test_a_job_class_outside_the_jobs_packages_is_refused(app: App) -> None:
     with pytest.raises(PushError, match="not a registered job class"):
         Job.push(StrayJob())
     with pytest.raises(PushError, match="not a registered job class"):
-        Job.push(LoadRetentionJob(project_id=1))  # app_jobs is not in this app's settings
+        Job.push(LoadRetentionJob(project_id="p1"))  # app_jobs is not in this app's settings
     with pytest.raises(PushError, match="expects a Job instance"):
         Job.push({"type": "RecordJob"})  # type: ignore[arg-type]
     assert app.store.count_by_status() == {}

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ def start(command: list[str], tmp_path: Path, name: str, out: Path) -> subproces
         return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log)
 
 
-def completed(app: App, ids: list[str]) -> int:
+def completed(app: App, ids: Sequence[str]) -> int:
     """How many jobs completed (the test's database holds only `ids`): a cheap look, as the
     test looks every half second while the server is kept busy."""
     return app.store.jobs.count_documents({"status": "completed"})
@@ -278,7 +278,7 @@ def _late_done(url: str, app: App, lost: dict[str, str]) -> int:
 
 
 def _check(
-    app: App, ids: list[str], out: Path, frozen: int, killed: int, rescued: set[str]
+    app: App, ids: Sequence[str], out: Path, frozen: int, killed: int, rescued: set[str]
 ) -> None:
     """Every job completed once, by the attempt the database kept; any other end noted is
     the frozen or killed worker's, of an attempt whose lease had moved on."""

@@ -13,6 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import workers
+import workers.jobs
 from tests.conftest import wait_for
 from tests.faulty import count_candidate_scans
 from tests.jobs import RecordJob
@@ -66,9 +67,9 @@ def test_a_worker_takes_jobs_best_first_and_completes_one(api: TestClient) -> No
     assert first["token"].startswith("remote:") and first["lease"] == LEASE
     done = api.post(f"/api/work/{high}/done", json={"token": first["token"], "result": [1]})
     assert done.status_code == 200 and done.json() == {"status": "completed"}
-    job = Job.get(high)
+    job = workers.jobs.get(high)
     assert job is not None and (job.status, job.result) == ("completed", [1])
-    assert Job.get(later).status == "scheduled"  # type: ignore[union-attr]
+    assert workers.jobs.get(later).status == "scheduled"  # type: ignore[union-attr]
 
 
 def test_progress_log_and_beat_are_recorded_under_the_token(api: TestClient) -> None:
@@ -82,7 +83,7 @@ def test_progress_log_and_beat_are_recorded_under_the_token(api: TestClient) -> 
 
     assert (progress.status_code, logged.status_code, beat.status_code) == (200, 200, 200)
     assert beat.json()["cancelled"] is False and beat.json()["lease_expires"]
-    stored = Job.get(job_id)
+    stored = workers.jobs.get(job_id)
     assert stored is not None and stored.progress["percent"] == 25.0
     assert any(entry["message"] == "half way" for entry in stored.log)
 
@@ -107,7 +108,7 @@ def test_a_report_from_an_attempt_whose_lease_moved_on_is_409_and_changes_nothin
         answer = api.post(f"/api/work/{job_id}/{verb}", json={"token": stale["token"], **body})
         assert answer.status_code == 409, (verb, answer.text)
         assert answer.json()["job_status"] == "running" and "no longer holds" in answer.text
-    job = Job.get(job_id)
+    job = workers.jobs.get(job_id)
     assert job is not None and job.status == "running" and job.progress is None
 
 
@@ -123,7 +124,7 @@ def test_done_and_fail_repeated_get_the_same_answer(api: TestClient) -> None:
 
     assert [a.json() for a in answers] == [{"status": "completed"}] * 2
     assert [a.json() for a in fails] == [{"status": "will retry"}] * 2
-    job = Job.get(failed_id)
+    job = workers.jobs.get(failed_id)
     assert job is not None and job.status == "scheduled" and job.attempts == 1
     assert job.error["type"] == "IOError" and job.error["message"] == "no"
 
@@ -147,7 +148,7 @@ def test_a_job_handed_back_is_ready_again_without_spending_an_attempt(api: TestC
     (job,) = take(api, ["RecordJob"])
     released = api.post(f"/api/work/{job_id}/release", json={"token": job["token"]})
     assert released.status_code == 200
-    stored = Job.get(job_id)
+    stored = workers.jobs.get(job_id)
     assert stored is not None and (stored.status, stored.attempts) == ("ready", 0)
     again = api.post(f"/api/work/{job_id}/release", json={"token": job["token"]})
     assert again.status_code == 409
@@ -156,7 +157,7 @@ def test_a_job_handed_back_is_ready_again_without_spending_an_attempt(api: TestC
 def test_a_beat_tells_the_worker_its_job_was_cancelled(web_app: App, api: TestClient) -> None:
     job_id = Job.push(RecordJob())
     (job,) = take(api, ["RecordJob"])
-    Job.get(job_id).cancel()  # type: ignore[union-attr]
+    workers.jobs.get(job_id).cancel()  # type: ignore[union-attr]
     beat = api.post(f"/api/work/{job_id}/beat", json={"token": job["token"]})
     assert beat.status_code == 200 and beat.json() == {"cancelled": True, "lease_expires": None}
 
@@ -233,7 +234,7 @@ def test_a_lapsed_remote_lease_is_rescued_by_the_web_process(api: TestClient) ->
     job_id = Job.push(RecordJob(), retry={"retries": 2, "wait": 0})
     (job,) = take(api, ["RecordJob"])  # and the worker dies: no beat, no report
     wait_for(
-        lambda: Job.get(job_id).status == "ready",  # type: ignore[union-attr]
+        lambda: workers.jobs.get(job_id).status == "ready",  # type: ignore[union-attr]
         timeout=LEASE * 10,
         what="the web process to rescue the job",
     )
@@ -281,7 +282,7 @@ def test_a_local_attempt_s_token_is_refused_over_http(web_app: App, api: TestCli
     (doc,) = web_app.store.claim("somehost:123:w#1", ["RecordJob"], LEASE, 1)
     answer = api.post(f"/api/work/{job_id}/done", json={"token": doc["lease_owner"]})
     assert answer.status_code == 409
-    assert Job.get(job_id).status == "running"  # type: ignore[union-attr]
+    assert workers.jobs.get(job_id).status == "running"  # type: ignore[union-attr]
 
 
 def test_a_reader_waits_for_a_job_to_finish(web_app: App, api: TestClient) -> None:

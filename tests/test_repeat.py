@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import workers.jobs
 from tests.conftest import wait_for
 from tests.faulty import FaultyCollection
 from tests.jobs import RecordJob
@@ -45,7 +46,7 @@ def test_a_job_repeated_forever_stops_when_cancelled(app: App) -> None:
             """Cancel the run that is not finished (a run completing meanwhile has just made
             the next one); True once none is left."""
             live = [d["_id"] for d in series(app, first) if d["status"] not in FINISHED]
-            Job.cancel_many(live)
+            workers.jobs.cancel(live)
             return not live
 
         wait_for(cancel_the_live_run, timeout=30, what="the series to stop")

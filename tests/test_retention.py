@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import workers
+import workers.jobs
 from tests.conftest import wait_for
 from tests.jobs import FailJob, RecordJob
 from tests.test_worker import finished, running
@@ -37,7 +38,7 @@ def test_finished_jobs_expire_by_status_and_the_ttl_index_removes_them(
     done = Job.push(RecordJob())
     kept = Job.push(FailJob(), retry=0)
     cancelled = Job.push(RecordJob(), delay=3600)
-    Job.cancel_many([cancelled])
+    workers.jobs.cancel([cancelled])
     with running(app):
         for job_id in (done, kept):
             wait_for(lambda job_id=job_id: finished(app, job_id), timeout=20, what="the jobs")
@@ -59,7 +60,7 @@ def test_finished_jobs_expire_by_status_and_the_ttl_index_removes_them(
 
 def test_a_restarted_job_no_longer_expires(app: App, db: Any) -> None:
     job_id = Job.push(RecordJob(), delay=3600)
-    Job.cancel_many([job_id])
+    workers.jobs.cancel([job_id])
     assert (app.store.get_job(job_id) or {})["expire_at"] is not None
-    Job.restart_many([job_id])
+    workers.jobs.restart([job_id])
     assert (app.store.get_job(job_id) or {})["expire_at"] is None

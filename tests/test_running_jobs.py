@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import workers.jobs
 from tests.conftest import wait_for
 from tests.jobs import AsyncJob, ProgressJob, SelfFailJob, WaitForCancelJob
 from tests.test_worker import finished, running
@@ -19,9 +20,11 @@ def test_a_job_cancelled_while_it_runs_stops_at_its_next_progress_call(app: App,
     with running(app):
         # progress is readable from outside while the job runs
         wait_for(
-            lambda: (Job.get(job_id).progress or {}).get("completed"), timeout=20, what="progress"
+            lambda: (workers.jobs.get(job_id).progress or {}).get("completed"),
+            timeout=20,
+            what="progress",
         )  # type: ignore[union-attr]
-        Job.get(job_id).cancel()  # type: ignore[union-attr]
+        workers.jobs.get(job_id).cancel()  # type: ignore[union-attr]
         after = wait_for(
             lambda: db.after_job.find_one({"job_id": job_id}), timeout=20, what="after_job"
         )

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import workers
+import workers.jobs
 from tests.conftest import wait_for
 from tests.jobs import RecordJob
 from tests.test_worker import finished, running
@@ -126,11 +127,11 @@ def test_a_due_job_of_a_type_no_node_here_runs_is_staged_and_waits_as_ready(app:
 
 def test_a_paused_job_resumes_scheduled_until_its_time_and_ready_after(app: App) -> None:
     later, due = Job.push(RecordJob(n=1), delay=3600), Job.push(RecordJob(n=2), delay=3600)
-    for job in Job.find(status="scheduled"):
+    for job in workers.jobs.find(status="scheduled"):
         job.pause()
     come_due(app, due)
 
-    resumed = {job_id: Job.get(job_id).resume().status for job_id in (later, due)}  # type: ignore[union-attr]
+    resumed = {job_id: workers.jobs.get(job_id).resume().status for job_id in (later, due)}  # type: ignore[union-attr]
 
     assert resumed == {later: "scheduled", due: "ready"}
 

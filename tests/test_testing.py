@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import workers.jobs
 from tests.jobs import AfterJobRecorderJob, FailJob, RecordJob
 from workers import Job
 from workers.app import App
@@ -19,13 +20,13 @@ def test_drain_runs_every_due_job_and_says_how_each_ended(app: App, db: Any) -> 
     failed = Job.push(FailJob(message="drained"), retry={"retries": 1, "wait": 0})
     assert drain(app) == Drained(completed=3, failed=1, retried=1)
     for n, job_id in enumerate(done):
-        job = Job.get(job_id)
+        job = workers.jobs.get(job_id)
         assert job is not None and (job.status, job.result, job.attempts) == (
             "completed",
             {"echo": n},
             1,
         )
-    job = Job.get(failed)
+    job = workers.jobs.get(failed)
     assert job is not None and (job.status, job.attempts) == ("failed", 2)
     assert job.error["message"] == "drained"
     assert db.after_job.count_documents({"job_id": failed}) == 2  # the hook ran each time
@@ -36,8 +37,8 @@ def test_drain_leaves_what_is_not_due_and_what_is_not_its_type(app: App, db: Any
     other = Job.push(AfterJobRecorderJob())
     waiting = Job.push(FailJob(), retry={"retries": 1, "wait": 600})
     assert drain(app, types=["RecordJob", "FailJob"]) == Drained(retried=1)
-    assert [Job.get(i).status for i in (later, other)] == ["scheduled", "ready"]  # type: ignore[union-attr]
-    assert Job.get(waiting).status == "scheduled"  # type: ignore[union-attr]  # not waited for
+    assert [workers.jobs.get(i).status for i in (later, other)] == ["scheduled", "ready"]  # type: ignore[union-attr]
+    assert workers.jobs.get(waiting).status == "scheduled"  # type: ignore[union-attr]  # not waited for
     assert db.executions.count_documents({}) == 1
 
 
@@ -58,5 +59,5 @@ def test_a_drain_out_of_time_hands_back_what_it_did_not_run(app: App, db: Any) -
     ids = [Job.push(RecordJob()) for _ in range(3)]
     with pytest.raises(TimeoutError, match="jobs were still due after 0 s"):
         drain(app, timeout=0)
-    assert {Job.get(i).status for i in ids} == {"ready"}  # type: ignore[union-attr]
+    assert {workers.jobs.get(i).status for i in ids} == {"ready"}  # type: ignore[union-attr]
     assert db.executions.count_documents({}) == 0

@@ -1,5 +1,5 @@
 """Every action on a stored job, allowed and refused (jobCollection's state machine), and the
-view of a stored job: Job.get, Job.find, refresh."""
+view of a stored job: workers.jobs.get and find, refresh."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import workers.jobs
 from tests.jobs import RecordJob
 from tests.plans import assert_on_index
 from workers import Job
@@ -45,7 +46,7 @@ def test_each_action_changes_exactly_the_statuses_it_allows(
     app: App, action: str, status: str
 ) -> None:
     job_id = job_in(app, status)
-    job = Job.get(job_id)
+    job = workers.jobs.get(job_id)
     assert job is not None
     before = app.store.get_job(job_id)
     if status not in ALLOWED[action]:
@@ -75,7 +76,7 @@ def test_each_action_changes_exactly_the_statuses_it_allows(
 def test_a_restart_gives_one_more_attempt_plus_the_retries_asked_for(app: App) -> None:
     job_id = job_in(app, "failed")
     app.store.jobs.update_one({"_id": job_id}, {"$set": {"attempts": 4, "retries": 3}})
-    job = Job.get(job_id)
+    job = workers.jobs.get(job_id)
     assert job is not None
     job.restart(retries=2)
     doc = app.store.get_job(job_id)
@@ -90,7 +91,7 @@ def test_a_restart_gives_one_more_attempt_plus_the_retries_asked_for(app: App) -
 
 def test_cancelling_a_ready_job_finishes_it_and_keeps_it_from_running(app: App) -> None:
     job_id = job_in(app, "ready")
-    job = Job.get(job_id)
+    job = workers.jobs.get(job_id)
     assert job is not None
     assert job.cancel().status == "cancelled"
     assert job.finished is not None
@@ -99,13 +100,13 @@ def test_cancelling_a_ready_job_finishes_it_and_keeps_it_from_running(app: App) 
 
 
 def test_an_unknown_id_reads_as_none_and_many_actions_report_it(app: App) -> None:
-    assert Job.get("0123456789abcdef01234567") is None
-    result = Job.cancel_many(["0123456789abcdef01234567"])
+    assert workers.jobs.get("0123456789abcdef01234567") is None
+    result = workers.jobs.cancel(["0123456789abcdef01234567"])
     assert result.changed == [] and result.refused == {"0123456789abcdef01234567": None}
 
 
 def test_a_removed_job_cannot_be_refreshed(app: App) -> None:
-    job = Job.get(job_in(app, "completed"))
+    job = workers.jobs.get(job_in(app, "completed"))
     assert job is not None
     job.remove()
     with pytest.raises(JobNotFound):
@@ -115,16 +116,16 @@ def test_a_removed_job_cannot_be_refreshed(app: App) -> None:
 def test_many_actions_change_what_they_may_and_report_the_rest(app: App) -> None:
     ready = [job_in(app, "ready") for _ in range(3)]
     running = job_in(app, "running")
-    result = Job.pause_many([*ready, running])
+    result = workers.jobs.pause([*ready, running])
     assert sorted(result.changed) == sorted(ready)
     assert result.refused == {running: "running"}
-    assert {j.status for j in map(Job.get, ready) if j} == {"paused"}
-    assert sorted(Job.resume_many(ready).changed) == sorted(ready)
+    assert {j.status for j in map(workers.jobs.get, ready) if j} == {"paused"}
+    assert sorted(workers.jobs.resume(ready).changed) == sorted(ready)
 
 
 def test_the_view_shows_the_stored_job(app: App) -> None:
     job_id = Job.push(RecordJob(echo=1), priority="high", delay=60)
-    job = Job.get(job_id)
+    job = workers.jobs.get(job_id)
     assert job is not None
     assert (job.id, job.type, job.status, job.params) == (
         job_id,
@@ -147,16 +148,19 @@ def test_the_view_shows_the_stored_job(app: App) -> None:
 
 def test_find_filters_by_type_and_status_newest_first(app: App) -> None:
     ids = [Job.push(RecordJob(n=n)) for n in range(6)]
-    Job.pause_many(ids[:2])
-    Job.cancel_many(ids[4:5])
-    assert [j.id for j in Job.find(type="RecordJob")] == ids[::-1]
-    assert [j.id for j in Job.find(type="RecordJob", limit=3)] == ids[:2:-1]
-    assert [j.id for j in Job.find()] == ids[::-1]
-    assert [j.id for j in Job.find(status="paused")] == ids[1::-1]
-    assert [j.id for j in Job.find(status="cancelled")] == [ids[4]]
-    assert [j.id for j in Job.find(type="RecordJob", status="cancelled")] == [ids[4]]
-    assert [j.id for j in Job.find(type="RecordJob", status="ready", limit=2)] == [ids[5], ids[3]]
-    assert Job.find(type="OtherJob") == []
+    workers.jobs.pause(ids[:2])
+    workers.jobs.cancel(ids[4:5])
+    assert [j.id for j in workers.jobs.find(type="RecordJob")] == ids[::-1]
+    assert [j.id for j in workers.jobs.find(type="RecordJob", limit=3)] == ids[:2:-1]
+    assert [j.id for j in workers.jobs.find()] == ids[::-1]
+    assert [j.id for j in workers.jobs.find(status="paused")] == ids[1::-1]
+    assert [j.id for j in workers.jobs.find(status="cancelled")] == [ids[4]]
+    assert [j.id for j in workers.jobs.find(type="RecordJob", status="cancelled")] == [ids[4]]
+    assert [j.id for j in workers.jobs.find(type="RecordJob", status="ready", limit=2)] == [
+        ids[5],
+        ids[3],
+    ]
+    assert workers.jobs.find(type="OtherJob") == []
 
 
 LIFECYCLE_INDEXES = {

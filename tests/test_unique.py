@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import workers.jobs
 from tests.conftest import ROOT, workers_env
 from tests.jobs import RecordJob, UniqueByProjectJob
 from workers import Job
@@ -27,10 +28,10 @@ def test_a_second_push_while_the_first_is_unfinished_returns_the_first(app: App)
 
 def test_the_key_is_free_again_once_the_job_finished(app: App) -> None:
     first = Job.push(RecordJob(), unique="k")
-    Job.cancel_many([first])
+    workers.jobs.cancel([first])
     again = Job.push(RecordJob(), unique="k")
     assert again != first and not again.existing
-    assert Job.get(first).unique == "k"  # type: ignore[union-attr]
+    assert workers.jobs.get(first).unique == "k"  # type: ignore[union-attr]
 
 
 def test_a_class_can_name_its_own_key(app: App) -> None:
@@ -42,9 +43,9 @@ def test_a_class_can_name_its_own_key(app: App) -> None:
 
 def test_a_restart_is_refused_while_another_job_holds_the_key(app: App) -> None:
     first = Job.push(RecordJob(), unique="k")
-    Job.cancel_many([first])
+    workers.jobs.cancel([first])
     Job.push(RecordJob(), unique="k")
-    result = Job.restart_many([first])
+    result = workers.jobs.restart([first])
     assert result.changed == [] and "unique key" in result.errors[first]
 
 

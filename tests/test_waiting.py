@@ -156,6 +156,6 @@ def test_a_pushed_id_alone_waits_on_the_booted_app(pushing: App, worker: None) -
 
 
 def _get(job_id: str) -> workers.StoredJob:
-    found = workers.Job.get(job_id)
+    found = workers.jobs.get(job_id)
     assert found is not None
     return found

@@ -10,8 +10,8 @@ import pytest
 from starlette.testclient import TestClient
 
 import workers
+import workers.jobs
 from tests.web_support import bearer, client_for, token_settings
-from workers import Job
 from workers.app import App
 from workers.settings import Settings
 
@@ -62,7 +62,7 @@ def test_a_push_of_an_unknown_type_or_bad_options_is_a_problem_naming_it(api: Te
         boolean = api.post("/api/jobs", json={"type": "RecordJob", field: True})
         assert boolean.status_code == 422, (field, boolean.text)
         assert boolean.json()["errors"][0]["where"].startswith(f"body.{field}")
-    assert Job.find(limit=5) == []
+    assert workers.jobs.find(limit=5) == []
 
 
 def test_a_unique_push_says_the_existing_job(api: TestClient) -> None:

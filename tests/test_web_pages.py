@@ -61,7 +61,7 @@ def test_every_page_renders_what_the_queue_holds(browser: TestClient, web_app: A
 
     assert 'data-status="ready">1<' in overview and "RecordJob" in overview and "<svg" in overview
     assert job_id in jobs and "RecordJob" in jobs
-    assert '"project": "demo"' in job and "pushed" in job
+    assert "<td><code>project</code></td><td>demo</td>" in job and "pushed" in job
     assert "web-1" in nodes and job_id in nodes and "silent" not in nodes.split("<table")[1]
     rows = {row.split('"')[0]: row for row in nodes.split('data-node="')[1:]}
     assert '<td class="types">every type (2)</td>' in rows["node-1"]

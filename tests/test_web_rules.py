@@ -12,6 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import workers
+import workers.jobs
 from tests.jobs import FailJob, RecordJob
 from tests.web_support import bearer, client_for, page_csrf, token_of, token_settings
 from workers import Job
@@ -74,7 +75,7 @@ def test_a_manager_for_one_type_acts_on_that_type_alone_one_or_many(web_app: App
     typed = as_(web_app, "manager", "typed")
     assert typed.post(f"/api/jobs/{other}/cancel").status_code == 403
     assert typed.post("/api/actions/cancel", json={"ids": [mine, other]}).status_code == 403
-    assert [Job.get(i).status for i in (mine, other)] == ["ready", "ready"]  # type: ignore[union-attr]
+    assert [workers.jobs.get(i).status for i in (mine, other)] == ["ready", "ready"]  # type: ignore[union-attr]
     assert typed.post(f"/api/jobs/{mine}/cancel").status_code == 200
 
 

@@ -8,7 +8,19 @@ the exception types.
 
 from __future__ import annotations
 
-from workers.app import boot, database, events, on, push, shutdown, wait, wait_async
+from workers import jobs as jobs  # workers.jobs.get(...) after `import workers`
+from workers.app import (
+    boot,
+    database,
+    events,
+    on,
+    push,
+    push_many,
+    push_named,
+    shutdown,
+    wait,
+    wait_async,
+)
 from workers.cli import main
 from workers.errors import (
     DatabaseUnavailable,
@@ -28,7 +40,7 @@ from workers.job import Job
 from workers.lifecycle import Pushed, StoredJob
 from workers.listening import JobEvent
 from workers.processing import JobProcessor, process_jobs
-from workers.record import ActionResult
+from workers.record import ActionResult, Repeat, RetryPolicy
 from workers.version import __version__ as __version__
 
 __all__ = [
@@ -45,6 +57,8 @@ __all__ = [
     "LeaseLost",
     "PushError",
     "Pushed",
+    "Repeat",
+    "RetryPolicy",
     "SettingsError",
     "StoredJob",
     "TransitionRefused",
@@ -56,6 +70,8 @@ __all__ = [
     "on",
     "process_jobs",
     "push",
+    "push_many",
+    "push_named",
     "shutdown",
     "wait",
     "wait_async",

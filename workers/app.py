@@ -11,18 +11,20 @@ import atexit
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Unpack
 
 from workers import embedded, lifecycle, listening, registry, tracing, waiting
 from workers import job as job_module
 from workers import settings as settings_module
 from workers.completions import Completions
 from workers.errors import DatabaseUnavailable, PushError
-from workers.job import Job
+from workers.job import Job, ManyOptions, PushOptions
 from workers.lifecycle import Pushed, StoredJob
 from workers.metrics import Tally
 from workers.options import parse_options
+from workers.params import check
 from workers.record import RetryPolicy, new_document
 from workers.registry import Registry
 from workers.settings import Settings
@@ -89,6 +91,7 @@ class App:
             raise PushError(f"push: the job type must be a non-empty string, got {job_type!r}")
         if not isinstance(params, dict):
             raise PushError(f"push: params must be a dict, got {params!r}")
+        params = self._typed(job_type, params)
         job_id = new_id()
         try:
             document = self.job_document(job_id, job_type, params, **options)
@@ -110,7 +113,16 @@ class App:
             _run_inline(self, job_id)
         return Pushed(job_id, existing, self.store)
 
-    def push_many(self, jobs: Sequence[Job], **options: Any) -> list[str]:
+    def _typed(self, job_type: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Params pushed by name, checked against the registered class's fields if it has
+        any (read as JSON is: a date may come as text), in the form stored."""
+        job_class = self.registry.get(job_type)
+        model = job_class.params_model if job_class is not None else None
+        if model is None:
+            return params
+        return check(job_type, model, params, strict=False)[1]
+
+    def push_many(self, jobs: Sequence[Job], **options: Any) -> list[Pushed]:
         """Validate every job, then insert them all in one unordered bulk insert.
 
         If any job is refused, PushError lists each refused job by position and
@@ -136,7 +148,7 @@ class App:
         if self.settings.mode == "inline":
             for job_id in ids:
                 _run_inline(self, job_id)
-        return ids
+        return [Pushed(job_id, False, self.store) for job_id in ids]
 
     def job_document(
         self, job_id: str, job_type: str, params: dict[str, Any], **options: Any
@@ -286,9 +298,27 @@ def database() -> Any:
     return current().store.app_database()
 
 
+def push_named(
+    job_type: str, params: Mapping[str, Any] | None = None, /, **options: Unpack[PushOptions]
+) -> Pushed:
+    """Push a job by its type's name, with the options of `Job.push`: for the types a
+    `process_jobs` handler runs, or a class this process does not import. The params are
+    checked against the type's class where this process knows it (typed params)."""
+    return current().push_named(job_type, dict(params or {}), **options)
+
+
+def push_many(jobs: Sequence[Job], /, **options: Unpack[ManyOptions]) -> list[Pushed]:
+    """As `Job.push_many`: the jobs in one bulk insert, all or none."""
+    return current().push_many(jobs, **options)
+
+
 def push(job_type: str, params: dict[str, Any] | None = None, **options: Any) -> Pushed:
-    """Push a job by its type name (the options of `Job.push`): for `process_jobs`
-    handlers, whose jobs need no class. A type no worker runs waits for one."""
+    """Deprecated: `workers.push_named("Type", params, ...)`."""
+    warnings.warn(
+        'workers.push("Type", params) is deprecated: use workers.push_named("Type", params)',
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return current().push_named(job_type, dict(params or {}), **options)
 
 
@@ -311,12 +341,19 @@ def on(
     kind: str | Iterable[str],
     callback: Callable[[listening.JobEvent], Any],
     *,
-    type: str | None = None,  # the documented name: workers.on(..., type=T)
+    types: str | Iterable[str] | None = None,
+    type: str | None = None,
 ) -> listening.Subscription:
     """Call `callback(event)` for every event of `kind` (started, progress, retried,
-    completed, failed, cancelled; or several) of any process, on one thread of this app.
-    Returns a handle: `close()` it to stop."""
-    return listening.on(current().store, kind, callback, type)
+    completed, failed, cancelled; or several) of `types` (None: all), from any process,
+    on one thread of this app. Returns a handle: `close()` it to stop. (`type=` is the
+    deprecated name of `types=`, as `workers.events` names it.)"""
+    if type is not None:
+        warnings.warn(
+            "workers.on(..., type=) is deprecated: use types=", DeprecationWarning, stacklevel=2
+        )
+        types = type
+    return listening.on(current().store, kind, callback, types)
 
 
 def events(

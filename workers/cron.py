@@ -10,6 +10,7 @@ twice. Ticks are computed with croniter from the database clock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from croniter import CroniterError, croniter
 
 from workers.errors import CronError, DatabaseUnavailable, PushError, WorkersError
 from workers.job import Job
+from workers.params import ParamsError, check
 from workers.retrying import Backoff
 from workers.store import UNIQUE_INDEX, bson_problem, new_id
 
@@ -60,6 +62,7 @@ class Schedule:
     params: dict[str, Any] = field(default_factory=dict)
     timezone: str = "UTC"
     missed: str = "latest"
+    ticked: bool = True  # the jobs get `tick` in their params (a typed class: if it has one)
 
     @property
     def id(self) -> str:
@@ -135,7 +138,23 @@ def schedules_of(cls: type[Job]) -> list[Schedule]:
     if missed not in MISSED_POLICIES:
         raise CronError(f"{where}.cron_missed must be one of {MISSED_POLICIES}, got {missed!r}")
     entries = spec if isinstance(spec, list) else [spec]
-    return [_schedule(cls.__name__, entry, timezone, missed, where) for entry in entries]
+    schedules = [_schedule(cls.__name__, entry, timezone, missed, where) for entry in entries]
+    return [_typed(cls, schedule, where) for schedule in schedules]
+
+
+def _typed(cls: type[Job], schedule: Schedule, where: str) -> Schedule:
+    """A typed class's schedule: its params checked against the class's fields (with the
+    tick only when the class declares a `tick` field), so no tick pushes a job that fails."""
+    model = cls.params_model
+    if model is None:
+        return schedule
+    ticked = "tick" in model.model_fields
+    sample = {**schedule.params, "tick": iso(datetime.now(UTC))} if ticked else schedule.params
+    try:
+        check(cls.__name__, model, sample, strict=False)
+    except ParamsError as exc:
+        raise CronError(f"{where}.setup_cron(): {schedule.expression!r}: {exc}") from None
+    return dataclasses.replace(schedule, ticked=ticked)
 
 
 def _timezone(cls: type[Job], where: str) -> str:
@@ -345,7 +364,7 @@ class Scheduler:
         return pushed
 
     def _document(self, schedule: Schedule, tick: datetime) -> dict[str, Any]:
-        params = {**schedule.params, "tick": iso(tick)}
+        params = {**schedule.params, "tick": iso(tick)} if schedule.ticked else schedule.params
         unique_key = schedule.unique_key(tick)
         return self.app.job_document(new_id(), schedule.job_type, params, unique_key=unique_key)
 

@@ -30,6 +30,7 @@ from workers.errors import (
 )
 from workers.job import Attempt, Job, JobHandle, was_cancelled
 from workers.metrics import Tally
+from workers.params import ParamsError
 from workers.record import TEXT_LIMIT, JobRecord, clipped, error_document
 from workers.retrying import Backoff
 from workers.store import bson_problem
@@ -250,7 +251,10 @@ def _call_handler(
 ) -> tuple[Job, Any, BaseException | None]:
     job = instantiate(job_class, record.params)
     try:
-        job.__init__(**record.params)  # type: ignore[misc]  # the subclass's own __init__, if any
+        try:
+            job.load_stored(record.params)
+        except ParamsError as exc:  # an old job after a deploy: no attempt would fit either
+            raise JobFailed(str(exc), fatal=True) from None
         job.attempt = Attempt(app.store, record.id, owner, record.attempts)
         awaited(job.before_job(), loop, held.deadline)
         result = awaited(job.handle_job(), loop, held.deadline)
@@ -295,9 +299,10 @@ def awaited(value: Any, loop: EventLoop, deadline: float | None = None) -> Any:
 
 
 def instantiate(job_class: type[Job], params: dict[str, Any]) -> Job:
-    """A bare instance with params set, so after_job runs even if the subclass's __init__ fails."""
+    """A bare instance with params set (unchecked), so after_job runs even if the params or
+    the subclass's __init__ fail."""
     job = job_class.__new__(job_class)
-    Job.__init__(job, params)
+    job.params, job.attempt = dict(params), None
     return job
 
 

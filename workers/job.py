@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypedDict, Unpack, overload
 
-from workers import lifecycle
 from workers.errors import JobCancelled, JobFailed, WorkersError
-from workers.lifecycle import Pushed, StoredJob
-from workers.record import ActionResult
+from workers.lifecycle import Pushed, Status, StoredJob
+from workers.params import Params, check, params_model
+from workers.record import ActionResult, Repeat, RetryPolicy
 from workers.store import Store
+
+
+class ManyOptions(TypedDict, total=False):
+    """The options of a push of many jobs at once (`Job.push_many`)."""
+
+    delay: float | timedelta | None
+    after: datetime | str | None
+    priority: int | str | None
+    retry: RetryPolicy | int | Mapping[str, Any] | None
+    timeout: float | None
+
+
+class PushOptions(ManyOptions, total=False):
+    """The options of one push (`Job.push`, `job.push`, `workers.push_named`)."""
+
+    depends: Sequence[str] | None
+    repeat: Repeat | Mapping[str, Any] | None
+    unique: str | None
 
 
 class Pusher(Protocol):
@@ -24,9 +44,49 @@ class Pusher(Protocol):
         """Validate and insert one job; raises PushError."""
         ...
 
-    def push_many(self, jobs: Sequence[Job], **options: Any) -> list[str]:
+    def push_many(self, jobs: Sequence[Job], **options: Any) -> list[Pushed]:
         """Validate every job, then insert them all; raises PushError naming each refused."""
         ...
+
+
+def push_job(job: Job, /, **options: Unpack[PushOptions]) -> Pushed:
+    """Queue `job`; returns its id (a str: `.existing` says a unique push found one, and
+    `.wait()` and `.result()` wait for its outcome).
+
+    Options: `delay` seconds or a timedelta, or `after` a datetime, an ISO-8601 string or
+    "in 5 minutes"; `priority` an int (lower runs first) or low/normal/medium/high/
+    critical; `retry` a `RetryPolicy`, a retry count or a dict of its fields; `timeout`
+    seconds per attempt; `depends` ids that must complete first; `repeat` a `Repeat` (or
+    {"repeats": n|"forever", "wait": seconds}); `unique` a key: while an unfinished job
+    holds it, the push returns that job's id. Unset options come from settings
+    `workers.queue`."""
+    return _current_app().push(job, **options)
+
+
+class _PushAJob(Protocol):
+    def __call__(self, job: Job, /, **options: Unpack[PushOptions]) -> Pushed: ...
+
+
+class _PushThisJob(Protocol):
+    def __call__(self, **options: Unpack[PushOptions]) -> Pushed: ...
+
+
+class PushVerb:
+    """`Job.push(job, **options)` on a class and `job.push(**options)` on a job: one push
+    (`push_job`), spelled either way."""
+
+    __doc__ = push_job.__doc__
+
+    @overload
+    def __get__(self, instance: None, owner: type[Job]) -> _PushAJob: ...
+
+    @overload
+    def __get__(self, instance: Job, owner: type[Job]) -> _PushThisJob: ...
+
+    def __get__(self, instance: Job | None, owner: type[Job]) -> _PushAJob | _PushThisJob:
+        if instance is None:
+            return push_job
+        return functools.partial(push_job, instance)
 
 
 _app_getter: Callable[[], Pusher] | None = None
@@ -92,8 +152,10 @@ class Attempt:
 class Job:
     """Subclass it, name the subclass `...Job`, implement `handle_job`.
 
-    `self.params` is the dict given at construction; `handle_job`'s return
-    value is stored as the job's result.
+    Params are the subclass's annotated fields (`project_id: str`, `days: int = 30`),
+    checked where the job is made and typed on `self` (params.py); a class without any
+    takes free-form params. `self.params` is the plain dict that is stored;
+    `handle_job`'s return value is stored as the job's result.
     """
 
     #: Seconds an attempt may run before it is failed with a JobTimeout (None: no limit).
@@ -108,12 +170,38 @@ class Job:
     global_concurrency: ClassVar[int | None] = None
     #: At most this many starts across the cluster in any window: "100/m" (/s, /h, /10s).
     rate_limit: ClassVar[str | None] = None
+    #: The params model made from the annotated fields (None: free-form params).
+    params_model: ClassVar[type[Params] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.params_model = params_model(cls, _RESERVED)  # the function of params.py
 
     def __init__(self, params: Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         merged = dict(params or {})
         merged.update(kwargs)
-        self.params: dict[str, Any] = merged
+        self.params: dict[str, Any] = self._checked(merged, strict=True)
         self.attempt: Attempt | None = None
+
+    def _checked(self, given: dict[str, Any], *, strict: bool) -> dict[str, Any]:
+        """`given`, checked against the params model when the class has one, its values set
+        as attributes (typed); the stored form. ParamsError names the class and field."""
+        model = type(self).params_model
+        if model is None:
+            return given
+        values, stored = check(type(self).__name__, model, given, strict=strict)
+        for name in type(values).model_fields:
+            setattr(self, name, getattr(values, name))
+        return stored
+
+    def load_stored(self, params: dict[str, Any]) -> None:
+        """Make this bare instance the job stored with `params` (a worker's read): its own
+        `__init__` if the class has one, else the params model read leniently (a date
+        stored as text is a date again). ParamsError when they no longer fit the class."""
+        if type(self).__init__ is not Job.__init__:
+            self.__init__(**params)  # type: ignore[misc]
+        else:
+            self.params = self._checked(dict(params), strict=False)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
@@ -201,112 +289,78 @@ class Job:
         """Override to make pushes of this class unique by a key (see `push(unique=)`)."""
         return None
 
-    @staticmethod
-    def push(
-        job: Job,
-        *,
-        delay: float | timedelta | None = None,
-        after: datetime | str | None = None,
-        priority: int | str | None = None,
-        retry: int | Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-        depends: Sequence[str] | None = None,
-        repeat: Mapping[str, Any] | None = None,
-        unique: str | None = None,
-    ) -> Pushed:
-        """Queue `job` and return its id (a str; `.existing` says a unique push found one).
-
-        Options: `delay` seconds or a timedelta, or `after` a datetime, an ISO-8601
-        string or "in 5 minutes"; `priority` an int (lower runs first) or
-        low/normal/medium/high/critical; `retry` a retry count or {"retries": n,
-        "wait": seconds, "backoff": "exponential"|"fixed", "jitter": 0..1};
-        `timeout` seconds per attempt; `depends` ids that must complete first;
-        `repeat` {"repeats": n|"forever", "wait": seconds}; `unique` a key: while
-        an unfinished job holds it, the push returns that job's id. Unset options
-        come from settings `workers.queue`.
-        """
-        return _current_app().push(
-            job,
-            delay=delay,
-            after=after,
-            priority=priority,
-            retry=retry,
-            timeout=timeout,
-            depends=depends,
-            repeat=repeat,
-            unique=unique,
-        )
+    push = PushVerb()
+    """Queue a job: `Job.push(job, **options)`, or `job.push(**options)` on the job itself.
+    Returns its id, a `Pushed` (`.existing`, `.wait()`, `.result()`). The options are
+    `push_job`'s: `delay`/`after`, `priority`, `retry` (a `RetryPolicy`, a count or a
+    dict), `timeout`, `depends`, `repeat` (a `Repeat` or a dict) and `unique`."""
 
     @staticmethod
-    def push_many(
-        jobs: Sequence[Job],
-        *,
-        delay: float | timedelta | None = None,
-        after: datetime | str | None = None,
-        priority: int | str | None = None,
-        retry: int | Mapping[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> list[str]:
-        """Queue `jobs` in one bulk insert with the options of `Job.push`; returns their ids
-        in order. If any job is refused, PushError names each by position (`.refused`) and
-        nothing is written."""
-        return _current_app().push_many(
-            jobs, delay=delay, after=after, priority=priority, retry=retry, timeout=timeout
-        )
+    def push_many(jobs: Sequence[Job], /, **options: Unpack[ManyOptions]) -> list[Pushed]:
+        """Queue `jobs` in one bulk insert with the options of `Job.push` (but `depends`,
+        `repeat` and `unique`); returns them pushed, in order. If any job is refused,
+        PushError names each by position (`.refused`) and nothing is written."""
+        return _current_app().push_many(jobs, **options)
 
-    # -- managing stored jobs ------------------------------------------------------------
+    # -- managing stored jobs: deprecated here, in workers.jobs now -------------------------
 
     @staticmethod
     def get(job_id: str) -> StoredJob | None:
-        """The stored job (a snapshot with the lifecycle actions); None for an unknown id."""
-        return lifecycle.get(_current_app().store, str(job_id))
+        """Deprecated: `workers.jobs.get`."""
+        return _moved("get", "get")(job_id)  # type: ignore[no-any-return]
 
     @staticmethod
     def find(
-        *, type: str | None = None, status: str | None = None, limit: int = 50
+        *, type: str | None = None, status: Status | None = None, limit: int = 50
     ) -> list[StoredJob]:
-        """Jobs of a type and/or status, newest first, on an index."""
-        return lifecycle.find(_current_app().store, type=type, status=status, limit=limit)
+        """Deprecated: `workers.jobs.find`."""
+        return _moved("find", "find")(type=type, status=status, limit=limit)  # type: ignore[no-any-return]
 
     @staticmethod
     def pause_many(ids: Iterable[str]) -> ActionResult:
-        """Pause these jobs (waiting, ready or scheduled); the result says what each became."""
-        return _act("pause", ids)
+        """Deprecated: `workers.jobs.pause`."""
+        return _moved("pause_many", "pause")(ids)  # type: ignore[no-any-return]
 
     @staticmethod
     def resume_many(ids: Iterable[str]) -> ActionResult:
-        """Resume these paused jobs."""
-        return _act("resume", ids)
+        """Deprecated: `workers.jobs.resume`."""
+        return _moved("resume_many", "resume")(ids)  # type: ignore[no-any-return]
 
     @staticmethod
-    def cancel_many(
-        ids: Iterable[str], *, dependents: bool = True, antecedents: bool = False
-    ) -> ActionResult:
-        """Cancel these jobs (and, by default, the jobs that depend on them)."""
-        return _act("cancel", ids, dependents=dependents, antecedents=antecedents)
+    def cancel_many(ids: Iterable[str], **options: Any) -> ActionResult:
+        """Deprecated: `workers.jobs.cancel`."""
+        return _moved("cancel_many", "cancel")(ids, **options)  # type: ignore[no-any-return]
 
     @staticmethod
-    def restart_many(
-        ids: Iterable[str], *, antecedents: bool = True, dependents: bool = False, retries: int = 0
-    ) -> ActionResult:
-        """Run these failed or cancelled jobs again (and their failed antecedents), with
-        `retries` more attempts."""
-        return _act("restart", ids, antecedents=antecedents, dependents=dependents, retries=retries)
+    def restart_many(ids: Iterable[str], **options: Any) -> ActionResult:
+        """Deprecated: `workers.jobs.restart`."""
+        return _moved("restart_many", "restart")(ids, **options)  # type: ignore[no-any-return]
 
     @staticmethod
-    def rerun_many(ids: Iterable[str], *, delay: float = 0) -> ActionResult:
-        """Push a copy of each of these finished jobs, due after `delay` seconds."""
-        return _act("rerun", ids, delay=delay)
+    def rerun_many(ids: Iterable[str], **options: Any) -> ActionResult:
+        """Deprecated: `workers.jobs.rerun`."""
+        return _moved("rerun_many", "rerun")(ids, **options)  # type: ignore[no-any-return]
 
     @staticmethod
     def remove_many(ids: Iterable[str]) -> ActionResult:
-        """Delete these finished, cancelled or paused jobs for good."""
-        return _act("remove", ids)
+        """Deprecated: `workers.jobs.remove`."""
+        return _moved("remove_many", "remove")(ids)  # type: ignore[no-any-return]
 
 
-def _act(action: str, ids: Iterable[str], **options: Any) -> ActionResult:
-    """An action on many jobs, in batches: refusals are reported in the result, not raised."""
-    return lifecycle.act(_current_app().store, action, ids, **options)
+def _moved(old: str, new: str) -> Callable[..., Any]:
+    """The `workers.jobs` function that replaced `Job.<old>`, after a DeprecationWarning
+    naming it (where the caller called)."""
+    from workers import jobs  # the module imports lifecycle, as this one does: no cycle
+
+    warnings.warn(
+        f"Job.{old}() is deprecated: use workers.jobs.{new}()", DeprecationWarning, stacklevel=3
+    )
+    function: Callable[..., Any] = getattr(jobs, new)
+    return function
+
+
+# names a params field may not take: what Job itself defines
+_RESERVED = frozenset(vars(Job)) | {"params", "attempt", "id", "type"}
 
 
 def was_cancelled(attempt: Attempt) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from workers import waiting
 from workers.errors import JobCancelled, JobFailed, JobNotFound, TransitionRefused, WorkersError
@@ -18,6 +18,9 @@ from workers.record import ALLOWED, CANCELLED, COMPLETED, FOLLOWUPS, STATUSES, A
 from workers.store import Store
 
 ReturnWhen = Literal["all", "first"]
+Status = Literal[
+    "waiting", "scheduled", "paused", "ready", "running", "failed", "cancelled", "completed"
+]
 _current_store: Callable[[], Store] | None = None
 
 
@@ -25,6 +28,13 @@ def bind_store(getter: Callable[[], Store]) -> None:
     """Called once by the app module: where a Pushed made without a store waits."""
     global _current_store
     _current_store = getter
+
+
+def current_store() -> Store:
+    """The booted app's store (booting it from the default settings on first use)."""
+    if _current_store is None:
+        raise WorkersError("no app is booted (workers.boot())")
+    return _current_store()
 
 
 class Pushed(str):
@@ -64,11 +74,35 @@ class Pushed(str):
         return outcome(await self.wait_async(timeout))
 
     def _waits_on(self) -> Store:
-        if self._store is not None:
-            return self._store
-        if _current_store is None:
-            raise WorkersError("wait: no app is booted (workers.boot())")
-        return _current_store()
+        return self._store if self._store is not None else current_store()
+
+
+T = TypeVar("T")
+
+
+class Field(Generic[T]):
+    """A typed, read-only view of one field of a stored job's document."""
+
+    def __init__(self, read: Callable[[dict[str, Any]], T]) -> None:
+        self._read = read
+
+    @overload
+    def __get__(self, job: None, owner: type) -> Field[T]: ...
+
+    @overload
+    def __get__(self, job: StoredJob, owner: type) -> T: ...
+
+    def __get__(self, job: StoredJob | None, owner: type) -> Field[T] | T:
+        return self if job is None else self._read(job._doc)
+
+
+def _time(doc: dict[str, Any], name: str) -> datetime | None:
+    value = doc.get(name)
+    return value if isinstance(value, datetime) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class StoredJob:
@@ -81,33 +115,29 @@ class StoredJob:
     def __repr__(self) -> str:
         return f"<StoredJob {self.id} {self.type} {self.status}>"
 
-    def _get(self, name: str, default: Any = None) -> Any:
-        return self._doc.get(name, default)
-
-    id = property(lambda self: str(self._doc["_id"]))
-    type = property(lambda self: self._get("type"))
-    status = property(lambda self: self._get("status"))
-    params = property(lambda self: self._get("params", {}))
-    priority = property(lambda self: self._get("priority"))
-    attempts = property(lambda self: self._get("attempts", 0))
-    retries = property(lambda self: self._get("retries"))
-    progress = property(lambda self: self._get("progress"))
-    log = property(lambda self: list(self._get("log") or []))
-    result = property(lambda self: self._get("result"))
-    error = property(lambda self: self._get("error"))
-    depends = property(lambda self: list(self._get("depends") or []))
-    pending = property(lambda self: [a for a in self._get("links") or [] if a != FOLLOWUPS])
-    repeats_left = property(lambda self: self._get("repeats_left"))
-    unique = property(lambda self: self._get("unique"))
-
-    created = property(lambda self: self._time("created"))
-    started = property(lambda self: self._time("started"))
-    finished = property(lambda self: self._time("finished"))
-    run_at = property(lambda self: self._time("run_at"))
-
-    def _time(self, name: str) -> datetime | None:
-        value = self._get(name)
-        return value if isinstance(value, datetime) else None
+    id = Field[str](lambda doc: str(doc["_id"]))
+    type = Field[str](lambda doc: str(doc.get("type")))
+    status = Field[Status](lambda doc: doc["status"])
+    params = Field[dict[str, Any]](lambda doc: dict(doc.get("params") or {}))
+    priority = Field[int](lambda doc: int(doc.get("priority") or 0))
+    attempts = Field[int](lambda doc: int(doc.get("attempts") or 0))
+    retries = Field[int | None](lambda doc: _int_or_none(doc.get("retries")))
+    #: `completed`, `total` and `percent`, once the job reported any
+    progress = Field[dict[str, float] | None](lambda doc: doc.get("progress"))
+    #: the log entries (`time`, `level`, `message`, `data`), oldest first
+    log = Field[list[dict[str, Any]]](lambda doc: list(doc.get("log") or []))
+    result = Field[Any](lambda doc: doc.get("result"))
+    #: the last failure: `message`, `type`, `traceback`, `attempt`
+    error = Field[dict[str, Any] | None](lambda doc: doc.get("error"))
+    depends = Field[list[str]](lambda doc: list(doc.get("depends") or []))
+    #: the antecedents this job still waits for
+    pending = Field[list[str]](lambda doc: [a for a in doc.get("links") or [] if a != FOLLOWUPS])
+    repeats_left = Field[int | str | None](lambda doc: doc.get("repeats_left"))
+    unique = Field[str | None](lambda doc: doc.get("unique"))
+    created = Field[datetime | None](lambda doc: _time(doc, "created"))
+    started = Field[datetime | None](lambda doc: _time(doc, "started"))
+    finished = Field[datetime | None](lambda doc: _time(doc, "finished"))
+    run_at = Field[datetime | None](lambda doc: _time(doc, "run_at"))
 
     @property
     def document(self) -> dict[str, Any]:

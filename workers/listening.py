@@ -394,10 +394,10 @@ def listeners_of(store: Store) -> Listeners:
 
 def on(
     store: Store, kind: str | Iterable[str], callback: Callable[[JobEvent], Any],
-    job_type: str | None = None,
+    job_types: str | Iterable[str] | None = None,
 ) -> Subscription:  # fmt: skip
-    """Call `callback(event)` for each event of `kind` (of `job_type`, if given)."""
-    kinds, types = choose(kind, job_type)
+    """Call `callback(event)` for each event of `kind` (of `job_types`, if given)."""
+    kinds, types = choose(kind, job_types)
     return listeners_of(store).subscribe(Subscription(kinds, types, callback, on_thread=True))
 
 

@@ -8,6 +8,7 @@ database clock like every other delay.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -134,20 +135,21 @@ def parse_priority(priority: int | str | None) -> int:
     raise PushError(f"push: priority must be an int or one of {names}; got {priority!r}")
 
 
-def parse_retry(retry: int | Mapping[str, Any] | None, defaults: RetryPolicy) -> RetryPolicy:
-    """`retry` is a count or {"retries", "wait", "backoff", "jitter"}; missing keys keep the
-    defaults."""
+def parse_retry(
+    retry: RetryPolicy | int | Mapping[str, Any] | None, defaults: RetryPolicy
+) -> RetryPolicy:
+    """`retry` is a RetryPolicy, a count or {"retries", "wait", "backoff", "jitter"}; missing
+    keys keep the defaults."""
     if retry is None:
         return defaults
-    if isinstance(retry, int) and not isinstance(retry, bool):
-        retry = {"retries": retry}
-    if not isinstance(retry, Mapping):
-        raise PushError(f"push: retry must be an int or a dict, got {retry!r}")
+    retry = _retry_mapping(retry)
     unknown = set(retry) - _RETRY_KEYS
     if unknown:
         raise PushError(f"push: unknown retry option(s) {sorted(unknown)}")
     retries = retry.get("retries", defaults.retries)
     wait = retry.get("wait", defaults.wait)
+    if isinstance(wait, timedelta):
+        wait = wait.total_seconds()
     backoff = retry.get("backoff", defaults.backoff)
     jitter = retry.get("jitter", defaults.jitter)
     if not (isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= _INT64):
@@ -163,6 +165,16 @@ def parse_retry(retry: int | Mapping[str, Any] | None, defaults: RetryPolicy) ->
     return RetryPolicy(retries=retries, wait=float(wait), backoff=backoff, jitter=float(jitter))
 
 
+def _retry_mapping(retry: object) -> Mapping[str, Any]:
+    if isinstance(retry, RetryPolicy):
+        return dataclasses.asdict(retry)
+    if isinstance(retry, int) and not isinstance(retry, bool):
+        return {"retries": retry}
+    if not isinstance(retry, Mapping):
+        raise PushError(f"push: retry must be a RetryPolicy, an int or a dict, got {retry!r}")
+    return retry
+
+
 def parse_depends(depends: Sequence[str] | None) -> tuple[str, ...]:
     if depends is None:
         return ()
@@ -174,10 +186,12 @@ def parse_depends(depends: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(depends))
 
 
-def parse_repeat(repeat: Mapping[str, Any] | None) -> Repeat | None:
-    """{"repeats": n or "forever", "wait": seconds}: n more runs after the first."""
+def parse_repeat(repeat: Repeat | Mapping[str, Any] | None) -> Repeat | None:
+    """A Repeat or {"repeats": n or "forever", "wait": seconds}: n more runs after the first."""
     if repeat is None:
         return None
+    if isinstance(repeat, Repeat):
+        repeat = dataclasses.asdict(repeat)
     if not isinstance(repeat, Mapping):
         raise PushError(
             f"push: repeat must be a dict like {{'repeats': 3, 'wait': 60}}, got {repeat!r}"

@@ -10,6 +10,7 @@ instead of to their classes. It fires no cron schedules.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Sequence
 
 from workers import app as app_module
@@ -67,24 +68,34 @@ def process_jobs(
     types: str | Sequence[str],
     handler: Handler,
     *,
-    concurrency: int = 1,
+    threads: int = 1,
     cargo: int = 1,
     prefetch: int = 0,
     poll_interval: float | None = None,
+    concurrency: int | None = None,
 ) -> JobProcessor:
     """Run `handler` on jobs of `types` pushed to this queue: `handler(job)` with cargo 1,
-    `handler(jobs)` (up to `cargo` at once) otherwise, on `concurrency` threads, holding
+    `handler(jobs)` (up to `cargo` at once) otherwise, on `threads` threads, holding
     at most `prefetch` jobs beyond what the threads can start. Its return value is the
     job's result (with cargo, a list as long as the jobs gives each its own); raising
     fails the attempt, retried as any job; `job.fail()`, `job.progress()` and
-    `job.log()` work as in `handle_job`. An `async def` handler runs on an event loop."""
+    `job.log()` work as in `handle_job`. An `async def` handler runs on an event loop.
+    (`concurrency=` is the deprecated name of `threads=`: `Job.concurrency` is a cap.)"""
+    if concurrency is not None:
+        warnings.warn(
+            "process_jobs(concurrency=) is deprecated: use threads= (Job.concurrency is a "
+            "per-process cap, not a thread count)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        threads = concurrency
     names = [types] if isinstance(types, str) else list(types)
     if not names or not all(isinstance(name, str) and name for name in names):
         raise WorkersError(f"process_jobs: types must be job type names, got {types!r}")
     if not callable(handler):
         raise WorkersError(f"process_jobs: handler must be callable, got {handler!r}")
     for name, value, least in (
-        ("concurrency", concurrency, 1),
+        ("threads", threads, 1),
         ("cargo", cargo, 1),
         ("prefetch", prefetch, 0),
     ):
@@ -102,7 +113,7 @@ def process_jobs(
 
     profile = Profile(
         types=names,
-        threads=concurrency,
+        threads=threads,
         run=run,
         cargo=cargo,
         prefetch=prefetch,

@@ -80,15 +80,24 @@ def error_document(
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """`retries` more attempts after a failure, `wait` (seconds or a timedelta) before the
+    first, doubled each time (`backoff="exponential"`) or not ("fixed"), each wait moved by
+    up to `jitter` of itself either way. Pass it as `push(retry=...)`."""
+
     retries: int
-    wait: float
+    wait: float | timedelta = 1.0
     backoff: Backoff = "exponential"
-    jitter: float = 0.0  # each wait is moved by up to this fraction, either way
+    jitter: float = 0.0
+
+    @property
+    def wait_seconds(self) -> float:
+        return seconds_of(self.wait)
 
     def delay_after(self, attempt: int, draw: Callable[[], float] = random.random) -> float:
         """Seconds to wait before the attempt after `attempt` (1-based), as monq did, moved
         by the jitter: `draw()` in [0, 1) picks where in [wait*(1-j), wait*(1+j)]."""
-        wait = self.wait if self.backoff == "fixed" else self.wait * 2 ** min(attempt - 1, 30)
+        first = self.wait_seconds
+        wait = first if self.backoff == "fixed" else first * 2 ** min(attempt - 1, 30)
         if self.jitter:
             wait *= 1 + self.jitter * (2 * draw() - 1)
         return float(wait)
@@ -96,10 +105,15 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Repeat:
-    """Run again `wait` seconds after each completion, `repeats` more times (or forever)."""
+    """Run again `wait` (seconds or a timedelta) after each completion, `repeats` more times
+    (or "forever"). Pass it as `push(repeat=...)`."""
 
-    repeats: int | Literal["forever"]
-    wait: float = 0.0
+    repeats: int | Literal["forever"] = "forever"
+    wait: float | timedelta = 0.0
+
+
+def seconds_of(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 @dataclass(frozen=True)
@@ -183,7 +197,7 @@ def new_document(
         "run_at": run_at,
         "attempts": 0,
         "retries": options.retry.retries,
-        "retry_wait": options.retry.wait,
+        "retry_wait": options.retry.wait_seconds,
         "backoff": options.retry.backoff,
         "retry_jitter": options.retry.jitter,
         "timeout": options.timeout,
@@ -207,7 +221,7 @@ def new_document(
         doc["depends"] = list(options.depends)
     if options.repeat is not None:
         doc.update(
-            repeat={"repeats": options.repeat.repeats, "wait": options.repeat.wait},
+            repeat={"repeats": options.repeat.repeats, "wait": seconds_of(options.repeat.wait)},
             repeats_left=options.repeat.repeats,
         )
         links.append(FOLLOWUPS)

@@ -31,6 +31,7 @@ from workers.errors import (
 )
 from workers.execution import EventLoop, awaited, instantiate
 from workers.job import Attempt, Job
+from workers.params import ParamsError
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +425,10 @@ def class_handler(job_classes: dict[str, type[Job]]) -> Handler:
         job = instantiate(job_class, remote.params)
         loop = EventLoop()
         remote.after = lambda error: _after_job(job, error, loop)
-        job.__init__(**remote.params)  # type: ignore[misc]  # the subclass's own, if any
+        try:
+            job.load_stored(remote.params)
+        except ParamsError as exc:  # params this class no longer takes: no retry fits either
+            raise JobFailed(str(exc), fatal=True) from None
         job.attempt = Attempt(RemoteReports(remote), remote.id, remote.token, remote.attempt)
         awaited(job.before_job(), loop)
         result = awaited(job.handle_job(), loop)

@@ -13,6 +13,7 @@ from fastapi.security import HTTPBasic
 from reports import ReportJob
 
 import workers
+import workers.jobs
 import workers.web
 from workers import Job, JobNotFound
 
@@ -35,7 +36,7 @@ def start_report(project: str) -> dict[str, str]:
 
 @app.get("/reports/{job_id}")
 def report(job_id: str) -> dict[str, Any]:
-    job = Job.get(job_id)
+    job = workers.jobs.get(job_id)
     if job is None:
         raise HTTPException(404, f"no report has the id {job_id}")
     return {"status": job.status, "result": job.result}

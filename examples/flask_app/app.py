@@ -11,6 +11,7 @@ from flask import Flask
 from reports import ReportJob
 
 import workers
+import workers.jobs
 from workers import Job
 
 app = Flask(__name__)
@@ -24,5 +25,5 @@ def start_report(project: str) -> dict[str, str]:
 
 @app.get("/reports/<job_id>")
 def report(job_id: str) -> dict[str, Any]:
-    job = Job.get(job_id)
+    job = workers.jobs.get(job_id)
     return {"status": job.status, "result": job.result} if job else {"status": "unknown"}

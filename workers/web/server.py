@@ -24,6 +24,7 @@ from workers import app as app_module
 from workers.app import App
 from workers.dispatch import Dispatcher
 from workers.errors import DatabaseUnavailable, SettingsError, StoreError
+from workers.registry import Registry
 from workers.settings import Settings
 from workers.version import __version__
 from workers.web.access import Rule, Rules, Session, booted, reader
@@ -110,18 +111,44 @@ def create_app(
 
 
 def _document_job_types(web: FastAPI, get_app: Callable[[], App]) -> None:
-    """The OpenAPI document lists the registered job types as the values `type` may take."""
+    """The OpenAPI document lists the registered job types as the values `type` may take,
+    and publishes the params schema of each type that declares its params (params.py)."""
     generate = web.openapi
 
     def openapi() -> dict[str, Any]:
         if web.openapi_schema is None:
             schema = generate()
-            types = get_app().registry.types
-            if types:
-                schema["components"]["schemas"]["PushRequest"]["properties"]["type"]["enum"] = types
+            registry = get_app().registry
+            if registry.types:
+                push = schema["components"]["schemas"]["PushRequest"]["properties"]
+                push["type"]["enum"] = registry.types
+                _document_params(schema, registry)
         return web.openapi_schema or {}
 
     web.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_params(schema: dict[str, Any], registry: Registry) -> None:
+    """Each typed type's params as a component (`<Type>Params`), and `x-job-params`
+    mapping every such type to it: what a client in any language sends as `params`."""
+    components = schema["components"]["schemas"]
+    by_type: dict[str, Any] = {}
+    for job_type in registry.types:
+        job_class = registry.get(job_type)
+        model = job_class.params_model if job_class is not None else None
+        if model is None:
+            continue
+        found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(found.pop("$defs", {}))
+        components[model.__name__] = found
+        by_type[job_type] = {"$ref": f"#/components/schemas/{model.__name__}"}
+    if by_type:
+        schema["x-job-params"] = by_type
+        params = components["PushRequest"]["properties"]["params"]
+        params["description"] = (
+            "the job's params; for the types listed in `x-job-params`, as that schema says "
+            "(422 naming the field otherwise)"
+        )
 
 
 def served_app(

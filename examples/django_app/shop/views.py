@@ -5,6 +5,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from reports import ReportJob
 
+import workers.jobs
 from workers import Job
 
 
@@ -16,7 +17,7 @@ def start_report(request: HttpRequest, project: str) -> JsonResponse:
 
 @require_GET
 def report(request: HttpRequest, job_id: str) -> JsonResponse:
-    job = Job.get(job_id)
+    job = workers.jobs.get(job_id)
     if job is None:
         return JsonResponse({"status": "unknown"}, status=404)
     return JsonResponse({"status": job.status, "result": job.result})
