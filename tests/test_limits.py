@@ -5,6 +5,7 @@ each attempt began and ended (by the server's clock), on real worker processes."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pymongo
 import pytest
 
 import workers
@@ -20,6 +22,7 @@ from tests.conftest import settings_dict, wait_for, workers_command, workers_env
 from tests.headless_node import HeadlessNode
 from tests.web_support import client_for
 from workers.app import App
+from workers.claimer import Claimer
 from workers.errors import DiscoveryError, SettingsError
 from workers.job import Job
 from workers.limits import Limit, Rate, limits_for, parse_rate
@@ -305,3 +308,41 @@ def test_a_retry_of_a_limited_type_starts_when_its_wait_ends(
         late = runs[1]["start"] - runs[0]["end"]
         # its wait (1 s) plus a second: a poll or a cron tick is not what starts it
         assert late < timedelta(seconds=2), f"{job_id}: the retry began {late} after the failure"
+
+
+def test_a_limited_type_whose_claim_fails_does_not_stop_the_other_types(
+    limited_app: App, db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a server that refuses every write of one limited type's document (as it refuses
+    # all of workers.limits to a role without privileges on it)
+    name = limited_app.store.limits.name
+    if name not in db.list_collection_names():
+        db.create_collection(name)
+    db.command("collMod", name, validator={"_id": {"$ne": "CappedJob"}})
+    capped = push(limited_app, "CappedJob", 1)
+    free = push(limited_app, "FreeJob", 2)
+    types = limited_app.registry.types
+    claimer = Claimer(limited_app.store, "me", types, 30, limits=limited_app.limits)
+    # When the claimer looks, twice
+    first = [doc["_id"] for doc in claimer.claim(5)]
+    again = claimer.claim(5)
+    # Then the other types are claimed, the refused one waits, named once in the log
+    assert sorted(first) == sorted(free) and again == []
+    assert limited_app.store.get_job(capped[0])["status"] == "ready"  # type: ignore[index]
+    said = [r.getMessage() for r in caplog.records if "cannot claim CappedJob" in r.getMessage()]
+    assert len(said) == 1 and "Document failed validation" in said[0]
+
+
+def test_the_documented_role_covers_every_collection_the_service_uses(limited_app: App) -> None:
+    """docs/mongodb.md's least-privilege role: read and write on each of the store's
+    collections (a missing `workers.limits` once stalled every process with a limited type)."""
+    text = (Path(__file__).parent.parent / "docs" / "mongodb.md").read_text()
+    role = text[text.index("createRole({") : text.index("roles: [],")]
+    named = set(re.findall(r'collection: p \+ "(\w+)" \}, actions: \[?(?:\.\.\.)?rw', role))
+    store = limited_app.store
+    used = {
+        collection.name.removeprefix(f"{store._prefix}.")
+        for collection in vars(store).values()
+        if isinstance(collection, pymongo.collection.Collection)
+    }
+    assert used and used <= named, f"the role misses {sorted(used - named)}"

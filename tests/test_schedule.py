@@ -193,7 +193,8 @@ def test_the_embedded_server_gets_unhinted_scans_and_mongodb_hinted_ones(app: Ap
     assert profile_of({"version": "8.0.4"}) is MONGODB
     assert profile_of({"version": "8.2.11", "secantusVersion": "0.7.0b3"}) is SECANTUS
     assert MONGODB.hint("claim_queue") == "claim_queue" and SECANTUS.hint("claim_queue") is None
-    assert app.store.profile is SECANTUS  # the test server
+    # the test server's own: SecantusDB here, MongoDB under TEST_MONGO_URL
+    assert app.store.profile is profile_of(app.store.db.client.admin.command("buildInfo"))
 
 
 @pytest.mark.parametrize("profile", [MONGODB, SECANTUS], ids=["mongodb", "secantusdb"])

@@ -32,6 +32,8 @@ from workers.store.shared_scans import Spare
 
 log = logging.getLogger(__name__)
 
+_FAILED_AGAIN = 5.0  # seconds before a limited type whose claim failed is tried again
+
 
 @dataclass
 class _Watched:
@@ -44,6 +46,7 @@ class _Watched:
     held_back: bool = False
     by_rate: bool = False  # held back until the window opens: a job's end does not help
     ends: int = 0  # jobs of the type that ended here: one that ends during a claim counts
+    failing: bool = False  # its last claim failed (logged once until one succeeds)
 
 
 class Claimer:
@@ -144,10 +147,31 @@ class Claimer:
                 if room < 1:  # looked at again when one of ours ends (`ended`), or soon
                     self._settle(watched, Limited([], waiting=True), now, ends[job_type])
                     continue
-            got = self._claim_type(job_type, watched.limit, room)
+            try:
+                got = self._claim_type(job_type, watched.limit, room)
+            except ClaimIncomplete:
+                raise  # its jobs may be taken: recovered by the next claim
+            except WorkersError as exc:  # this type's only: the others still flow
+                self._failed(job_type, watched, exc, now)
+                continue
             self._settle(watched, got, now, ends[job_type])
             docs += got.jobs
         return docs
+
+    def _failed(self, job_type: str, watched: _Watched, exc: WorkersError, now: float) -> None:
+        """A limited type whose claim failed (a role without `workers.limits`, a server
+        refusing its transaction): looked at again `_FAILED_AGAIN` seconds later, while the
+        other types are claimed as usual; said once per failure streak, at error level."""
+        if not watched.failing:
+            log.error(
+                "cannot claim %s under its limit (the other types go on): %s",
+                job_type,
+                exc,
+                extra={"action": "limited_claim_failed", "type": job_type},
+            )
+        watched.failing = True
+        watched.held_back, watched.by_rate = False, False
+        watched.look_at = now + max(self._recheck, _FAILED_AGAIN)
 
     def _claim_type(self, job_type: str, limit: Limit, room: int) -> Limited:
         if not limit.cluster_wide:  # a full room may leave more due: held back till one ends
@@ -161,6 +185,7 @@ class Claimer:
         """`_note`, unless a job of the type ended here since `held` was read (`ends` then):
         its `ended` came too early to release a hold set only now, so the hold ends at once
         (`next_look` is now: the claimer does not wait)."""
+        watched.failing = False
         with self._ends_lock:
             self._note(watched, got, now)
             if watched.ends != ends and watched.held_back and not watched.by_rate:
