@@ -3,10 +3,13 @@ nodes and cron; errors as RFC 9457 problem details; refused transitions are 409.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 import workers
@@ -164,3 +167,41 @@ def test_the_openapi_document_describes_every_endpoint(api: TestClient) -> None:
             "/api/actions/{action}", "/api/stats", "/api/nodes", "/api/cron"} <= paths  # fmt: skip
     refusal = document["paths"]["/api/jobs/{job_id}/{action}"]["post"]["responses"]["409"]
     assert PROBLEM in refusal["content"]
+
+
+# shapes the JSON schema allows and the database cannot take: a time whose UTC leaves the
+# years 1-9999, a lone surrogate in any string (params keys and values, depends, bulk ids)
+_SURROGATE = st.characters(categories=["Cs"]).map(
+    lambda c: f"x{c}"
+)  # alone: a pair is a code point
+_EDGE_TIMES = st.sampled_from(
+    ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01T13:59:59+14:00"]
+)
+_UNSTORABLE = st.one_of(
+    _EDGE_TIMES.map(lambda t: ("/api/jobs", {"type": "RecordJob", "after": t}, "after")),
+    _SURROGATE.map(lambda s: ("/api/jobs", {"type": "RecordJob", "params": {s: 1}}, "params")),
+    _SURROGATE.map(lambda s: ("/api/jobs", {"type": "RecordJob", "params": {"a": [s]}}, "params")),
+    _SURROGATE.map(lambda s: ("/api/jobs", {"type": "RecordJob", "depends": [s]}, "depends")),
+    _SURROGATE.map(lambda s: ("/api/jobs", {"type": s}, "type")),
+    _SURROGATE.map(lambda s: ("/api/actions/cancel", {"ids": ["a", s]}, "ids")),
+)
+
+
+def test_schema_valid_bodies_the_database_cannot_store_are_422_naming_the_field(
+    web_app: App,
+) -> None:
+    with client_for(web_app, headers=bearer("admin")) as admin:
+
+        @given(case=_UNSTORABLE)
+        @settings(max_examples=40, deadline=None, database=None, derandomize=True)
+        def check(case: tuple[str, dict[str, Any], str]) -> None:
+            path, body, field = case
+            # json.dumps escapes the surrogate as \ud800, as any client's JSON would carry it
+            answer = admin.post(path, content=json.dumps(body), headers=JSON)
+            assert answer.status_code == 422, (body, answer.text)
+            assert field in answer.json()["detail"], (body, answer.text)
+
+        check()
+
+
+JSON = {"Content-Type": "application/json"}

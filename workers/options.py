@@ -180,10 +180,19 @@ def parse_depends(depends: Sequence[str] | None) -> tuple[str, ...]:
         return ()
     if isinstance(depends, str) or not isinstance(depends, Sequence):
         raise PushError(f"push: depends must be a list of job ids, got {depends!r}")
-    bad = [item for item in depends if not (isinstance(item, str) and item)]
+    bad = [item for item in depends if not (isinstance(item, str) and item and _text(item))]
     if bad:
-        raise PushError(f"push: depends must hold job ids (strings), got {bad[0]!r}")
+        raise PushError(f"push: depends must hold job ids (UTF-8 strings), got {bad[0]!r}")
     return tuple(dict.fromkeys(depends))
+
+
+def _text(value: str) -> bool:
+    """True when `value` can be stored (a lone surrogate such as "\\ud800" cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_repeat(repeat: Repeat | Mapping[str, Any] | None) -> Repeat | None:
@@ -214,5 +223,14 @@ def parse_repeat(repeat: Repeat | Mapping[str, Any] | None) -> Repeat | None:
 
 
 def as_utc(moment: datetime) -> datetime:
-    """Naive datetimes are taken as UTC, as pymongo stores them."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    """Naive datetimes are taken as UTC, as pymongo stores them; PushError for a time whose
+    UTC falls outside the years 1 to 9999 (0001-01-01T00:00+14:00)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise PushError(
+            f"push: after={moment.isoformat()} is out of range: in UTC it falls outside the "
+            "years 1 to 9999"
+        ) from None

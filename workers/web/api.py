@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 import workers.web.views as views
@@ -50,6 +50,19 @@ class StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _utf8(text: str) -> str:
+    """JSON may carry a lone surrogate ("\\ud800"), which no database can store."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be UTF-8 text (a lone surrogate is not)") from None
+    return text
+
+
+# a string the database can store: the field is named in the 422, not a 500 from BSON
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
 class PushRequest(StrictBody):
     model_config = ConfigDict(
         json_schema_extra={
@@ -65,7 +78,7 @@ class PushRequest(StrictBody):
         }
     )
 
-    type: str = Field(min_length=1, description="a registered job class name")
+    type: Text = Field(min_length=1, description="a registered job class name")
     params: dict[str, Any] = Field(
         default_factory=dict, description="the job's params, a JSON object stored as BSON"
     )
@@ -78,10 +91,10 @@ class PushRequest(StrictBody):
     )
     retries: int | None = Field(None, ge=0, description="retries after a failed attempt")
     timeout: float | None = Field(None, gt=0, description="seconds an attempt may run")
-    depends: list[str] | None = Field(
+    depends: list[Text] | None = Field(
         None, description="ids of jobs to wait for (a creator's own jobs only)"
     )
-    unique: str | None = Field(
+    unique: Text | None = Field(
         None, min_length=1, description="a key: a push with a key already held returns that job"
     )
 
@@ -142,7 +155,7 @@ class BulkRequest(ActionOptions):
         }
     )
 
-    ids: list[str] = Field(min_length=1, max_length=MAX_IDS, description="the jobs to act on")
+    ids: list[Text] = Field(min_length=1, max_length=MAX_IDS, description="the jobs to act on")
 
 
 class ActionDone(BaseModel):
