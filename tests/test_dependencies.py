@@ -197,7 +197,7 @@ def dies_at_the_second_level(self, *args, **kwargs):
     return real(self, *args, **kwargs)
 
 LifecycleQueries._dependents_of = dies_at_the_second_level
-workers.Job.get(sys.argv[2]).cancel()
+workers.jobs.get(sys.argv[2]).cancel()
 """
 
 

@@ -127,7 +127,7 @@ def test_the_events_survive_a_server_restart_with_every_completion(
 
 
 def _get(job_id: str) -> workers.StoredJob:
-    found = workers.Job.get(job_id)
+    found = workers.jobs.get(job_id)
     assert found is not None
     return found
 

@@ -1,4 +1,4 @@
-"""A stored job as the app sees it (`Job.get`, `Job.find`), and the actions on it.
+"""A stored job as the app sees it (`workers.jobs.get`, `workers.jobs.find`), and the actions on it.
 
 A `StoredJob` is a snapshot of the document (`refresh()` reads it again); its
 actions are the store's conditional updates, so an action the job's status does
@@ -266,9 +266,9 @@ def find(
     """Jobs of a type and/or status, newest first (at most `limit`), on an index."""
     if status is not None and status not in STATUSES:
         choices = ", ".join(STATUSES)
-        raise WorkersError(f"Job.find: status must be one of {choices}; got {status!r}")
+        raise WorkersError(f"find: status must be one of {choices}; got {status!r}")
     if not (isinstance(limit, int) and limit > 0):
-        raise WorkersError(f"Job.find: limit must be an int > 0, got {limit!r}")
+        raise WorkersError(f"find: limit must be an int > 0, got {limit!r}")
     docs = store.find_jobs(type=type, status=status, limit=limit, before=before)
     return [StoredJob(store, doc) for doc in docs]
 
