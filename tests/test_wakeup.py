@@ -20,6 +20,7 @@ from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
 from workers.settings import Settings, validate
+from workers.store.stream import ReadyStream
 from workers.worker import Worker
 
 NO_POLL = {"poll_interval": 30.0, "lease": 5}
@@ -160,6 +161,30 @@ def test_an_idle_worker_claims_the_job_the_stream_reported_without_a_scan(idle_a
         doc = wait_for(lambda: finished(idle_app, job_id), timeout=SOON, what="the job")
     assert doc["status"] == "completed"
     assert scans["n"] == 0, "the stream named the job: it should have been claimed by _id"
+
+
+def test_a_stream_invalidated_by_a_drop_is_reopened_not_spun_on(
+    idle_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real = ReadyStream.next_change
+
+    def counted(self: ReadyStream) -> Any:
+        calls["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(ReadyStream, "next_change", counted)
+    with running(idle_app) as worker:
+        wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+        opens = worker._wakeup.opens
+        # When the jobs collection is dropped under it (the server invalidates the stream)
+        idle_app.store.jobs.drop()
+        # Then the stream is opened again, and does not spin on its dead cursor meanwhile
+        wait_for(lambda: worker._wakeup.opens > opens, timeout=SOON, what="a reopened stream")
+        before = calls["n"]
+        worker._stopping.wait(1.0)  # one second of an idle stream: two getMores of 0.5 s
+        looks = calls["n"] - before
+    assert looks < 20, f"{looks} looks at the stream in one idle second"
 
 
 @pytest.mark.slow

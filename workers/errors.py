@@ -66,6 +66,10 @@ class ClaimIncomplete(WorkersError):
         self.ids = ids
 
 
+class StreamEnded(WorkersError):
+    """A change stream's cursor closed on the server's side (an invalidate): reopen it."""
+
+
 class StreamUnavailable(WorkersError):
     """The server offers no change streams (a standalone mongod): wake-ups fall back to polling."""
 

@@ -18,7 +18,7 @@ import pymongo
 from pymongo import ReadPreference
 from pymongo.errors import OperationFailure, PyMongoError
 
-from workers.errors import StreamUnavailable
+from workers.errors import StreamEnded, StreamUnavailable
 from workers.record import READY, SCHEDULED
 from workers.store.base import Document, translated
 
@@ -135,6 +135,13 @@ class ReadyStream:
         except PyMongoError:
             self.close_stream()
             raise
+        if event is None and not cursor.alive:
+            # invalidated (its collection dropped or renamed): try_next() would answer None
+            # at once, forever, and the thread spin while the stream looked healthy. Start
+            # afresh: a resume after an invalidate is refused
+            self.close_stream()
+            self.resume_token = None
+            raise StreamEnded("the change stream ended (its collection was dropped or renamed)")
         self.resume_token = cursor.resume_token
         return event if isinstance(event, dict) else None
 
