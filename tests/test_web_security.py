@@ -525,3 +525,18 @@ def test_a_csrf_token_of_one_session_is_refused_in_another(web_app: App) -> None
                                        "confirm": "yes"})  # fmt: skip
 
     assert forged.status_code == 403 and status_of(web_app, job_id) == "ready"
+
+
+def test_answers_with_job_data_are_not_cached_and_redirects_are_relative(web_app: App) -> None:
+    job_id = web_app.push_named("RecordJob", {"secret": "s3"})
+    with client_for(web_app, headers=bearer("admin")) as web:
+        api = web.get(f"/api/jobs/{job_id}")
+        page = web.get(f"/jobs/{job_id}", headers={"Accept": "text/html"})
+        static = web.get("/static/app.css")
+        # the trailing-slash redirect, asked under a Host of the caller's choosing
+        slash = web.get("/api/jobs/", headers={"Host": "elsewhere.example"})
+    assert api.headers["cache-control"] == "no-store"
+    assert page.headers["cache-control"] == "no-store"
+    assert "no-store" not in static.headers.get("cache-control", "")
+    assert slash.status_code in (307, 308), slash.text
+    assert slash.headers["location"] == "/api/jobs"

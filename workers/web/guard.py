@@ -4,6 +4,8 @@ read (routes read their body before their dependencies run), and the body's size
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -39,14 +41,28 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        static = _route_path(scope).startswith("/static/")
+
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 for name, value in HEADERS.items():
                     headers.setdefault(name, value)
+                if not static:  # job data (params, results, logs) stays out of every cache
+                    headers.setdefault("Cache-Control", "no-store")
+                _relative(headers)
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def _relative(headers: MutableHeaders) -> None:
+    """A redirect within this site names its path alone: an absolute `Location` built from
+    the request's Host header (the trailing-slash redirect) would echo whatever it said."""
+    location = headers.get("location")
+    if location and "://" in location:
+        parts = urlsplit(location)
+        headers["location"] = urlunsplit(("", "", parts.path or "/", parts.query, parts.fragment))
 
 
 class HostCheck:
