@@ -420,3 +420,16 @@ def test_a_command_says_when_no_settings_file_was_found(
     path.write_text(json.dumps({"jobs": ["tests.jobs"]}))
     done = run_command(workers_command("cron"), cwd=tmp_path, env=env)
     assert "no settings file" not in done.stderr  # a file found goes without saying here
+
+
+def test_a_file_variable_that_cannot_be_decoded_is_named_never_quoted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "tokens"
+    secret.write_text('[{"name": "ci", "sha256": "s3cr3t-hash-of-the-token"')  # cut short
+    _environment(monkeypatch, WORKERS_WEB__TOKENS_FILE=str(secret))
+    with pytest.raises(SettingsError) as raised:
+        settings_module.load(str(write(tmp_path, {})))
+    said = str(raised.value)
+    assert "WORKERS_WEB__TOKENS_FILE: cannot decode the file's content for web.tokens" in said
+    assert "s3cr3t" not in said

@@ -77,8 +77,11 @@ def read(model: type[BaseModel], environ: Mapping[str, str] | None = None) -> Ov
         try:
             decoded = _Source(model, {plain: value})()
         except DecodeError as exc:
+            # a `_FILE` holds a secret: its content is never quoted, not even in an error
+            shown = "the file's content" if _reads_file(model, name) else repr(value)
+            reason = "" if _reads_file(model, name) else f": {exc.__cause__ or exc}"
             raise SettingsError(
-                f"{name}: cannot decode {value!r} for {'.'.join(path)}: {exc.__cause__ or exc}"
+                f"{name}: cannot decode {shown} for {'.'.join(path)}{reason}"
             ) from None
         _merge(values, decoded)
         variables[path] = name
@@ -123,10 +126,7 @@ def _with_files(
     for name, value in environ.items():
         if not is_override(model, name):
             continue
-        reads_file = (
-            name.upper().endswith(FILE_SUFFIX)
-            and _key_path(model, name[: -len(FILE_SUFFIX)]) is not None
-        )
+        reads_file = _reads_file(model, name)
         plain = name[: -len(FILE_SUFFIX)] if reads_file else name
         path = _key_path(model, plain)
         if path is None:
@@ -137,6 +137,14 @@ def _with_files(
         value = _as_json_list(value) if _is_list_of_names(model, path) else value
         given[name] = (plain, path, value)
     return given
+
+
+def _reads_file(model: type[BaseModel], name: str) -> bool:
+    """`WORKERS_X__Y_FILE` for a key `x.y`: the value is read from that file."""
+    return (
+        name.upper().endswith(FILE_SUFFIX)
+        and _key_path(model, name[: -len(FILE_SUFFIX)]) is not None
+    )
 
 
 def _is_list_of_names(model: type[BaseModel], path: Path_) -> bool:
