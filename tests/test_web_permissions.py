@@ -215,12 +215,37 @@ def test_without_auth_only_this_machine_gets_in(make_settings: Callable[..., Set
 
         local = get(LOCAL, "/")
         remote = get(REMOTE, "/api/stats")
-        proxied = get(LOCAL, "/api/stats", **{"X-Forwarded-For": "198.51.100.7"})
+        # a proxy on this machine says so in one header or another: none is this machine's
+        proxied = [
+            get(LOCAL, "/api/stats", **{header: value})
+            for header, value in (
+                ("X-Forwarded-For", "198.51.100.7"),
+                ("X-Forwarded-Host", "jobs.example.com"),
+                ("Via", "1.1 proxy"),
+                ("CF-Connecting-IP", "198.51.100.7"),
+                ("True-Client-IP", "198.51.100.7"),
+                ("X-Client-IP", "198.51.100.7"),
+            )
+        ]
     finally:
         workers.shutdown()
     assert local.status_code == 200 and "No authentication is configured" in local.text
-    assert remote.status_code == proxied.status_code == 403
+    assert remote.status_code == 403
+    assert [answer.status_code for answer in proxied] == [403] * 6
     assert "only clients on this machine" in remote.json()["detail"]
+
+
+@pytest.mark.parametrize("name", ["*", "jobs.example.com"])
+def test_loopback_trust_with_another_machine_s_name_allowed_is_refused(
+    make_settings: Callable[..., Settings], name: str
+) -> None:
+    from workers.web.server import served_app
+
+    settings = make_settings(web__allowed_hosts=["localhost", name])
+    with pytest.raises(SettingsError, match=r"web.allowed_hosts names .* web.trust_loopback"):
+        served_app(settings, host="127.0.0.1")
+    # with tokens, or without loopback trust, the same names are fine
+    served_app(make_settings(web__allowed_hosts=[name], web__trust_loopback=False), host="::1")
 
 
 @pytest.mark.processes

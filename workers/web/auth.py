@@ -118,7 +118,12 @@ def new_token() -> str:
     return "wk_" + secrets.token_urlsafe(32)
 
 
-_FORWARDED = ("forwarded", "x-forwarded-for", "x-real-ip")
+# any of these says a proxy passed the request on: its visitor is not on this machine (some
+# proxies set only a host, a `Via`, or a CDN's own client header)
+_FORWARDED = (
+    "forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host", "via",
+    "cf-connecting-ip", "true-client-ip", "x-client-ip",
+)  # fmt: skip
 
 
 def is_loopback(host: str) -> bool:

@@ -166,12 +166,28 @@ def served_app(
     hosts = settings.web.allowed_hosts
     if hosts is None:
         hosts = list(LOOPBACK_NAMES) if loopback else ["*"]
+    trusted = loopback and settings.web.trust_loopback
+    if trusted and not settings.web.tokens:
+        _refuse_public_names(hosts)
     return create_app(
         booted_app=booted_app,
         settings=settings,
-        trust_loopback=loopback and settings.web.trust_loopback,
+        trust_loopback=trusted,
         allowed_hosts=hosts,
     )
+
+
+def _refuse_public_names(hosts: list[str]) -> None:
+    """Loopback trust with a Host name of another machine allowed: a proxy on this machine
+    that serves that name would make each of its visitors admin. SettingsError naming both."""
+    public = [name for name in hosts if name == "*" or name not in LOOPBACK_NAMES]
+    if public:
+        raise SettingsError(
+            f"web.allowed_hosts names {', '.join(public)} while loopback is trusted "
+            "(web.trust_loopback, and no web.tokens): behind a proxy for that name every "
+            "visitor would come from this machine and be admin; set web.tokens, or allow "
+            "only this machine's names, or set web.trust_loopback to false"
+        )
 
 
 READY_WITHIN = 2.0  # seconds the database has to answer /readyz (a probe's own deadline)
