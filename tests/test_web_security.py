@@ -540,3 +540,14 @@ def test_answers_with_job_data_are_not_cached_and_redirects_are_relative(web_app
     assert "no-store" not in static.headers.get("cache-control", "")
     assert slash.status_code in (307, 308), slash.text
     assert slash.headers["location"] == "/api/jobs"
+
+
+def test_a_link_cannot_put_words_in_the_dashboard_s_notice(web_app: App) -> None:
+    with client_for(web_app, headers=bearer("viewer")) as web:
+        html = {"Accept": "text/html"}
+        forged = web.get("/jobs?message=Your+session+expired,+log+in+at+evil.example", headers=html)
+        odd = web.get("/jobs?done=cancel&changed=all+of+them&refused=2", headers=html)
+        told = web.get("/jobs?done=pause&changed=3&spared=1", headers=html)
+    assert "evil.example" not in forged.text and 'id="message"' not in forged.text
+    assert "all of them" not in odd.text and "cancel: 0 changed, 2 refused" in odd.text
+    assert "pause: 3 changed, 1 of other owners left as they were" in told.text

@@ -148,7 +148,7 @@ def jobs(
         next_url=next_url,
         searched=page.searched,
         types=app.registry.types,
-        message=request.query_params.get("message"),
+        message=_notice(request),
     )
 
 
@@ -166,7 +166,7 @@ def job(request: Request, job_id: str, app: App_, who: Reader) -> Response:
         job=detail,
         unrun=not views.runs_type(app, detail),
         related=views.related(app, doc),
-        message=request.query_params.get("message"),
+        message=_notice(request),
     )
 
 
@@ -192,7 +192,7 @@ async def act(request: Request, app: App_) -> Response:
     if action not in ALLOWED:
         raise Problem(422, "Invalid request", f"unknown action {action!r}")
     if not ids:
-        return RedirectResponse(_with_message(back, "no job was selected"), status_code=303)
+        return RedirectResponse(_with_message(back, {"done": "none"}), status_code=303)
     if not who.can_act:
         raise forbidden(f"the {who.role} role cannot act on jobs", role=who.role)
     # pymongo blocks: not on the loop
@@ -206,24 +206,42 @@ async def act(request: Request, app: App_) -> Response:
     return RedirectResponse(_with_message(back, _summary(result)), status_code=303)
 
 
-def _summary(result: ActionResult) -> str:
-    """What an action did, for the message on the page it returns to."""
-    action = result.action
-    parts = [f"{action}: {len(result.changed)} changed"]
-    if result.refused:
-        parts.append(
-            f"{len(result.refused)} refused ({action} needs {' or '.join(ALLOWED[action])})"
-        )
-    if result.spared:
-        parts.append(f"{len(result.spared)} of other owners left as they were")
-    if result.errors:
-        parts.append(f"{len(result.errors)} failed: " + "; ".join(map(str, result.errors.values())))
+_COUNTS = ("changed", "refused", "spared", "failed")
+
+
+def _summary(result: ActionResult) -> dict[str, str]:
+    """What an action did, as the page it returns to is told it: the action and counts
+    only, from which that page writes its notice (`_notice`): a link cannot put words of
+    its own in the dashboard's mouth."""
+    counts = [len(result.changed), len(result.refused), len(result.spared), len(result.errors)]
+    return {"done": result.action} | {
+        name: str(count) for name, count in zip(_COUNTS, counts, strict=True) if count
+    }
+
+
+def _notice(request: Request) -> str | None:
+    """The notice of the action a redirect reported (`_summary`), or None: anything but
+    a known action and counts is ignored."""
+    query = request.query_params
+    action = query.get("done")
+    if action == "none":
+        return "no job was selected"
+    if action not in ALLOWED:
+        return None
+    counts = {name: int(query[name]) for name in _COUNTS if query.get(name, "").isdigit()}
+    parts = [f"{action}: {counts.get('changed', 0)} changed"]
+    if counts.get("refused"):
+        parts.append(f"{counts['refused']} refused ({action} needs {' or '.join(ALLOWED[action])})")
+    if counts.get("spared"):
+        parts.append(f"{counts['spared']} of other owners left as they were")
+    if counts.get("failed"):
+        parts.append(f"{counts['failed']} failed (the server's log says why)")
     return ", ".join(parts)
 
 
-def _with_message(url: str, message: str) -> str:
+def _with_message(url: str, summary: dict[str, str]) -> str:
     path = url.split("?", 1)[0]
-    return f"{path}?{urlencode({'message': message})}"
+    return f"{path}?{urlencode(summary)}"
 
 
 @router.get("/api/docs", response_class=HTMLResponse)
