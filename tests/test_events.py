@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ import pytest
 import workers
 from tests.conftest import settings_dict, wait_for, workers_command, workers_env
 from tests.headless_node import HeadlessNode
-from workers import JobEvent, WorkersError
+from tests.jobs import RecordJob
+from workers import Job, JobEvent, WorkersError, listening
 from workers.app import App
-from workers.listening import listeners_of
+from workers.listening import Subscription, listeners_of
 from workers.settings import Settings, validate
 
 
@@ -245,3 +247,29 @@ def test_workers_jobs_watch_prints_the_events_live(
     assert [line["result"] for line in sorted(lines, key=lambda x: x["result"]["echo"])] == [
         {"echo": n} for n in range(3)
     ]
+
+
+def test_catching_up_reads_every_finished_job_page_by_page(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 25 jobs that finished while a listener's stream was away, 12 at one instant
+    ids = [Job.push(RecordJob(n=n)) for n in range(25)]
+    now = app.store.now()
+    for n, job_id in enumerate(ids):
+        moment = now - timedelta(seconds=1) if n < 12 else now - timedelta(milliseconds=n)
+        app.store.jobs.update_one(
+            {"_id": job_id}, {"$set": {"status": "completed", "finished": moment, "result": n}}
+        )
+    # When a listener catches up on them, 10 at a time (an outage longer than a page)
+    monkeypatch.setattr(listening, "CATCH_UP_PAGE", 10)
+    listeners = listeners_of(app.store)
+    listeners.polling = True  # as without a stream: it catches up, and only that
+    got: list[str] = []
+    subscription = Subscription(
+        frozenset({"completed"}), None, lambda e: got.append(e.job_id), True
+    )
+    listeners.subscribe(subscription)
+    # Then every one of them is told, once
+    wait_for(lambda: len(got) >= 25, timeout=20, what="25 completions")
+    subscription.close()
+    assert sorted(got) == sorted(ids)

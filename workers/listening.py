@@ -46,6 +46,7 @@ RETRY_AFTER = 1.0  # seconds before the stream is opened again after an error
 POLL = 2.0  # seconds between catch-ups where the server has no change streams
 CATCH_UP_MARGIN = timedelta(seconds=5)  # the clocks of the writers may differ this much
 REMEMBERED = 20_000  # jobs whose last state the listener keeps
+CATCH_UP_PAGE = 1_000  # finished jobs read at a time when catching up
 SLOW_CALLBACK = 1.0  # seconds after which a callback is logged as slow
 READY_WITHIN = 10.0  # seconds a new subscription waits for the stream to open, at most
 
@@ -308,15 +309,22 @@ class Listeners:
             stream.close()
 
     def _catch_up(self) -> None:
+        """Every job that finished since the last event (less the clocks' margin), page by
+        page: an outage of any length loses no completion (at least once)."""
         since = (self._last_at or self._started_at or self._store.now()) - CATCH_UP_MARGIN
-        try:
-            documents = self._store.finished_since(since)
-        except WorkersError as exc:
-            log.info("events: catching up failed (%s); trying again", exc)
-            return
+        after: tuple[datetime, Any] | None = None
+        while True:
+            try:
+                documents = self._store.finished_since(since, after, CATCH_UP_PAGE)
+            except WorkersError as exc:
+                log.info("events: catching up failed (%s); trying again", exc)
+                return
+            for document in documents:
+                self._publish(JobState(document["_id"], document))
+            if len(documents) < CATCH_UP_PAGE:
+                break
+            after = (documents[-1]["finished"], documents[-1]["_id"])
         self.caught_up += 1
-        for document in documents:
-            self._publish(JobState(document["_id"], document))
 
     def _publish(self, state: JobState) -> None:
         job_id, document = str(state.job_id), state.document

@@ -94,10 +94,18 @@ class OutcomeQueries(Connection):
         return StateStream(self.url, self.db.name, self.jobs.name, self.timeout)
 
     @translated
-    def finished_since(self, since: datetime, limit: int = 10_000) -> list[Document]:
-        """The jobs that finished at `since` or later: what a listener catches up on when
-        its stream could not resume. Rare, so it reads through the `listing` index's
-        statuses and checks `finished` by document."""
-        query = {"status": {"$in": list(FINISHED)}, "finished": {"$gte": since}}
+    def finished_since(
+        self, since: datetime, after: tuple[datetime, Any] | None = None, limit: int = 1_000
+    ) -> list[Document]:
+        """A page of the jobs that finished at `since` or later, in (`finished`, `_id`)
+        order, after `after` (the last page's last): what a listener catches up on when its
+        stream could not resume, page by page however many finished meanwhile. Rare, so
+        it reads through the `listing` index's statuses and checks `finished` by document."""
+        query: Document = {"status": {"$in": list(FINISHED)}, "finished": {"$gte": since}}
+        if after is not None:
+            moment, last = after
+            later = [{"finished": {"$gt": moment}}, {"finished": moment, "_id": {"$gt": last}}]
+            query = {"$and": [query, {"$or": later}]}
         fields = {name: 1 for name in EVENT_FIELDS}
-        return list(self.jobs.find(query, fields).sort("finished", 1).limit(limit))
+        found = self.jobs.find(query, fields).sort([("finished", 1), ("_id", 1)]).limit(limit)
+        return list(found)
