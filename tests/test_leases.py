@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +34,40 @@ def test_a_job_longer_than_its_lease_keeps_it_while_the_process_beats(app: App) 
         doc = wait_for(lambda: finished(app, job_id), timeout=30, what="the long job")
     assert doc["status"] == "completed"
     assert doc["attempts"] == 1 and rescues(doc) == []
+
+
+def test_a_long_sweep_never_holds_back_the_renewal_of_a_lease(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a settling of follow-ups that takes as long as it takes (a cascade of thousands
+    # of dependents): here it waits until the test lets it go
+    released = threading.Event()
+    settling = threading.Event()
+    settle = type(app.store).settle_finished
+
+    def long_settle(store: Any) -> int:
+        settling.set()
+        released.wait(30)
+        return int(settle(store))
+
+    monkeypatch.setattr(type(app.store), "settle_finished", long_settle)
+    job_id = Job.push(SleepJob(seconds=6))  # longer than two beats of the 5 s lease
+    try:
+        with running(app):
+            wait_for(
+                lambda: app.store.get_job(job_id)["status"] == "running", timeout=15, what="the job"
+            )  # type: ignore[index]
+            wait_for(settling.is_set, timeout=15, what="a sweep to start settling")
+            first = app.store.get_job(job_id)["lease_expires"]  # type: ignore[index]
+            # Then the lease of the running job is renewed while the sweep is still busy
+            wait_for(
+                lambda: app.store.get_job(job_id)["lease_expires"] > first,  # type: ignore[index]
+                timeout=10,
+                what="a renewal during the sweep",
+            )
+            released.set()
+    finally:
+        released.set()
 
 
 @pytest.mark.slow

@@ -1,9 +1,12 @@
 """The heartbeat of a worker process, every lease/3 seconds, independent of the job threads.
 
-Each beat renews the leases of every job the process holds (one update),
-records the process in the `nodes` collection, and rescues jobs whose lease
-expired anywhere in the cluster (their process died). A long CPU-bound job
-keeps its lease because the beat runs on its own thread.
+Each beat renews the leases of every job the process holds (one update) and
+records the process in the `nodes` collection. Beside it, on a thread of its own,
+the sweep rescues jobs whose lease expired anywhere in the cluster (their process
+died), settles the follow-ups a crash cut short (a cascade may be thousands of
+dependents) and adds the metrics: however long a sweep takes, it never delays a
+renewal past the lease. A long CPU-bound job keeps its lease because the beat runs
+on its own thread.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ class Heartbeat:
         alive: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
+        # the sweep's: the runtime's pool, with no per-operation bound (a cascade of
+        # thousands of dependents is many writes), and never the beat's one connection
+        self._runtime = store
         self.tally = tally
         self.owner = owner
         self.lease = lease
@@ -46,6 +52,7 @@ class Heartbeat:
         self._own_store = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._sweeper = threading.Thread(target=self._sweeping, name="sweep", daemon=True)
 
     def start(self) -> None:
         """Beat from now on, on a store of its own (Store.for_heartbeat), made here so a
@@ -53,12 +60,14 @@ class Heartbeat:
         self.store = self.store.for_heartbeat(self.lease)
         self._own_store = True
         self._thread.start()
+        self._sweeper.start()
 
     def stop(self) -> None:
         """Stop beating and remove this process from `nodes` (best effort)."""
         self._stop.set()
-        if self._thread.ident is not None:
-            self._thread.join(timeout=self.store.timeout + 1)
+        for thread in (self._thread, self._sweeper):
+            if thread.ident is not None:
+                thread.join(timeout=self.store.timeout + 1)
         try:
             self.store.forget_node(self.owner)
         except WorkersError as exc:
@@ -67,24 +76,40 @@ class Heartbeat:
             self.store.close()
 
     def _run(self) -> None:
+        self._every(self.beat)
+
+    def _sweeping(self) -> None:
+        self._every(self.sweep)
+
+    def _every(self, step: Callable[[], bool]) -> None:
         while self._alive():
-            beaten = self.beat()
-            # a failed beat is tried again soon: the leases are still ours for a while
-            if self._stop.wait(self.interval if beaten else min(self.interval, _RETRY)):
+            done = step()
+            # a failed step is tried again soon: the leases are still ours for a while
+            if self._stop.wait(self.interval if done else min(self.interval, _RETRY)):
                 return
 
     def beat(self) -> bool:
-        """One beat; False if it failed (logged; the caller tries again soon)."""
+        """Renew the leases and the node record; False if it failed (logged; tried again
+        soon)."""
         try:
             self._renew()
             info = self._node_info()
             if info is not None:  # None: a sweep with no node of its own (dispatch.py)
                 self.store.beat(self.owner, info)
-            self._rescue()
-            self.store.settle_finished()  # follow-ups a crash cut short: dependents, repeats
-            self._flush_metrics()
         except WorkersError as exc:
             log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
+            return False
+        return True
+
+    def sweep(self) -> bool:
+        """Rescue lapsed leases, settle what a crash cut short, add the metrics; False if
+        it failed (logged; tried again soon)."""
+        try:
+            self._rescue()
+            self._runtime.settle_finished()  # follow-ups a crash cut short: dependents, repeats
+            self._flush_metrics()
+        except WorkersError as exc:
+            log.warning("sweep failed: %s", exc, extra={"action": "sweep_failed"})
             return False
         return True
 
@@ -105,13 +130,13 @@ class Heartbeat:
         if not (by_type or minute):
             return
         try:
-            self.store.add_metrics(by_type, minute, self.store.now())
+            self._runtime.add_metrics(by_type, minute, self._runtime.now())
         except WorkersError:
             self.tally.restore(by_type, minute)
             raise
 
     def _rescue(self) -> None:
-        for doc in self.store.rescue_expired():
+        for doc in self._runtime.rescue_expired():
             self.tally.rescued(str(doc.get("type")))
             log.warning(
                 "rescued a job whose worker stopped renewing its lease",
