@@ -166,7 +166,13 @@ def test_renewing_under_an_older_token_of_the_same_process_is_refused(app: App) 
     job_id = Job.push(RecordJob())
     app.store.claim("node-a#1", app.registry.types, 5, 1)
     app.store.release({job_id: "node-a#1"}, "rescued, say")
-    app.store.claim("node-a#2", app.registry.types, 5, 1)
+    # (released at the server's $$NOW, due by this process's estimate of that clock within
+    # the estimate's error: a few ms on a busy machine, so the claim may need a second look)
+    wait_for(
+        lambda: app.store.claim("node-a#2", app.registry.types, 5, 1),
+        timeout=5,
+        what="the claim of the released job",
+    )
     # Then the old attempt can neither renew, nor finish, nor hand the job back
     assert app.store.renew_leases({job_id: "node-a#1"}, 5) == [job_id]
     assert app.store.complete(job_id, "node-a#1", "stale") is False
