@@ -101,7 +101,7 @@ def remote_command(url: str, tmp_path: Path, name: str, threads: int) -> list[st
 
 
 def start(command: list[str], tmp_path: Path, name: str, out: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in workers_env(**{OUT_ENV: str(out)}).items()}
+    env = workers_env(**{OUT_ENV: str(out)})
     env = {k: v for k, v in env.items() if not k.startswith("WORKERS_REMOTE")}
     with (tmp_path / f"{name}.log").open("wb") as log:
         return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log)

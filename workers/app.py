@@ -80,7 +80,7 @@ class App:
         job_type = self._registered_type(job)
         if options.get("unique") is None:
             options["unique"] = job.unique_key()
-        return self.push_named(job_type, job.params, **options)
+        return self._insert(job_type, job.params, **options)  # checked when the job was made
 
     def push_named(
         self, job_type: str, params: dict[str, Any], *, owner: str | None = None, **options: Any
@@ -89,9 +89,14 @@ class App:
         `owner` names who pushed it (the web API's caller: a creator may act on its own)."""
         if not isinstance(job_type, str) or not job_type:
             raise PushError(f"push: the job type must be a non-empty string, got {job_type!r}")
-        if not isinstance(params, dict):
-            raise PushError(f"push: params must be a dict, got {params!r}")
-        params = self._typed(job_type, params)
+        self._dict(params)
+        return self._insert(job_type, self._typed(job_type, params), owner=owner, **options)
+
+    def _insert(
+        self, job_type: str, params: dict[str, Any], *, owner: str | None = None, **options: Any
+    ) -> Pushed:
+        """One job document from checked params and options, inserted (inline: run)."""
+        self._dict(params)
         job_id = new_id()
         try:
             document = self.job_document(job_id, job_type, params, **options)
@@ -112,6 +117,11 @@ class App:
         if self.settings.mode == "inline" and not existing:
             _run_inline(self, job_id)
         return Pushed(job_id, existing, self.store)
+
+    @staticmethod
+    def _dict(params: object) -> None:
+        if not isinstance(params, dict):
+            raise PushError(f"push: params must be a dict, got {params!r}")
 
     def _typed(self, job_type: str, params: dict[str, Any]) -> dict[str, Any]:
         """Params pushed by name, checked against the registered class's fields if it has

@@ -399,17 +399,11 @@ class Dispatcher:
         woken: list[Any] | None = None
         while not self._stop.is_set() and not self.app.closed:
             self._wakeup.clear()
-            rang = self._clock()
+            rang = self.store.now_or_none()
             self.bell.ring(woken)
             woken = self._wakeup.wait(self._next_due(rang))
             if self._wakeup.due_reached:
                 _quietly(self.store.stage_due)
-
-    def _clock(self) -> datetime | None:
-        try:
-            return self.store.now()
-        except WorkersError:
-            return None
 
     def _next_due(self, rang: datetime | None) -> datetime | None:
         """When the next delayed job is due, counted from when the bell rang: the claims it

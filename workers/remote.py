@@ -36,11 +36,13 @@ from workers.errors import (
 )
 from workers.remote_wire import (
     TRANSIENT,
+    PushedId,
     Retrying,
     Waiting,
     answer_of,
     events_request,
     find_query,
+    http_options,
     none_if_missing,
     outcome_of,
     push_body,
@@ -126,12 +128,9 @@ class Client:
         retry_for: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self.retry_for = retry_for  # seconds a request is retried through transient failures
-        self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport
-        )
+        self._http = httpx.Client(**http_options(self.url, token, timeout, transport))
         self._closed = threading.Event()
 
     def close(self) -> None:
@@ -257,16 +256,10 @@ class Client:
             self._closed.wait(pause)
 
 
-class RemotePushed(str):
+class RemotePushed(PushedId):
     """A pushed job's id, with `wait` and `result` over the service (as a local `Pushed`)."""
 
     client: Client
-    existing: bool
-
-    def __new__(cls, job_id: str, client: Client, *, existing: bool = False) -> RemotePushed:
-        pushed = super().__new__(cls, job_id)
-        pushed.client, pushed.existing = client, existing
-        return pushed
 
     def wait(self, timeout: float | None = None) -> dict[str, Any]:
         return self.client.wait(str(self), timeout)

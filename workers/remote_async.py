@@ -24,11 +24,13 @@ import httpx_sse
 from workers.errors import RemoteError
 from workers.remote_wire import (
     TRANSIENT,
+    PushedId,
     Retrying,
     Waiting,
     answer_of,
     events_request,
     find_query,
+    http_options,
     none_if_missing,
     outcome_of,
     push_body,
@@ -52,12 +54,9 @@ class AsyncClient:
         retry_for: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self.retry_for = retry_for
-        self._http = httpx.AsyncClient(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport
-        )
+        self._http = httpx.AsyncClient(**http_options(self.url, token, timeout, transport))
         self._closed = False
 
     async def aclose(self) -> None:
@@ -152,16 +151,10 @@ class AsyncClient:
             await asyncio.sleep(pause)
 
 
-class AsyncPushed(str):
+class AsyncPushed(PushedId):
     """A pushed job's id, with awaitable `wait` and `result`."""
 
     client: AsyncClient
-    existing: bool
-
-    def __new__(cls, job_id: str, client: AsyncClient, *, existing: bool = False) -> AsyncPushed:
-        pushed = super().__new__(cls, job_id)
-        pushed.client, pushed.existing = client, existing
-        return pushed
 
     async def wait(self, timeout: float | None = None) -> dict[str, Any]:
         return await self.client.wait(str(self), timeout)

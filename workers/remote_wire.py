@@ -18,6 +18,25 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.25, 10.0
 LONG_POLL = 30.0  # seconds one wait request may last (the service's cap)
 
 
+def http_options(url: str, token: str | None, timeout: float, transport: Any) -> dict[str, Any]:
+    """What an httpx client (sync or async) of the service is made with."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return {"base_url": url, "headers": headers, "timeout": timeout, "transport": transport}
+
+
+class PushedId(str):
+    """A pushed job's id, bound to the client (sync or async) that pushed it; `existing`:
+    a unique push found the job already there."""
+
+    client: Any
+    existing: bool
+
+    def __new__(cls, job_id: str, client: Any, *, existing: bool = False) -> PushedId:
+        pushed = super().__new__(cls, job_id)
+        pushed.client, pushed.existing = client, existing
+        return pushed
+
+
 class Retrying:
     """Backoff with jitter through transient failures, for `seconds` (0: no retry)."""
 

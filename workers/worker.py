@@ -200,7 +200,7 @@ class Worker:
             if woken is None:
                 self._stage_if_due()
             began = time.monotonic()
-            self._claimed_at = self._clock()
+            self._claimed_at = self.store.now_or_none()
             try:
                 docs = self._claimer.claim(free, woken, after_wait=waited)
             except WorkersError as exc:
@@ -250,12 +250,6 @@ class Worker:
             self._due_opens = opens
             self._due = self._claimer.next_due(self._claimed_at)
         return self._due[1]
-
-    def _clock(self) -> datetime | None:
-        try:
-            return self.store.now()
-        except WorkersError:
-            return None
 
     def _passed(self, due: datetime | None) -> bool:
         try:

@@ -463,6 +463,13 @@ class Connection:
             raise DatabaseUnavailable("the database clock was not measured")
         return datetime.fromtimestamp(wall_clock(), UTC) + offset
 
+    def now_or_none(self) -> datetime | None:
+        """`now()`, or None when the clock cannot be read (the database is away)."""
+        try:
+            return self.now()
+        except WorkersError:
+            return None
+
     def seconds_until(self, moment: datetime, otherwise: float) -> float:
         """Seconds from the database clock's now to `moment` (negative once it passed), or
         `otherwise` when the clock cannot be read: the caller then looks again that late."""
