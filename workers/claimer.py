@@ -61,6 +61,7 @@ class Claimer:
         limits: Mapping[str, Limit] | None = None,
         held: Callable[[], Mapping[str, int]] = dict,
         recheck: float = 1.0,
+        spares: bool = True,
     ) -> None:
         """`pause`: how to wait for another claimer's scan (the worker's stop-aware wait);
         `limits`: flow control by type; `held`: this process's jobs by type; `recheck`:
@@ -79,7 +80,10 @@ class Claimer:
         self._recheck = recheck
         # shared scans where the server profile says they pay (profile.py); else the plain
         # claim: a scan of the claim index, a write by _id, a read-back
-        self._spare = Spare(pause=pause) if store.profile.shared_scans else None
+        # `spares`: False for a claimer that runs only when asked (a remote worker's): a
+        # spare it kept would hold jobs out of every other claimer's scans until it asked
+        # again, however long its worker stays busy
+        self._spare = Spare(pause=pause) if store.profile.shared_scans and spares else None
 
     @property
     def shares_scans(self) -> bool:

@@ -201,7 +201,8 @@ class Dispatcher:
     def _claimer(self, types: list[str], held: dict[str, _Held]) -> Claimer:
         owner = f"{REMOTE}{secrets.token_urlsafe(12)}"
         return Claimer(self.store, owner, list(types), self.lease, self._stop.wait,
-                       limits=self.app.limits, held=lambda: _by_type(held))  # fmt: skip
+                       limits=self.app.limits, held=lambda: _by_type(held),
+                       spares=False)  # fmt: skip
 
     def _handed(self, remote: _Remote, doc: Document) -> dict[str, Any] | None:
         """The job as the remote worker gets it; a document we cannot read is failed."""
