@@ -61,7 +61,6 @@ class Claimer:
         limits: Mapping[str, Limit] | None = None,
         held: Callable[[], Mapping[str, int]] = dict,
         recheck: float = 1.0,
-        spares: bool = True,
     ) -> None:
         """`pause`: how to wait for another claimer's scan (the worker's stop-aware wait);
         `limits`: flow control by type; `held`: this process's jobs by type; `recheck`:
@@ -80,17 +79,19 @@ class Claimer:
         self._recheck = recheck
         # shared scans where the server profile says they pay (profile.py); else the plain
         # claim: a scan of the claim index, a write by _id, a read-back
-        # `spares`: False for a claimer that runs only when asked (a remote worker's): a
-        # spare it kept would hold jobs out of every other claimer's scans until it asked
-        # again, however long its worker stays busy
-        self._spare = Spare(pause=pause) if store.profile.shared_scans and spares else None
+        self._spare = Spare(pause=pause) if store.profile.shared_scans else None
 
     @property
     def shares_scans(self) -> bool:
         return self._spare is not None
 
     def claim(
-        self, limit: int, woken: list[Any] | None = None, *, after_wait: bool = False
+        self,
+        limit: int,
+        woken: list[Any] | None = None,
+        *,
+        after_wait: bool = False,
+        spare: bool = True,
     ) -> list[Document]:
         """Up to `limit` jobs, now held under fresh tokens: the limited types' first, within
         their limits; then those of `woken` (ids the wake-up stream reported ready) that are
@@ -106,7 +107,7 @@ class Claimer:
                 docs += self._claim_limited(limit - len(docs), after_wait or woken is not None)
             rest = limit - len(docs)
             if rest > 0 and self._free_types:
-                docs += self._claim_free(rest, woken)
+                docs += self._claim_free(rest, woken, spare)
         except WorkersError as exc:
             if isinstance(exc, ClaimIncomplete):
                 self._interrupted = exc
@@ -122,11 +123,13 @@ class Claimer:
     def _token(self) -> str:
         return f"{self.owner}#{next(self._batches)}"
 
-    def _claim_free(self, limit: int, woken: list[Any] | None) -> list[Document]:
-        """The types without a limit: one claim, by the woken ids or by a scan."""
+    def _claim_free(self, limit: int, woken: list[Any] | None, spare: bool) -> list[Document]:
+        """The types without a limit: one claim, by the woken ids or by a scan (`spare`:
+        with this claimer's spare, where the server profile keeps one)."""
         if woken:
             return self.store.claim_ids(self._token(), self._free_types, self.lease, woken[:limit])
-        return self.store.claim(self._token(), self._free_types, self.lease, limit, self._spare)
+        kept = self._spare if spare else None
+        return self.store.claim(self._token(), self._free_types, self.lease, limit, kept)
 
     # -- limited types ------------------------------------------------------------------
 

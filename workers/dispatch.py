@@ -167,7 +167,9 @@ class Dispatcher:
                 _expire(remote)
             docs = remote.claimer.claim(count, woken, after_wait=True)
             if woken is not None and len(docs) < min(count, len(woken)):
-                docs += remote.claimer.claim(count - len(docs), after_wait=True)
+                # a scan for the rest that keeps no spare: the other waiters that lost the
+                # same ids scan now too, and would leave out what a spare of ours held
+                docs += remote.claimer.claim(count - len(docs), after_wait=True, spare=False)
             jobs = [job for doc in docs if (job := self._handed(remote, doc)) is not None]
         self._beat_node(remote)
         return jobs
@@ -201,8 +203,7 @@ class Dispatcher:
     def _claimer(self, types: list[str], held: dict[str, _Held]) -> Claimer:
         owner = f"{REMOTE}{secrets.token_urlsafe(12)}"
         return Claimer(self.store, owner, list(types), self.lease, self._stop.wait,
-                       limits=self.app.limits, held=lambda: _by_type(held),
-                       spares=False)  # fmt: skip
+                       limits=self.app.limits, held=lambda: _by_type(held))  # fmt: skip
 
     def _handed(self, remote: _Remote, doc: Document) -> dict[str, Any] | None:
         """The job as the remote worker gets it; a document we cannot read is failed."""
