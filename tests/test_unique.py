@@ -114,3 +114,17 @@ def test_two_processes_pushing_one_key_make_one_job(
         outputs.append(out.strip())
     assert outputs[0] == outputs[1]
     assert app.store.jobs.count_documents({"unique": "two-processes"}) == 1
+
+
+def test_a_restart_takes_back_the_key_in_its_owners_scope(app: App) -> None:
+    """The restart's pipeline builds the scoped key as a push does (record.unique_key_of):
+    the owner's later job holds it, another owner's does not."""
+    first = app.push_named("RecordJob", {}, owner="al:ice", unique="k")
+    workers.jobs.cancel([first])
+    app.push_named("RecordJob", {}, owner="bob", unique="k")
+    app.push_named("RecordJob", {}, unique="k")
+    assert workers.jobs.restart([first]).changed == [first]
+    workers.jobs.cancel([first])
+    app.push_named("RecordJob", {}, owner="al:ice", unique="k")
+    refused = workers.jobs.restart([first])
+    assert refused.changed == [] and "unique key" in refused.errors[first]

@@ -14,7 +14,9 @@ from starlette.testclient import TestClient
 
 import workers
 import workers.jobs
+from tests.jobs import RecordJob
 from tests.web_support import bearer, client_for, token_settings
+from workers import Job
 from workers.app import App
 from workers.settings import Settings
 
@@ -205,3 +207,25 @@ def test_schema_valid_bodies_the_database_cannot_store_are_422_naming_the_field(
 
 
 JSON = {"Content-Type": "application/json"}
+
+
+def test_a_unique_key_is_scoped_by_type_and_by_the_owner_who_pushed(web_app: App) -> None:
+    """A creator who pushes first with another owner's key (or the app's, far in the
+    future) must not make the other's push return the squatter's job."""
+    alice = client_for(web_app, headers=bearer("creator", "alice"))
+    bob = client_for(web_app, headers=bearer("creator", "bob"))
+    body = {"type": "RecordJob", "unique": "report-7", "delay": 86400}
+    squatted = alice.post("/api/jobs", json=body).json()
+
+    bobs = bob.post("/api/jobs", json=body).json()
+    apps = Job.push(RecordJob(), unique="report-7")
+    alices_again = alice.post("/api/jobs", json=body).json()
+    other_type = alice.post("/api/jobs", json={**body, "type": "FailJob"}).json()
+
+    assert bobs["id"] != squatted["id"] and bobs["existing"] is False
+    assert str(apps) not in (squatted["id"], bobs["id"]) and not apps.existing
+    assert Job.push(RecordJob(), unique="report-7") == apps  # the app's own key still holds
+    assert alices_again == {"id": squatted["id"], "existing": True}
+    assert other_type["id"] != squatted["id"] and other_type["existing"] is False
+    owners = {job.owner for job in workers.jobs.find(limit=10)}
+    assert owners == {"alice", "bob", None}

@@ -99,9 +99,7 @@ class App:
         self._dict(params)
         job_id = new_id()
         try:
-            document = self.job_document(job_id, job_type, params, **options)
-            if owner is not None:
-                document["owner"] = owner
+            document = self.job_document(job_id, job_type, params, owner=owner, **options)
             job_id, existing = self.store.push_job(document)
         except DatabaseUnavailable as exc:
             raise DatabaseUnavailable(
@@ -161,7 +159,12 @@ class App:
         return [Pushed(job_id, False, self.store) for job_id in ids]
 
     def job_document(
-        self, job_id: str, job_type: str, params: dict[str, Any], **options: Any
+        self,
+        job_id: str,
+        job_type: str,
+        params: dict[str, Any],
+        owner: str | None = None,
+        **options: Any,
     ) -> dict[str, Any]:
         """The document of a push or a cron tick: options validated, defaults from the
         settings, a timeout from the class unless given, run_at by the database clock."""
@@ -170,7 +173,7 @@ class App:
             class_timeout = job_class.timeout if job_class else None
             options["timeout"] = class_timeout or self.settings.workers.queue.timeout
         parsed = parse_options(self.retry_defaults, **options)
-        document = new_document(job_id, job_type, params, parsed, self.store.now())
+        document = new_document(job_id, job_type, params, parsed, self.store.now(), owner)
         trace = tracing.carrier()
         if trace is not None:  # the pushing code's trace, for the attempts' spans to link
             document["trace"] = trace

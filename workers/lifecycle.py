@@ -134,6 +134,8 @@ class StoredJob:
     pending = Field[list[str]](lambda doc: [a for a in doc.get("links") or [] if a != FOLLOWUPS])
     repeats_left = Field[int | str | None](lambda doc: doc.get("repeats_left"))
     unique = Field[str | None](lambda doc: doc.get("unique"))
+    #: the token name that pushed it through the web API (None: the app's own code)
+    owner = Field[str | None](lambda doc: doc.get("owner"))
     created = Field[datetime | None](lambda doc: _time(doc, "created"))
     started = Field[datetime | None](lambda doc: _time(doc, "started"))
     finished = Field[datetime | None](lambda doc: _time(doc, "finished"))

@@ -57,6 +57,16 @@ FOLLOWUPS = "+followups"
 UNIQUE_PREFIX = "unique:"
 
 
+def unique_key_of(job_type: str, owner: str | None, key: str) -> str:
+    """The indexed form of a unique key: scoped by type and by who pushed (the app: no
+    owner), so that a creator cannot squat a key another owner (or the app) will push,
+    and a key's existence does not leak across owners. Type and owner go length-prefixed,
+    so no type, owner or key can pass for another's (`store.lifecycle` builds the same
+    form in a pipeline when a restart takes the key back)."""
+    who = owner or ""
+    return f"{UNIQUE_PREFIX}{len(job_type)}:{job_type}{len(who)}:{who}:{key}"
+
+
 def clipped(text: str, limit: int, *, keep_end: bool = False) -> str:
     """`text` cut to `limit` characters, saying how much was cut."""
     if len(text) <= limit:
@@ -183,9 +193,15 @@ def due_status(run_at: datetime, now: datetime) -> str:
 
 
 def new_document(
-    job_id: str, job_type: str, params: dict[str, Any], options: PushOptions, now: datetime
+    job_id: str,
+    job_type: str,
+    params: dict[str, Any],
+    options: PushOptions,
+    now: datetime,
+    owner: str | None = None,
 ) -> dict[str, Any]:
-    """The document that `push` inserts; `now` is the database clock."""
+    """The document that `push` inserts; `now` is the database clock, `owner` who pushed
+    it through the web API (None: the app's own code)."""
     run_at = options.run_at or now + timedelta(seconds=options.delay)
     status = WAITING if options.depends else due_status(run_at, now)
     doc: dict[str, Any] = {
@@ -215,7 +231,9 @@ def new_document(
     if options.unique_key is not None:
         doc["unique_key"] = options.unique_key
     if options.unique is not None:
-        doc.update(unique=options.unique, unique_key=UNIQUE_PREFIX + options.unique)
+        doc.update(unique=options.unique, unique_key=unique_key_of(job_type, owner, options.unique))
+    if owner:
+        doc["owner"] = owner
     links = list(options.depends)
     if options.depends:
         doc["depends"] = list(options.depends)
@@ -300,7 +318,8 @@ def clone_document(
                          PushOptions(delay=delay), now)  # fmt: skip
     clone.update({name: doc[name] for name in _CLONED if name in doc})
     if clone.get("unique"):
-        clone["unique_key"] = UNIQUE_PREFIX + clone["unique"]
+        owner = clone.get("owner") if isinstance(clone.get("owner"), str) else None
+        clone["unique_key"] = unique_key_of(str(clone["type"]), owner, clone["unique"])
     if "repeat" in doc:
         clone["links"] = [FOLLOWUPS]
     return clone

@@ -424,6 +424,24 @@ class LifecycleQueries(DependencyQueries):
 
 
 _HAS_UNIQUE = {"$eq": [{"$type": "$unique"}, "string"]}
+
+
+def _text(field: str) -> Document:
+    """A field as a string, "" if it is not one (a bad document must not fail a bulk
+    restart: $strLenCP and $concat refuse anything else)."""
+    return {"$cond": [{"$eq": [{"$type": field}, "string"]}, field, ""]}
+
+
+_TYPE, _OWNER = _text("$type"), _text("$owner")
+# record.unique_key_of, built from the document's own fields
+_SCOPED_UNIQUE_KEY = {
+    "$concat": [
+        UNIQUE_PREFIX,
+        {"$toString": {"$strLenCP": _TYPE}}, ":", _TYPE,
+        {"$toString": {"$strLenCP": _OWNER}}, ":", _OWNER,
+        ":", "$unique",
+    ]
+}  # fmt: skip
 _READ_BACK = {"status": 1, "last_action": 1}
 _PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled", "restart": "restarted"}
 _FIND_EXAMPLES = {
@@ -455,9 +473,7 @@ def _restarted(retries: int) -> Document:
         "run_at": "$$NOW",
         "finished": None,
         "expire_at": None,
-        "unique_key": {
-            "$cond": [_HAS_UNIQUE, {"$concat": [UNIQUE_PREFIX, "$unique"]}, "$unique_key"]
-        },
+        "unique_key": {"$cond": [_HAS_UNIQUE, _SCOPED_UNIQUE_KEY, "$unique_key"]},
         "lease_owner": None,
         "lease_expires": None,
     }
