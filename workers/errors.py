@@ -57,6 +57,10 @@ class IndexBuildTimeout(StoreError):
     """An index build outlasted mongo.index_build_timeout."""
 
 
+class Busy(WorkersError):
+    """A bounded resource of the web process (its text searches) is all in use: ask again."""
+
+
 class ClaimIncomplete(WorkersError):
     """A claim was interrupted after its write was sent: some jobs may be held under its token."""
 

@@ -128,6 +128,21 @@ class LifecycleQueries(DependencyQueries):
         ]
         return sorted(found, key=lambda doc: str(doc["_id"]), reverse=True)[:limit]
 
+    def job_summaries(
+        self, *, type: str | None, status: str | None, limit: int, before: str | None
+    ) -> list[Document]:
+        """A page of `find_jobs` as a list shows it: the summary's fields only."""
+        return self.find_jobs(type=type, status=status, limit=limit, before=before,
+                              projection=SUMMARY)  # fmt: skip
+
+    def search_chunk(
+        self, *, type: str | None, status: str | None, limit: int, before: str | None
+    ) -> list[Document]:
+        """A chunk of `find_jobs` for a text search: each job bounded (SEARCHED), whatever
+        its params and log hold."""
+        return self.find_jobs(type=type, status=status, limit=limit, before=before,
+                              projection=SEARCHED)  # fmt: skip
+
     @translated
     def job_ids(self, *, type: str | None = None, status: str | None = None) -> list[Any]:
         """Every id matching the filter (a bulk action from the command line), on an index."""
@@ -423,13 +438,47 @@ class LifecycleQueries(DependencyQueries):
         return [{"filter": q, "hint": hint} for q, hint in self._find_queries(type, status)]
 
 
-_HAS_UNIQUE = {"$eq": [{"$type": "$unique"}, "string"]}
+# What a list reads of each job (a page of 200 with large params read every byte of them).
+SUMMARY: Document = dict.fromkeys(
+    ("_id", "type", "status", "progress", "attempts", "owner", "created", "finished"), 1
+)
+SEARCH_PARAMS_BYTES = 16_000  # params larger than this are not searched
+SEARCH_LOG_ENTRIES, SEARCH_LOG_CHARS = 20, 500  # the newest entries, the start of each
+
+
+def _is(kind: str, field: str) -> Document:
+    return {"$eq": [{"$type": field}, kind]}
+
+
+# What a text search reads of each job: at most about 16 + 8 + 10 kB, whatever it holds.
+SEARCHED: Document = {
+    **SUMMARY,
+    "params": {
+        "$cond": [
+            {"$and": [_is("object", "$params"),
+                      {"$lte": [{"$bsonSize": "$params"}, SEARCH_PARAMS_BYTES]}]},
+            "$params",
+            "$$REMOVE",
+        ]
+    },
+    "error.message": 1,
+    "error.type": 1,
+    "log": {
+        "$map": {
+            "input": {"$slice": [{"$cond": [{"$isArray": "$log"}, "$log", []]},
+                                 -SEARCH_LOG_ENTRIES]},
+            "in": {"$cond": [_is("string", "$$this.message"),
+                             {"$substrCP": ["$$this.message", 0, SEARCH_LOG_CHARS]}, ""]},
+        }
+    },
+}  # fmt: skip
+_HAS_UNIQUE = _is("string", "$unique")
 
 
 def _text(field: str) -> Document:
     """A field as a string, "" if it is not one (a bad document must not fail a bulk
     restart: $strLenCP and $concat refuse anything else)."""
-    return {"$cond": [{"$eq": [{"$type": field}, "string"]}, field, ""]}
+    return {"$cond": [_is("string", field), field, ""]}
 
 
 _TYPE, _OWNER = _text("$type"), _text("$owner")

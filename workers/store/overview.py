@@ -10,6 +10,7 @@ from workers.record import READY
 from workers.store.base import Connection, Document, translated
 from workers.store.claims import CLAIM_INDEX
 from workers.store.dependencies import LINKS_INDEX, linked
+from workers.store.lifecycle import SUMMARY
 from workers.store.schedule import READY_TIMES_INDEX
 from workers.store.stream import AnyChange
 
@@ -21,16 +22,6 @@ COUNT_PIPELINE: list[Document] = [
     {"$group": {"_id": {"status": "$status", "type": "$type"}, "n": {"$sum": 1}}},
 ]
 _COUNTS_ID = "counts"  # the shared snapshot of the counts, in the metrics collection
-_SUMMARY = {
-    "_id": 1,
-    "type": 1,
-    "status": 1,
-    "progress": 1,
-    "attempts": 1,
-    "owner": 1,
-    "created": 1,
-    "finished": 1,
-}
 
 
 class OverviewQueries(Connection):
@@ -103,14 +94,14 @@ class OverviewQueries(Connection):
 
     @translated
     def jobs_by_id(self, ids: list[Any]) -> list[Document]:
-        return list(self.jobs.find({"_id": {"$in": ids}}, _SUMMARY))
+        return list(self.jobs.find({"_id": {"$in": ids}}, SUMMARY))
 
     @translated
     def waiting_on(self, job_id: Any, limit: int = 100) -> list[Document]:
         """The jobs still waiting for `job_id` to complete (the `links` index)."""
         return list(
             self.jobs.find(
-                {"links": linked([job_id])}, _SUMMARY, hint=self.index(LINKS_INDEX), limit=limit
+                {"links": linked([job_id])}, SUMMARY, hint=self.index(LINKS_INDEX), limit=limit
             )
         )
 

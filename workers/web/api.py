@@ -224,7 +224,8 @@ def find_jobs(
     type: Annotated[str | None, Query(min_length=1)] = None,
     status: Status | None = None,
     q: Annotated[
-        str | None, Query(max_length=200, description="text in id/type/params/error/log")
+        str | None,
+        Query(max_length=200, description="text in id, type, params (up to 16 kB), error, log"),
     ] = None,
     before: Annotated[
         str | None, Query(min_length=1, description="the `next` of the last page")

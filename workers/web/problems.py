@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workers.errors import (
+    Busy,
     DatabaseUnavailable,
     JobNotFound,
     PushError,
@@ -103,6 +104,8 @@ def from_workers_error(exc: WorkersError) -> Problem:
         return Problem(422, "Invalid job", str(exc))
     if isinstance(exc, DatabaseUnavailable):
         return Problem(503, "Database unavailable", str(exc))
+    if isinstance(exc, Busy):
+        return Problem(503, "Busy", str(exc))
     return Problem(400, "Request failed", str(exc))
 
 
@@ -125,7 +128,7 @@ _DESCRIPTIONS = {
     404: "No job has that id",
     409: "The job's status does not allow the action",
     422: "The request or the job is invalid",
-    503: "The database is unavailable",
+    503: "The database is unavailable, or the web process is busy (see Retry-After)",
 }
 
 
@@ -141,7 +144,7 @@ def problem_response(request: Request, problem: Problem) -> Response:
     page: ErrorPage | None = getattr(request.app.state, "error_page", None)
     if page and wants_html and not request.url.path.startswith(_api_prefix(request)):
         return page(request, problem)
-    headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
+    headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "2"}}.get(problem.status)
     return JSONResponse(problem.body(), problem.status, headers=headers, media_type=PROBLEM_TYPE)
 
 

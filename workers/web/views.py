@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from workers.app import App
-from workers.errors import WorkersError
+from workers.errors import Busy, WorkersError
 from workers.health import TO_RUN, without_node
 from workers.record import FOLLOWUPS, READY, STATUSES
 
@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 
 SEARCH_WINDOW = 2000  # documents a text search examines per page, newest first
 _SEARCH_CHUNK = 200
+# What a text search reads of each job: the summary, params while they are small, the
+# error's message and type, the start of the newest log messages (store.search_chunk).
+# Six searches over jobs with 900 kB params, read whole, took the web process from 67 MB
+# to 1.3 GB; this way a chunk of 200 jobs is a few MB, whatever the jobs hold.
+SEARCH_BYTES = 32_000_000  # of text matched per request: a search stops there, as at its window
+SEARCHES_AT_ONCE = 2  # per web process; the next waits up to SEARCH_QUEUE_WAIT s, then 503
+SEARCH_QUEUE_WAIT = 10.0
+_searches = threading.BoundedSemaphore(SEARCHES_AT_ONCE)
 
 
 def iso(moment: datetime) -> str:
@@ -123,19 +131,37 @@ def find_page(
     """Newest first, by index (see store/lifecycle.find_jobs). A text filter (`q`: part of
     the id, type, params, error or log) examines at most SEARCH_WINDOW jobs per page."""
     if not q:
-        docs = app.store.find_jobs(type=type, status=status, limit=limit + 1, before=before)
+        docs = app.store.job_summaries(type=type, status=status, limit=limit + 1, before=before)
         more = len(docs) > limit
         return Page(
             [job_summary(d) for d in docs[:limit]], str(docs[limit - 1]["_id"]) if more else None
         )
+    if not _searches.acquire(timeout=SEARCH_QUEUE_WAIT):
+        raise Busy(
+            f"{SEARCHES_AT_ONCE} text searches are running in this web process: "
+            "ask again in a moment, or filter by type and status instead"
+        )
+    try:
+        return _search(app, type, status, q.lower(), before, limit)
+    finally:
+        _searches.release()
+
+
+def _search(
+    app: App, type: str | None, status: str | None, needle: str, before: str | None, limit: int
+) -> Page:
+    """Chunk by chunk, newest first, until a page is found or the window or the byte
+    budget is spent: `searched` says how many jobs that was, `next` where to go on."""
     found: list[dict[str, Any]] = []
-    examined, cursor = 0, before
-    while examined < SEARCH_WINDOW and len(found) <= limit:
-        docs = app.store.find_jobs(type=type, status=status, limit=_SEARCH_CHUNK, before=cursor)
+    examined, read, cursor = 0, 0, before
+    while examined < SEARCH_WINDOW and read < SEARCH_BYTES and len(found) <= limit:
+        docs = app.store.search_chunk(type=type, status=status, limit=_SEARCH_CHUNK, before=cursor)
         for doc in docs:
             examined += 1
             cursor = str(doc["_id"])
-            if _matches(doc, q.lower()):
+            text = _searched_text(doc)
+            read += len(text)
+            if needle in text:
                 found.append(doc)
                 if len(found) > limit:
                     break
@@ -147,9 +173,9 @@ def find_page(
     return Page([job_summary(d) for d in found[:limit]], next_before, examined)
 
 
-def _matches(doc: dict[str, Any], needle: str) -> bool:
+def _searched_text(doc: dict[str, Any]) -> str:
     fields = (doc.get("_id"), doc.get("type"), doc.get("params"), doc.get("error"), doc.get("log"))
-    return any(needle in json.dumps(plain(value), default=str).lower() for value in fields)
+    return "\n".join(json.dumps(plain(value), default=str) for value in fields).lower()
 
 
 def related(app: App, doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
