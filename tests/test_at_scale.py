@@ -47,9 +47,10 @@ def _keys_per_scan(app: App) -> dict[str, Any]:
     in index order, which the explain tests check: no SORT stage)."""
     Job.push_many([SleepJob(seconds=0) for _ in range(BACKLOG)], delay=30)
     app.store.jobs.update_many({"status": "ready"}, {"$set": {"run_at": app.store.now()}})
-    execution = app.store.claim_scan_stats(app.registry.types, MONGODB.scan_candidates)
+    limit = MONGODB.scan_size(app.settings.workers.count)
+    execution = app.store.claim_scan_stats(app.registry.types, limit)
     return {
-        "limit": MONGODB.scan_candidates,
+        "limit": limit,
         "keys examined": execution["totalKeysExamined"],
         "docs examined": execution["totalDocsExamined"],
         "returned": execution["nReturned"],

@@ -20,6 +20,7 @@ from tests.test_worker import finished, running
 from workers import Job
 from workers.app import App
 from workers.errors import ClaimIncomplete
+from workers.record import unique_key_of
 from workers.store.profile import MONGODB, SECANTUS, ServerProfile
 from workers.store.shared_scans import TURN_MAX, Spare, list_key
 
@@ -238,7 +239,7 @@ def test_a_quarantine_that_finds_the_job_no_longer_ready_leaves_its_unique_key(a
 
     stored = app.store.get_job(bad)
     assert stored is not None and stored["status"] == "paused"
-    assert stored["unique_key"] == "unique:retention:42"
+    assert stored["unique_key"] == unique_key_of("RecordJob", None, "retention:42")
     assert Job.push(RecordJob(n=2), unique="retention:42") == bad  # the holder, as ever
 
 

@@ -20,7 +20,7 @@ from workers.app import App
 from workers.record import HORIZON
 from workers.settings import Settings
 from workers.store import ReadyChange
-from workers.store.profile import MONGODB, SECANTUS, ServerProfile, profile_of
+from workers.store.profile import MONGODB, SCAN_SLACK, SECANTUS, ServerProfile, profile_of
 from workers.store.schedule import NEXT_DUE_WINDOW
 from workers.store.shared_scans import Spare
 from workers.wakeup import Wakeup
@@ -201,12 +201,15 @@ def test_the_embedded_server_gets_unhinted_scans_and_mongodb_hinted_ones(app: Ap
 def test_one_scan_brings_back_the_profiles_count_of_candidates(
     app: App, profile: ServerProfile
 ) -> None:
-    """A scan costs SecantusDB the same whatever its limit, so there it brings back more."""
-    Job.push_many([RecordJob(n=n) for n in range(profile.scan_candidates + 50)])
+    """A scan costs SecantusDB the same whatever its limit, so there it brings back more;
+    on MongoDB a scan reads the claim's limit and a small slack (3 + 8)."""
+    scan = profile.scan_size(3)
+    assert scan == (3 + SCAN_SLACK if profile is MONGODB else 1024)
+    Job.push_many([RecordJob(n=n) for n in range(scan + 50)])
     app.store._profile = profile  # as buildInfo would have it
     spare = Spare()
 
     claimed = app.store.claim("node#1", app.registry.types, 30, 3, spare)
 
     shared = app.store.candidates.find_one({}) or {}
-    assert len(claimed) + len(spare.ids) + len(shared.get("ids", [])) == profile.scan_candidates
+    assert len(claimed) + len(spare.ids) + len(shared.get("ids", [])) == scan

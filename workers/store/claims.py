@@ -90,7 +90,8 @@ class ClaimQueries(SharedScanQueries, ScheduleQueries):
                 claimed += self._from_spare(token, spare, now, lease, limit - len(claimed), tried)
         if len(claimed) < limit:
             began = time.monotonic()
-            candidates = unheld(self._candidates(types, now, len(held)), held, limit - len(claimed))
+            wanted = limit - len(claimed)
+            candidates = unheld(self._candidates(types, now, wanted, len(held)), held, wanted)
             took = time.monotonic() - began
             if spare is None:
                 claimed += self._take_in_turn(
@@ -175,19 +176,31 @@ class ClaimQueries(SharedScanQueries, ScheduleQueries):
     def _held_under(self, token: str, ids: list[Any]) -> list[Document]:
         return _in_order(list(self.jobs.find(_held_by(ids, token))), ids)
 
-    def _candidates(self, types: list[str], now: datetime, held: int = 0) -> list[Document]:
-        """The first candidates in queue order, `held` more for those that live spares hold."""
-        most = self.profile.scan_candidates
-        limit = most + min(held, most)
+    def _candidates(
+        self, types: list[str], now: datetime, wanted: int, held: int = 0
+    ) -> list[Document]:
+        """The first candidates in queue order (ServerProfile.scan_size)."""
+        command = self._candidates_command(types, now, self.profile.scan_size(wanted, held))
         found = self.jobs.find(
-            self._due_query(types, now),
-            {"_id": 1, "priority": 1},
+            command["filter"],
+            command["projection"],
             sort=CLAIM_SORT,
             hint=self.scan_hint(CLAIM_INDEX),
-            limit=limit,
-            batch_size=limit,  # one reply, no getMore
+            limit=command["limit"],
+            batch_size=command["limit"],  # one reply, no getMore
         )
         return list(found)
+
+    def _candidates_command(self, types: list[str], now: datetime, limit: int) -> Document:
+        """The candidate scan as a find command: what a claim runs, and what the explain
+        tests explain (hinted with the claim index, whatever the profile)."""
+        return {
+            "filter": self._due_query(types, now),
+            "projection": {"_id": 1, "priority": 1},
+            "sort": dict(CLAIM_SORT),
+            "hint": self.index(CLAIM_INDEX),
+            "limit": limit,
+        }
 
     def _take(
         self,
@@ -272,16 +285,19 @@ class ClaimQueries(SharedScanQueries, ScheduleQueries):
 
     # -- explain, for the index tests -----------------------------------------------
 
-    def hot_path_queries(self, types: list[str]) -> dict[str, tuple[Document, Document]]:
-        """Every query of the claim path as (find command, the server's plan for it).
+    def hot_path_queries(
+        self, types: list[str], claim_limit: int = 10
+    ) -> dict[str, tuple[Document, Document]]:
+        """Every query of the claim path as (find command, the server's plan for it); the
+        candidate scan as a claim of `claim_limit` (workers.count's default) runs it.
 
         Updates are explained as a find with the same filter: the plan is the same,
         and not every server explains an update command."""
         now = self.now()
         ids = ["explain-a", "explain-b"]
-        by_claim_index = {"sort": dict(CLAIM_SORT), "hint": self.index(CLAIM_INDEX), "limit": 4}
+        scan = self.profile.scan_size(claim_limit)
         commands: dict[str, Document] = {
-            "claim candidates": {"filter": self._due_query(types, now), **by_claim_index},
+            "claim candidates": self._candidates_command(types, now, scan),
             "claim write": {"filter": _still_ready(ids, now)},
             "claim by woken ids": {"filter": _still_ready(ids, now, types)},
             "claim read-back": {"filter": _held_by(ids, "token")},
@@ -321,14 +337,7 @@ class ClaimQueries(SharedScanQueries, ScheduleQueries):
     @translated
     def claim_scan_stats(self, types: list[str], limit: int) -> Document:
         """The candidate scan as MongoDB runs it (hinted), explained with executionStats."""
-        command = {
-            "find": self.jobs.name,
-            "filter": self._due_query(types, self.now()),
-            "projection": {"_id": 1},
-            "sort": dict(CLAIM_SORT),
-            "hint": self.index(CLAIM_INDEX),
-            "limit": limit,
-        }
+        command = {"find": self.jobs.name, **self._candidates_command(types, self.now(), limit)}
         stats: Document = self._explain(command, "executionStats")["executionStats"]
         return stats
 

@@ -198,9 +198,11 @@ class LimitQueries(ClaimQueries):
             "starts": starts,
         }
 
-    def hot_path_queries(self, types: list[str]) -> dict[str, tuple[Document, Document]]:
+    def hot_path_queries(
+        self, types: list[str], claim_limit: int = 10
+    ) -> dict[str, tuple[Document, Document]]:
         """The claim path's queries (claims.py), and a limited claim's own reads."""
-        queries = super().hot_path_queries(types)
+        queries = super().hot_path_queries(types, claim_limit)
         for name, command in self._limited_queries(types[0]).items():
             queries[name] = self.explain_find(command)
         return queries

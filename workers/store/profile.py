@@ -13,15 +13,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# Candidates a claim reads beyond its limit where it scans for itself: those another
+# claimer took between the scan and the write are made up from the next ones.
+SCAN_SLACK = 8
+
 
 @dataclass(frozen=True)
 class ServerProfile:
     name: str = "mongodb"
     hint_scans: bool = True  # hint the scans of the claim path with their index
-    # Candidates one claim scan reads. On MongoDB a scan costs what it reads, and a shared
-    # list of 256 lasts a second at 256 jobs/s. SecantusDB reads every ready job whatever
-    # the limit (a scan of 20,000 took 1 s), so each scan there brings back 4 times more.
-    scan_candidates: int = 256
+    # Candidates one claim scan reads, where scans are shared: SecantusDB reads every
+    # ready job whatever the limit (a scan of 20,000 took 1 s), so each scan there brings
+    # back 1,024 for the claimers that follow. None: the claim's own limit plus
+    # SCAN_SLACK, since on MongoDB a scan costs the keys it reads and nothing is shared
+    # (a claim of 10 read 256 documents, of which it took 10).
+    scan_candidates: int | None = None
     # Share each scan's candidates between the claimers of a set of types (claims.Spare and
     # the `candidates` list): on SecantusDB a scan costs as much as the ready jobs it reads,
     # so one scan serves many claims. On MongoDB a scan is an index range of a few ms, and
@@ -32,6 +38,13 @@ class ServerProfile:
 
     def hint(self, index: str) -> str | None:
         return index if self.hint_scans else None
+
+    def scan_size(self, wanted: int, held: int = 0) -> int:
+        """How many candidates a claim of `wanted` jobs reads: `held` more where live
+        spares of other claimers hold some of the first ones."""
+        if self.scan_candidates is None:
+            return wanted + SCAN_SLACK
+        return self.scan_candidates + min(held, self.scan_candidates)
 
 
 MONGODB = ServerProfile()

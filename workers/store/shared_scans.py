@@ -30,8 +30,8 @@ from pymongo.errors import PyMongoError
 
 from workers.store.base import Connection, Document, hashable
 
-# A scan reads the server profile's `scan_candidates` (on MongoDB a short index range; on
-# SecantusDB a scan costs the same whatever its limit: it reads every ready job). No list
+# A scan reads the server profile's `scan_candidates` (SecantusDB, the profile that shares
+# scans: a scan costs the same whatever its limit, since it reads every ready job). No list
 # holds more than this:
 _LIST_CAP = 1 << 16
 # Candidates a claimer takes from the shared list at a time, at least one claim's worth.
