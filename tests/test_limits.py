@@ -28,6 +28,7 @@ from workers.job import Job
 from workers.limits import Limit, Rate, limits_for, parse_rate
 from workers.settings import validate
 from workers.store import LimitedAsk
+from workers.store import limits as store_limits
 
 LIMIT_JOBS = ["tests.limitjobs"]
 
@@ -209,6 +210,15 @@ def test_the_dashboard_and_metrics_show_each_cap_its_use_and_who_waits(
     assert row["at_cap"] is True
     page = client.get("/", headers={"Accept": "text/html"}).text
     assert '<tr data-type="HoldJob" class="at-cap">' in page
+
+
+def test_a_limited_types_backlog_is_counted_up_to_a_cap(
+    limited_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each page view and scrape counts it: it reads at most BACKLOG_CAP index keys."""
+    push(limited_app, "HoldJob", 3)
+    monkeypatch.setattr(store_limits, "BACKLOG_CAP", 2)
+    assert limited_app.store.limit_use("HoldJob", None)["ready"] == 2
 
 
 def test_a_rate_claim_says_when_its_window_opens(limited_app: App) -> None:

@@ -58,6 +58,7 @@ EXPECTED = {
     # a claim of a type under a cluster-wide limit (store/limits.py)
     "limited running count": "claim_queue",
     "limited due check": "claim_queue",
+    "limit backlog": "ready_times",  # the dashboard's and /metrics' count, capped
     # leases and outcomes
     "renew / release": "_id_",
     "outcome write": "_id_",

@@ -29,6 +29,7 @@ from workers.store.shared_scans import SHARE, SPARE_SECONDS, Spare
         ("next ready", "ready_times"),
         ("next due", "schedule"),
         ("stage due", "schedule"),
+        ("limit backlog", "ready_times"),  # what the dashboard counts per limited type
     ],
 )
 def test_every_query_of_the_claim_path_is_an_index_scan(app: App, query: str, index: str) -> None:

@@ -38,6 +38,7 @@ from workers.errors import ClaimIncomplete, StoreError
 from workers.record import READY, RUNNING
 from workers.store.base import Document, _as_write_concern, number, translated
 from workers.store.claims import CLAIM_INDEX, CLAIM_SORT, ClaimQueries, _claimed, _still_ready
+from workers.store.schedule import READY_TIMES_INDEX
 
 _TRIES = 4  # transactions that lost a race to another claimer, before giving the turn up
 _CONFLICT_PAUSE = (0.002, 0.02)  # seconds between tries, at random: racers drift apart
@@ -192,9 +193,13 @@ class LimitQueries(ClaimQueries):
         if window is not None:
             doc = self.limits.find_one({"_id": job_type}, {"starts": 1})
             starts = len(_in_window(doc, now, window))
+        hint = self.scan_hint(READY_TIMES_INDEX)
+        on_index: dict[str, Any] = {"hint": hint} if hint else {}
         return {
             "running": self.jobs.count_documents({"status": RUNNING, "type": job_type}),
-            "ready": self.jobs.count_documents(self._due_query([job_type], now)),
+            "ready": self.jobs.count_documents(
+                _backlog(job_type, now), limit=BACKLOG_CAP, **on_index
+            ),
             "starts": starts,
         }
 
@@ -214,6 +219,11 @@ class LimitQueries(ClaimQueries):
                 "filter": {"status": RUNNING, "type": job_type},
                 **by_claim_index,
             },
+            "limit backlog": {
+                "filter": _backlog(job_type, self.now()),
+                "hint": self.index(READY_TIMES_INDEX),
+                "limit": BACKLOG_CAP,
+            },
             "limited due check": {
                 "filter": {"status": READY, "type": job_type, "run_at": {"$lte": self.now()}},
                 "sort": dict(CLAIM_SORT),
@@ -221,6 +231,17 @@ class LimitQueries(ClaimQueries):
                 **by_claim_index,
             },
         }
+
+
+# The most due jobs a dashboard or a scrape counts for one limited type: a count reads
+# that many index keys at most (on ready_times, one range of `run_at`), where it read
+# every ready job of the type on the claim index, per page view and per scrape.
+BACKLOG_CAP = 10_000
+
+
+def _backlog(job_type: str, now: datetime) -> Document:
+    """A type's due ready jobs: on `ready_times` (partial on ready), one range of run_at."""
+    return {"status": READY, "type": job_type, "run_at": {"$lte": now}}
 
 
 def _in_window(doc: Document | None, now: datetime, seconds: float) -> list[datetime]:
