@@ -4,8 +4,10 @@ createIndex privilege boots on indexes made out of band, and builds have a time 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from workers.store import INDEXES, Store
 from workers.store.claims import CLAIM_INDEX
 from workers.store.dependencies import LINKS_INDEX
 from workers.store.indexes import IndexSpec, state_of
+from workers.store.lifecycle import LISTING_INDEX
 from workers.store.nodes import NODE_TTL
 
 CLAIM = next(spec for spec in INDEXES if spec.name == CLAIM_INDEX)
@@ -142,7 +145,7 @@ def test_an_index_build_past_its_time_limit_stops_the_boot_naming_the_index(
     with pytest.raises(IndexBuildTimeout) as refused:
         boot(make_settings, mongo__index_build_timeout=0.001)
     message = str(refused.value)
-    assert "was not built within 0.001 s (mongo.index_build_timeout)" in message
+    assert "were not built within 0.001 s (mongo.index_build_timeout)" in message
     assert "a member that is down or lagging holds the build" in message
 
 
@@ -178,6 +181,52 @@ def test_the_retired_links_index_makes_way_for_the_one_the_sweep_needs(
     assert LINKS_INDEX in names(db["workers.jobs"])
 
 
+def test_a_collections_missing_indexes_are_built_in_one_command_by_a_majority(
+    mongo_url: str, db_name: str, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One createIndexes per collection (one scan of it for all its indexes), committed by
+    a majority of the voting members on a replica set (the test server is one)."""
+    store = Store(mongo_url, db_name)
+    sent: list[dict[str, Any]] = []
+    command = store.db.command
+
+    def recorded(name: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(name, dict) and "createIndexes" in name:
+            sent.append(name)
+        return command(name, *args, **kwargs)
+
+    monkeypatch.setattr(store.db, "command", recorded)
+    try:
+        store.check_server()
+        store.ensure_indexes()
+    finally:
+        store.close()
+    collections = [one["createIndexes"] for one in sent]
+    assert sorted(collections) == sorted({getattr(store, s.collection).name for s in INDEXES})
+    jobs = next(one for one in sent if one["createIndexes"] == "workers.jobs")
+    assert len(jobs["indexes"]) == sum(spec.collection == "jobs" for spec in INDEXES)
+    assert {one.get("commitQuorum") for one in sent} == {"majority"}
+
+
+def test_a_retired_index_stays_while_a_node_of_another_version_beats(
+    make_settings: Callable[..., Settings], db: Any
+) -> None:
+    """An older node still running hints its indexes: a boot drops them only once no node
+    of another version has beaten for RETIRE_AFTER."""
+    db["workers.jobs"].create_index("links", name="links", sparse=True)  # as 0.x made it
+    beat = {"_id": "old#1", "version": "0.0.9", "host": "old", "pid": 1}
+    db["workers.nodes"].insert_one({**beat, "last_beat": datetime.now(UTC)})
+    boot(make_settings)
+    workers.shutdown()
+    kept = "links" in names(db["workers.jobs"])
+    db["workers.nodes"].update_one(
+        {"_id": "old#1"}, {"$set": {"last_beat": datetime.now(UTC) - timedelta(hours=1)}}
+    )
+    boot(make_settings)
+    workers.shutdown()
+    assert kept and "links" not in names(db["workers.jobs"])
+
+
 def test_how_an_existing_index_compares() -> None:
     spec = IndexSpec("jobs", "x", (("a", 1), ("b", 1)), partial={"a": {"$type": "string"}})
     same = {
@@ -201,3 +250,26 @@ def test_how_an_existing_index_compares() -> None:
 def test_the_store_declares_each_index_once() -> None:
     assert len({spec.name for spec in INDEXES}) == len(INDEXES)
     assert Store.required_indexes(None) == INDEXES  # type: ignore[arg-type]
+
+
+def test_a_query_whose_hinted_index_is_gone_runs_unhinted_and_warns(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dropped under the running service (by a DBA, or with its collection): the queries
+    that hint it run again without the hint, and a boot builds it again."""
+    first = workers.push_named("RecordJob", {}, delay=3600)
+    second = workers.push_named("RecordJob", {}, depends=[first])
+    app.store.jobs.drop_index(LINKS_INDEX)
+    app.store.jobs.drop_index(LISTING_INDEX)
+
+    with caplog.at_level(logging.WARNING, logger="workers.store"):
+        waiting = app.store.waiting_on(first)
+        listed = workers.jobs.find(status="waiting")
+
+    assert [doc["_id"] for doc in waiting] == [second]
+    assert [job.id for job in listed] == [second]
+    gone = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
+    assert len(gone) == 1 and "links_status" in gone[0] and "listing" in gone[0], gone
+    assert app.store.hint(LINKS_INDEX) is None
+    app.store.ensure_indexes()
+    assert app.store.hint(LINKS_INDEX) == LINKS_INDEX and not app.store.unhinted

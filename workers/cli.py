@@ -371,10 +371,9 @@ def _cron(settings: Settings) -> int:
 def _indexes(settings: Settings, create: bool) -> int:
     """Every index the service needs and how it stands; 1 unless each is served."""
     with app_module.connected(settings) as store:
-        if create:
-            states = store.create_missing_indexes(settings.mongo.index_build_timeout)
-        else:
-            states = store.index_states()
+        # no time limit: on a primary an interrupted build is aborted, and starts again from
+        # zero (mongo.index_build_timeout bounds a boot's builds)
+        states = store.create_missing_indexes(None) if create else store.index_states()
         for state in states:
             print(state.line(store.namespace(state.spec)))
     return 0 if all(state.serving and state.state != "ttl" for state in states) else 1

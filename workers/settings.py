@@ -63,8 +63,9 @@ class MongoSettings(_Section):
     # false: boot only checks the indexes, and stops naming the missing ones (for a user
     # without the createIndex privilege; `workers db indexes --create` builds them)
     create_indexes: bool = True
-    # seconds one index build at boot may take: on a replica set a build waits for every
-    # voting member, and a member that is down holds it
+    # seconds a boot's index build may take: on a replica set it commits once a majority
+    # of the voting members built it, and a lagging majority holds it
+    # (`workers db indexes --create` has no limit)
     index_build_timeout: float = Field(300.0, gt=0)
 
 

@@ -26,7 +26,7 @@ from bson import ObjectId
 from pymongo import ReadPreference
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConfigurationError, ConnectionFailure, PyMongoError
+from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
 
 from workers.errors import (
     DatabaseUnavailable,
@@ -75,10 +75,28 @@ def translated(method: Callable[P, T]) -> Callable[P, T]:
         except ConnectionFailure as exc:
             first_line = str(exc).split(", Timeout:")[0]
             raise DatabaseUnavailable(f"MongoDB is unreachable: {first_line}") from exc
+        except OperationFailure as exc:
+            store = args[0] if args else None
+            if not (_hint_gone(exc) and isinstance(store, Connection) and store.forget_hints()):
+                raise StoreError(f"MongoDB refused {method.__name__}: {exc}") from exc
+        except (PyMongoError, bson.errors.BSONError) as exc:
+            raise StoreError(f"MongoDB refused {method.__name__}: {exc}") from exc
+        # once more, without the hints to indexes that are gone; what the first try wrote is
+        # written again under the same conditions (status, owner), which the server checks
+        try:
+            return method(*args, **kwargs)
+        except ConnectionFailure as exc:
+            raise DatabaseUnavailable(f"MongoDB is unreachable: {exc}") from exc
         except (PyMongoError, bson.errors.BSONError) as exc:
             raise StoreError(f"MongoDB refused {method.__name__}: {exc}") from exc
 
     return wrapper
+
+
+def _hint_gone(exc: OperationFailure) -> bool:
+    """The server's answer to a hint naming no index (code 2, BadValue, on MongoDB and on
+    SecantusDB alike): the index was dropped under a running service."""
+    return exc.code == 2 and "does not correspond to an existing index" in str(exc)
 
 
 def new_id() -> str:
@@ -294,6 +312,8 @@ class Connection:
         self._profile: ServerProfile | None = None
         #: our index name -> the name of the index serving it (an equivalent a DBA made)
         self.index_names: dict[str, str] = {}
+        #: ours whose index is gone (dropped under the running service): queried unhinted
+        self.unhinted: frozenset[str] = frozenset()
         self._info: Document | None = None
         self.replica_set: str | None = None  # the server's, read by check_server
         self._offset: timedelta | None = None
@@ -412,9 +432,18 @@ class Connection:
         """The index serving ours named `name`: a hint names it (indexes.py)."""
         return self.index_names.get(name, name)
 
+    def hint(self, name: str) -> str | None:
+        """The hint of a query: the index serving ours, none if it is gone (`forget_hints`)."""
+        return None if name in self.unhinted else self.index(name)
+
     def scan_hint(self, name: str) -> str | None:
         """The hint of a scan: the index, or none where the server profile plans better."""
-        return self.index(name) if self.profile.hint_scans else None
+        return self.hint(name) if self.profile.hint_scans else None
+
+    def forget_hints(self) -> bool:
+        """After a hint named an index that is gone: read which are, and query those
+        unhinted until a boot builds them again. False if none newly is (do not retry)."""
+        return False  # the store's indexes (indexes.py) know which are ours
 
     def for_heartbeat(self, lease: float) -> Any:
         """A store of the same class on one connection of its own, every operation bounded by
@@ -431,7 +460,7 @@ class Connection:
             operation_timeout=max(0.5, lease / 6),
             retention=self.retention,
         )
-        store.index_names = dict(self.index_names)
+        store.index_names, store.unhinted = dict(self.index_names), self.unhinted
         return store
 
     def finished(self, status: str) -> Document:

@@ -139,7 +139,7 @@ class DependencyQueries(ClaimQueries):
             if not str(key).startswith(UNIQUE_PREFIX):  # cron's tick key: one job per key, ever
                 raise PushError(f"a job with the unique key {key!r} exists") from exc
             holder = self.jobs.find_one(
-                holder_query(key), {"_id": 1}, hint=self.index(UNIQUE_KEY_INDEX)
+                holder_query(key), {"_id": 1}, hint=self.hint(UNIQUE_KEY_INDEX)
             )
             return str(holder["_id"]) if holder else ""
         return None
@@ -216,7 +216,7 @@ class DependencyQueries(ClaimQueries):
     def settle_finished(self) -> int:
         """Settle finished jobs whose follow-ups a crash left undone (on `links`)."""
         query = {"links": linked([FOLLOWUPS]), "status": {"$in": list(FINISHED)}}
-        cursor = self.jobs.find(query, {"_id": 1}, hint=self.index(LINKS_INDEX), limit=_SWEEP_BATCH)
+        cursor = self.jobs.find(query, {"_id": 1}, hint=self.hint(LINKS_INDEX), limit=_SWEEP_BATCH)
         found = list(cursor)
         for doc in found:
             self.settle(doc["_id"])
@@ -239,7 +239,7 @@ class DependencyQueries(ClaimQueries):
                         }
                     },
                 ],
-                hint=self.index(LINKS_INDEX),
+                hint=self.hint(LINKS_INDEX),
             )
 
     def _repeat(self, doc: Document) -> None:

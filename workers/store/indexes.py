@@ -24,6 +24,7 @@ from pymongo.errors import ExecutionTimeout, NetworkTimeout, OperationFailure
 from workers.errors import IndexBuildTimeout, IndexConflict, IndexesMissing
 from workers.store.base import Connection, Document, translated
 
+RETIRE_AFTER = 600.0  # seconds since a node of another version last beat
 _UNBOUNDED = 24 * 3600.0  # seconds a build with no time limit may take (not the socket's)
 _log = logging.getLogger("workers.store")
 _CONFLICT_CODES = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
@@ -145,6 +146,10 @@ class IndexQueries(Connection):
         """Indexes of earlier versions that nothing reads now: dropped on `--create`."""
         return ()
 
+    def other_versions_beating(self, seconds: float) -> set[str]:
+        """The versions other than ours of the nodes that beat in the last `seconds`."""
+        return set()  # the store's nodes (nodes.py)
+
     @translated
     def index_states(self) -> list[IndexState]:
         listed: dict[str, list[Document]] = {}
@@ -181,34 +186,64 @@ class IndexQueries(Connection):
                 _log.warning(
                     "index %s: %s", state.spec.name, state.line(self.namespace(state.spec))
                 )
-            elif state.state == "missing":
-                self._build(state.spec, time_limit)
+        for collection in dict.fromkeys(state.spec.collection for state in missing):
+            self._build([s.spec for s in missing if s.spec.collection == collection], time_limit)
         if missing:
             names = ", ".join(state.spec.name for state in missing)
             _log.info("built %d missing index(es): %s", len(missing), names)
         if create:
             self._drop_retired()
         self._name_serving(states)
+        self.unhinted = frozenset()  # built, or the boot refused to go on
 
     @translated
     def use_indexes(self) -> None:
-        """For a command that only reads: hint the indexes that serve ours, creating none."""
-        self._name_serving(self.index_states())
+        """For a command that only reads: hint the indexes that serve ours, creating none
+        (those missing: unhinted)."""
+        states = self.index_states()
+        self._name_serving(states)
+        self.unhinted = frozenset(state.spec.name for state in states if state.state == "missing")
 
     def _name_serving(self, states: list[IndexState]) -> None:
         self.index_names = {state.spec.name: state.serving or state.spec.name for state in states}
 
-    def _build(self, spec: IndexSpec, time_limit: float | None) -> None:
-        """createIndexes under a time limit: on a replica set the build waits for every voting
-        member (the default commit quorum), and a member that is down holds it."""
-        collection = getattr(self, spec.collection)
+    def forget_hints(self) -> bool:
+        """A hint named an index that is gone (a DBA dropped it, or the collection with
+        it): hint what serves now, query the missing ones unhinted, and warn. A boot (or
+        `workers db indexes --create`) builds them again."""
+        states = self.index_states()
+        gone = frozenset(state.spec.name for state in states if state.state == "missing")
+        before = (dict(self.index_names), self.unhinted)
+        self._name_serving(states)
+        self.unhinted = gone
+        if (self.index_names, self.unhinted) == before:
+            return False
+        _log.warning(
+            "an index the queries hint is gone (%s): they run unhinted, and may read far "
+            "more, until `workers db indexes --create` or a boot builds it again",
+            ", ".join(sorted(gone)) or "renamed",
+        )
+        return True
+
+    def _build(self, specs: list[IndexSpec], time_limit: float | None) -> None:
+        """One collection's missing indexes in one createIndexes (one scan of the collection
+        for them all), under a time limit. On a replica set the build commits once a
+        majority of the voting members have built it (`commitQuorum: majority`, where the
+        default waits for every voting member, so a member that is down would hold it)."""
+        collection = getattr(self, specs[0].collection)
+        names = ", ".join(spec.name for spec in specs)
         _log.debug(
-            "building index %s on %s (a replica set waits for its voting members)%s",
-            spec.name,
+            "building index(es) %s on %s%s",
+            names,
             collection.full_name,
             f", at most {time_limit:g} s" if time_limit else "",
         )
-        command: Document = {"createIndexes": collection.name, "indexes": [spec.definition()]}
+        command: Document = {
+            "createIndexes": collection.name,
+            "indexes": [spec.definition() for spec in specs],
+        }
+        if self.replica_set:
+            command["commitQuorum"] = "majority"
         # the build may take its whole time limit, however short the client's socket timeout
         # (mongo.timeout x 3): under pymongo.timeout the driver sends maxTimeMS itself and
         # waits on the socket as long
@@ -218,7 +253,7 @@ class IndexQueries(Connection):
                 self.db.command(command)
         except (ExecutionTimeout, NetworkTimeout) as exc:
             raise IndexBuildTimeout(
-                f"index {spec.name} on {collection.full_name} was not built within "
+                f"index(es) {names} on {collection.full_name} were not built within "
                 f"{seconds:g} s (mongo.index_build_timeout): on a replica set a member that "
                 "is down or lagging holds the build; bring it back, or build the indexes out of "
                 f"band with `workers db indexes --create` ({exc})"
@@ -226,8 +261,10 @@ class IndexQueries(Connection):
         except OperationFailure as exc:
             if exc.code not in _CONFLICT_CODES:
                 raise
-            raced = state_of(spec, collection.list_indexes())
-            existing = raced.existing or _same_keys(spec, collection.list_indexes())
+            listed = list(collection.list_indexes())
+            spec = next((s for s in specs if state_of(s, listed).state == "conflict"), None)
+            spec = spec or next((s for s in specs if _same_keys(s, listed)), specs[0])
+            existing = state_of(spec, listed).existing or _same_keys(spec, listed)
             raise IndexConflict(
                 conflict_message(collection.full_name, spec, existing or spec.definition())
                 + f" (the server answered {exc.code}: {exc.details and exc.details.get('errmsg')})"
@@ -242,7 +279,18 @@ class IndexQueries(Connection):
         _log.info("index %s on %s: TTL set to %s s", spec.name, collection.full_name, spec.ttl)
 
     def _drop_retired(self) -> None:
-        for spec in self.retired_indexes():
+        """Drop the indexes of earlier versions, unless a node of another version beat in
+        the last RETIRE_AFTER seconds: it may still hint one (a rolling deploy), and its
+        queries would fail. A later boot drops them."""
+        retired = self.retired_indexes()
+        if retired and (others := self.other_versions_beating(RETIRE_AFTER)):
+            _log.info(
+                "kept retired index(es) %s: nodes of version %s still beat",
+                ", ".join(spec.name for spec in retired),
+                ", ".join(sorted(others)),
+            )
+            return
+        for spec in retired:
             collection = getattr(self, spec.collection)
             named = next((i for i in collection.list_indexes() if i["name"] == spec.name), None)
             if named is not None and spec.same_keys(named):

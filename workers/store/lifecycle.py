@@ -369,7 +369,7 @@ class LifecycleQueries(DependencyQueries):
             for doc in self.jobs.find(
                 {"links": linked(batch), "status": {"$in": list(statuses)}},
                 {"_id": 1, "owner": 1},
-                hint=self.index(LINKS_INDEX),
+                hint=self.hint(LINKS_INDEX),
                 batch_size=BATCH,
             )
         )
@@ -416,7 +416,9 @@ class LifecycleQueries(DependencyQueries):
         )
         return {name: self.explain_find(command) for name, command in commands.items()}
 
-    def _find_queries(self, type: str | None, status: str | None) -> list[tuple[Document, str]]:
+    def _find_queries(
+        self, type: str | None, status: str | None
+    ) -> list[tuple[Document, str | None]]:
         """The queries (filter, index) whose results, merged, are the jobs of `type` and
         `status`, newest first: on the listing index (status, type, _id), one range per
         (status, type) pair, which MongoDB merges in `_id` order (no in-memory sort); for a
@@ -426,7 +428,7 @@ class LifecycleQueries(DependencyQueries):
         statuses = list(STATUSES) if status is None else [status]
         types = [type] if type is not None else self._types_of(statuses)
         query = {"status": {"$in": statuses}, "type": {"$in": types}}
-        return [(query, self.index(LISTING_INDEX))]
+        return [(query, self.hint(LISTING_INDEX))]
 
     def _types_of(self, statuses: list[str]) -> list[Any]:
         """The job types in `statuses` (null too: it matches a job without one); a damaged
@@ -435,7 +437,10 @@ class LifecycleQueries(DependencyQueries):
         return [None, *sorted((t for t in found if isinstance(t, (str, int, float))), key=str)]
 
     def _find_commands(self, type: str | None, status: str | None) -> list[Document]:
-        return [{"filter": q, "hint": hint} for q, hint in self._find_queries(type, status)]
+        return [
+            {"filter": q, **({"hint": hint} if hint else {})}
+            for q, hint in self._find_queries(type, status)
+        ]
 
 
 # What a list reads of each job (a page of 200 with large params read every byte of them).

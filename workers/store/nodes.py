@@ -7,6 +7,7 @@ from typing import Any
 
 from workers.store.base import Connection, Document, translated
 from workers.store.indexes import IndexSpec
+from workers.version import __version__
 
 NODE_TTL = 24 * 3600  # a node that stopped beating disappears after a day
 INDEXES = (IndexSpec("nodes", "node_ttl", (("last_beat", 1),), ttl=NODE_TTL),)
@@ -44,6 +45,12 @@ class NodeQueries(Connection):
         return list(self.nodes.find({"host": host}))
 
     @translated
+    def other_versions_beating(self, seconds: float) -> set[str]:
+        """The versions other than ours of the nodes that beat in the last `seconds`."""
+        since = self.now() - timedelta(seconds=seconds)
+        query = {"last_beat": {"$gte": since}, "version": {"$ne": __version__}}
+        return {str(v) for v in self.nodes.distinct("version", query)}
+
     def live_types(self, lease: float) -> set[str]:
         """The job types some worker process runs that beat within `lease` seconds (the
         server's clock): a type outside it has no live node, and its jobs wait in silence.

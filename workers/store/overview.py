@@ -101,7 +101,7 @@ class OverviewQueries(Connection):
         """The jobs still waiting for `job_id` to complete (the `links` index)."""
         return list(
             self.jobs.find(
-                {"links": linked([job_id])}, SUMMARY, hint=self.index(LINKS_INDEX), limit=limit
+                {"links": linked([job_id])}, SUMMARY, hint=self.hint(LINKS_INDEX), limit=limit
             )
         )
 
