@@ -24,6 +24,7 @@ from workers.cron import iso
 from workers.errors import DatabaseUnavailable, WorkersError
 from workers.retrying import Backoff
 from workers.settings import Settings
+from workers.terminal import block, printable
 from workers.version import DISTRIBUTION
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,15 @@ class StructuredFormatter(logging.Formatter):
     """Appends the `extra=` fields of a record as key=value pairs."""
 
     def format(self, record: logging.LogRecord) -> str:
-        """The message, then the record's extra fields as JSON."""
+        """The message, then the record's extra fields as JSON: one line, whatever text a
+        job put in it (its control characters and line breaks escaped, a traceback's kept)."""
+        record = logging.makeLogRecord(
+            {**vars(record), "msg": printable(record.getMessage()), "args": None}
+        )
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = block(record.exc_text)
         line = super().format(record)
         extras = {k: v for k, v in vars(record).items() if k not in _STANDARD_RECORD_KEYS}
         if extras:

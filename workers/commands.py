@@ -29,6 +29,7 @@ from workers.listening import KINDS
 from workers.record import ALLOWED, STATUSES, ActionResult
 from workers.settings import Settings
 from workers.store.dependencies import BATCH
+from workers.terminal import block, printable
 
 EXIT_REFUSED = 1
 _STOPS = (signal.SIGTERM, signal.SIGINT)
@@ -114,7 +115,7 @@ def _watch(app: app_module.App, args: argparse.Namespace) -> int:
         while not stop.is_set():
             event = stream.get(timeout=0.5)
             if event is not None:
-                print(event.as_json() if args.json else event.line(), flush=True)
+                print(event.as_json() if args.json else printable(event.line()), flush=True)
     finally:
         stream.close()
         for sig, handler in previous.items():
@@ -160,9 +161,9 @@ def _ls(app: app_module.App, args: argparse.Namespace) -> int:
     for job in jobs:
         percent = (job.progress or {}).get("percent")
         table.add_row(
-            job.id,
-            job.type,
-            job.status,
+            printable(job.id),
+            printable(job.type),
+            printable(job.status),
             str(job.attempts),
             "-" if percent is None else f"{percent:g}%",
             _time(job.created),
@@ -181,20 +182,21 @@ def _show(app: app_module.App, args: argparse.Namespace) -> int:
         print(json.dumps(job.document, default=str, indent=2))
         return 0
     console = _console()
-    console.print(f"[bold]{job.type}[/bold] {job.id}: {job.status}, attempt {job.attempts}")
+    # the job's own text, with its control characters escaped (workers/terminal.py)
+    head = f"{printable(job.type)} {job.id}: {printable(job.status)}, attempt {job.attempts}"
+    console.print(head, markup=False, style="bold")
     for name in ("params", "priority", "progress", "result", "depends", "repeats_left"):
-        console.print(f"  {name}: {json.dumps(getattr(job, name), default=str)}")
+        console.print(f"  {name}: {json.dumps(getattr(job, name), default=str)}", markup=False)
     for name in ("created", "run_at", "started", "finished"):
         console.print(f"  {name}: {_time(getattr(job, name))}")
     for entry in job.log:
-        console.print(
-            f"  log {_time(entry.get('time'))} {entry.get('level')}: {entry.get('message')}",
-            markup=False,
-        )
+        level, message = printable(entry.get("level")), printable(entry.get("message"))
+        console.print(f"  log {_time(entry.get('time'))} {level}: {message}", markup=False)
     if job.error:
-        console.print(f"  error: {job.error.get('type')}: {job.error.get('message')}", markup=False)
+        kind, message = printable(job.error.get("type")), printable(job.error.get("message"))
+        console.print(f"  error: {kind}: {message}", markup=False)
         if job.error.get("traceback"):
-            console.print(job.error["traceback"], markup=False)
+            console.print(block(job.error["traceback"], "    "), markup=False)
     return 0
 
 
