@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from workers import cli
+from workers import cli, overrides
 from workers import settings as settings_module
 from workers.app import App
 from workers.headless import stop_wait
@@ -44,7 +44,10 @@ def objects(kind: str) -> list[dict[str, Any]]:
 
 
 def core(path: Path) -> bool:
-    return not any(doc["apiVersion"].startswith("keda.sh/") for doc in documents(path))
+    """Kubernetes' own objects (kubernetes-validate has their schemas; KEDA's and the
+    Prometheus Operator's are checked by their own tests)."""
+    custom = ("keda.sh/", "monitoring.coreos.com/")
+    return not any(doc["apiVersion"].startswith(custom) for doc in documents(path))
 
 
 def deployment(component: str) -> dict[str, Any]:
@@ -319,3 +322,58 @@ def test_the_docs_deploy_with_commands_that_name_real_folders() -> None:
     for line in re.findall(r"kubectl apply -k (\S+)", readme):
         assert (ROOT / shlex.split(line)[0] / "kustomization.yaml").exists(), line
     assert "kubectl apply -k deploy/kubernetes/keda" in readme
+
+
+def _env(component: str) -> dict[str, str]:
+    (container,) = deployment(component)["spec"]["template"]["spec"]["containers"]
+    return {var["name"]: var.get("value", "") for var in container.get("env", [])}
+
+
+def test_no_pod_mounts_a_service_account_token_and_only_the_proxies_reach_the_web() -> None:
+    for component in ("web", "headless"):
+        pod = deployment(component)["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, component
+    policies = {doc["metadata"]["name"]: doc["spec"] for doc in objects("NetworkPolicy")}
+    web, headless = policies["workers-web"], policies["workers-headless"]
+    web_labels = deployment("web")["spec"]["template"]["metadata"]["labels"]
+    assert web["podSelector"]["matchLabels"].items() <= web_labels.items()
+    assert [port["port"] for rule in web["ingress"] for port in rule["ports"]] == ["http"]
+    sources = [peer["namespaceSelector"]["matchLabels"] for peer in web["ingress"][0]["from"]]
+    assert {"kubernetes.io/metadata.name": "monitoring"} in sources
+    assert headless["policyTypes"] == ["Ingress"] and "ingress" not in headless
+
+
+def test_behind_the_ingress_the_cookies_are_secure_and_the_proxy_is_believed() -> None:
+    env = _env("web")
+    assert env["WORKERS_WEB__SECURE_COOKIES"] == "true"
+    assert env["WORKERS_WEB__FORWARDED_ALLOW"] == "*"
+    read = overrides.read(settings_module.Settings, {
+        name: value for name, value in env.items()
+        if name.startswith("WORKERS_WEB__") and not name.endswith("_FILE")
+    })  # fmt: skip
+    assert read.values["web"]["secure_cookies"] is True
+    assert read.values["web"]["forwarded_allow"] == ["*"]
+
+
+def test_prometheus_scrapes_the_web_service_with_the_secrets_metrics_token() -> None:
+    """The ServiceMonitor's endpoint is a named port of the web Service, its token a key of
+    the Secret, and that token's SHA-256 a reader entry of web-tokens."""
+    import hashlib
+
+    (monitor,) = objects("ServiceMonitor")
+    (service,) = [s for s in objects("Service") if s["metadata"]["name"] == "workers-web"]
+    (secret,) = objects("Secret")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    credentials = endpoint["authorization"]["credentials"]
+    assert credentials["name"] == secret["metadata"]["name"]
+    token = secret["stringData"][credentials["key"]]
+    entries = json.loads(secret["stringData"]["web-tokens"])
+    (entry,) = [e for e in entries if e["sha256"] == hashlib.sha256(token.encode()).hexdigest()]
+    assert entry["role"] in ("viewer", "manager", "admin")
+    assert not any("prometheus.io" in str(d["spec"]["template"]["metadata"]) for d in
+                   objects("Deployment"))  # fmt: skip

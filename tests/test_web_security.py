@@ -551,3 +551,104 @@ def test_a_link_cannot_put_words_in_the_dashboard_s_notice(web_app: App) -> None
     assert "evil.example" not in forged.text and 'id="message"' not in forged.text
     assert "all of them" not in odd.text and "cancel: 0 changed, 2 refused" in odd.text
     assert "pause: 3 changed, 1 of other owners left as they were" in told.text
+
+
+def test_a_500_carries_the_same_security_headers_as_every_answer(
+    web_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient as Client
+
+    from workers.web import views
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in a route")
+
+    monkeypatch.setattr(views, "find_page", broken)
+    client = Client(served(web_app, host="127.0.0.1"), raise_server_exceptions=False,
+                    headers=bearer("viewer"), base_url="http://127.0.0.1")  # fmt: skip
+
+    answer = client.get("/api/jobs")
+
+    assert answer.status_code == 500
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert "a bug" not in answer.text and "log" in answer.json()["detail"]
+    assert "frame-ancestors 'none'" in answer.headers.get("content-security-policy", "")
+    assert answer.headers.get("x-content-type-options") == "nosniff"
+    assert answer.headers.get("cache-control") == "no-store"
+
+
+def _session_cookie(web_app: App, forwarded_allow: list[str]) -> str:
+    """The session cookie `workers web`'s server gives a request that a proxy on this
+    machine forwarded as HTTPS, with web.forwarded_allow as given."""
+    from workers.web.server import server_config
+
+    port = free_port()
+    settings = web_app.settings.model_copy(
+        update={"web": web_app.settings.web.model_copy(update={"forwarded_allow": forwarded_allow})}
+    )
+    config = server_config(served(web_app, settings, host="127.0.0.1", port=port), settings,
+                           "127.0.0.1", port)  # fmt: skip
+    config.lifespan = "off"
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=30, what="uvicorn")
+        import httpx
+
+        answer = httpx.get(
+            f"http://127.0.0.1:{port}/login",
+            headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"},
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    return next(c for c in answer.headers.get_list("set-cookie") if "workers_session" in c)
+
+
+def test_the_proxy_says_https_only_from_an_address_of_web_forwarded_allow(
+    web_app: App,
+) -> None:
+    """Behind an Ingress TLS ends at the proxy: its X-Forwarded-Proto makes the cookies
+    Secure when its address is trusted (web.forwarded_allow), and only then."""
+    trusted = _session_cookie(web_app, ["127.0.0.0/8"])
+    untrusted = _session_cookie(web_app, ["10.9.9.9"])
+
+    assert "secure" in trusted.lower(), trusted
+    assert "secure" not in untrusted.lower(), untrusted
+
+
+def test_a_forwarded_allow_that_is_no_address_is_refused_naming_it(
+    mongo_url: str, db_name: str
+) -> None:
+    from tests.conftest import settings_dict
+    from workers.errors import SettingsError
+    from workers.settings import validate
+
+    with pytest.raises(SettingsError, match=r"web\.forwarded_allow.*'ingress\.local'"):
+        validate(settings_dict(mongo_url, db_name, web__forwarded_allow=["ingress.local"]))
+
+
+def test_prometheus_scrapes_metrics_by_the_pods_address_with_a_token(web_app: App) -> None:
+    """As the ServiceMonitor of deploy/kubernetes/prometheus scrapes: by the pod's IP, which
+    no web.allowed_hosts names, with a token; a page by that address is still refused."""
+    settings = web_app.settings.model_copy(
+        update={
+            "web": web_app.settings.web.model_copy(update={"allowed_hosts": ["jobs.example.com"]})
+        }
+    )
+    web = served(web_app, settings, host="0.0.0.0", port=8181)
+    pod = TestClient(web, base_url="http://10.1.2.3:8181", client=("10.1.0.9", 50000))
+
+    scraped = pod.get("/metrics", headers=bearer("viewer"))
+    wrong = pod.get("/metrics", headers={"Authorization": "Bearer not-a-token"})
+    bare = pod.get("/metrics")
+    page = pod.get("/api/stats", headers=bearer("viewer"))
+    named = TestClient(web, base_url="http://jobs.example.com").get(
+        "/metrics", headers=bearer("viewer")
+    )
+
+    assert scraped.status_code == 200 and "workers_jobs" in scraped.text
+    assert wrong.status_code == 401
+    assert bare.status_code == 400 and page.status_code == 400
+    assert named.status_code == 200

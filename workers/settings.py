@@ -8,6 +8,7 @@ settings.example.json mirrors them and a test keeps the two in step.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -186,10 +187,29 @@ class WebSettings(_Section):
     # `workers web` on a loopback bind with no tokens: a client on this machine is admin.
     # Off (or any token configured): nobody gets in without credentials.
     trust_loopback: bool = True
-    # Cookies marked Secure: null = when the request came over HTTPS.
+    # Cookies marked Secure: null = when the request came over HTTPS (as the proxy says, if
+    # it is one of forwarded_allow).
     secure_cookies: bool | None = None
+    # The proxies whose X-Forwarded-Proto and X-Forwarded-For `workers web` believes: IP
+    # addresses or networks ("10.0.0.0/8"), or "*" where nothing but the proxy can reach it
+    # (the Kubernetes manifests: a NetworkPolicy admits only the Ingress controller).
+    forwarded_allow: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
     # The largest request body, in bytes (413 beyond it).
     max_body: int = Field(1_048_576, ge=1024)
+
+    @field_validator("forwarded_allow")
+    @classmethod
+    def _proxies(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            if proxy == "*":
+                continue
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f'{proxy!r} is not an IP address or network: use 10.1.2.3, 10.0.0.0/8 or "*"'
+                ) from None
+        return proxies
 
     @field_validator("allowed_hosts")
     @classmethod

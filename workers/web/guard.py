@@ -10,10 +10,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workers.web.access import principal
-from workers.web.problems import Problem, problem_response
+from workers.web.problems import PROBLEM_TYPE, Problem, problem_response
 
 # self only: no inline script or style, nothing from another site, never in a frame
 POLICY = (
@@ -30,6 +31,7 @@ HEADERS = {
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _ANONYMOUS_POSTS = frozenset({"/login"})  # its body is the credential
 PROBES = frozenset({"/healthz", "/readyz"})  # no auth, no Host check, no job data
+METRICS = "/metrics"
 
 
 class SecurityHeaders:
@@ -42,9 +44,12 @@ class SecurityHeaders:
             return
 
         static = _route_path(scope).startswith("/static/")
+        started = False
 
         async def with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 for name, value in HEADERS.items():
                     headers.setdefault(name, value)
@@ -53,7 +58,17 @@ class SecurityHeaders:
                 _relative(headers)
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        try:
+            await self.app(scope, receive, with_headers)
+        except Exception:
+            # Starlette's own 500 is made outside every middleware, without these headers:
+            # ours goes first, and the error goes on to be logged (the server then sees
+            # the response started and sends no second one)
+            if not started:
+                failed = Problem(500, "Internal error", "the server failed: its log says why")
+                answer = JSONResponse(failed.body(), 500, media_type=PROBLEM_TYPE)
+                await answer(scope, receive, with_headers)
+            raise
 
 
 def _relative(headers: MutableHeaders) -> None:
@@ -66,18 +81,26 @@ def _relative(headers: MutableHeaders) -> None:
 
 
 class HostCheck:
-    """Starlette's Host check (DNS rebinding) on everything but the probes: a kubelet or a
-    load balancer asks by the pod's or the host's address, and a probe tells nothing."""
+    """Starlette's Host check (DNS rebinding) on everything but the probes and a scrape
+    that brings a token: a kubelet, a load balancer or Prometheus asks by the pod's or the
+    host's address. A probe tells nothing; /metrics with an Authorization header is a
+    caller that holds a token (Gate checks it), which a page on a rebound name cannot
+    make a browser send."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: list[str]) -> None:
         self.app = app
         self.checked = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _route_path(scope) in PROBES:
+        if scope["type"] == "http" and _unchecked(scope):
             await self.app(scope, receive, send)
         else:
             await self.checked(scope, receive, send)
+
+
+def _unchecked(scope: Scope) -> bool:
+    path = _route_path(scope)
+    return path in PROBES or (path == METRICS and "authorization" in Headers(scope=scope))
 
 
 class Gate:

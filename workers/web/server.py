@@ -261,11 +261,7 @@ def run(
     previous = signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         web = served_app(settings, booted_app=booted_app, host=host, port=port)
-        config = uvicorn.Config(
-            web, host=host, port=port, root_path=root_path, log_level="warning",
-            timeout_graceful_shutdown=_GRACE,
-        )  # fmt: skip
-        _PatientServer(config).run()
+        _PatientServer(server_config(web, settings, host, port, root_path)).run()
     except SystemExit as stop:
         return int(stop.code or 0)
     except KeyboardInterrupt:  # Ctrl-C: uvicorn stopped, then raised it again (or a second one)
@@ -278,6 +274,18 @@ def run(
 
 
 _GRACE = 5  # seconds open connections get to finish once the server stops
+
+
+def server_config(
+    web: FastAPI, settings: Settings, host: str, port: int, root_path: str = ""
+) -> uvicorn.Config:
+    """How `workers web` serves: the scheme and the client's address are the proxy's
+    word (X-Forwarded-Proto, X-Forwarded-For) only from web.forwarded_allow."""
+    return uvicorn.Config(
+        web, host=host, port=port, root_path=root_path, log_level="warning",
+        timeout_graceful_shutdown=_GRACE, proxy_headers=True,
+        forwarded_allow_ips=settings.web.forwarded_allow,
+    )  # fmt: skip
 
 
 class _PatientServer(uvicorn.Server):
