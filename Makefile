@@ -48,8 +48,11 @@ lint: $(STAMP)
 
 # Test processes beside each other: the tests mostly wait (for processes to start, leases
 # to lapse, streams to wake), so 4 keep 2 cores busy where 2 left them 40% idle (the whole
-# suite's parallel part: 442 s with 2, 277 s with 4, on 2 cores).
+# suite's parallel part: 442 s with 2, 277 s with 4, on 2 cores); 6 found them 99% busy
+# and took longer. worksteal: an idle process takes half of the longest queue (with
+# xdist's default `load`, two processes sat idle for 100 s beside a queue of long tests).
 JOBS ?= 4
+XDIST = -n $(JOBS) --dist worksteal
 
 # The fast layer, to run after every change: lint, types, and the tests that are neither
 # slow nor tooling nor browser, side by side (the timing-bound ones after, on their own).
@@ -62,7 +65,7 @@ COMPILE = $(BIN)/python -m compileall -q workers tests app_jobs bench docgen
 check: lint
 	@$(COMPILE)
 	@start=$$(date +%s); \
-	$(BIN)/pytest -n $(JOBS) -m "$(FAST) and not serial" && $(BIN)/pytest -m "$(FAST) and serial"; \
+	$(BIN)/pytest $(XDIST) -m "$(FAST) and not serial" && $(BIN)/pytest -m "$(FAST) and serial"; \
 	code=$$?; echo "make check: tests in $$(( $$(date +%s) - start )) s"; exit $$code
 
 # The whole suite (the README's test command; .ci/run): 4 test processes for all but the serial
@@ -74,7 +77,7 @@ COV_FLOOR := 87
 test: lint browser
 	@$(COMPILE)
 	@start=$$(date +%s); \
-	$(BIN)/pytest -n $(JOBS) -m "not serial" --cov --cov-report= && \
+	$(BIN)/pytest $(XDIST) -m "not serial" --cov --cov-report= && \
 	$(BIN)/pytest -m serial --cov --cov-append --cov-report=term:skip-covered \
 	  --cov-fail-under=$(COV_FLOOR); \
 	code=$$?; echo "make test: $$(( $$(date +%s) - start )) s"; exit $$code
@@ -82,7 +85,7 @@ test: lint browser
 # The tooling checks alone: the docs site, the wheel, the deploy files, the API's schema,
 # the workflows (also part of make test).
 tooling: $(STAMP)
-	$(BIN)/pytest -n $(JOBS) -m tooling
+	$(BIN)/pytest $(XDIST) -m tooling
 
 # Format and fix what ruff can; then `make check`.
 format: $(STAMP)

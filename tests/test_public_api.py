@@ -108,7 +108,7 @@ def test_a_users_module_type_checks_in_strict_mode() -> None:
     """Every public name, typed params included, as a type checker follows them
     (`assert_type` in tests/typing_user/app.py): typing that regresses fails here."""
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "tests/typing_user/app.py"],
+        [sys.executable, "-m", "mypy", "--strict", "tests/typing_user/app.py"],
         cwd=ROOT,
         capture_output=True,
         text=True,
