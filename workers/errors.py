@@ -41,6 +41,11 @@ class ServerTooOld(WorkersError):
     """The MongoDB server is older than the queries of this version need."""
 
 
+class ServerUnsupported(WorkersError):
+    """The server is not MongoDB but an emulation of its API (Amazon DocumentDB, Azure
+    Cosmos DB)."""
+
+
 class StoreError(WorkersError):
     """MongoDB refused an operation."""
 

@@ -12,6 +12,7 @@ import contextlib
 import decimal
 import functools
 import itertools
+import logging
 import threading
 import time
 import urllib.parse
@@ -31,6 +32,7 @@ from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailu
 from workers.errors import (
     DatabaseUnavailable,
     ServerTooOld,
+    ServerUnsupported,
     SettingsError,
     StoreError,
     WorkersError,
@@ -51,8 +53,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 Document = dict[str, Any]
-# The oldest server the queries run on: `$isNumber` (4.4) and `hello` (4.4.2).
-MIN_SERVER = "4.4.2"
+_log = logging.getLogger("workers.store")
+
+# The oldest server the queue runs on: the queries need 4.4.2 ($isNumber, hello), and on
+# 4.4 every update by pipeline (a claim, an outcome, a renewal) writes the whole document
+# to the oplog, where 5.0 writes what changed (and 4.4 is out of support since 2024).
+MIN_SERVER = "5.0.0"
 _CLOCK_RESYNC = 60.0
 # mongo.write_concern -> MongoClient options. "auto" (the default) is majority on a replica
 # set or behind mongos, where a write only one member holds can be rolled back by a
@@ -325,7 +331,7 @@ class Connection:
         """The collections, at the primary and under the write concern in force."""
         # the queue's own reads go to the primary whatever the URL's readPreference: a claim
         # read back from a lagging secondary strands the jobs it took until their lease ends
-        concern = pymongo.WriteConcern(**_as_write_concern(self._write_concern))
+        concern = pymongo.WriteConcern(**_as_write_concern(self._write_concern, self.timeout))
         self.db: Database[Document] = self._client.get_database(
             database, read_preference=ReadPreference.PRIMARY, write_concern=concern
         )
@@ -360,6 +366,9 @@ class Connection:
         if self._write_concern == "auto":
             self._write_concern = auto_write_concern(hello)
             self._bind(self.db.name)
+        warning = arbiter_warning(hello, self._write_concern)
+        if warning:
+            _log.warning(warning)
         return self._write_concern
 
     def where(self) -> str:
@@ -392,14 +401,24 @@ class Connection:
 
     @translated
     def check_version(self) -> str:
-        """The server's version; ServerTooOld below `MIN_SERVER` (what the queries use)."""
+        """The server's version; ServerTooOld below `MIN_SERVER` (what the queries use),
+        ServerUnsupported for an emulation of MongoDB's API (told by its host names, as
+        pymongo tells them: both answer buildInfo with a MongoDB version)."""
+        emulation = emulated_by(self.url)
+        if emulation:
+            raise ServerUnsupported(
+                f"the database at {_hosts(self.url)} is {emulation}, which is not MongoDB: it "
+                "emulates a part of MongoDB's API and differs where the queue depends on it "
+                "(update pipelines with $$NOW, partial indexes, change streams, "
+                "transactions); run the queue on MongoDB 5.0 or newer"
+            )
         version = str(self._build_info().get("version", ""))
         too_old = version_tuple(version) < version_tuple(MIN_SERVER)
         if too_old:
             raise ServerTooOld(
                 f"MongoDB {version or '(no version)'} is older than {MIN_SERVER}, the oldest "
-                f"this version of workers runs on ($isNumber, hello); 6.0 or newer is "
-                f"recommended"
+                f"this version of workers runs on (on 4.4 each update by pipeline writes the "
+                f"whole document to the oplog); 6.0 or newer is recommended"
             )
         return version
 
@@ -418,13 +437,19 @@ class Connection:
         made on first use): the app's slow queries cannot starve the runtime's writes."""
         with self._app_lock:
             if self._app_client is None:
+                # the URL's write concern, where it names one: the app's writes are its own
+                concern = (
+                    {}
+                    if _sets_write_concern(self.url)
+                    else WRITE_CONCERNS[_provisional(self._write_concern)]
+                )
                 self._app_client = pymongo.MongoClient(
                     self.url,
                     tz_aware=True,
                     appname=f"{self._app_name}-app",
                     maxPoolSize=self._pool_size,
                     serverSelectionTimeoutMS=int(self.timeout * 1000),
-                    **WRITE_CONCERNS[_provisional(self._write_concern)],
+                    **concern,
                 )
             return self._app_client[self.db.name]
 
@@ -579,6 +604,58 @@ def _provisional(write_concern: str) -> str:
     return "journaled" if write_concern == "auto" else write_concern
 
 
-def _as_write_concern(write_concern: str) -> dict[str, Any]:
+def _as_write_concern(write_concern: str, timeout: float | None = None) -> dict[str, Any]:
+    """The collections' write concern; a majority one waits at most `timeout` s for the
+    other members (with none, a primary-secondary-arbiter set whose secondary is down
+    held every write until the socket timed out), then fails as a refused write."""
     options = WRITE_CONCERNS[_provisional(write_concern)]
-    return {"w": options["w"], "j": options["journal"]}
+    concern: dict[str, Any] = {"w": options["w"], "j": options["journal"]}
+    if options["w"] == "majority" and timeout:
+        concern["wtimeout"] = int(timeout * 1000)
+    return concern
+
+
+_EMULATIONS = {
+    ".docdb.amazonaws.com": "Amazon DocumentDB",
+    ".docdb-elastic.amazonaws.com": "Amazon DocumentDB",
+    ".cosmos.azure.com": "Azure Cosmos DB",
+}
+
+
+def _hosts(url: str) -> str:
+    """The URL's hosts, never its user or password."""
+    return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+
+
+def emulated_by(url: str) -> str | None:
+    """The product a URL's hosts name when it is an emulation of MongoDB, else None."""
+    for host in _hosts(url).lower().split(","):
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host
+        for suffix, product in _EMULATIONS.items():
+            if name.endswith(suffix):
+                return product
+    return None
+
+
+def arbiter_warning(hello: Document, write_concern: str) -> str | None:
+    """What to tell about a replica set with an arbiter under majority writes: while a
+    data-bearing member is down, the majority cannot acknowledge, and every write waits
+    for its wtimeout and fails. None where that cannot happen."""
+    arbiters = hello.get("arbiters") or []
+    if not arbiters or write_concern != "majority":
+        return None
+    return (
+        f"replica set {hello.get('setName')} has an arbiter ({', '.join(map(str, arbiters))}): "
+        "while one of its data-bearing members is down, majority writes cannot be "
+        "acknowledged and fail after mongo.timeout seconds; replace the arbiter with a "
+        "data-bearing member, or set mongo.write_concern to journaled (a failover may then "
+        "roll back the last writes)"
+    )
+
+
+def _sets_write_concern(url: str) -> bool:
+    """Whether the URL names a write concern (`w`, `journal`, `wtimeoutMS`): the app's own
+    client keeps it."""
+    query = urllib.parse.urlsplit(url).query.lower()
+    names = {part.split("=", 1)[0] for part in query.split("&") if part}
+    return bool(names & {"w", "journal", "j", "wtimeoutms"})

@@ -103,7 +103,7 @@ class LimitQueries(ClaimQueries):
         job_type, cap, rate = ask.job_type, ask.cap, ask.rate
         with session.start_transaction(  # leaving it by an exception aborts
             read_concern=ReadConcern("snapshot"),
-            write_concern=WriteConcern(**_as_write_concern(self.write_concern)),
+            write_concern=WriteConcern(**_as_write_concern(self.write_concern, self.timeout)),
             read_preference=ReadPreference.PRIMARY,
         ):
             doc = self.limits.find_one_and_update(
