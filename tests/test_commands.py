@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,24 @@ def test_bad_input_is_refused_with_the_reason(settings_file: Callable[..., Path]
         done = cli(settings, *args)
         assert done.returncode != 0 and said in done.stderr, (args, done.stderr)
     assert db["workers.jobs"].count_documents({}) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+def test_workers_status_reads_the_shared_counts_while_they_are_recent(
+    settings_file: Callable[..., Path], app: Any, db: Any
+) -> None:
+    """One document read, not every job counted: the snapshot the dashboard and /metrics
+    share, while younger than a minute; an older one is counted again, and shared."""
+    app.store.save_counts({("ready", "RecordJob"): 42}, took=0.5)  # no such jobs: a marker
+    settings = settings_file()
+
+    recent = json.loads(cli(settings, "status", "--json").stdout)
+    db["workers.metrics"].update_one(
+        {"_id": "counts"}, {"$set": {"at": datetime.now(UTC) - timedelta(hours=1)}}
+    )
+    counted = json.loads(cli(settings, "status", "--json").stdout)
+
+    assert recent["jobs"] == {"ready": 42} and recent["counted_seconds_ago"] < 60
+    assert counted["jobs"] == {} and counted["counted_seconds_ago"] == 0
+    assert app.store.recent_counts(60) == ({}, pytest.approx(0, abs=5))

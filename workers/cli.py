@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -300,10 +301,21 @@ def _health(settings: Settings, seconds: float) -> int:
     return 0 if health.well else 1
 
 
+# How old the shared counts (the dashboard's and /metrics') may be for `workers status`:
+# younger, it reads them (one document); older, it counts every job, and shares the count.
+STATUS_COUNTS_AGE = 60.0
+
+
 def _status(settings: Settings, as_json: bool) -> int:
     with app_module.connected(settings) as store:
+        recent = store.recent_counts(STATUS_COUNTS_AGE)
+        if recent is None:
+            began = time.monotonic()
+            recent = store.count_by_status_and_type(), 0.0
+            store.save_counts(recent[0], time.monotonic() - began)
+        pairs, age = recent
         by_type: dict[str, dict[str, int]] = {}
-        for (status, job_type), n in store.count_by_status_and_type().items():
+        for (status, job_type), n in pairs.items():
             by_type.setdefault(job_type, {})[status] = n
         now, lease = store.now(), settings.workers.queue.lease
         nodes = [_node_state(node, now, lease) for node in store.list_nodes()]
@@ -313,11 +325,12 @@ def _status(settings: Settings, as_json: bool) -> int:
         for status, n in row.items():
             totals[status] = totals.get(status, 0) + n
     if as_json:
-        report = {"jobs": dict(sorted(totals.items())), "nodes": nodes, "without_node": unrun}
+        report = {"jobs": dict(sorted(totals.items())), "nodes": nodes, "without_node": unrun,
+                  "counted_seconds_ago": round(age, 1)}  # fmt: skip
         print(json.dumps(report, default=str, sort_keys=True))
         return 0
     shown = ", ".join(f"{n} {status}" for status, n in sorted(totals.items()))
-    print(f"jobs: {shown or 'none'}")
+    print(f"jobs: {shown or 'none'}" + (f" (counted {age:.0f} s ago)" if age >= 1 else ""))
     for job_type, n in unrun.items():
         print(f"no live worker process runs {job_type}: its {n} job(s) to run wait for one")
     for node in nodes:

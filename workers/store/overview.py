@@ -51,6 +51,15 @@ class OverviewQueries(Connection):
         return doc
 
     @translated
+    def recent_counts(self, max_age: float) -> tuple[dict[tuple[str, str], int], float] | None:
+        """The shared snapshot's counts by (status, type) and their age, if it is younger
+        than `max_age` seconds: one read by `_id` where a count reads every job."""
+        snapshot = self.counts_snapshot()
+        if snapshot is None or snapshot["age"] >= max_age:
+            return None
+        return snapshot_pairs(snapshot), float(snapshot["age"])
+
+    @translated
     def save_counts(self, by_pair: dict[tuple[str, str], int], took: float) -> None:
         """Store counts taken in `took` seconds as the shared snapshot (and end the turn)."""
         pairs = [[status, job_type, n] for (status, job_type), n in sorted(by_pair.items())]
@@ -129,3 +138,9 @@ class OverviewQueries(Connection):
                  "hint": self.index(CLAIM_INDEX), "cursor": {}}  # fmt: skip
         plans["count by status and type"] = (count, self._explain(count))
         return plans
+
+
+def snapshot_pairs(snapshot: Document) -> dict[tuple[str, str], int]:
+    """The snapshot's counts by (status, type), as `count_by_status_and_type` gives them."""
+    pairs = snapshot.get("pairs") or []
+    return {(str(p[0]), str(p[1])): int(p[2]) for p in pairs if len(p) == 3}

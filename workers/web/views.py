@@ -16,6 +16,7 @@ from workers.app import App
 from workers.errors import Busy, WorkersError
 from workers.health import TO_RUN, without_node
 from workers.record import FOLLOWUPS, READY, STATUSES
+from workers.store.overview import snapshot_pairs
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,7 @@ class Counts:
         age = float(snapshot["age"])
         if age >= max(self._cache, RECOUNT_APART * float(snapshot.get("took") or 0)):
             self._recount_in_background(app, float(snapshot.get("took") or 0))
-        pairs = snapshot.get("pairs") or []
-        return {(str(p[0]), str(p[1])): int(p[2]) for p in pairs if len(p) == 3}, age
+        return snapshot_pairs(snapshot), age
 
     def _recount_in_background(self, app: App, took: float) -> None:
         if self._recount is not None and self._recount.is_alive():
