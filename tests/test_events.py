@@ -273,3 +273,26 @@ def test_catching_up_reads_every_finished_job_page_by_page(
     wait_for(lambda: len(got) >= 25, timeout=20, what="25 completions")
     subscription.close()
     assert sorted(got) == sorted(ids)
+
+
+def test_a_change_keeps_its_own_state_though_the_lookup_reads_a_later_one(app: App) -> None:
+    """A job failed and at once restarted: the stream is read after both, and MongoDB looks
+    the document up when it sends the first event (it is ready again by then). The first
+    event is still `failed`; a lease renewal and a log line make no stream event at all."""
+    job_id = str(Job.push(RecordJob()))
+    (claimed,) = app.store.claim("node#1", app.registry.types, 30, 1)
+    token = claimed["lease_owner"]
+    stream = app.store.state_changes()
+    try:
+        stream.open(max_wait=0.5)
+        app.store.renew_leases({job_id: token}, 30)
+        app.store.add_log(job_id, token, {"level": "info", "message": "a line"})
+        app.store.fail(job_id, token, {"message": "boom", "attempt": 1}, retry_in=None)
+        workers.jobs.restart([job_id])
+        seen = [stream.next_state() for _ in range(3)]
+    finally:
+        stream.close()
+    statuses = [state.document.get("status") if state else None for state in seen]
+    assert statuses[:2] == ["failed", "ready"], statuses
+    assert seen[0] is not None and seen[0].document["error"]["message"] == "boom"
+    assert statuses[2] is None  # nothing more: the renewal and the log line sent nothing

@@ -14,8 +14,12 @@ margin, and sends those it had not sent. Where the server has no change streams 
 it reads those every two seconds, so only the three finishing kinds are sent. Duplicates
 are rare: a finished job is sent again only when the listener has forgotten it (it keeps
 the last 20,000 jobs it saw) and then meets it again in a catch-up or a resumed stream.
-`started`, `progress` and `retried` are best effort: a change read by lookup after a
-later one (MongoDB reads the document when it sends the event) shows only the later.
+The stream carries only the changes that can make an event (of status, attempts,
+progress, result, error or finished: not a lease renewal, not a log line), and an
+update's own fields are laid over the document MongoDB looks up when it sends the
+event, so each event is the change's state even where the job changed again since.
+`started`, `progress` and `retried` are still best effort: a listener that is away
+and catches up sends only the finishing kinds.
 """
 
 from __future__ import annotations

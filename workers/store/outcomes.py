@@ -8,6 +8,7 @@ is by `_id`, so it costs one index lookup per id whatever the collection holds.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,14 +46,43 @@ class FinishedStream(ReadyStream):
     pipeline: ClassVar[list[Document]] = FINISHED_PIPELINE
 
 
-# what an event needs of a job; the document comes whole with a replace (SecantusDB's
-# pipeline updates) and by lookup with an update (MongoDB)
+# what an event needs of a job; the document comes whole with an insert or a replace, and
+# by lookup with an update (read when the event is sent: perhaps after later changes)
 EVENT_FIELDS = ("type", "status", "attempts", "progress", "result", "error", "updated",
                 "finished")  # fmt: skip
+# the fields whose change can make an event: an update that changes none of them (a lease
+# renewal, a log line) is left out on the server, lookup and all
+_EVENTFUL = "^(status|attempts|progress|result|error|finished)([.]|$)"
+_CHANGED_PATHS = {"$objectToArray": {"$ifNull": ["$updateDescription.updatedFields", {}]}}
 STATE_PIPELINE: list[Document] = [
-    {"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}},
-    {"$project": {"documentKey": 1, **{f"fullDocument.{name}": 1 for name in EVENT_FIELDS}}},
-]
+    {
+        "$match": {
+            "$or": [
+                {"operationType": {"$in": ["insert", "replace"]}},
+                {
+                    "operationType": "update",
+                    "$expr": {
+                        "$gt": [
+                            {"$size": {"$filter": {
+                                "input": _CHANGED_PATHS,
+                                "cond": {"$regexMatch": {"input": "$$this.k", "regex": _EVENTFUL}},
+                            }}},
+                            0,
+                        ]
+                    },
+                },
+            ]
+        }
+    },
+    {
+        "$project": {
+            "documentKey": 1,
+            "updateDescription.updatedFields": 1,
+            "updateDescription.removedFields": 1,
+            **{f"fullDocument.{name}": 1 for name in EVENT_FIELDS},
+        }
+    },
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,11 +102,43 @@ class StateStream(ReadyStream):
     @translated
     def next_state(self) -> JobState | None:
         """The next change (waiting at most the stream's wait); None if none came, or if
-        the job was gone by the lookup."""
+        the job was gone by the lookup. An update's own fields are laid over the document
+        looked up, so the state is the change's: a job failed and at once restarted is
+        `failed` in its event, though the lookup read it ready again."""
         event = self._next_event()
         if event is None or not isinstance(event.get("fullDocument"), dict):
             return None
-        return JobState(_job_id(event), event["fullDocument"])
+        return JobState(_job_id(event), as_changed(event["fullDocument"], event))
+
+
+def as_changed(document: Document, event: Document) -> Document:
+    """`document` (read at or after the change) with the change's own updated and removed
+    fields (dotted paths into subdocuments; array elements, as in the log, are left)."""
+    described = event.get("updateDescription")
+    if not isinstance(described, dict):
+        return document
+    state = copy.deepcopy(document)
+    for path, value in (described.get("updatedFields") or {}).items():
+        _set_path(state, str(path).split("."), value)
+    for path in described.get("removedFields") or []:
+        _set_path(state, str(path).split("."), None, remove=True)
+    return state
+
+
+def _set_path(doc: Document, parts: list[str], value: Any, *, remove: bool = False) -> None:
+    head, rest = parts[0], parts[1:]
+    if not rest:
+        if remove:
+            doc.pop(head, None)
+        else:
+            doc[head] = value
+        return
+    inner = doc.get(head)
+    if isinstance(inner, dict):
+        _set_path(inner, rest, value, remove=remove)
+    elif not remove and inner is None:
+        doc[head] = {}
+        _set_path(doc[head], rest, value)
 
 
 class OutcomeQueries(Connection):
