@@ -62,12 +62,23 @@ def assert_on_index(
     assert scanned and scanned[0] == index, f"{name}: expected an IXSCAN on {index}, got {stages}"
 
 
+# MongoDB's internalQueryMaxScansToExplode: the ranges a sorted scan may merge in order
+MAX_EXPLODED = 200
+
+
 def sort_follows_equalities(
     filter_: dict[str, Any], sort: dict[str, int], keys: dict[str, int]
 ) -> bool:
     """MongoDB's rule for a sort without a SORT stage: past the index keys the filter holds
-    equal (a value, or an `$in`: one range each, merged in order), the next keys are the
-    sort's, all in the index's direction or all against it."""
+    equal (a value, or an `$in`: one range each, merged in order, at most MAX_EXPLODED
+    ranges in all), the next keys are the sort's, all in the index's direction or all
+    against it."""
+    ranges = 1
+    for clause in filter_.values():
+        if isinstance(clause, dict) and isinstance(clause.get("$in"), list):
+            ranges *= max(1, len(clause["$in"]))
+    if ranges > MAX_EXPLODED:
+        return False
     rest = list(keys.items())
     while rest and is_equality(filter_.get(rest[0][0])) and rest[0][0] not in sort:
         rest.pop(0)

@@ -492,3 +492,32 @@ def test_a_holder_whose_scan_outlasts_a_second_is_waited_for_not_scanned_beside(
     assert len(waits) == 4, f"the waiter gave up on the holder after {len(waits)} looks"
     assert scans["n"] == 1, "only the holder scans"
     assert len(second) == 3 and not set(first) & {d["_id"] for d in second}
+
+
+def test_a_claim_over_more_types_than_a_sorted_scan_may_explode_goes_in_runs(
+    app: App, db: Any
+) -> None:
+    """Past 200 values of `$in` MongoDB sorts every match in memory: a node that runs 250
+    types scans them in runs of 200 and takes the best of all, in queue order."""
+    from tests.faulty import FaultyCollection
+    from tests.plans import MAX_EXPLODED
+    from workers.store.claims import CLAIM_SORT
+
+    types = [f"Type{n:03d}Job" for n in range(250)]
+    docs = [app.job_document(f"job-{n:03d}", t, {}, priority=("low" if n < 240 else "high"))
+            for n, t in enumerate(types)]  # fmt: skip
+    db[app.store.jobs.name].insert_many(docs)
+    scanned: list[int] = []
+
+    def record(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if name == "find" and kwargs.get("sort") == CLAIM_SORT:
+            scanned.append(len(args[0]["type"]["$in"]))
+        return None
+
+    app.store.jobs = FaultyCollection(app.store.jobs, record, AssertionError)  # type: ignore[assignment]
+    claimed = app.store.claim("node#1", types, 30, 10)
+    due = app.store.next_due(types)
+
+    assert scanned == [MAX_EXPLODED, 50]
+    assert sorted(doc["_id"] for doc in claimed) == [f"job-{n:03d}" for n in range(240, 250)]
+    assert due is not None

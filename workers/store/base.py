@@ -622,6 +622,17 @@ _EMULATIONS = {
 }
 
 
+# The most values of an `$in` a sorted scan may explode into, one index range each, to
+# read in index order (MongoDB's internalQueryMaxScansToExplode): past it, the planner
+# sorts every match in memory. A scan over more types goes in runs of this many.
+MAX_EXPLODED = 200
+
+
+def type_runs(types: list[str]) -> list[list[str]]:
+    """`types` in runs of at most MAX_EXPLODED (one run if they fit)."""
+    return [types[at : at + MAX_EXPLODED] for at in range(0, len(types), MAX_EXPLODED)] or [[]]
+
+
 def _hosts(url: str) -> str:
     """The URL's hosts, never its user or password."""
     return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]

@@ -27,7 +27,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from workers.errors import ClaimIncomplete
 from workers.record import FAILED, READY, RUNNING, SCHEDULED, error_document
-from workers.store.base import Document, after_now, number, translated
+from workers.store.base import Document, after_now, number, translated, type_runs
 from workers.store.indexes import IndexSpec
 from workers.store.schedule import (
     READY_TIMES_INDEX,
@@ -179,15 +179,25 @@ class ClaimQueries(SharedScanQueries, ScheduleQueries):
     def _candidates(
         self, types: list[str], now: datetime, wanted: int, held: int = 0
     ) -> list[Document]:
-        """The first candidates in queue order (ServerProfile.scan_size)."""
-        command = self._candidates_command(types, now, self.profile.scan_size(wanted, held))
+        """The first candidates in queue order (ServerProfile.scan_size); over more types
+        than one sorted scan may explode into (`type_runs`), the first of each run's, in
+        queue order."""
+        limit = self.profile.scan_size(wanted, held)
+        runs = type_runs(types)
+        found = [doc for run in runs for doc in self._candidates_of(run, now, limit)]
+        if len(runs) > 1:
+            found.sort(key=lambda doc: _queue_place(doc, now))
+        return found[:limit]
+
+    def _candidates_of(self, types: list[str], now: datetime, limit: int) -> list[Document]:
+        command = self._candidates_command(types, now, limit)
         found = self.jobs.find(
             command["filter"],
             command["projection"],
             sort=CLAIM_SORT,
             hint=self.scan_hint(CLAIM_INDEX),
-            limit=command["limit"],
-            batch_size=command["limit"],  # one reply, no getMore
+            limit=limit,
+            batch_size=limit,  # one reply, no getMore
         )
         return list(found)
 
@@ -196,7 +206,7 @@ class ClaimQueries(SharedScanQueries, ScheduleQueries):
         tests explain (hinted with the claim index, whatever the profile)."""
         return {
             "filter": self._due_query(types, now),
-            "projection": {"_id": 1, "priority": 1},
+            "projection": {"_id": 1, "priority": 1, "run_at": 1},
             "sort": dict(CLAIM_SORT),
             "hint": self.index(CLAIM_INDEX),
             "limit": limit,
@@ -340,6 +350,16 @@ class ClaimQueries(SharedScanQueries, ScheduleQueries):
         command = {"find": self.jobs.name, **self._candidates_command(types, self.now(), limit)}
         stats: Document = self._explain(command, "executionStats")["executionStats"]
         return stats
+
+
+def _queue_place(doc: Document, now: datetime) -> tuple[float, datetime]:
+    """A candidate's place in CLAIM_SORT order (priority, then due time)."""
+    priority = doc.get("priority")
+    run_at = doc.get("run_at")
+    return (
+        float(priority) if isinstance(priority, int | float) else 0.0,
+        run_at if isinstance(run_at, datetime) else now,
+    )
 
 
 def _still_ready(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from workers.record import HORIZON, READY, SCHEDULED
-from workers.store.base import Connection, Document, translated
+from workers.store.base import Connection, Document, translated, type_runs
 from workers.store.indexes import IndexSpec
 
 # Scheduled jobs by due time, partial on status scheduled: what is due now is a range at the
@@ -83,7 +83,11 @@ class ScheduleQueries(Connection):
         now = self.now()
         soonest = [now + NEXT_DUE_WINDOW]
         looked = now if after is None else min(after, now)
-        ready = self._first_run_at(self._next_ready_query(types, looked), READY_TIMES_INDEX)
+        firsts = [
+            self._first_run_at(self._next_ready_query(run, looked), READY_TIMES_INDEX)
+            for run in type_runs(types)
+        ]
+        ready = min((first for first in firsts if first), default=None)
         staged = self._first_run_at(self._next_due_query(now), SCHEDULE_INDEX)
         soonest += [ready] if ready else []
         soonest += [staged - HORIZON] if staged else []
