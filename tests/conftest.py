@@ -48,41 +48,60 @@ hypothesis_settings.register_profile("fuzz", max_examples=2000, deadline=None)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-# The heaviest tests first (measured with --durations=0 on 2 cores), one at the head of each
-# test process's share: pytest-xdist's worksteal (the Makefile's) hands each process an
-# equal run of the collection, and idle ones take the back half of the longest queue. In
-# file order, a long test collected last ran on while the others sat idle (the parallel
-# part: 389 s of tests over 4 processes took 470 s; dealt this way, 330 s took 360 s).
-HEAVIEST_FIRST = (
-    "test_plans_at_scale.py",
+# The heaviest tests (measured with --durations=0 on 2 cores), each starting many processes:
+# pytest-xdist's worksteal (the Makefile's) hands each test process an equal run of the
+# collection, and an idle one takes the back half of the longest queue. The heaviest go at
+# the head of the first two runs, so that at most two of them run at once on two cores (four
+# at once took half again as long each), and the rest are dealt in turn. In file order, with
+# xdist's `load`, a long test collected last ran on while the others sat idle.
+HEAVIEST = (
     "test_remote_far.py",
-    "test_faults.py",
+    "test_faults.py::test_ten_random_kills",
     "test_cron.py::test_three_nodes",
+    "test_retention.py::test_finished_jobs_expire",
+    "test_faults.py::test_a_database_restart",
+    "test_plans_at_scale.py",
+    "test_rolling_deploy.py",
+    "test_at_scale.py",
     "test_bulk.py::test_an_action_on_a_thousand",
     "test_web_schema.py::test_every_operation",
-    "test_retention.py::test_finished_jobs_expire",
-    "test_rolling_deploy.py",
+    "test_faults.py::test_kill_9_during_long_jobs",
 )
+HEAVY_AT_ONCE = 2
 
 
-@pytest.hookimpl(trylast=True)  # after -m and -k deselected theirs: the shares are of the rest
+def _heaviness(item: pytest.Item) -> int:
+    """The place in HEAVIEST, then the other slow tests, then the rest."""
+    for place, name in enumerate(HEAVIEST):
+        if name in item.nodeid:
+            return place
+    return len(HEAVIEST) + (0 if item.get_closest_marker("slow") else 1)
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k deselected theirs: the runs are of the rest
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The heaviest first, in that order, then the other slow tests, then the rest, in file
-    order (a stable sort: every test process collects the same order, as xdist requires),
-    dealt in turn to the test processes' shares."""
-
-    def rank(item: pytest.Item) -> int:
-        for place, name in enumerate(HEAVIEST_FIRST):
-            if name in item.nodeid:
-                return place
-        return len(HEAVIEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
-
-    items.sort(key=rank)
+    """The collection as the test processes' runs, one after another (a stable order:
+    every process collects the same, as xdist requires)."""
+    items.sort(key=_heaviness)
     processes = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    # worksteal's shares grow by one towards the last (len // processes left): the dealt
-    # runs grow towards the first, so they go in reverse
-    dealt = [items[share::processes] for share in reversed(range(processes))]
-    items[:] = [item for run in dealt for item in run]
+    if processes < 2:
+        return
+    sizes, left = [], len(items)
+    for share in range(processes):  # worksteal's: len // processes, the extra ones last
+        sizes.append(left // (processes - share))
+        left -= sizes[-1]
+    runs: list[list[pytest.Item]] = [[] for _ in sizes]
+    heavy = [item for item in items if _heaviness(item) < len(HEAVIEST)]
+    lanes = min(HEAVY_AT_ONCE, processes)
+    for place, item in enumerate(heavy):
+        runs[place % lanes].append(item)
+    turn = 0
+    for item in items[len(heavy) :]:
+        while len(runs[turn % processes]) >= sizes[turn % processes]:
+            turn += 1
+        runs[turn % processes].append(item)
+        turn += 1
+    items[:] = [item for run in runs for item in run]
 
 
 def free_port() -> int:
