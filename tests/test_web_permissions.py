@@ -159,7 +159,8 @@ def test_a_person_logs_in_with_a_token_and_forms_need_the_csrf_token(web_app: Ap
 
 def test_a_forged_cross_site_api_post_with_the_login_cookie_is_refused(web_app: App) -> None:
     browser = client_for(web_app)
-    browser.cookies.set("workers_token", token_of("admin"))
+    logged = browser.post("/login", data={"token": token_of("admin"), "csrf": page_csrf(browser)})
+    assert logged.status_code == 303
 
     forged = browser.post("/api/jobs", json={"type": "RecordJob"})
     csrf = page_csrf(browser)

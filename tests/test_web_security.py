@@ -652,3 +652,142 @@ def test_prometheus_scrapes_metrics_by_the_pods_address_with_a_token(web_app: Ap
     assert wrong.status_code == 401
     assert bare.status_code == 400 and page.status_code == 400
     assert named.status_code == 200
+
+
+def test_a_token_past_its_expiry_is_refused(make_settings: Callable[..., Settings]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from workers.web.auth import hash_token
+
+    soon = datetime.now(UTC) + timedelta(days=1)
+    tokens = [
+        {"name": "old", "role": "viewer", "sha256": hash_token("old-token"),
+         "expires": (datetime.now(UTC) - timedelta(seconds=1)).isoformat()},
+        {"name": "new", "role": "viewer", "sha256": hash_token("new-token"),
+         "expires": soon.isoformat()},
+    ]  # fmt: skip
+    app = workers.boot(settings=make_settings(web__tokens=tokens))
+    try:
+        client = client_for(app)
+        old = client.get("/api/stats", headers={"Authorization": "Bearer old-token"})
+        new = client.get("/api/stats", headers={"Authorization": "Bearer new-token"})
+    finally:
+        workers.shutdown()
+    assert old.status_code == 401 and new.status_code == 200
+
+
+def test_a_client_that_fails_too_often_waits_and_the_others_do_not(web_app: App) -> None:
+    """Ten failed credentials in a minute: that client's next attempts, a right token or
+    the login form included, get 429 with Retry-After; another client is let in."""
+    guesser = client_for(web_app, client=("198.51.100.20", 40000))
+    other = client_for(web_app, client=("198.51.100.21", 40000))
+
+    failed = [guesser.get("/api/stats", headers={"Authorization": f"Bearer guess-{n}"})
+              for n in range(10)]  # fmt: skip
+    locked = guesser.get("/api/stats", headers=bearer("viewer"))
+    csrf = page_csrf(guesser)
+    login = guesser.post("/login", data={"token": token_of("viewer"), "csrf": csrf})
+    let_in = other.get("/api/stats", headers=bearer("viewer"))
+
+    assert [answer.status_code for answer in failed] == [401] * 10
+    assert locked.status_code == 429 and 0 < int(locked.headers["retry-after"]) <= 60
+    assert "too many failed credentials" in locked.json()["detail"]
+    assert login.status_code == 429
+    assert let_in.status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.processes
+def test_sighup_reads_the_tokens_again_without_a_restart(
+    settings_file: Callable[..., Any], tmp_path: Any
+) -> None:
+    """A token removed from the settings stops working, and one added works, once
+    `workers web` gets SIGHUP; settings that no longer load keep the tokens in force."""
+    import json
+    import signal
+    import subprocess
+
+    import httpx
+
+    from tests.conftest import workers_command, workers_env
+    from workers.web.auth import hash_token
+
+    def tokens(*names: str) -> list[dict[str, str]]:
+        return [{"name": n, "role": "viewer", "sha256": hash_token(f"{n}-token")} for n in names]
+
+    path = settings_file(web__tokens=tokens("alice"))
+    port = free_port()
+    log = tmp_path / "web.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            workers_command("web", "--settings", str(path), "--port", str(port)),
+            cwd=tmp_path, env=workers_env(), stdout=out, stderr=out,
+        )  # fmt: skip
+
+    def status(name: str) -> int:
+        headers = {"Authorization": f"Bearer {name}-token"}
+        return httpx.get(f"http://127.0.0.1:{port}/api/stats", headers=headers).status_code
+
+    try:
+        wait_for(lambda: raw_status(port, "/healthz", f"127.0.0.1:{port}") == 200,
+                 timeout=60, what="workers web")  # fmt: skip
+        before = (status("alice"), status("bob"))
+        settings = json.loads(path.read_text())
+        settings["web"]["tokens"] = tokens("bob")
+        path.write_text(json.dumps(settings))
+        server.send_signal(signal.SIGHUP)
+        wait_for(lambda: status("bob") == 200, timeout=30, what="bob's token after SIGHUP")
+        after = (status("alice"), status("bob"))
+        path.write_text("{not json")
+        server.send_signal(signal.SIGHUP)
+        wait_for(lambda: b"the tokens were not reloaded" in log.read_bytes(), timeout=30,
+                 what="the failed reload to be logged")  # fmt: skip
+        kept = status("bob")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert before == (200, 401) and after == (401, 200) and kept == 200
+
+
+def test_a_login_is_a_server_side_session_that_logout_ends_for_every_process(
+    web_app: App,
+) -> None:
+    """The cookie holds a session id, never the token; a logout in one web process ends
+    the session in all of them (a copy of the cookie, replayed, is refused); a session
+    that ended, or whose token left the settings, lets nobody in."""
+    one, other = client_for(web_app), client_for(web_app)  # two web processes, one database
+    logged = one.post("/login", data={"token": token_of("viewer"), "csrf": page_csrf(one)})
+    session = one.cookies.get("workers_token")
+    assert logged.status_code == 303 and session and token_of("viewer") not in session
+    other.cookies.set("workers_token", session)
+    before = other.get("/api/stats").status_code
+
+    csrf = page_csrf(one)
+    out = one.post("/logout", data={"csrf": csrf})
+    replayed = client_for(web_app)
+    replayed.cookies.set("workers_token", session)
+    after = (other.get("/api/stats").status_code, replayed.get("/api/stats").status_code)
+
+    assert before == 200 and out.status_code == 303 and after == (401, 401)
+    again = client_for(web_app)
+    again.post("/login", data={"token": token_of("viewer"), "csrf": page_csrf(again)})
+    web_app.store.web.update_many(
+        {"_id": {"$regex": "^session:"}}, {"$set": {"expires": web_app.store.now()}}
+    )
+    assert again.get("/api/stats").status_code == 401
+
+
+@pytest.mark.parametrize(("expires", "reason"), [
+    ("next friday", "is not an ISO 8601 date"),
+    ("2027-01-31T00:00:00", "has no time zone"),
+])  # fmt: skip
+def test_a_token_expiry_that_is_no_moment_is_refused_naming_it(
+    mongo_url: str, db_name: str, expires: str, reason: str
+) -> None:
+    from tests.conftest import settings_dict
+    from workers.errors import SettingsError
+    from workers.settings import validate
+
+    token = {"name": "t", "role": "viewer", "sha256": "0" * 64, "expires": expires}
+    with pytest.raises(SettingsError, match=rf"web\.tokens\.0\.expires.*{reason}"):
+        validate(settings_dict(mongo_url, db_name, web__tokens=[token]))

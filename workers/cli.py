@@ -24,7 +24,7 @@ from workers import settings as settings_module
 from workers.cron import iso
 from workers.errors import DatabaseUnavailable, WorkersError
 from workers.retrying import Backoff
-from workers.settings import Settings
+from workers.settings import Settings, TokenSettings
 from workers.terminal import block, printable
 from workers.version import DISTRIBUTION
 
@@ -270,7 +270,9 @@ def _report(app: app_module.App) -> int:
     return 0
 
 
-def _serve(settings: Settings, host: str | None, port: int | None, root_path: str) -> int:
+def _serve(
+    settings: Settings, host: str | None, port: int | None, root_path: str, path: str | None
+) -> int:
     try:
         from workers.web.server import run
     except ImportError as exc:
@@ -278,7 +280,13 @@ def _serve(settings: Settings, host: str | None, port: int | None, root_path: st
             f"workers web needs the web extra ({exc.name} is missing): "
             f"pip install '{DISTRIBUTION}[web]'"
         ) from None
-    return run(settings, host, port, root_path)
+
+    def tokens() -> list[TokenSettings]:
+        """The tokens as the settings say now (file, WORKERS_* and _FILE variables): read
+        again on SIGHUP, so a token removed or added takes effect without a restart."""
+        return settings_module.load(path).web.tokens
+
+    return run(settings, host, port, root_path, reload_tokens=tokens)
 
 
 def _token(name: str, role: str) -> int:
@@ -419,5 +427,5 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "cron": lambda a, s: _cron(s),
     "jobs": commands_module.run,
     "push": commands_module.run,
-    "web": lambda a, s: _serve(s, a.host, a.port, a.root_path),
+    "web": lambda a, s: _serve(s, a.host, a.port, a.root_path, a.settings),
 }

@@ -12,11 +12,13 @@ import ipaddress
 import json
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from dotenv import load_dotenv
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -173,6 +175,23 @@ class TokenSettings(_Section):
     deny: list[RuleAction] = Field(
         default_factory=list, description="never these actions (deny wins over allow)"
     )
+    expires: AwareDatetime | None = Field(
+        None, description="from then on the token is refused (ISO 8601 with a zone; null: never)"
+    )
+
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _moment(cls, value: object) -> object:
+        """JSON has no dates: an ISO 8601 text ("2027-01-31T00:00:00Z"), with its zone."""
+        if not isinstance(value, str):
+            return value
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 date and time") from None
+        if moment.tzinfo is None:
+            raise ValueError(f"{value!r} has no time zone: add Z or +hh:mm")
+        return moment
 
 
 class WebSettings(_Section):
@@ -187,6 +206,9 @@ class WebSettings(_Section):
     # `workers web` on a loopback bind with no tokens: a client on this machine is admin.
     # Off (or any token configured): nobody gets in without credentials.
     trust_loopback: bool = True
+    # Seconds a login lasts: the browser holds a session id (never the token), which a
+    # logout ends at once for every web process.
+    session_ttl: float = Field(8 * 3600.0, gt=0)
     # Cookies marked Secure: null = when the request came over HTTPS (as the proxy says, if
     # it is one of forwarded_allow).
     secure_cookies: bool | None = None

@@ -6,7 +6,7 @@ atomic and which index serves it. One module per collection.
 
 from __future__ import annotations
 
-from workers.store import claims, dependencies, jobs, lifecycle, metrics, nodes, schedule
+from workers.store import claims, dependencies, jobs, lifecycle, metrics, nodes, schedule, web
 from workers.store.base import Document, bson_problem, new_id
 from workers.store.claims import CLAIM_INDEX
 from workers.store.cron import CronQueries
@@ -29,6 +29,7 @@ INDEXES: tuple[IndexSpec, ...] = (
     *lifecycle.INDEXES,
     *nodes.INDEXES,
     *metrics.INDEXES,
+    *web.INDEXES,
 )
 RETIRED_INDEXES = (
     *claims.RETIRED_INDEXES,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import math
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from workers.app import App
 from workers.web.auth import OWNERS, Authenticator, Principal, owners_of
-from workers.web.problems import Problem, forbidden, unauthorized
+from workers.web.problems import Problem, forbidden, too_many, unauthorized
 
 SESSION_COOKIE, CSRF_HEADER, CSRF_FIELD = "workers_session", "x-csrf-token", "csrf"
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -50,13 +51,50 @@ async def principal(request: Request) -> Principal:
     if isinstance(cached, Principal):
         return cached
     auth: Authenticator = request.app.state.auth
+    client = client_address(request)
+    presented = auth.presents_credentials(request)
+    if presented:
+        refuse_while_locked_out(auth, client)
     found = await auth.identify(request)
+    if found is None and presented:
+        auth.failures.failed(client)
     if found is None and not auth.configured:
         raise forbidden(_NO_AUTH_LOCAL if auth.trust_loopback else _NO_AUTH)
     if found is None:
         raise unauthorized()
     request.state.principal = found
     return found
+
+
+class StoredSessions:
+    """The login sessions in the database (store/web.py), lasting `seconds` each."""
+
+    def __init__(self, get_app: Callable[[], App], seconds: float) -> None:
+        self._get_app, self._seconds = get_app, seconds
+
+    def open(self, token_sha256: str) -> str:
+        return self._get_app().store.open_session(token_sha256, self._seconds)
+
+    def token_of(self, session: str) -> str | None:
+        return self._get_app().store.session_token(session)
+
+    def close(self, session: str) -> None:
+        self._get_app().store.close_session(session)
+
+
+def client_address(request: Request) -> str:
+    """The client's address (as the proxy says, where web.forwarded_allow trusts it)."""
+    return request.client.host if request.client else "unknown"
+
+
+def refuse_while_locked_out(auth: Authenticator, client: str) -> None:
+    """429 while `client` has failed too many times of late (auth.FailedAttempts)."""
+    wait = auth.failures.wait(client)
+    if wait > 0:
+        raise too_many(
+            f"too many failed credentials from {client}: try again in {math.ceil(wait)} s",
+            math.ceil(wait),
+        )
 
 
 _HOW = "set web.tokens in the settings, or pass auth= to workers.web.app()"

@@ -39,8 +39,8 @@ from workers.web.problems import Problem, not_found, responses
 Status = Enum("Status", {status: status for status in STATUSES}, type=str)  # type: ignore[misc]
 Action = Enum("Action", {action: action for action in ALLOWED}, type=str)  # type: ignore[misc]
 MAX_IDS = 1000
-_READ = responses(401, 403, 422, 503)
-_WRITE = responses(401, 403, 404, 409, 422, 503)
+_READ = responses(401, 403, 422, 429, 503)
+_WRITE = responses(401, 403, 404, 409, 422, 429, 503)
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -247,7 +247,7 @@ JobId = Annotated[str, Path(min_length=1, max_length=200)]
 @router.get(
     "/jobs/{job_id}",
     response_model=JobDetail,
-    responses=responses(401, 403, 404, 422, 503),
+    responses=responses(401, 403, 404, 422, 429, 503),
     summary="Read one job: its params, log, result, error and timeline.",
 )
 def get_job(job_id: JobId, app: App_, _: Annotated[Principal, Depends(reader)]) -> JobDetail:
@@ -266,7 +266,7 @@ class Waited(BaseModel):
 @router.get(
     "/jobs/{job_id}/wait",
     response_model=Waited,
-    responses=responses(401, 403, 404, 422, 503),
+    responses=responses(401, 403, 404, 422, 429, 503),
     summary="Wait up to `timeout` seconds for a job to finish, then read it.",
 )
 async def wait_for_job(
@@ -415,7 +415,7 @@ def nodes(app: App_, _: Annotated[Principal, Depends(reader)]) -> list[dict[str,
     "/events",
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "one event per job event"},
-        **responses(401, 403, 422, 503),
+        **responses(401, 403, 422, 429, 503),
     },
     tags=["queue"],
     summary="Follow the job events live: server-sent events, one per event of `kinds`.",

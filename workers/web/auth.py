@@ -11,10 +11,11 @@ The roles are jobCollection's, plus a read-only one:
 | viewer  | yes  | no   | no                |
 
 Who is who, in this order: a `Bearer` API token (settings `web.tokens`, kept as
-SHA-256 digests and compared in constant time), the same token in the login
-cookie, then the host app's resolver (`workers.web.app(auth=...)`), which also
-sees a Bearer token that is not one of ours (the host app's own JWTs). With
-neither tokens nor a resolver, a client on this machine is admin only where
+SHA-256 digests and compared in constant time), a login session (the cookie holds
+its id; the database, the token it was opened with), then the host app's resolver
+(`workers.web.app(auth=...)`), which also sees a Bearer token that is not one of
+ours (the host app's own JWTs). With neither tokens nor a resolver, a client on this
+machine is admin only where
 loopback is trusted: `workers web` on a loopback bind with `web.trust_loopback`
 on (the default), and a client that no proxy forwarded. Anywhere else (mounted
 in a host app, trust off) nobody gets in without credentials: deny by default.
@@ -22,14 +23,20 @@ in a host app, trust off) nobody gets in without credentials: deny by default.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import inspect
 import ipaddress
 import secrets
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from starlette.concurrency import run_in_threadpool
 
 from workers.settings import ROLES, RuleAction, TokenSettings
 
@@ -144,6 +151,15 @@ def is_local(request: Request) -> bool:
     return request.client is not None and is_loopback(request.client.host)
 
 
+class Sessions(Protocol):
+    """Where the login sessions live (the database's `web` collection: every web process
+    sees the same ones, and a logout ends one for all of them)."""
+
+    def open(self, token_sha256: str) -> str: ...
+    def token_of(self, session: str) -> str | None: ...
+    def close(self, session: str) -> None: ...
+
+
 class Authenticator:
     def __init__(
         self,
@@ -151,14 +167,29 @@ class Authenticator:
         resolver: Resolver | None,
         *,
         trust_loopback: bool = False,
+        sessions: Sessions | None = None,
     ) -> None:
         self._tokens = list(tokens)
         self._resolver = resolver
         self.trust_loopback = trust_loopback and not self.configured
+        self.failures = FailedAttempts()
+        self.sessions = sessions
+
+    def replace_tokens(self, tokens: Sequence[TokenSettings]) -> None:
+        """The tokens from now on (a reload on SIGHUP): loopback trust, off once any token
+        was configured, stays off."""
+        self._tokens = list(tokens)
+        self.trust_loopback = self.trust_loopback and not self.configured
 
     @property
     def configured(self) -> bool:
         return bool(self._tokens) or self._resolver is not None
+
+    @staticmethod
+    def presents_credentials(request: Request) -> bool:
+        """A Bearer header or the login cookie: an attempt that may fail, and is counted."""
+        bearer = request.headers.get("authorization", "")[:7].lower() == "bearer "
+        return bearer or TOKEN_COOKIE in request.cookies
 
     async def identify(self, request: Request) -> Principal | None:
         """The principal of `request`, or None (unknown: 401, or 403 with no auth)."""
@@ -168,8 +199,10 @@ class Authenticator:
             if found or self._resolver is None:
                 return found
         cookie = request.cookies.get(TOKEN_COOKIE)
-        if cookie and (principal := self.by_token(cookie, "cookie")):
-            return principal
+        if cookie and self.sessions is not None:
+            digest = await run_in_threadpool(self.sessions.token_of, cookie)
+            if digest and (principal := self.by_digest(digest, "cookie")):
+                return principal
         if self._resolver is not None:
             return await self._resolve(request)
         if self.trust_loopback and is_local(request):
@@ -177,13 +210,16 @@ class Authenticator:
         return None
 
     def by_token(self, token: str, via: str) -> Principal | None:
-        """Every digest is compared (in constant time), so the time taken says nothing."""
-        digest = hash_token(token)
+        return self.by_digest(hash_token(token), via)
+
+    def by_digest(self, digest: str, via: str) -> Principal | None:
+        """Every digest is compared (in constant time), so the time taken says nothing; a
+        token past its `expires`, or no longer in the settings, is no token."""
         found = None
         for entry in self._tokens:
             if hmac.compare_digest(digest, entry.sha256):
                 found = entry
-        if found is None:
+        if found is None or (found.expires is not None and found.expires <= _now()):
             return None
         types = frozenset(found.types) if found.types is not None else None
         allow = frozenset(found.allow) if found.allow is not None else None
@@ -203,6 +239,48 @@ class Authenticator:
         raise TypeError(
             f"the auth resolver must return a Principal, (name, role) or None; got {resolved!r}"
         )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class FailedAttempts:
+    """Credentials that failed, per client address: past `most` in `window` seconds, the
+    client's every attempt is refused until the oldest of them leaves the window (a token
+    cannot be guessed at the rate the server answers). In memory, per web process; at most
+    `clients` addresses are followed (the longest quiet are forgotten first)."""
+
+    def __init__(self, most: int = 10, window: float = 60.0, clients: int = 10_000) -> None:
+        self.most, self.window, self.clients = most, window, clients
+        self._failed: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def wait(self, client: str) -> float:
+        """Seconds `client` must wait before it may try again (0: it may now)."""
+        with self._lock:
+            times = self._recent(client)
+            if len(times) < self.most:
+                return 0.0
+            return max(0.0, times[-self.most] + self.window - time.monotonic())
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            times = self._recent(client)
+            times.append(time.monotonic())
+            self._failed[client] = times
+            self._failed.move_to_end(client)
+            while len(self._failed) > self.clients:
+                self._failed.popitem(last=False)
+
+    def _recent(self, client: str) -> collections.deque[float]:
+        times = self._failed.get(client, collections.deque(maxlen=self.most))
+        since = time.monotonic() - self.window
+        while times and times[0] <= since:
+            times.popleft()
+        return times
 
 
 def owners_of(docs: Iterable[dict[str, Any]]) -> dict[str, Any]:

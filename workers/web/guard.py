@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from workers.errors import WorkersError
 from workers.web.access import principal
-from workers.web.problems import PROBLEM_TYPE, Problem, problem_response
+from workers.web.problems import PROBLEM_TYPE, Problem, from_workers_error, problem_response
 
 # self only: no inline script or style, nothing from another site, never in a frame
 POLICY = (
@@ -117,6 +118,9 @@ class Gate:
                 await principal(request)
             except Problem as problem:
                 await problem_response(request, problem)(scope, receive, send)
+                return
+            except WorkersError as exc:  # the sessions' database did not answer: 503
+                await problem_response(request, from_workers_error(exc))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

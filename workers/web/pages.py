@@ -29,13 +29,15 @@ from workers.web.access import (
     cached_counts,
     check_csrf,
     check_ownership,
+    client_address,
     cookie_options,
     csrf_token,
     principal,
     reader,
+    refuse_while_locked_out,
     scope_of,
 )
-from workers.web.auth import TOKEN_COOKIE, Principal
+from workers.web.auth import TOKEN_COOKIE, Principal, hash_token
 from workers.web.problems import Problem, forbidden, not_found
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -270,15 +272,20 @@ def login(
 ) -> Response:
     """Keep a valid API token in an HttpOnly, SameSite=Strict cookie."""
     check_csrf(request, ANONYMOUS, csrf)
-    found = request.app.state.auth.by_token(token.strip(), "cookie")
+    auth, client = request.app.state.auth, client_address(request)
+    refuse_while_locked_out(auth, client)
+    found = auth.by_token(token.strip(), "cookie")
     if found is None:
+        auth.failures.failed(client)
         response = render(
             request, "login.html", None, page="login", next=_local_path(next), failed=True
         )
         response.status_code = 401
         return response
     response = RedirectResponse(base_path(request) + _local_path(next), status_code=303)
-    response.set_cookie(TOKEN_COOKIE, token.strip(), **cookie_options(request))
+    # a session of its own, ended by logout for every web process: never the token itself
+    session = auth.sessions.open(hash_token(token.strip()))
+    response.set_cookie(TOKEN_COOKIE, session, **cookie_options(request))
     return response
 
 
@@ -287,6 +294,9 @@ async def logout(request: Request) -> Response:
     who = await principal(request)
     form = await request.form()
     check_csrf(request, who, str(form.get("csrf", "")))
+    session = request.cookies.get(TOKEN_COOKIE)
+    if session and request.app.state.auth.sessions is not None:
+        await run_in_threadpool(request.app.state.auth.sessions.close, session)
     response = RedirectResponse(base_path(request) + "/login", status_code=303)
     options = cookie_options(request)
     response.delete_cookie(TOKEN_COOKIE, path=options["path"], secure=options["secure"],

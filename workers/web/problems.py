@@ -39,6 +39,10 @@ TYPES = {
     "invalid-request": "the body or the query does not fit the route (`errors` names the field)",
     "content-too-large": "the request body is over web.max_body bytes",
     "database-unavailable": "MongoDB did not answer in time: try again",
+    "busy": "the web process runs as many text searches as it may: try again (Retry-After)",
+    "too-many-requests": "too many failed credentials from this client of late: wait for "
+    "Retry-After",
+    "internal-error": "the server failed: its log says why",
     "request-failed": "the queue refused the request (the detail says why)",
     "error": "any other HTTP error",
 }
@@ -77,6 +81,10 @@ def unauthorized(
     detail: str = "no valid credentials: send an API token (Bearer) or log in",
 ) -> Problem:
     return Problem(401, "Unauthorized", detail)
+
+
+def too_many(detail: str, retry_after: int) -> Problem:
+    return Problem(429, "Too many requests", detail, retry_after=retry_after)
 
 
 def forbidden(detail: str, **extra: Any) -> Problem:
@@ -128,6 +136,7 @@ _DESCRIPTIONS = {
     404: "No job has that id",
     409: "The job's status does not allow the action",
     422: "The request or the job is invalid",
+    429: "Too many failed credentials from this client of late (see Retry-After)",
     503: "The database is unavailable, or the web process is busy (see Retry-After)",
 }
 
@@ -144,7 +153,11 @@ def problem_response(request: Request, problem: Problem) -> Response:
     page: ErrorPage | None = getattr(request.app.state, "error_page", None)
     if page and wants_html and not request.url.path.startswith(_api_prefix(request)):
         return page(request, problem)
-    headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "2"}}.get(problem.status)
+    headers = {
+        401: {"WWW-Authenticate": "Bearer"},
+        429: {"Retry-After": str(problem.extra.get("retry_after", 60))},
+        503: {"Retry-After": "2"},
+    }.get(problem.status)
     return JSONResponse(problem.body(), problem.status, headers=headers, media_type=PROBLEM_TYPE)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -23,11 +24,11 @@ import workers.web.work as work
 from workers import app as app_module
 from workers.app import App
 from workers.dispatch import Dispatcher
-from workers.errors import DatabaseUnavailable, SettingsError, StoreError
+from workers.errors import DatabaseUnavailable, SettingsError, StoreError, WorkersError
 from workers.registry import Registry
-from workers.settings import Settings
+from workers.settings import Settings, TokenSettings
 from workers.version import __version__
-from workers.web.access import Rule, Rules, Session, booted, reader
+from workers.web.access import Rule, Rules, Session, StoredSessions, booted, reader
 from workers.web.auth import (
     LOCAL_HOSTS,
     LOOPBACK_NAMES,
@@ -39,6 +40,8 @@ from workers.web.auth import (
 from workers.web.guard import BodyLimit, Gate, HostCheck, SecurityHeaders
 from workers.web.live import Feed, events
 from workers.web.metrics import CONTENT_TYPE, render
+
+log = logging.getLogger(__name__)
 
 _STATIC = Path(__file__).parent / "static"
 
@@ -85,7 +88,12 @@ def create_app(
     )
     web.state.booted = get_app
     web.state.rules = Rules(allow, deny)
-    web.state.auth = Authenticator(settings.web.tokens, auth, trust_loopback=trust_loopback)
+    web.state.auth = Authenticator(
+        settings.web.tokens,
+        auth,
+        trust_loopback=trust_loopback,
+        sessions=StoredSessions(get_app, settings.web.session_ttl),
+    )
     web.state.counts = views.Counts(get_app, settings.web.cache)
     web.state.feed = feed
     web.state.dispatcher = dispatcher
@@ -232,10 +240,14 @@ def _add_streams(web: FastAPI) -> None:
 
 
 def run(
-    settings: Settings, host: str | None = None, port: int | None = None, root_path: str = ""
+    settings: Settings,
+    host: str | None = None,
+    port: int | None = None,
+    root_path: str = "",
+    reload_tokens: Callable[[], list[TokenSettings]] | None = None,
 ) -> int:
     """`workers web`: boot, then serve until Ctrl-C. With no tokens configured it listens on
-    this machine only, and says so."""
+    this machine only, and says so. SIGHUP reads the tokens again (`reload_tokens`)."""
     host = host or settings.web.host
     port = port or settings.web.port
     if not settings.web.tokens and host not in LOCAL_HOSTS:
@@ -261,6 +273,8 @@ def run(
     previous = signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         web = served_app(settings, booted_app=booted_app, host=host, port=port)
+        if reload_tokens is not None:
+            signal.signal(signal.SIGHUP, lambda *_: _reload_tokens(web, reload_tokens))
         _PatientServer(server_config(web, settings, host, port, root_path)).run()
     except SystemExit as stop:
         return int(stop.code or 0)
@@ -271,6 +285,19 @@ def run(
         app_module.shutdown()
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _reload_tokens(web: FastAPI, read: Callable[[], list[TokenSettings]]) -> None:
+    """SIGHUP: the tokens as the settings say now; settings that no longer load keep the
+    tokens in force, and say why."""
+    try:
+        tokens = read()
+    except WorkersError as exc:
+        log.error("SIGHUP: the tokens were not reloaded, the old ones stay: %s", exc)
+        return
+    web.state.auth.replace_tokens(tokens)
+    log.warning("SIGHUP: %d token(s) reloaded: %s", len(tokens),
+                ", ".join(token.name for token in tokens) or "none")  # fmt: skip
 
 
 _GRACE = 5  # seconds open connections get to finish once the server stops

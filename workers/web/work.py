@@ -17,7 +17,7 @@ from workers.web.auth import Principal
 from workers.web.problems import Problem, responses
 
 MAX_JOBS = 100
-_REPORT = responses(401, 403, 409, 422, 503)
+_REPORT = responses(401, 403, 409, 422, 429, 503)
 
 router = APIRouter(prefix="/api/work", tags=["work"])
 
@@ -154,7 +154,7 @@ JobId = Annotated[str, Path(min_length=1, max_length=200)]
 @router.post(
     "",
     response_model=Work,
-    responses=responses(401, 403, 422, 503),
+    responses=responses(401, 403, 422, 429, 503),
     summary="Take up to `max` jobs of `types`, waiting up to `wait` seconds for one.",
 )
 async def take_work(body: WorkRequest, request: Request, who: Worker, dispatch: Dispatch) -> Work:
