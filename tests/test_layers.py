@@ -65,3 +65,19 @@ def test_only_the_store_package_talks_to_pymongo() -> None:
         and not module_name(path).startswith("workers.store")
     )
     assert users == []
+
+
+def test_the_fast_layer_leaves_out_the_browser_tests() -> None:
+    """make check's selection collects none of them (a second `pytestmark =` once dropped
+    the mark, and the fast layer drove Chromium for 30 s)."""
+    import subprocess
+    import sys
+
+    fast = "not slow and not tooling and not browser"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "-m", fast, "tests/test_web_browser.py"],
+        cwd=PACKAGE.parent, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "test_web_browser.py::" not in done.stdout, done.stdout
+    assert "deselected" in done.stdout, done.stdout + done.stderr

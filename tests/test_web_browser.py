@@ -28,15 +28,17 @@ from workers.settings import Settings
 from workers.web.server import served_app
 from workers.worker import Worker
 
-pytestmark = pytest.mark.browser
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="no chromium/chromedriver installed (make test installs Debian's chromium and "
-    "chromium-driver with apt)",
-)
+# both marks: a second `pytestmark =` dropped `browser`, and make check ran these (30 s)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not (CHROMIUM and DRIVER),
+        reason="no chromium/chromedriver installed (make test installs Debian's chromium and "
+        "chromium-driver with apt)",
+    ),
+]
 SHOTS = os.environ.get("WORKERS_SCREENSHOTS")
 
 
