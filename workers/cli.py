@@ -47,9 +47,10 @@ class StructuredFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """The message, then the record's extra fields as JSON: one line, whatever text a
         job put in it (its control characters and line breaks escaped, a traceback's kept)."""
-        record = logging.makeLogRecord(
-            {**vars(record), "msg": printable(record.getMessage()), "args": None}
-        )
+        message = record.getMessage()
+        shown = printable(message)
+        if shown != message or record.exc_info or record.exc_text:  # a copy: other handlers
+            record = logging.makeLogRecord({**vars(record), "msg": shown, "args": None})
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

@@ -78,25 +78,28 @@ def translated(method: Callable[P, T]) -> Callable[P, T]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
-        except ConnectionFailure as exc:
-            first_line = str(exc).split(", Timeout:")[0]
-            raise DatabaseUnavailable(f"MongoDB is unreachable: {first_line}") from exc
         except OperationFailure as exc:
             store = args[0] if args else None
             if not (_hint_gone(exc) and isinstance(store, Connection) and store.forget_hints()):
-                raise StoreError(f"MongoDB refused {method.__name__}: {exc}") from exc
+                raise _ours(method.__name__, exc) from exc
         except (PyMongoError, bson.errors.BSONError) as exc:
-            raise StoreError(f"MongoDB refused {method.__name__}: {exc}") from exc
+            raise _ours(method.__name__, exc) from exc
         # once more, without the hints to indexes that are gone; what the first try wrote is
         # written again under the same conditions (status, owner), which the server checks
         try:
             return method(*args, **kwargs)
-        except ConnectionFailure as exc:
-            raise DatabaseUnavailable(f"MongoDB is unreachable: {exc}") from exc
         except (PyMongoError, bson.errors.BSONError) as exc:
-            raise StoreError(f"MongoDB refused {method.__name__}: {exc}") from exc
+            raise _ours(method.__name__, exc) from exc
 
     return wrapper
+
+
+def _ours(operation: str, exc: Exception) -> WorkersError:
+    """A driver's error as ours: unreachable, or refused (naming the operation)."""
+    if isinstance(exc, ConnectionFailure):
+        first_line = str(exc).split(", Timeout:")[0]
+        return DatabaseUnavailable(f"MongoDB is unreachable: {first_line}")
+    return StoreError(f"MongoDB refused {operation}: {exc}")
 
 
 def _hint_gone(exc: OperationFailure) -> bool:
@@ -234,7 +237,12 @@ def bounded_entry(entry: Document) -> Document:
 def released_key() -> Any:
     """`unique_key` once the job finished: an app's key is free again (null); cron's tick
     key stays, since a tick fires once, ever."""
-    return {"$cond": [{"$eq": [{"$type": "$unique"}, "string"]}, None, "$unique_key"]}
+    return {"$cond": [is_type("string", "$unique"), None, "$unique_key"]}
+
+
+def is_type(kind: str, field: str) -> Document:
+    """An aggregation expression: is `field` of BSON type `kind`?"""
+    return {"$eq": [{"$type": field}, kind]}
 
 
 def after_now(seconds: float) -> Any:
@@ -375,8 +383,8 @@ class Connection:
         """Which server and database this store uses, for the boot log: the hosts of the
         URL, the replica set (after `check_server`), the database and the user, never the
         password."""
-        netloc = self.url.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
-        user, _, hosts = netloc.rpartition("@")
+        user = urllib.parse.urlsplit(self.url).netloc.rpartition("@")[0]
+        hosts = _hosts(self.url)
         name = urllib.parse.unquote(user.split(":", 1)[0]) if user else "none"
         replica = f", replica set {self.replica_set}" if self.replica_set else ""
         version = self._build_info().get("version", "?")
@@ -464,6 +472,11 @@ class Connection:
     def scan_hint(self, name: str) -> str | None:
         """The hint of a scan: the index, or none where the server profile plans better."""
         return self.hint(name) if self.profile.hint_scans else None
+
+    def scan_hint_option(self, name: str) -> dict[str, Any]:
+        """`scan_hint` as keyword arguments: a count refuses `hint=None`."""
+        hint = self.scan_hint(name)
+        return {"hint": hint} if hint else {}
 
     def forget_hints(self) -> bool:
         """After a hint named an index that is gone: read which are, and query those
@@ -615,13 +628,6 @@ def _as_write_concern(write_concern: str, timeout: float | None = None) -> dict[
     return concern
 
 
-_EMULATIONS = {
-    ".docdb.amazonaws.com": "Amazon DocumentDB",
-    ".docdb-elastic.amazonaws.com": "Amazon DocumentDB",
-    ".cosmos.azure.com": "Azure Cosmos DB",
-}
-
-
 # The most values of an `$in` a sorted scan may explode into, one index range each, to
 # read in index order (MongoDB's internalQueryMaxScansToExplode): past it, the planner
 # sorts every match in memory. A scan over more types goes in runs of this many.
@@ -636,6 +642,13 @@ def type_runs(types: list[str]) -> list[list[str]]:
 def _hosts(url: str) -> str:
     """The URL's hosts, never its user or password."""
     return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+
+
+_EMULATIONS = {
+    ".docdb.amazonaws.com": "Amazon DocumentDB",
+    ".docdb-elastic.amazonaws.com": "Amazon DocumentDB",
+    ".cosmos.azure.com": "Azure Cosmos DB",
+}
 
 
 def emulated_by(url: str) -> str | None:

@@ -40,6 +40,7 @@ from workers.record import (
 from workers.store.base import (
     Document,
     appended,
+    is_type,
     new_id,
     number,
     ready_or_scheduled,
@@ -451,16 +452,12 @@ SEARCH_PARAMS_BYTES = 16_000  # params larger than this are not searched
 SEARCH_LOG_ENTRIES, SEARCH_LOG_CHARS = 20, 500  # the newest entries, the start of each
 
 
-def _is(kind: str, field: str) -> Document:
-    return {"$eq": [{"$type": field}, kind]}
-
-
 # What a text search reads of each job: at most about 16 + 8 + 10 kB, whatever it holds.
 SEARCHED: Document = {
     **SUMMARY,
     "params": {
         "$cond": [
-            {"$and": [_is("object", "$params"),
+            {"$and": [is_type("object", "$params"),
                       {"$lte": [{"$bsonSize": "$params"}, SEARCH_PARAMS_BYTES]}]},
             "$params",
             "$$REMOVE",
@@ -472,18 +469,18 @@ SEARCHED: Document = {
         "$map": {
             "input": {"$slice": [{"$cond": [{"$isArray": "$log"}, "$log", []]},
                                  -SEARCH_LOG_ENTRIES]},
-            "in": {"$cond": [_is("string", "$$this.message"),
+            "in": {"$cond": [is_type("string", "$$this.message"),
                              {"$substrCP": ["$$this.message", 0, SEARCH_LOG_CHARS]}, ""]},
         }
     },
 }  # fmt: skip
-_HAS_UNIQUE = _is("string", "$unique")
+_HAS_UNIQUE = is_type("string", "$unique")
 
 
 def _text(field: str) -> Document:
     """A field as a string, "" if it is not one (a bad document must not fail a bulk
     restart: $strLenCP and $concat refuse anything else)."""
-    return {"$cond": [_is("string", field), field, ""]}
+    return {"$cond": [is_type("string", field), field, ""]}
 
 
 _TYPE, _OWNER = _text("$type"), _text("$owner")

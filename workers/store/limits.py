@@ -154,10 +154,10 @@ class LimitQueries(ClaimQueries):
     def _running(self, job_type: str, session: ClientSession) -> int:
         """The type's running jobs, on the claim index (status, type): at most the cap,
         plus any whose holders died and whose leases are not yet rescued."""
-        hint = self.scan_hint(CLAIM_INDEX)
-        options: dict[str, Any] = {"hint": hint} if hint else {}
         query = {"status": RUNNING, "type": job_type}
-        return self.jobs.count_documents(query, session=session, **options)
+        return self.jobs.count_documents(
+            query, session=session, **self.scan_hint_option(CLAIM_INDEX)
+        )
 
     def _first_due(
         self, job_type: str, now: datetime, limit: int, session: ClientSession
@@ -193,12 +193,12 @@ class LimitQueries(ClaimQueries):
         if window is not None:
             doc = self.limits.find_one({"_id": job_type}, {"starts": 1})
             starts = len(_in_window(doc, now, window))
-        hint = self.scan_hint(READY_TIMES_INDEX)
-        on_index: dict[str, Any] = {"hint": hint} if hint else {}
         return {
             "running": self.jobs.count_documents({"status": RUNNING, "type": job_type}),
             "ready": self.jobs.count_documents(
-                _backlog(job_type, now), limit=BACKLOG_CAP, **on_index
+                _backlog(job_type, now),
+                limit=BACKLOG_CAP,
+                **self.scan_hint_option(READY_TIMES_INDEX),
             ),
             "starts": starts,
         }
