@@ -106,13 +106,17 @@ def unbounded_fields(
     if "_id" in keys and len(keys) == 1 and is_equality(filter_.get("_id")):
         return []
     partial = partial or {}
-    return [
-        field
-        for field, clause in filter_.items()
-        if field not in keys
-        and partial.get(field) != clause
-        and not (field == "$expr" and _referenced(clause) <= set(keys))
-    ]
+    found: list[str] = []
+    for field, clause in filter_.items():
+        if field in ("$and", "$or"):  # each branch bounded as a filter of its own
+            found += [f for branch in clause for f in unbounded_fields(branch, keys, partial)]
+        elif (
+            field not in keys
+            and partial.get(field) != clause
+            and not (field == "$expr" and _referenced(clause) <= set(keys))
+        ):
+            found.append(field)
+    return found
 
 
 def _referenced(expression: Any) -> set[str]:

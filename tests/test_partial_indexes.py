@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.plans import sort_follows_equalities
+from tests.plans import sort_follows_equalities, unbounded_fields
 from workers.app import App
 
 
 def _implied(filter_: dict[str, Any], partial: dict[str, Any]) -> bool:
     """Whether `filter_` repeats every clause of `partial`, as an equal value or, for an
-    operator clause, the same operators with the same values beside its own."""
+    operator clause, the same operators with the same values beside its own (at the top or
+    in one branch of an `$and`, whose branches all hold)."""
+    if any(_implied(branch, partial) for branch in filter_.get("$and", [])):
+        return True
     for field, wanted in partial.items():
         got = filter_.get(field)
         if isinstance(wanted, dict):
@@ -35,12 +38,15 @@ def test_every_query_hinted_to_a_partial_index_repeats_its_filter(app: App) -> N
         **app.store.hot_path_queries(app.registry.types),
         **app.store.lifecycle_queries(),
         **app.store.overview_queries(),
+        **app.store.catch_up_queries(),
     }
     hinted = {
         name: command for name, (command, _) in commands.items() if command.get("hint") in partial
     }
 
-    assert {"stage due", "next due", "unique holder"} <= set(hinted), sorted(hinted)
+    assert {"stage due", "next due", "unique holder", "finished since"} <= set(hinted), sorted(
+        hinted
+    )
     for name, command in hinted.items():
         filter_ = command["filter"]
         assert _implied(filter_, partial[command["hint"]]), (name, filter_)
@@ -65,3 +71,15 @@ def test_the_order_rule_itself() -> None:
     assert not sort_follows_equalities(ready, {"run_at": 1}, claim)  # priority in between
     assert not sort_follows_equalities(ready, {"priority": 1, "run_at": -1}, claim)
     assert sort_follows_equalities(ready, {"run_at": 1}, {"type": 1, "run_at": 1})
+
+
+def test_the_bounded_rule_reads_every_branch() -> None:
+    keys, partial = {"finished": 1, "_id": 1}, {"finished": {"$type": "date"}}
+    page = [{"finished": {"$gt": 1}}, {"finished": 1, "_id": {"$gt": "a"}}]
+    assert (
+        unbounded_fields({"$and": [{"finished": {"$gte": 0}}, {"$or": page}]}, keys, partial) == []
+    )
+    off_index = {"$and": [{"finished": {"$gte": 0}}, {"$or": [*page, {"status": "ready"}]}]}
+    assert unbounded_fields(off_index, keys, partial) == ["status"]
+    assert not _implied({"$and": [{"finished": {"$gte": 0}}]}, partial)
+    assert _implied({"$and": [{"finished": {"$type": "date", "$gte": 0}}, {"_id": 1}]}, partial)

@@ -65,6 +65,7 @@ EXPECTED = {
     "completions together": "_id_",
     "completions read-back": "_id_",
     "rescue": "rescue",
+    "finished since": "finished_at",  # a listener catching up (listening.py)
     # the lifecycle: the lists, the cascades, the sweep, the unique key
     **LIFECYCLE_INDEXES,
     # the dashboard and /metrics
@@ -97,6 +98,7 @@ def commands(crowded: App) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
         **crowded.store.lease_queries(),
         **crowded.store.lifecycle_queries(),
         **crowded.store.overview_queries(),
+        **crowded.store.catch_up_queries(),
     }
 
 

@@ -3,6 +3,7 @@ view of a stored job: workers.jobs.get and find, refresh."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -183,3 +184,33 @@ def test_find_and_every_cascade_query_runs_on_an_index(app: App) -> None:
     for name, (command, plan) in queries.items():
         explain = lambda cmd: app.store.explain_find(cmd)  # noqa: E731
         assert_on_index(name, command, plan, LIFECYCLE_INDEXES[name], explain)
+
+
+def test_the_finished_jobs_are_read_back_page_by_page_on_their_own_index(app: App) -> None:
+    """What a listener catches up on after an outage (listening.py): every job finished
+    since a moment, in (finished, _id) order, page after page however many there are; on
+    the `finished_at` index, so the read is bounded by the jobs it returns, never by all
+    the finished jobs retention keeps (issue 37, item 13)."""
+    now = app.store.now()
+    ids = [job_in(app, ("completed", "failed", "cancelled")[n % 3]) for n in range(7)]
+    live = [job_in(app, status) for status in ("ready", "running", "waiting")]
+    early = job_in(app, "completed")
+    moments = [now, now, now + timedelta(seconds=1), now + timedelta(seconds=1)] + [
+        now + timedelta(seconds=n) for n in (2, 3, 4)
+    ]  # ties too: the page's key is (finished, _id)
+    for job_id, moment in zip(ids, moments, strict=True):
+        app.store.jobs.update_one({"_id": job_id}, {"$set": {"finished": moment}})
+    app.store.jobs.update_one({"_id": early}, {"$set": {"finished": now - timedelta(minutes=1)}})
+    read: list[str] = []
+    after = None
+    while True:
+        page = app.store.finished_since(now, after, limit=3)
+        read += [doc["_id"] for doc in page]
+        if len(page) < 3:
+            break
+        after = (page[-1]["finished"], page[-1]["_id"])
+    expected = [job_id for _, job_id in sorted(zip(moments, ids, strict=True))]
+    assert read == expected and not set(live) & set(read) and early not in read
+    ((command, plan),) = app.store.catch_up_queries().values()
+    explain = lambda cmd: app.store.explain_find(cmd)  # noqa: E731
+    assert_on_index("finished since", command, plan, "finished_at", explain)

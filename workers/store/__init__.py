@@ -6,7 +6,17 @@ atomic and which index serves it. One module per collection.
 
 from __future__ import annotations
 
-from workers.store import claims, dependencies, jobs, lifecycle, metrics, nodes, schedule, web
+from workers.store import (
+    claims,
+    dependencies,
+    jobs,
+    lifecycle,
+    metrics,
+    nodes,
+    outcomes,
+    schedule,
+    web,
+)
 from workers.store.base import Document, bson_problem, new_id
 from workers.store.claims import CLAIM_INDEX
 from workers.store.cron import CronQueries
@@ -27,6 +37,7 @@ INDEXES: tuple[IndexSpec, ...] = (
     *jobs.INDEXES,
     *dependencies.INDEXES,
     *lifecycle.INDEXES,
+    *outcomes.INDEXES,
     *nodes.INDEXES,
     *metrics.INDEXES,
     *web.INDEXES,

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from workers.record import FINISHED
 from workers.store.base import Connection, Document, translated
+from workers.store.indexes import IndexSpec
 from workers.store.stream import ReadyStream, _job_id
 
 # an update event (MongoDB), a replace event (SecantusDB's pipeline updates) or a delete
@@ -48,6 +49,17 @@ class FinishedStream(ReadyStream):
 
 # what an event needs of a job; the document comes whole with an insert or a replace, and
 # by lookup with an update (read when the event is sent: perhaps after later changes)
+FINISHED_AT_INDEX = "finished_at"
+# the finished jobs by when they finished: a `finished` date is set by the finishing write
+# and unset by a restart, so the partial index holds the finished jobs only (the catch-up)
+INDEXES = (
+    IndexSpec(
+        "jobs",
+        FINISHED_AT_INDEX,
+        (("finished", 1), ("_id", 1)),
+        partial={"finished": {"$type": "date"}},
+    ),
+)
 EVENT_FIELDS = ("type", "status", "attempts", "progress", "result", "error", "updated",
                 "finished")  # fmt: skip
 # the fields whose change can make an event: an update that changes none of them (a lease
@@ -161,13 +173,35 @@ class OutcomeQueries(Connection):
     ) -> list[Document]:
         """A page of the jobs that finished at `since` or later, in (`finished`, `_id`)
         order, after `after` (the last page's last): what a listener catches up on when its
-        stream could not resume, page by page however many finished meanwhile. Rare, so
-        it reads through the `listing` index's statuses and checks `finished` by document."""
-        query: Document = {"status": {"$in": list(FINISHED)}, "finished": {"$gte": since}}
+        stream could not resume, page by page however many finished meanwhile."""
+        command = self._finished_since_command(since, after, limit)
+        found = self.jobs.find(
+            command["filter"], command["projection"], sort=list(command["sort"].items())
+        )
+        hint = self.hint(FINISHED_AT_INDEX)
+        return list((found.hint(hint) if hint else found).limit(limit))
+
+    def _finished_since_command(
+        self, since: datetime, after: tuple[datetime, Any] | None, limit: int
+    ) -> Document:
+        """On the `finished_at` index (partial: a `finished` date is set by the finishing
+        write and unset by a restart, so it names the finished jobs): a range read bounded
+        by the page, whatever number of finished jobs retention keeps."""
+        query: Document = {"finished": {"$type": "date", "$gte": since}}
         if after is not None:
             moment, last = after
             later = [{"finished": {"$gt": moment}}, {"finished": moment, "_id": {"$gt": last}}]
             query = {"$and": [query, {"$or": later}]}
-        fields = {name: 1 for name in EVENT_FIELDS}
-        found = self.jobs.find(query, fields).sort([("finished", 1), ("_id", 1)]).limit(limit)
-        return list(found)
+        return {
+            "filter": query,
+            "projection": {name: 1 for name in EVENT_FIELDS},
+            "sort": {"finished": 1, "_id": 1},
+            "limit": limit,
+        }
+
+    def catch_up_queries(self) -> dict[str, tuple[Document, Document]]:
+        """The catch-up read, as (find command, plan), a page after a page."""
+        after = (self.now(), "explain-a")
+        command = self._finished_since_command(self.now(), after, 1_000)
+        find = {"find": self.jobs.name, **command, "hint": self.index(FINISHED_AT_INDEX)}
+        return {"finished since": (find, self._explain(find))}
