@@ -260,6 +260,25 @@ def test_a_delayed_job_still_runs_at_its_time_when_another_job_wakes_the_claimer
     assert db.executions.find_one({"job_id": later})["server_time"] >= doc["run_at"]
 
 
+@pytest.mark.slow
+def test_a_job_resumed_before_its_run_at_runs_at_its_time(idle_app: App, db: Any) -> None:
+    """A resume makes a job ready by its status alone: the event carries no run_at, so the
+    claimer cannot know when it comes due. Its woken claim finds the job not due yet; the
+    claimer reads the next due time again then, instead of keeping an answer from before
+    the resume (the end of the 30 s window: the job waited for it)."""
+    later = Job.push(RecordJob(n=9), delay=6)
+    workers.jobs.pause([later])
+    with running(idle_app) as worker:
+        wait_for(lambda: streaming(worker), timeout=SOON, what="the wake-up stream")
+        wait_for(lambda: worker._due[0], timeout=SOON, what="the claimer's next due time")
+        workers.jobs.resume([later])
+        resumed = idle_app.store.get_job(later)
+        assert resumed is not None and resumed["status"] == "ready"
+        assert idle_app.store.now() < resumed["run_at"], "resumed after its run_at: no test"
+        doc = wait_for(lambda: finished(idle_app, later), timeout=SOON, what="the resumed job")
+    assert db.executions.find_one({"job_id": later})["server_time"] >= doc["run_at"]
+
+
 def test_a_worker_that_loses_a_burst_it_was_woken_for_looks_for_the_rest_at_once(
     make_settings: Callable[..., Settings],
 ) -> None:

@@ -51,6 +51,11 @@ class Wakeup:
         self._due: datetime | None = None
         self._woken: dict[Any, int] = {}  # jobs the stream reported ready now -> priority
         self._scan = True  # a look by scan is due (a poke, the clock, an event without an id)
+        # jobs made ready by their status alone (a resume, a release, a stage): the event
+        # did not say when they come due. Kept from clear() to the wait's end, then handed
+        # to the claimer as `undated`: one not claimed may be due later than it knows
+        self._undated: set[Any] = set()
+        self.undated: frozenset[Any] = frozenset()
         self._stop = threading.Event()
         self._healthy = threading.Event()
         self._busy_since: float | None = None  # monotonic; None while the claimer waits
@@ -97,6 +102,7 @@ class Wakeup:
         with self._cond:
             self._ready = self._scan = False
             self._woken = {}
+            self._undated = set()
 
     def wait(self, next_due: datetime | None) -> list[Any] | None:
         """Sleep until a job is ready, until the next due time (the database clock), or the
@@ -119,6 +125,7 @@ class Wakeup:
                     break
                 self._cond.wait(seconds)
             self.due_reached = self._reached(next_due)
+            self.undated = frozenset(self._undated)
             if not self._ready or self._scan or not self._woken or self.due_reached:
                 return None
             return sorted(self._woken, key=self._woken.__getitem__)
@@ -146,6 +153,8 @@ class Wakeup:
     def _note(self, change: ReadyChange) -> None:
         with self._cond:
             run_at = change.run_at
+            if run_at is None and not change.scheduled:
+                self._undated.add(change.job_id)
             if change.scheduled:  # staged a HORIZON before it; not said when: stage at once
                 run_at = run_at - HORIZON if run_at else _LONG_AGO
             elif run_at is not None and self._seconds_until(run_at) <= 0:

@@ -212,6 +212,7 @@ class Worker:
             backoff.reset()
             self._linger = min(_LINGER_MAX, time.monotonic() - began)
             self._pool.hand_over(docs)
+            self._forget_due_if_undated_missed(docs)
             # a burst woke us with more ids than we tried, and others took those we tried:
             # the rest may still be ready, so look by a scan now rather than at the next wake
             lost_a_burst = woken is not None and len(woken) > free and len(docs) < free
@@ -232,6 +233,13 @@ class Worker:
                 self._due = (False, None)  # next one (a second retry's) is read again
             self._wakeup.due_reached = False
             self._claimer.stage()
+
+    def _forget_due_if_undated_missed(self, docs: list[dict[str, Any]]) -> None:
+        """A job the stream reported ready without its run_at (a resume, a release) that
+        the claim did not take may come due before the last answer: read it again."""
+        undated, self._wakeup.undated = self._wakeup.undated, frozenset()
+        if undated - {doc.get("_id") for doc in docs}:
+            self._due = (False, None)
 
     def _next_due(self) -> datetime | None:
         """When the next delayed job is due: one indexed read when the last answer may be
