@@ -10,16 +10,18 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import bson
 import pymongo
 import pytest
 
 import workers
 from tests.conftest import settings_dict, wait_for, workers_command, workers_env
 from tests.headless_node import HeadlessNode
+from tests.limitjobs import HoldJob
 from tests.web_support import client_for
 from workers.app import App
 from workers.claimer import Claimer
@@ -233,6 +235,39 @@ def test_a_rate_claim_says_when_its_window_opens(limited_app: App) -> None:
     assert second.jobs == [] and second.retry_at is not None
     opens = second.retry_at - min(doc["started"] for doc in first.jobs)
     assert timedelta(seconds=59) < opens <= timedelta(seconds=61)
+
+
+def test_the_rate_window_is_a_few_counters_however_many_jobs_start(limited_app: App) -> None:
+    """A claim rewrote the window's record whole, and it kept one date per start (up to
+    the rate's count, 10,000 at most). It keeps a counter per slice of the window now: a
+    few dozen bytes per slice, however many start, and the count it allows is exact."""
+    limited_app.push_many([HoldJob() for _ in range(700)])
+    taken = 0
+    for n in range(14):
+        ask = LimitedAsk(f"test#{n}", "HoldJob", 30, 50, rate=(600, 60.0))
+        taken += len(limited_app.store.claim_limited(ask).jobs)
+    assert taken == 600  # the window's count, to the job
+    record = limited_app.store.limits.find_one({"_id": "HoldJob"})
+    assert record is not None
+    assert len(bson.encode(record)) <= 200 + 40 * (store_limits.SLICES + 1), record
+    refused = limited_app.store.claim_limited(LimitedAsk("t#x", "HoldJob", 30, 1, rate=(600, 60.0)))
+    assert refused.jobs == [] and refused.waiting and refused.retry_at is not None
+    assert limited_app.store.limit_use("HoldJob", 60.0)["starts"] == 600
+
+
+def test_the_window_counts_an_earlier_versions_starts_and_opens_when_they_leave() -> None:
+    """A rolling deploy: nodes of the earlier version log one date per start in `starts`."""
+    now = datetime(2026, 12, 8, 12, 0, 0, tzinfo=UTC)
+    end_ms = store_limits._epoch_ms(now - timedelta(seconds=30))
+    doc = {
+        "starts": [now - timedelta(seconds=90), now - timedelta(seconds=50)],  # one too old
+        "spans": [{"end": end_ms, "n": 2}, {"end": end_ms - 70_000, "n": 9}],  # one too old
+    }
+    spans = store_limits._in_window(doc, now, 60.0)
+    assert sum(n for _, n in spans) == 3
+    opens = store_limits._window_opens(spans, (3, 60.0))  # full: the oldest must leave
+    assert opens == now - timedelta(seconds=50) + timedelta(seconds=60, milliseconds=1)
+    assert store_limits._window_opens(spans, (4, 60.0)) is None
 
 
 # -- what is read and checked ------------------------------------------------------------

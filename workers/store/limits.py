@@ -11,9 +11,12 @@ and the cap never overshoots.
   claim index (status, type); the claim takes at most cap - running. The count is
   derived from the jobs, so nothing is written when a job ends, and a crashed
   holder's slot frees when the sweep rescues its lease.
-- Rate: the document keeps the start times ($$NOW) of the newest `count` starts;
-  the claim takes at most `count` less those within the window, and says when the
-  window lets the next one start.
+- Rate: the document keeps the starts in `spans`, a counter per slice of the window
+  (SLICES to a window, each named by its end in epoch milliseconds of $$NOW at the write,
+  so never before the jobs' own `started`). A slice counts while any of it is within the
+  window: the claim takes at most `count` less those, never more than the rate allows in
+  any window, and says when the window lets the next one start. A claim rewrites at most
+  SLICES + 1 small counters, where it rewrote one date per start (up to 10,000).
 
 Cost: one transaction per claim of a limited type (its bump, the count, the scan,
 the claim write, and for a rate the log), none per job beyond the claim. Types
@@ -26,7 +29,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ReadPreference, ReturnDocument, WriteConcern
@@ -113,14 +116,13 @@ class LimitQueries(ClaimQueries):
                 session=session,
             )
             now: datetime = doc["looked"] if doc else self.now()
-            allowed, retry_at, starts = ask.want, None, []
+            allowed, retry_at = ask.want, None
             if cap is not None:
                 allowed = min(allowed, cap - self._running(job_type, session))
             if rate is not None:
-                starts = _in_window(doc, now, rate[1])
-                allowed = min(allowed, rate[0] - len(starts))
-                if len(starts) >= rate[0]:
-                    retry_at = starts[len(starts) - rate[0]] + timedelta(seconds=rate[1])
+                spans = _in_window(doc, now, rate[1])
+                allowed = min(allowed, rate[0] - sum(n for _, n in spans))
+                retry_at = _window_opens(spans, rate)
             if allowed < 1:  # committed all the same: `looks` counts every look
                 return Limited([], waiting=True, retry_at=retry_at)
             ids = self._first_due(job_type, now, allowed, session)
@@ -129,7 +131,7 @@ class LimitQueries(ClaimQueries):
             update = [{"$set": _claimed(ask.token, ask.lease)}]
             taken = self.jobs.update_many(_still_ready(ids, now), update, session=session)
             if rate is not None and taken.matched_count:
-                self._log_starts(job_type, starts, taken.matched_count, rate[0], session)
+                self._log_starts(job_type, taken.matched_count, rate[1], session)
             tried += ids
             session.commit_transaction()
         jobs = self._held_under(ask.token, ids)
@@ -147,7 +149,7 @@ class LimitQueries(ClaimQueries):
         made: set[str] = self.__dict__.setdefault("_limit_docs", set())
         if job_type not in made:
             self.limits.update_one(
-                {"_id": job_type}, {"$setOnInsert": {"looks": 0, "starts": []}}, upsert=True
+                {"_id": job_type}, {"$setOnInsert": {"looks": 0, "spans": []}}, upsert=True
             )
             made.add(job_type)
 
@@ -173,16 +175,11 @@ class LimitQueries(ClaimQueries):
         return [doc["_id"] for doc in found]
 
     def _log_starts(
-        self, job_type: str, starts: list[datetime], taken: int, count: int, session: ClientSession
+        self, job_type: str, taken: int, seconds: float, session: ClientSession
     ) -> None:
-        """The window's starts, with `taken` more at $$NOW (not earlier than the claimed
-        jobs' `started`), the newest `count` kept."""
-        grown = {"$concatArrays": [{"$literal": starts}, ["$$NOW"] * taken]}
-        self.limits.update_one(
-            {"_id": job_type},
-            [{"$set": {"starts": {"$slice": [grown, -count]}}}],
-            session=session,
-        )
+        """`taken` more starts in the slice of $$NOW (at the write: not earlier than the
+        claimed jobs' `started`), the slices out of the window dropped."""
+        self.limits.update_one({"_id": job_type}, _counted(taken, seconds), session=session)
 
     @translated
     def limit_use(self, job_type: str, window: float | None) -> dict[str, Any]:
@@ -191,8 +188,8 @@ class LimitQueries(ClaimQueries):
         now = self.now()
         starts = None
         if window is not None:
-            doc = self.limits.find_one({"_id": job_type}, {"starts": 1})
-            starts = len(_in_window(doc, now, window))
+            doc = self.limits.find_one({"_id": job_type}, {"spans": 1, "starts": 1})
+            starts = sum(n for _, n in _in_window(doc, now, window))
         return {
             "running": self.jobs.count_documents({"status": RUNNING, "type": job_type}),
             "ready": self.jobs.count_documents(
@@ -244,12 +241,70 @@ def _backlog(job_type: str, now: datetime) -> Document:
     return {"status": READY, "type": job_type, "run_at": {"$lte": now}}
 
 
-def _in_window(doc: Document | None, now: datetime, seconds: float) -> list[datetime]:
-    """The logged starts later than `seconds` before `now`, oldest first."""
-    since = now - timedelta(seconds=seconds)
-    logged = (doc or {}).get("starts")
-    starts = logged if isinstance(logged, list) else []
-    return sorted(t for t in starts if isinstance(t, datetime) and t > since)
+SLICES = 100  # counters to a rate's window: a start is counted up to 1/100 of it late
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _slice_ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000) // SLICES)
+
+
+def _counted(taken: int, seconds: float) -> list[Document]:
+    """The update by pipeline that counts `taken` starts in the slice of $$NOW. In epoch
+    milliseconds (numbers, not dates): date arithmetic is not compared alike on every
+    server this runs on, integers are."""
+    width, window = _slice_ms(seconds), int(seconds * 1000)
+    end = {"$add": [{"$subtract": ["$_now", {"$mod": ["$_now", width]}]}, width]}
+    live = {"$gt": ["$$this.end", {"$subtract": ["$_now", window]}]}
+    same = {"$filter": {"input": "$_live", "cond": {"$eq": ["$$this.end", "$_end"]}}}
+    others = {"$filter": {"input": "$_live", "cond": {"$ne": ["$$this.end", "$_end"]}}}
+    count = {"$add": [{"$sum": {"$map": {"input": same, "in": "$$this.n"}}}, taken]}
+    return [
+        {"$set": {"_now": {"$toLong": "$$NOW"}}},
+        {"$set": {"_end": end, "_live": {"$filter": {"input": {"$ifNull": ["$spans", []]},
+                                                      "cond": live}}}},
+        {"$set": {"spans": {"$concatArrays": [others, [{"end": "$_end", "n": count}]]}}},
+        {"$unset": ["_now", "_end", "_live"]},
+    ]  # fmt: skip
+
+
+def _in_window(doc: Document | None, now: datetime, seconds: float) -> list[tuple[int, int]]:
+    """The slices any of which is within `seconds` before `now`, as (end, starts) in
+    epoch milliseconds, oldest first; an earlier version's `starts` (one date each) too,
+    so that a rolling deploy counts what the old nodes started."""
+    since = _epoch_ms(now) - int(seconds * 1000)
+    found: list[tuple[int, int]] = []
+    for span in _listed(doc, "spans"):
+        end, n = (span.get("end"), span.get("n")) if isinstance(span, dict) else (None, None)
+        if isinstance(end, int) and isinstance(n, int) and end > since:
+            found.append((end, n))
+    for start in _listed(doc, "starts"):
+        if isinstance(start, datetime) and _epoch_ms(start) + 1 > since:
+            found.append((_epoch_ms(start) + 1, 1))
+    return sorted(found)
+
+
+def _window_opens(spans: list[tuple[int, int]], rate: tuple[int, float]) -> datetime | None:
+    """When enough of the oldest slices leave the window for one more start (None: one
+    may start now)."""
+    count, seconds = rate
+    over = sum(n for _, n in spans) - count + 1  # starts that must leave first
+    for end, n in spans:
+        if over <= 0:
+            break
+        over -= n
+        if over <= 0:
+            return _EPOCH + timedelta(milliseconds=end + int(seconds * 1000))
+    return None
+
+
+def _listed(doc: Document | None, name: str) -> list[Any]:
+    found = (doc or {}).get(name)
+    return found if isinstance(found, list) else []
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 def needs_transactions(job_type: str) -> str:
