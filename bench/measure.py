@@ -458,6 +458,40 @@ def pushed_apart(app: App, count: int, gap: float) -> dict[str, float]:
     return {f"p{q}": _percentile(latencies, q) for q in (50, 95, 99)}
 
 
+def herd(
+    url: str, processes: int, threads: int, count: int = 200, gap: float = 0.05
+) -> dict[str, float]:
+    """What each job pushed one at a time to an idle `processes` x `threads` service costs
+    the server: its write and read commands per job (serverStatus opcounters: a claim
+    that finds its job taken is a write all the same), less what the idle service costs
+    in as long, and push -> start p50 (ms)."""
+    with booted(url) as app, headless(url, app.store.db.name, processes, threads):
+        _wait(lambda: len(app.store.list_nodes()) >= processes, 60)
+        time.sleep(3)  # the wake-up streams open
+        idle_began, at_rest = time.monotonic(), _opcounters(app)
+        time.sleep(count * gap)
+        idle = _op_delta(at_rest, _opcounters(app), time.monotonic() - idle_began)
+        began, before = time.monotonic(), _opcounters(app)
+        latencies = pushed_apart(app, count, gap)
+        spent = _op_delta(before, _opcounters(app), time.monotonic() - began)
+    per_job = {
+        f"{kind}_per_job": (spent[kind] - idle[kind] * spent["seconds"] / idle["seconds"]) / count
+        for kind in ("writes", "reads")
+    }
+    return {**per_job, "pickup_p50_ms": latencies["p50"]}
+
+
+def _opcounters(app: App) -> dict[str, int]:
+    counters = app.store.db.client.admin.command("serverStatus")["opcounters"]
+    return {key: int(value) for key, value in counters.items()}
+
+
+def _op_delta(before: dict[str, int], after: dict[str, int], seconds: float) -> dict[str, float]:
+    writes = sum(after[k] - before[k] for k in ("insert", "update", "delete"))
+    reads = sum(after[k] - before[k] for k in ("query", "getmore"))
+    return {"writes": float(writes), "reads": float(reads), "seconds": seconds}
+
+
 def memory(url: str, jobs: int = 10_000) -> dict[str, float]:
     """RSS (MB) of one worker process (1 x 4) idle, and after it ran `jobs` jobs."""
     with booted(url) as app, headless(url, app.store.db.name, 1, 4):

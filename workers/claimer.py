@@ -92,13 +92,15 @@ class Claimer:
         *,
         after_wait: bool = False,
         spare: bool = True,
+        confirm: frozenset[Any] = frozenset(),
     ) -> list[Document]:
         """Up to `limit` jobs, now held under fresh tokens: the limited types' first, within
         their limits; then those of `woken` (ids the wake-up stream reported ready) that are
         still ready, or else the queue's best. `after_wait`: the claimer waited before this
         claim (woken by the stream, a due time or a poke), so every limited type not held
-        back is looked at. Raises WorkersError on failure (an interrupted claim is then
-        recovered, and what was taken handed over, next call)."""
+        back is looked at; `confirm`: woken ids another process went first for, taken only
+        if a read finds them still ready. Raises WorkersError on failure (an interrupted
+        claim is then recovered, and what was taken handed over, next call)."""
         docs, self._pending = self._pending, []
         if self._interrupted is not None:
             return docs + self._recover(self._interrupted)
@@ -107,7 +109,7 @@ class Claimer:
                 docs += self._claim_limited(limit - len(docs), after_wait or woken is not None)
             rest = limit - len(docs)
             if rest > 0 and self._free_types:
-                docs += self._claim_free(rest, woken, spare)
+                docs += self._claim_free(rest, woken, spare, confirm)
         except WorkersError as exc:
             if isinstance(exc, ClaimIncomplete):
                 self._interrupted = exc
@@ -123,11 +125,16 @@ class Claimer:
     def _token(self) -> str:
         return f"{self.owner}#{next(self._batches)}"
 
-    def _claim_free(self, limit: int, woken: list[Any] | None, spare: bool) -> list[Document]:
+    def _claim_free(
+        self, limit: int, woken: list[Any] | None, spare: bool, confirm: frozenset[Any]
+    ) -> list[Document]:
         """The types without a limit: one claim, by the woken ids or by a scan (`spare`:
         with this claimer's spare, where the server profile keeps one)."""
         if woken:
-            return self.store.claim_ids(self._token(), self._free_types, self.lease, woken[:limit])
+            ids = woken[:limit]
+            if confirm & set(ids):  # another process went first: what it left, if any
+                ids = self.store.still_ready(ids, confirm)
+            return self.store.claim_ids(self._token(), self._free_types, self.lease, ids)
         kept = self._spare if spare else None
         return self.store.claim(self._token(), self._free_types, self.lease, limit, kept)
 

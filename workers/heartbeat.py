@@ -1,10 +1,11 @@
 """The heartbeat of a worker process, every lease/3 seconds, independent of the job threads.
 
-Each beat renews the leases of every job the process holds (one update) and
-records the process in the `nodes` collection. Beside it, on a thread of its own,
-the sweep rescues jobs whose lease expired anywhere in the cluster (their process
-died), settles the follow-ups a crash cut short (a cascade may be thousands of
-dependents) and adds the metrics: however long a sweep takes, it never delays a
+Each beat renews the leases of every job the process holds (one update),
+records the process in the `nodes` collection and reads the live peers (peers.py).
+Beside it, on a thread of its own, the sweep rescues jobs whose lease expired
+anywhere in the cluster (their process died) and settles the follow-ups a crash cut
+short (a cascade may be thousands of dependents), in the cluster's turn (one process
+per interval), and adds this process's metrics: however long a sweep takes, it never delays a
 renewal past the lease. A long CPU-bound job keeps its lease because the beat runs
 on its own thread.
 """
@@ -36,6 +37,7 @@ class Heartbeat:
         node_info: Callable[[], dict[str, Any] | None],
         tally: Tally,
         alive: Callable[[], bool] = lambda: True,
+        on_peers: Callable[[list[tuple[str, list[str]]]], None] | None = None,
     ) -> None:
         self.store = store
         # the sweep's: the runtime's pool, with no per-operation bound (a cascade of
@@ -49,6 +51,7 @@ class Heartbeat:
         self._on_lost = on_lost
         self._node_info = node_info
         self._alive = alive  # False: what it beats for is gone, and the thread ends
+        self._on_peers = on_peers  # the live worker processes, read on each beat
         self._own_store = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -96,17 +99,21 @@ class Heartbeat:
             info = self._node_info()
             if info is not None:  # None: a sweep with no node of its own (dispatch.py)
                 self.store.beat(self.owner, info)
+            if self._on_peers is not None:
+                self._on_peers(self.store.live_peers(self.lease))
         except WorkersError as exc:
             log.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
             return False
         return True
 
     def sweep(self) -> bool:
-        """Rescue lapsed leases, settle what a crash cut short, add the metrics; False if
-        it failed (logged; tried again soon)."""
+        """Rescue lapsed leases and settle what a crash cut short, when this process has
+        the cluster's turn (one sweeps per interval, not every process at once); add this
+        process's metrics. False if it failed (logged; tried again soon)."""
         try:
-            self._rescue()
-            self._runtime.settle_finished()  # follow-ups a crash cut short: dependents, repeats
+            if self._runtime.take_turn("sweep", self.interval):
+                self._rescue()
+                self._runtime.settle_finished()  # follow-ups a crash cut short
             self._flush_metrics()
         except WorkersError as exc:
             log.warning("sweep failed: %s", exc, extra={"action": "sweep_failed"})

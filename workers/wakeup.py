@@ -19,12 +19,14 @@ after the open covers it) the moment the claimer waits again.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from workers.errors import StreamUnavailable, WorkersError
+from workers.peers import DEFER, Peers
 from workers.record import HORIZON
 from workers.retrying import Backoff
 from workers.store import ReadyChange, ReadyStream, Store
@@ -40,8 +42,16 @@ _LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Wakeup:
-    def __init__(self, store: Store, poll_interval: float, *, stream: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        poll_interval: float,
+        *,
+        stream: bool = True,
+        peers: Peers | None = None,
+    ) -> None:
         self.store = store
+        self._peers = peers  # who goes first for a woken id or a due time; None: this one
         self.poll_interval = poll_interval
         self._use_stream = stream
         self._cond = threading.Condition()  # an RLock: poke() is safe in a signal handler
@@ -56,6 +66,11 @@ class Wakeup:
         # to the claimer as `undated`: one not claimed may be due later than it knows
         self._undated: set[Any] = set()
         self.undated: frozenset[Any] = frozenset()
+        # woken ids another process goes first for: id -> (monotonic deadline, priority);
+        # at the deadline they are woken ids to confirm (`confirm`) before a claim
+        self._deferred: dict[Any, tuple[float, int]] = {}
+        self._deferred_scan = math.inf  # more deferred than kept: a scan at this deadline
+        self.confirm: frozenset[Any] = frozenset()
         self._stop = threading.Event()
         self._healthy = threading.Event()
         self._busy_since: float | None = None  # monotonic; None while the claimer waits
@@ -120,10 +135,12 @@ class Wakeup:
                 seconds = began + fallback - time.monotonic()
                 due = min((d for d in (next_due, self._due) if d is not None), default=None)
                 if due is not None:
-                    seconds = min(seconds, self._seconds_until(due))
+                    seconds = min(seconds, self._seconds_until(due) + self._defer_for(due))
+                seconds = min(seconds, self._deferred_until() - time.monotonic())
                 if seconds <= 0:
                     break
                 self._cond.wait(seconds)
+            self._wake_deferred()
             self.due_reached = self._reached(next_due)
             self.undated = frozenset(self._undated)
             if not self._ready or self._scan or not self._woken or self.due_reached:
@@ -162,12 +179,51 @@ class Wakeup:
             if run_at is not None:
                 self._due = min(self._due or run_at, run_at)  # the wait recomputes its deadline
             else:
-                self._ready = True
-                if change.job_id is None or len(self._woken) >= _WOKEN_MAX:
-                    self._scan = True  # too many, or one without an id: a scan finds them
-                else:
-                    self._woken[change.job_id] = change.priority or 0
+                self._wake_for(change)
             self._cond.notify_all()
+
+    def _wake_for(self, change: ReadyChange) -> None:
+        """A job ready now: woken at once if this process goes first for it (peers.py), or
+        deferred; a job of a type this process does not run is not its to claim."""
+        job_id, priority = change.job_id, change.priority or 0
+        peers = self._peers
+        if job_id is None or len(self._woken) >= _WOKEN_MAX:
+            self._ready = self._scan = True  # too many, or one without an id: a scan finds them
+        elif peers is not None and change.job_type and not peers.runs(change.job_type):
+            return
+        elif peers is None or peers.prefers_me(str(job_id), change.job_type):
+            self._ready = True
+            self._woken[job_id] = priority
+        elif len(self._deferred) < _WOKEN_MAX:
+            self._deferred[job_id] = (time.monotonic() + DEFER, priority)
+        else:
+            self._deferred_scan = min(self._deferred_scan, time.monotonic() + DEFER)
+
+    def _defer_for(self, due: datetime) -> float:
+        """Seconds after a due time this process looks: at once if it goes first for that
+        time, else `DEFER` later (the one that goes first has taken the job by then)."""
+        peers = self._peers
+        return 0.0 if peers is None or peers.prefers_me(due.isoformat()) else DEFER
+
+    def _deferred_until(self) -> float:
+        soonest = min((deadline for deadline, _ in self._deferred.values()), default=math.inf)
+        return min(soonest, self._deferred_scan)
+
+    def _wake_deferred(self) -> None:
+        """The deferred ids whose deadline passed become woken ids, to be confirmed still
+        ready by a read before the claim (`confirm`)."""
+        now = time.monotonic()
+        due = [job_id for job_id, (deadline, _) in self._deferred.items() if deadline <= now]
+        for job_id in due:
+            _, priority = self._deferred.pop(job_id)
+            if len(self._woken) < _WOKEN_MAX:
+                self._woken[job_id] = priority
+            else:
+                self._scan = True
+        if self._deferred_scan <= now:
+            self._deferred_scan, self._scan = math.inf, True
+        self.confirm = frozenset(due)
+        self._ready = self._ready or bool(due) or self._scan
 
     # -- the watcher thread -------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from workers.claimer import Claimer
 from workers.cron import Scheduler
 from workers.errors import DatabaseUnavailable, SettingsError, WorkersError
 from workers.heartbeat import Heartbeat
+from workers.peers import Peers
 from workers.pool import Pool, Profile
 from workers.retrying import Backoff
 from workers.stopping import shut_down
@@ -67,6 +68,7 @@ class Worker:
         self._exit_code = EXIT_OK
         self._stop_requests = 0
         self._grace_ends = float("inf")  # monotonic; set by the first stop request
+        self._peers = Peers(self.owner, self.profile.types)
         self._heartbeat = Heartbeat(
             self.store,
             self.owner,
@@ -75,6 +77,7 @@ class Worker:
             self._pool.lose,
             self.node_info,
             app.tally,
+            on_peers=self._peers.update,
         )
         self._watchdog = Watchdog(app, self._pool, self.stop, self._stopping, self._finished)
         types = self.profile.types
@@ -88,7 +91,9 @@ class Worker:
             held=self._pool.held_types,
             recheck=self._poll,
         )
-        self._wakeup = Wakeup(self.store, self._poll, stream=self.queue_settings.change_streams)
+        self._wakeup = Wakeup(
+            self.store, self._poll, stream=self.queue_settings.change_streams, peers=self._peers
+        )
         self._linger = 0.0
         self._due: tuple[bool, datetime | None] = (False, None)  # the last next-due read
         self._due_opens = -1  # the stream's opens at that read
@@ -202,7 +207,9 @@ class Worker:
             began = time.monotonic()
             self._claimed_at = self.store.now_or_none()
             try:
-                docs = self._claimer.claim(free, woken, after_wait=waited)
+                docs = self._claimer.claim(
+                    free, woken, after_wait=waited, confirm=self._wakeup.confirm
+                )
             except WorkersError as exc:
                 level = logging.WARNING if isinstance(exc, DatabaseUnavailable) else logging.ERROR
                 backoff.wait_after(

@@ -134,6 +134,15 @@ class ClaimQueries(SharedScanQueries, ScheduleQueries):
         return self._take_or_interrupt(token, ids, self.now(), lease, [], types)
 
     @translated
+    def still_ready(self, ids: list[Any], confirm: frozenset[Any]) -> list[Any]:
+        """`ids` less those of `confirm` that are no longer ready: one read by `_id`, so a
+        claimer that another process went first for writes nothing when it took them."""
+        asked = [job_id for job_id in ids if job_id in confirm]
+        found = self.jobs.find({"_id": {"$in": asked}, "status": READY}, {"_id": 1})
+        left = {doc["_id"] for doc in found}
+        return [job_id for job_id in ids if job_id not in confirm or job_id in left]
+
+    @translated
     def claim_now(self, token: str, job_id: Any, lease: float) -> list[Document]:
         """Take one ready or scheduled job by `_id` whatever its `run_at` (inline mode runs a
         push, and its retries, at once)."""

@@ -51,9 +51,22 @@ class NodeQueries(Connection):
         query = {"last_beat": {"$gte": since}, "version": {"$ne": __version__}}
         return {str(v) for v in self.nodes.distinct("version", query)}
 
+    @translated
+    def live_peers(self, lease: float) -> list[tuple[str, list[str]]]:
+        """The worker processes that beat within `lease` seconds (the server's clock), each
+        with the job types it runs: who shares a wake-up (peers.py). Few documents."""
+        since = self.now() - timedelta(seconds=lease)
+        found = self.nodes.find({"last_beat": {"$gte": since}}, {"types": 1})
+        return [(str(doc["_id"]), _types_of(doc)) for doc in found]
+
     def live_types(self, lease: float) -> set[str]:
         """The job types some worker process runs that beat within `lease` seconds (the
         server's clock): a type outside it has no live node, and its jobs wait in silence.
         The nodes are few (one document per process): no index needed."""
         since = self.now() - timedelta(seconds=lease)
         return {str(t) for t in self.nodes.distinct("types", {"last_beat": {"$gte": since}})}
+
+
+def _types_of(doc: Document) -> list[str]:
+    types = doc.get("types")
+    return [str(t) for t in types] if isinstance(types, list) else []

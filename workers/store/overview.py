@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
 from workers.record import READY
 from workers.store.base import Connection, Document, translated
 from workers.store.claims import CLAIM_INDEX
@@ -75,11 +78,25 @@ class OverviewQueries(Connection):
     def take_recount(self, seconds: float) -> bool:
         """The turn to count again, held `seconds`: one process recounts at a time, the
         others go on reading the snapshot. By `_id`, in one atomic write."""
+        return self._take_until(_COUNTS_ID, "counting_until", seconds, upsert=False)
+
+    @translated
+    def take_turn(self, name: str, seconds: float) -> bool:
+        """The cluster's turn at `name` (the sweep), held `seconds`: one process at a time
+        does what every process would otherwise do at once. One write by `_id`."""
+        try:
+            return self._take_until(f"turn:{name}", "until", seconds, upsert=True)
+        except DuplicateKeyError:  # two made the document at once: the other has the turn
+            return False
+
+    def _take_until(self, doc_id: str, field: str, seconds: float, *, upsert: bool) -> bool:
         now = self.now()
-        free = {"$or": [{"counting_until": None}, {"counting_until": {"$lt": now}}]}
+        free = {"$or": [{field: None}, {field: {"$lt": now}}]}
         taken = self.metrics.find_one_and_update(
-            {"_id": _COUNTS_ID, **free},
-            {"$set": {"counting_until": now + timedelta(seconds=seconds)}},
+            {"_id": doc_id, **free},
+            {"$set": {field: now + timedelta(seconds=seconds)}},
+            upsert=upsert,
+            return_document=ReturnDocument.AFTER,
         )
         return taken is not None
 

@@ -49,6 +49,7 @@ PIPELINE: list[Document] = [
             "fullDocument.run_at": 1,
             "fullDocument.priority": 1,
             "fullDocument.status": 1,
+            "fullDocument.type": 1,
             "updateDescription.updatedFields.run_at": 1,
             "updateDescription.updatedFields.status": 1,
         }
@@ -60,12 +61,13 @@ PIPELINE: list[Document] = [
 class ReadyChange:
     """A job became ready, or `scheduled` (ready when its `run_at` comes, then staged);
     `run_at` when the event carried it (None: assume due now), its id, and its priority
-    when the event carried it (an insert does; an update may not)."""
+    and type when the event carried them (an insert does; an update may not)."""
 
     run_at: datetime | None
     job_id: Any = None
     priority: int | None = None
     scheduled: bool = False
+    job_type: str | None = None  # an insert's (an update does not carry it)
 
 
 class ReadyStream:
@@ -122,8 +124,15 @@ class ReadyStream:
         event = self._next_event()
         if event is None:
             return None
-        scheduled = _fields(event).get("status") == SCHEDULED
-        return ReadyChange(_run_at(event), _job_id(event), _priority(event), scheduled)
+        fields = _fields(event)
+        job_type = (event.get("fullDocument") or {}).get("type")
+        return ReadyChange(
+            _run_at(event),
+            _job_id(event),
+            _priority(event),
+            fields.get("status") == SCHEDULED,
+            job_type if isinstance(job_type, str) else None,
+        )
 
     def _next_event(self) -> Document | None:
         """The next raw event, waiting at most `max_wait`, its token kept for a resume."""
