@@ -21,16 +21,16 @@ from workers.record import error_document
 # entries written per transition, by index (the indexes a transition does not touch: 0;
 # `schedule`, `unique_key` and `links_status` hold delayed, unique and linked jobs only)
 EXPECTED = {
-    "push": {"_id_": 1, "claim_queue": 1, "listing": 1, "rescue": 1, "ready_times": 1},
-    "claim": {"claim_queue": 2, "listing": 2, "rescue": 2, "ready_times": 1},
-    "complete": {"claim_queue": 2, "listing": 2, "rescue": 2, "expire_at": 1, "finished_at": 1},
+    "push": {"_id_": 1, "claim_queue": 1, "listing": 1, "ready_times": 1},
+    "claim": {"claim_queue": 2, "listing": 2, "ready_times": 1, "running_leases": 1},
+    "complete": {"claim_queue": 2, "listing": 2, "running_leases": 1, "expire_at": 1,
+                 "finished_at": 1},
     "settle": {},  # no follow-ups: its marker was never set
-    "retry": {"claim_queue": 2, "listing": 2, "rescue": 2, "ready_times": 1},
-    "fail": {"claim_queue": 2, "listing": 2, "rescue": 2, "expire_at": 1, "finished_at": 1},
-    "push a dependent": {"_id_": 1, "claim_queue": 1, "listing": 1, "rescue": 1,
-                         "links_status": 1},
-    "release it": {"claim_queue": 2, "listing": 2, "rescue": 2, "ready_times": 1,
-                   "links_status": 2},
+    "retry": {"claim_queue": 2, "listing": 2, "ready_times": 1, "running_leases": 1},
+    "fail": {"claim_queue": 2, "listing": 2, "running_leases": 1, "expire_at": 1,
+             "finished_at": 1},
+    "push a dependent": {"_id_": 1, "claim_queue": 1, "listing": 1, "links_status": 1},
+    "release it": {"claim_queue": 2, "listing": 2, "ready_times": 1, "links_status": 2},
 }  # fmt: skip
 
 

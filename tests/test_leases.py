@@ -137,7 +137,7 @@ def test_a_rescue_counts_only_the_jobs_it_rescued_itself(app: App) -> None:
 @pytest.mark.parametrize(
     ("query", "index"),
     [
-        ("rescue", "rescue"),
+        ("rescue", "running_leases"),
         ("renew / release", "_id_"),
         ("outcome write", "_id_"),
         ("completions together", "_id_"),

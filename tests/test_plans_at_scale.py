@@ -64,7 +64,7 @@ EXPECTED = {
     "outcome write": "_id_",
     "completions together": "_id_",
     "completions read-back": "_id_",
-    "rescue": "rescue",
+    "rescue": "running_leases",
     "finished since": "finished_at",  # a listener catching up (listening.py)
     # the lifecycle: the lists, the cascades, the sweep, the unique key
     **LIFECYCLE_INDEXES,

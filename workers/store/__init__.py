@@ -45,6 +45,7 @@ INDEXES: tuple[IndexSpec, ...] = (
 RETIRED_INDEXES = (
     *claims.RETIRED_INDEXES,
     *dependencies.RETIRED_INDEXES,
+    *jobs.RETIRED_INDEXES,
     *lifecycle.RETIRED_INDEXES,
 )
 

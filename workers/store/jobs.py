@@ -51,9 +51,13 @@ from workers.store.dependencies import UNIQUE_KEY_INDEX
 from workers.store.indexes import IndexSpec
 from workers.store.lifecycle import LifecycleQueries
 
-RESCUE_INDEX = "rescue"
-RESCUE_KEYS = [("status", 1), ("lease_expires", 1)]
-INDEXES = (IndexSpec("jobs", RESCUE_INDEX, tuple(RESCUE_KEYS)),)
+RESCUE_INDEX = "running_leases"
+RESCUE_KEYS = [("lease_expires", 1)]
+# the running jobs by lease expiry, for the rescue: partial on running, so a job enters it
+# when claimed and leaves it when it ends (2 entries a life), where (status, lease_expires)
+# over every job took 5 (a key at the push, moved by the claim and by the end)
+INDEXES = (IndexSpec("jobs", RESCUE_INDEX, tuple(RESCUE_KEYS), partial={"status": RUNNING}),)
+RETIRED_INDEXES = (IndexSpec("jobs", "rescue", (("status", 1), ("lease_expires", 1))),)
 _RESCUE_BATCH = 500
 _CLOCK_MARGIN = timedelta(seconds=1)
 _SHARED_RESULT_LIMIT = 64 * 1024
