@@ -71,6 +71,7 @@ class Wakeup:
         self._deferred: dict[Any, tuple[float, int]] = {}
         self._deferred_scan = math.inf  # more deferred than kept: a scan at this deadline
         self.confirm: frozenset[Any] = frozenset()
+        self._defer_known: tuple[datetime, float] | None = None  # the last due, its wait
         self._stop = threading.Event()
         self._healthy = threading.Event()
         self._busy_since: float | None = None  # monotonic; None while the claimer waits
@@ -203,7 +204,11 @@ class Wakeup:
         """Seconds after a due time this process looks: at once if it goes first for that
         time, else `DEFER` later (the one that goes first has taken the job by then)."""
         peers = self._peers
-        return 0.0 if peers is None or peers.prefers_me(due.isoformat()) else DEFER
+        if peers is None:
+            return 0.0
+        if self._defer_known is None or self._defer_known[0] != due:  # hashed once per due
+            self._defer_known = (due, 0.0 if peers.prefers_me(due.isoformat()) else DEFER)
+        return self._defer_known[1]
 
     def _deferred_until(self) -> float:
         soonest = min((deadline for deadline, _ in self._deferred.values()), default=math.inf)

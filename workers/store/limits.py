@@ -289,9 +289,9 @@ def _window_opens(spans: list[tuple[int, int]], rate: tuple[int, float]) -> date
     may start now)."""
     count, seconds = rate
     over = sum(n for _, n in spans) - count + 1  # starts that must leave first
+    if over <= 0:
+        return None
     for end, n in spans:
-        if over <= 0:
-            break
         over -= n
         if over <= 0:
             return _EPOCH + timedelta(milliseconds=end + int(seconds * 1000))

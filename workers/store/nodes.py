@@ -63,8 +63,7 @@ class NodeQueries(Connection):
         """The job types some worker process runs that beat within `lease` seconds (the
         server's clock): a type outside it has no live node, and its jobs wait in silence.
         The nodes are few (one document per process): no index needed."""
-        since = self.now() - timedelta(seconds=lease)
-        return {str(t) for t in self.nodes.distinct("types", {"last_beat": {"$gte": since}})}
+        return {job_type for _, types in self.live_peers(lease) for job_type in types}
 
 
 def _types_of(doc: Document) -> list[str]:

@@ -47,8 +47,6 @@ class FinishedStream(ReadyStream):
     pipeline: ClassVar[list[Document]] = FINISHED_PIPELINE
 
 
-# what an event needs of a job; the document comes whole with an insert or a replace, and
-# by lookup with an update (read when the event is sent: perhaps after later changes)
 FINISHED_AT_INDEX = "finished_at"
 # the finished jobs by when they finished: a `finished` date is set by the finishing write
 # and unset by a restart, so the partial index holds the finished jobs only (the catch-up)
@@ -60,6 +58,8 @@ INDEXES = (
         partial={"finished": {"$type": "date"}},
     ),
 )
+# what an event needs of a job; the document comes whole with an insert or a replace, and
+# by lookup with an update (read when the event is sent: perhaps after later changes)
 EVENT_FIELDS = ("type", "status", "attempts", "progress", "result", "error", "updated",
                 "finished")  # fmt: skip
 # the fields whose change can make an event: an update that changes none of them (a lease
@@ -176,17 +176,19 @@ class OutcomeQueries(Connection):
         stream could not resume, page by page however many finished meanwhile."""
         command = self._finished_since_command(since, after, limit)
         found = self.jobs.find(
-            command["filter"], command["projection"], sort=list(command["sort"].items())
+            command["filter"],
+            command["projection"],
+            sort=list(command["sort"].items()),
+            hint=self.scan_hint(FINISHED_AT_INDEX),
+            limit=limit,
         )
-        hint = self.hint(FINISHED_AT_INDEX)
-        return list((found.hint(hint) if hint else found).limit(limit))
+        return list(found)
 
     def _finished_since_command(
         self, since: datetime, after: tuple[datetime, Any] | None, limit: int
     ) -> Document:
-        """On the `finished_at` index (partial: a `finished` date is set by the finishing
-        write and unset by a restart, so it names the finished jobs): a range read bounded
-        by the page, whatever number of finished jobs retention keeps."""
+        """A range of `finished_at`, bounded by the page whatever number of finished jobs
+        retention keeps; its filter repeats the index's partial filter."""
         query: Document = {"finished": {"$type": "date", "$gte": since}}
         if after is not None:
             moment, last = after
